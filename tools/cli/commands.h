@@ -1,0 +1,16 @@
+// Subcommand registration for the `mlkv` binary. Each group lives in its own cmd_*.cpp file and
+// adds its subcommands (options + callback) to the app; main.cpp owns error handling and exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mlkv::cli {
+
+void add_model_commands(CLI::App& app);      // info, score, generate, bench   (cmd_model.cpp)
+void add_tokenizer_commands(CLI::App& app);  // tokenizer {encode,decode,train}, tokenize
+
+// Shared option helpers.
+// Parses "1 2 3" or "1,2,3" into ids; throws mlkv::Error naming the bad item.
+std::vector<int32_t> parse_id_list(const std::string& s);
+
+}  // namespace mlkv::cli
