@@ -1,0 +1,176 @@
+#include "io/hf_model.h"
+
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "core/check.h"
+#include "io/hf_config.h"
+#include "io/llama2c.h"
+#include "io/safetensors.h"
+
+namespace mlkv {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool neox_can_fuse(const ModelConfig& c) {
+  return c.family == Family::kGptNeoX && c.n_head_kv == c.n_head && !c.shares_across_layers() &&
+         c.attn_bias;
+}
+
+std::string fused_prefix(int il) { return cat("gpt_neox.layers.", il, ".attention.query_key_value."); }
+
+// Buffers some exported checkpoints carry that are not parameters.
+bool is_ignorable_buffer(const std::string& name) {
+  auto ends_with = [&](const char* s) {
+    const size_t n = std::strlen(s);
+    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+  };
+  return ends_with("attention.bias") || ends_with("attention.masked_bias") ||
+         ends_with("rotary_emb.inv_freq");
+}
+
+void copy_checked(const TensorEntry& e, Tensor& dst, const std::string& name) {
+  MLKV_REQUIRE(e.shape == dst.shape(), "tensor '", name, "' in '", *e.file, "' has shape ",
+               e.shape_str(), " but the config calls for ", dst.shape_str());
+  entry_to_f32(e, dst.data());
+}
+
+// GPT-NeoX fused qkv: rows are laid out per head as [q(d), k(d), v(d)].
+void unfuse_qkv(const ModelConfig& c, const TensorEntry& w_e, const TensorEntry* b_e,
+                LayerWeights& l, const std::string& prefix) {
+  const int64_t E = c.n_embd, d = c.n_embd_head, H = c.n_head;
+  const std::vector<int64_t> want = {3 * H * d, E};
+  MLKV_REQUIRE(w_e.shape == want, "tensor '", prefix, "weight' has shape ", w_e.shape_str(),
+               " but the config calls for [", 3 * H * d, ", ", E, "]");
+  Tensor fused({3 * H * d, E});
+  entry_to_f32(w_e, fused.data());
+  Tensor fused_b;
+  if (b_e != nullptr) {
+    MLKV_REQUIRE(b_e->shape == std::vector<int64_t>{3 * H * d}, "tensor '", prefix,
+                 "bias' has shape ", b_e->shape_str(), ", expected [", 3 * H * d, "]");
+    fused_b = Tensor({3 * H * d});
+    entry_to_f32(*b_e, fused_b.data());
+  }
+  Tensor* dst_w[3] = {&l.wq, &l.wk, &l.wv};
+  Tensor* dst_b[3] = {&l.bq, &l.bk, &l.bv};
+  for (int64_t h = 0; h < H; ++h) {
+    for (int part = 0; part < 3; ++part) {
+      const int64_t src_row = (h * 3 + part) * d;
+      std::memcpy(dst_w[part]->data() + h * d * E, fused.data() + src_row * E,
+                  static_cast<size_t>(d * E) * sizeof(float));
+      if (b_e != nullptr && !dst_b[part]->empty()) {
+        std::memcpy(dst_b[part]->data() + h * d, fused_b.data() + src_row,
+                    static_cast<size_t>(d) * sizeof(float));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& path) {
+  if (fs::is_regular_file(path) && path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0) {
+    return load_llama2c(path);
+  }
+  MLKV_REQUIRE(fs::is_directory(path), "model path '", path,
+               "' is neither a model folder (config.json + model.safetensors) nor a llama2.c .bin file");
+  LoadedModel m;
+  m.config = load_hf_config((fs::path(path) / "config.json").string());
+  const ModelConfig& c = m.config;
+  SafeTensorsSet st = SafeTensorsSet::open_dir(path);
+  allocate_weights(c, &m.weights);
+
+  std::set<std::string> used;
+  for (auto& p : list_params(c, m.weights)) {
+    const TensorEntry* e = st.find(p.name);
+    if (e == nullptr && c.family == Family::kGptNeoX) {
+      // Fused layout: q/k/v of layer il come from one query_key_value tensor.
+      const std::string marker = ".attention.";
+      const size_t pos = p.name.find(marker);
+      if (pos != std::string::npos && p.name.rfind("gpt_neox.layers.", 0) == 0) {
+        const int il = std::stoi(p.name.substr(std::strlen("gpt_neox.layers.")));
+        const std::string fp = fused_prefix(il);
+        const TensorEntry* fw = st.find(fp + "weight");
+        if (fw != nullptr) {
+          MLKV_REQUIRE(neox_can_fuse(c) || (c.n_head_kv == c.n_head && c.owns_kv(il)), "'", path,
+                       "': layer ", il, " has a fused query_key_value tensor but the config gives it ",
+                       c.owns_kv(il) ? "grouped K/V heads" : "no K/V of its own");
+          if (used.insert(fp + "weight").second) {
+            const TensorEntry* fb = st.find(fp + "bias");
+            MLKV_REQUIRE(fb != nullptr || !c.attn_bias, "'", path, "': missing tensor '", fp, "bias'");
+            if (fb != nullptr) used.insert(fp + "bias");
+            unfuse_qkv(c, *fw, fb, m.weights.layers[static_cast<size_t>(il)], fp);
+          }
+          const bool is_qkv = p.name.find(".attention.query.") != std::string::npos ||
+                              p.name.find(".attention.key.") != std::string::npos ||
+                              p.name.find(".attention.value.") != std::string::npos;
+          if (is_qkv) continue;
+        }
+      }
+    }
+    MLKV_REQUIRE(e != nullptr, "'", path, "': missing tensor '", p.name, "' (", c.summary(), ")");
+    copy_checked(*e, *p.tensor, p.name);
+    used.insert(p.name);
+  }
+  for (const auto& name : st.names()) {
+    if (used.count(name) || is_ignorable_buffer(name)) continue;
+    const bool kv = name.find(".key.") != std::string::npos || name.find(".value.") != std::string::npos ||
+                    name.find("k_proj") != std::string::npos || name.find("v_proj") != std::string::npos;
+    if (kv) {
+      fail("'", path, "': tensor '", name,
+           "' is a K/V projection of a layer that, by the config's kv_source, does not own K/V "
+           "(config and weights disagree)");
+    }
+    fail("'", path, "': unexpected tensor '", name, "' that the config does not call for");
+  }
+  return m;
+}
+
+void save_model(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w,
+                const SaveOptions& opt) {
+  fs::create_directories(dir);
+  ModelConfig out_cfg = cfg;
+  out_cfg.file_dtype = opt.dtype;
+  std::vector<TensorToWrite> tensors;
+  std::vector<Tensor> fused_store;  // keeps fused tensors alive until written
+  const bool fuse = opt.fuse_qkv_when_possible && neox_can_fuse(cfg);
+  if (fuse) fused_store.reserve(static_cast<size_t>(2 * cfg.n_layer));
+  const int64_t E = cfg.n_embd, d = cfg.n_embd_head, H = cfg.n_head;
+  for (const auto& [name, t] : list_params(cfg, w)) {
+    if (fuse && name.rfind("gpt_neox.layers.", 0) == 0 &&
+        (name.find(".attention.query.") != std::string::npos ||
+         name.find(".attention.key.") != std::string::npos ||
+         name.find(".attention.value.") != std::string::npos)) {
+      if (name.find(".attention.query.weight") == std::string::npos) continue;
+      const int il = std::stoi(name.substr(std::strlen("gpt_neox.layers.")));
+      const LayerWeights& l = w.layers[static_cast<size_t>(il)];
+      Tensor fw({3 * H * d, E});
+      Tensor fb({3 * H * d});
+      const Tensor* srcw[3] = {&l.wq, &l.wk, &l.wv};
+      const Tensor* srcb[3] = {&l.bq, &l.bk, &l.bv};
+      for (int64_t h = 0; h < H; ++h) {
+        for (int part = 0; part < 3; ++part) {
+          const int64_t row = (h * 3 + part) * d;
+          std::memcpy(fw.data() + row * E, srcw[part]->data() + h * d * E,
+                      static_cast<size_t>(d * E) * sizeof(float));
+          std::memcpy(fb.data() + row, srcb[part]->data() + h * d, static_cast<size_t>(d) * sizeof(float));
+        }
+      }
+      fused_store.push_back(std::move(fw));
+      fused_store.push_back(std::move(fb));
+      const std::string fp = fused_prefix(il);
+      tensors.push_back({fp + "weight", fused_store[fused_store.size() - 2].shape(),
+                         fused_store[fused_store.size() - 2].data(), opt.dtype});
+      tensors.push_back({fp + "bias", fused_store.back().shape(), fused_store.back().data(), opt.dtype});
+      continue;
+    }
+    tensors.push_back({name, t->shape(), t->data(), opt.dtype});
+  }
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_text_file((fs::path(dir) / "config.json").string(), hf_config_to_json(out_cfg));
+}
+
+}  // namespace mlkv

@@ -1,0 +1,34 @@
+// Loading and saving whole models in the Hugging Face folder layout: config.json plus
+// model.safetensors (or shards listed in model.safetensors.index.json). Tensor names come from
+// model/weights.h; this file adds the GPT-NeoX fused query_key_value layout on both sides.
+#pragma once
+
+#include <string>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mlkv {
+
+struct LoadedModel {
+  ModelConfig config;
+  ModelWeights weights;
+};
+
+// Reads a model folder (or a llama2.c .bin file, see io/llama2c.h). Every tensor is checked for
+// presence and shape; tensors the config does not call for are an error (a K/V projection in a
+// layer that kv_source says does not own one, say), except known non-parameter buffers.
+LoadedModel load_model(const std::string& path);
+
+struct SaveOptions {
+  DType dtype = DType::kF32;   // file dtype: F32, F16 or BF16
+  // GPT-NeoX: write the fused query_key_value tensor when the model is plain MHA (readable by
+  // stock GPT-NeoX code); otherwise the split query/key/value layout is always used.
+  bool fuse_qkv_when_possible = true;
+};
+
+// Writes config.json and model.safetensors into dir (created if needed), each atomically.
+void save_model(const std::string& dir, const ModelConfig& cfg, const ModelWeights& w,
+                const SaveOptions& opt = {});
+
+}  // namespace mlkv

@@ -1,0 +1,101 @@
+#include "io/llama2c.h"
+
+#include <cstring>
+
+#include "core/check.h"
+#include "core/mmap_file.h"
+
+namespace mlkv {
+
+namespace {
+
+// Rows of one head go from interleaved pairs (2i, 2i+1) to halves (i, i + d/2).
+void permute_rows_interleaved_to_half(Tensor& w, int n_heads, int head_dim) {
+  const int64_t cols = w.dim(1);
+  Tensor tmp(w);
+  const int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    for (int i = 0; i < half; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const int64_t src = static_cast<int64_t>(h) * head_dim + 2 * i + j;
+        const int64_t dst = static_cast<int64_t>(h) * head_dim + j * half + i;
+        std::memcpy(w.data() + dst * cols, tmp.data() + src * cols, static_cast<size_t>(cols) * 4);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LoadedModel load_llama2c(const std::string& path) {
+  MappedFile f(path);
+  MLKV_REQUIRE(f.size() >= 28, "'", path, "' is too short for a llama2.c checkpoint header");
+  int32_t hdr[7];
+  std::memcpy(hdr, f.data(), sizeof hdr);
+  const int dim = hdr[0], hidden = hdr[1], n_layers = hdr[2], n_heads = hdr[3], n_kv = hdr[4];
+  const bool shared_cls = hdr[5] > 0;
+  const int vocab = shared_cls ? hdr[5] : -hdr[5];
+  const int seq_len = hdr[6];
+  MLKV_REQUIRE(dim > 0 && hidden > 0 && n_layers > 0 && n_heads > 0 && n_kv > 0 && vocab > 0 &&
+                   seq_len > 0 && dim % n_heads == 0 && n_heads % n_kv == 0 && dim <= (1 << 16) &&
+                   hidden <= (1 << 18) && n_layers <= 1024 && vocab <= (1 << 22) && seq_len <= (1 << 22),
+               "'", path, "': implausible llama2.c header (dim ", dim, ", hidden ", hidden, ", layers ",
+               n_layers, ", heads ", n_heads, ", kv heads ", n_kv, ", vocab ", hdr[5], ", seq_len ",
+               seq_len, ")");
+  LoadedModel m;
+  ModelConfig& c = m.config;
+  c = preset_llama();
+  c.n_vocab = vocab;
+  c.n_embd = dim;
+  c.n_layer = n_layers;
+  c.n_head = n_heads;
+  c.n_head_kv = n_kv;
+  c.n_embd_head = dim / n_heads;
+  c.n_rot = c.n_embd_head;
+  c.n_ff = hidden;
+  c.n_ctx = seq_len;
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.tied_embeddings = shared_cls;
+  c.bos_token_id = 1;
+  c.eos_token_id = 2;
+  for (int il = 0; il < n_layers; ++il) c.kv_source.push_back(il);
+  c.validate();
+
+  const int64_t head = c.n_embd_head, kv_dim = int64_t{n_kv} * head;
+  const int64_t L = n_layers;
+  int64_t need = int64_t{vocab} * dim + L * dim * 2 + L * dim * dim * 2 + L * kv_dim * dim * 2 +
+                 L * hidden * dim * 3 + dim + int64_t{seq_len} * head;  // freq_cis real + imag
+  if (!shared_cls) need += int64_t{vocab} * dim;
+  const int64_t have = static_cast<int64_t>((f.size() - 28) / 4);
+  MLKV_REQUIRE(have >= need, "'", path, "' is truncated: the header needs ", need,
+               " floats of weights but the file holds ", have);
+
+  allocate_weights(c, &m.weights);
+  const float* p = reinterpret_cast<const float*>(f.data() + 28);
+  auto take = [&](Tensor& t) {
+    std::memcpy(t.data(), p, static_cast<size_t>(t.numel()) * 4);
+    p += t.numel();
+  };
+  auto& layers = m.weights.layers;
+  take(m.weights.tok_embd);
+  for (auto& l : layers) take(l.attn_norm);
+  for (auto& l : layers) take(l.wq);
+  for (auto& l : layers) take(l.wk);
+  for (auto& l : layers) take(l.wv);
+  for (auto& l : layers) take(l.wo);
+  for (auto& l : layers) take(l.ffn_norm);
+  for (auto& l : layers) take(l.w_gate);  // w1
+  for (auto& l : layers) take(l.w_down);  // w2
+  for (auto& l : layers) take(l.w_up);    // w3
+  take(m.weights.out_norm);
+  p += int64_t{seq_len} * head;  // freq_cis_real, freq_cis_imag: recomputed from rope_theta
+  if (!shared_cls) take(m.weights.output);
+  for (auto& l : layers) {
+    permute_rows_interleaved_to_half(l.wq, n_heads, static_cast<int>(head));
+    permute_rows_interleaved_to_half(l.wk, n_kv, static_cast<int>(head));
+  }
+  return m;
+}
+
+}  // namespace mlkv

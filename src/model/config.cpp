@@ -1,0 +1,149 @@
+#include "model/config.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+
+namespace mlkv {
+
+const char* family_name(Family f) { return f == Family::kGptNeoX ? "gpt_neox" : "llama"; }
+const char* share_rope_name(KvShareRope s) { return s == KvShareRope::kPost ? "post" : "pre"; }
+
+std::vector<int> ModelConfig::owner_layers() const {
+  std::vector<int> owners;
+  for (int il = 0; il < n_layer; ++il) {
+    if (owns_kv(il)) owners.push_back(il);
+  }
+  return owners;
+}
+
+int ModelConfig::n_kv_layers() const { return static_cast<int>(owner_layers().size()); }
+
+int64_t ModelConfig::kv_bytes_per_token(size_t elem_size) const {
+  return int64_t{2} * n_kv_layers() * n_head_kv * n_embd_head * static_cast<int64_t>(elem_size);
+}
+
+bool ModelConfig::shares_across_layers() const {
+  for (int il = 0; il < n_layer; ++il) {
+    if (!owns_kv(il)) return true;
+  }
+  return false;
+}
+
+int64_t ModelConfig::n_params() const {
+  const int64_t E = n_embd, V = n_vocab, F = n_ff, Q = n_embd_q(), KV = n_embd_kv();
+  const int64_t norm_params = norm == NormType::kLayerNorm ? 2 * E : E;
+  int64_t total = V * E;                      // token embedding
+  if (!tied_embeddings) total += V * E;       // output matrix
+  total += norm_params;                       // final norm
+  for (int il = 0; il < n_layer; ++il) {
+    total += 2 * norm_params;                 // attention and MLP norms
+    total += Q * E + E * Q;                   // wq, wo
+    if (attn_bias) total += Q + E;
+    if (owns_kv(il)) {
+      total += 2 * KV * E;                    // wk, wv
+      if (attn_bias) total += 2 * KV;
+    }
+    const int64_t n_mats = mlp == MlpType::kSwiGlu ? 3 : 2;
+    total += n_mats * E * F;
+    if (mlp_bias) total += (n_mats - 1) * F + E;
+  }
+  return total;
+}
+
+void ModelConfig::validate() const {
+  MLKV_REQUIRE(n_vocab > 0, "config: vocab_size must be positive (got ", n_vocab, ")");
+  MLKV_REQUIRE(n_embd > 0, "config: hidden_size must be positive (got ", n_embd, ")");
+  MLKV_REQUIRE(n_layer > 0, "config: num_hidden_layers must be positive (got ", n_layer, ")");
+  MLKV_REQUIRE(n_head > 0, "config: num_attention_heads must be positive (got ", n_head, ")");
+  MLKV_REQUIRE(n_head_kv > 0, "config: num_key_value_heads must be positive (got ", n_head_kv, ")");
+  MLKV_REQUIRE(n_head % n_head_kv == 0, "config: num_attention_heads (", n_head,
+               ") is not divisible by num_key_value_heads (", n_head_kv, ")");
+  MLKV_REQUIRE(n_embd_head > 0 && n_embd_head % 2 == 0,
+               "config: head size must be a positive even number (got ", n_embd_head, ")");
+  MLKV_REQUIRE(n_ff > 0, "config: intermediate_size must be positive (got ", n_ff, ")");
+  MLKV_REQUIRE(n_ctx > 0, "config: max_position_embeddings must be positive (got ", n_ctx, ")");
+  MLKV_REQUIRE(n_rot >= 0 && n_rot <= n_embd_head && n_rot % 2 == 0,
+               "config: rotary dims (", n_rot, ") must be even and at most the head size (",
+               n_embd_head, ")");
+  MLKV_REQUIRE(rope_theta > 0, "config: rotary base must be positive");
+  MLKV_REQUIRE(norm_eps >= 0, "config: norm epsilon must not be negative");
+  MLKV_REQUIRE(static_cast<int>(kv_source.size()) == n_layer, "config: kv_source has ",
+               kv_source.size(), " entries but the model has ", n_layer, " layers");
+  for (int il = 0; il < n_layer; ++il) {
+    const int src = kv_source[static_cast<size_t>(il)];
+    MLKV_REQUIRE(src >= 0, "config: kv_source[", il, "] = ", src, " is negative");
+    MLKV_REQUIRE(src <= il, "config: kv_source[", il, "] = ", src,
+                 " points forward (a layer can only use K/V of itself or an earlier layer)");
+    MLKV_REQUIRE(kv_source[static_cast<size_t>(src)] == src, "config: kv_source[", il, "] = ", src,
+                 " points at layer ", src, ", which does not own K/V (kv_source[", src,
+                 "] = ", kv_source[static_cast<size_t>(src)], ")");
+  }
+  MLKV_REQUIRE(bos_token_id < n_vocab && eos_token_id < n_vocab,
+               "config: bos/eos token id is outside the vocabulary");
+}
+
+std::string ModelConfig::summary() const {
+  return cat(family_name(family), " L=", n_layer, " E=", n_embd, " H=", n_head, " G=", n_head_kv,
+             " M=", n_kv_layers(), " d_head=", n_embd_head, " ff=", n_ff, " V=", n_vocab,
+             " share=", share_rope_name(share_rope));
+}
+
+std::vector<int> owners_by_authors_rule(int n_layer, int n_kv_layers) {
+  MLKV_REQUIRE(n_kv_layers >= 1 && n_kv_layers <= n_layer, "num_key_value_layers (", n_kv_layers,
+               ") must be between 1 and the number of layers (", n_layer, ")");
+  std::vector<int> owners = {0};
+  const double step = static_cast<double>(n_layer) / static_cast<double>(n_kv_layers);
+  for (int i = 0; i < n_kv_layers - 1; ++i) {
+    owners.push_back(static_cast<int>(static_cast<double>(i + 1) * step));
+  }
+  return owners;
+}
+
+std::vector<int> kv_source_from_owners(int n_layer, const std::vector<int>& owners) {
+  MLKV_REQUIRE(!owners.empty() && owners[0] == 0, "the first KV owner must be layer 0");
+  for (size_t i = 1; i < owners.size(); ++i) {
+    MLKV_REQUIRE(owners[i] > owners[i - 1], "KV owner layers must be strictly increasing");
+  }
+  MLKV_REQUIRE(owners.back() < n_layer, "KV owner layer ", owners.back(),
+               " does not exist (the model has ", n_layer, " layers)");
+  std::vector<int> src(static_cast<size_t>(n_layer));
+  size_t k = 0;
+  for (int il = 0; il < n_layer; ++il) {
+    while (k + 1 < owners.size() && owners[k + 1] <= il) ++k;
+    src[static_cast<size_t>(il)] = owners[k];
+  }
+  return src;
+}
+
+ModelConfig preset_gpt_neox() {
+  ModelConfig c;
+  c.family = Family::kGptNeoX;
+  c.norm = NormType::kLayerNorm;
+  c.mlp = MlpType::kGelu;
+  c.parallel_residual = true;
+  c.attn_bias = true;
+  c.mlp_bias = true;
+  c.tied_embeddings = false;
+  c.rope_theta = 10000.0f;
+  c.norm_eps = 1e-5f;
+  c.bos_token_id = 0;
+  c.eos_token_id = 0;
+  return c;
+}
+
+ModelConfig preset_llama() {
+  ModelConfig c;
+  c.family = Family::kLlama;
+  c.norm = NormType::kRmsNorm;
+  c.mlp = MlpType::kSwiGlu;
+  c.parallel_residual = false;
+  c.attn_bias = false;
+  c.mlp_bias = false;
+  c.tied_embeddings = false;
+  c.rope_theta = 10000.0f;
+  c.norm_eps = 1e-5f;
+  return c;
+}
+
+}  // namespace mlkv

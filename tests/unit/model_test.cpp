@@ -1,0 +1,215 @@
+// Cached decoding vs full-sequence scoring for every sharing scheme and both families; batched
+// decoding of sequences of different lengths; identity sharing bit for bit; cache byte formula.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/check.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace mlkv {
+namespace {
+
+using testing::random_weights;
+using testing::tiny_config;
+
+struct Scheme {
+  const char* name;
+  int G;
+  std::vector<int> kv_source;
+};
+
+// L = 4, H = 4: MHA, GQA, MQA, MLKV m = L/2, MLKV m = 1, irregular sharing.
+std::vector<Scheme> schemes() {
+  return {{"mha", 4, {}},
+          {"gqa", 2, {}},
+          {"mqa", 1, {}},
+          {"mlkv_half", 2, {0, 0, 2, 2}},
+          {"mlkv_one", 1, {0, 0, 0, 0}},
+          {"irregular", 4, {0, 1, 1, 3}}};
+}
+
+std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return t;
+}
+
+Model make_model(const ModelConfig& c, uint64_t seed) {
+  LoadedModel lm;
+  lm.config = c;
+  lm.weights = random_weights(c, seed);
+  return Model(std::move(lm));
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+class CachedVsFull : public ::testing::TestWithParam<std::tuple<Family, int, KvShareRope>> {};
+
+TEST_P(CachedVsFull, LogprobsAgree) {
+  const auto [fam, scheme_idx, share] = GetParam();
+  const Scheme sc = schemes()[static_cast<size_t>(scheme_idx)];
+  ModelConfig c = tiny_config(fam, 4, 32, 4, sc.G, sc.kv_source, share);
+  Model m = make_model(c, 7 + scheme_idx);
+  // Long enough that the prefill uses the GEMM attention path (>= 16 rows).
+  const auto toks = random_tokens(40, c.n_vocab, 11);
+  const auto full = score_tokens(m, toks, false);
+  const auto cached = score_tokens(m, toks, true);
+  EXPECT_LT(max_abs_diff(full, cached), 2e-5) << sc.name;
+  // f16 cache: same within f16 rounding of K/V.
+  const auto cached16 = score_tokens(m, toks, true, DType::kF16);
+  EXPECT_LT(max_abs_diff(full, cached16), 2e-2) << sc.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllSchemes, CachedVsFull,
+    ::testing::Combine(::testing::Values(Family::kGptNeoX, Family::kLlama), ::testing::Range(0, 6),
+                       ::testing::Values(KvShareRope::kPost, KvShareRope::kPre)));
+
+// Several sequences of different lengths decoding together give the same log-probs as each
+// sequence scored alone.
+TEST(BatchedDecode, MatchesSingleSequences) {
+  for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
+    for (KvShareRope share : {KvShareRope::kPost, KvShareRope::kPre}) {
+      ModelConfig c = tiny_config(fam, 4, 32, 4, 2, {0, 0, 2, 2}, share);
+      Model m = make_model(c, 3);
+      const int n_seq = 3;
+      const int lens[n_seq] = {23, 9, 17};
+      std::vector<std::vector<int32_t>> seqs;
+      std::vector<std::vector<float>> alone;
+      for (int s = 0; s < n_seq; ++s) {
+        seqs.push_back(random_tokens(lens[s], c.n_vocab, 100 + s));
+        alone.push_back(score_tokens(m, seqs.back(), false));
+      }
+      // Prefill the first 5 tokens of each in one batch, then decode all together one token per
+      // step; sequences drop out as they end.
+      KVCache cache(c, n_seq, 32);
+      std::vector<std::vector<float>> together(n_seq);
+      std::vector<float> logits(static_cast<size_t>(5 * n_seq) * c.n_vocab);
+      Batch b;
+      const int prefix = 5;
+      for (int s = 0; s < n_seq; ++s) {
+        ASSERT_EQ(cache.acquire_seq(), s);
+        for (int i = 0; i < prefix; ++i) b.add(seqs[s][i], s, i, true);
+      }
+      m.forward(b, cache, logits.data());
+      auto record = [&](int s, int i, const float* row) {
+        if (i + 1 < lens[s]) {
+          together[s].push_back(row[seqs[s][i + 1]] - ops::logsumexp(row, c.n_vocab));
+        }
+      };
+      for (int s = 0; s < n_seq; ++s) {
+        for (int i = 0; i < prefix; ++i) record(s, i, logits.data() + (s * prefix + i) * c.n_vocab);
+      }
+      for (int step = prefix; step < 23; ++step) {
+        b.clear();
+        std::vector<int> who;
+        for (int s = 0; s < n_seq; ++s) {
+          if (step < lens[s]) {
+            b.add(seqs[s][step], s, step, true);
+            who.push_back(s);
+          }
+        }
+        m.forward(b, cache, logits.data());
+        for (size_t k = 0; k < who.size(); ++k) record(who[k], step, logits.data() + k * c.n_vocab);
+      }
+      for (int s = 0; s < n_seq; ++s) {
+        EXPECT_LT(max_abs_diff(alone[s], together[s]), 2e-5) << "sequence " << s;
+      }
+    }
+  }
+}
+
+// A freed slot is reused and gives the same results as a fresh cache.
+TEST(BatchedDecode, FreedSlotIsReused) {
+  ModelConfig c = tiny_config(Family::kLlama, 4, 32, 4, 1, {0, 0, 2, 2}, KvShareRope::kPost);
+  Model m = make_model(c, 5);
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 5; ++i) reqs.push_back({random_tokens(3 + i, c.n_vocab, 50 + i), 6 + i, {}});
+  GenerateOptions two;
+  two.n_parallel = 2;
+  GenerateOptions one;
+  one.n_parallel = 1;
+  const auto a = generate(m, reqs, two);
+  const auto b = generate(m, reqs, one);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << "request " << i;
+    EXPECT_EQ(a[i].tokens.size(), static_cast<size_t>(6 + i));
+    EXPECT_EQ(a[i].finish_reason, "length");
+  }
+}
+
+// Every layer owning its K/V: pre and post sharing are the same model, bit for bit.
+TEST(IdentitySharing, PreAndPostBitIdentical) {
+  for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
+    ModelConfig post = tiny_config(fam, 4, 32, 4, 4, {}, KvShareRope::kPost);
+    ModelConfig pre = post;
+    pre.share_rope = KvShareRope::kPre;
+    Model a = make_model(post, 9), b = make_model(pre, 9);
+    const auto toks = random_tokens(30, post.n_vocab, 2);
+    EXPECT_EQ(score_tokens(a, toks, false), score_tokens(b, toks, false));
+    EXPECT_EQ(score_tokens(a, toks, true), score_tokens(b, toks, true));
+  }
+}
+
+// Pre and post sharing really are different models once a layer shares.
+TEST(Sharing, PreAndPostDiffer) {
+  ModelConfig post = tiny_config(Family::kGptNeoX, 4, 32, 4, 4, {0, 0, 2, 2}, KvShareRope::kPost);
+  ModelConfig pre = post;
+  pre.share_rope = KvShareRope::kPre;
+  Model a = make_model(post, 9), b = make_model(pre, 9);
+  const auto toks = random_tokens(30, post.n_vocab, 2);
+  EXPECT_GT(max_abs_diff(score_tokens(a, toks, false), score_tokens(b, toks, false)), 1e-3);
+}
+
+TEST(KVCache, BytesFollowTheFormula) {
+  for (const Scheme& sc : schemes()) {
+    ModelConfig c = tiny_config(Family::kLlama, 4, 32, 4, sc.G, sc.kv_source, KvShareRope::kPost);
+    const int m = c.n_kv_layers(), g = c.n_head_kv, d = c.n_embd_head;
+    for (DType e : {DType::kF32, DType::kF16}) {
+      KVCache cache(c, 3, 50, e);
+      const int64_t formula = int64_t{2} * 3 * 50 * m * g * d * int64_t(dtype_size(e));
+      EXPECT_EQ(cache.bytes(), formula) << sc.name;
+      EXPECT_EQ(KVCache::bytes_needed(c, 3, 50, e), formula);
+      EXPECT_EQ(cache.n_slots(), m);
+    }
+  }
+}
+
+TEST(ModelErrors, BadBatches) {
+  ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  Model m = make_model(c, 1);
+  KVCache cache(c, 1, 8);
+  cache.acquire_seq();
+  std::vector<float> logits(static_cast<size_t>(16) * c.n_vocab);
+  Batch b;
+  b.add(c.n_vocab, 0, 0, true);  // token id == vocab
+  EXPECT_THROW(m.forward(b, cache, logits.data()), Error);
+  b.clear();
+  for (int i = 0; i < 9; ++i) b.add(1, 0, i, true);  // past the context
+  try {
+    m.forward(b, cache, logits.data());
+    FAIL() << "context overflow accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("context overflow"), std::string::npos) << e.what();
+  }
+  b.clear();
+  b.add(1, 0, 3, true);  // position does not continue the sequence
+  EXPECT_THROW(m.forward(b, cache, logits.data()), Error);
+  EXPECT_THROW(score_tokens(m, {1}, false), Error);  // nothing to score
+  const std::vector<int32_t> too_long(static_cast<size_t>(c.n_ctx) + 1, 1);
+  EXPECT_THROW(score_tokens(m, too_long, false), Error);
+}
+
+}  // namespace
+}  // namespace mlkv

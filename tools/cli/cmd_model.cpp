@@ -1,0 +1,406 @@
+// Subcommands that run a model: info, score, generate, bench.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "core/check.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "io/hf_config.h"
+#include "io/hf_model.h"
+#include "runtime/engine.h"
+#include "runtime/membw.h"
+#include "runtime/presets.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mlkv::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+DType parse_cache_type(const std::string& s) {
+  if (s == "f32") return DType::kF32;
+  if (s == "f16") return DType::kF16;
+  fail("--cache-type must be f32 or f16 (got '", s, "')");
+}
+
+// "MHA", "GQA-4", "MQA", "MLKV 4x1": how the model shares K/V.
+std::string scheme_name(const ModelConfig& c) {
+  const int m = c.n_kv_layers(), g = c.n_head_kv;
+  if (m < c.n_layer) return cat("MLKV (", m, " KV layers x ", g, " KV heads)");
+  if (g == c.n_head) return "MHA";
+  if (g == 1) return "MQA";
+  return cat("GQA (", g, " KV heads)");
+}
+
+std::string list_str(const std::vector<int>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
+  return buf;
+}
+
+// Config only, without reading the weights (fast `info` on big checkpoints).
+ModelConfig load_config_only(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(path)) return load_hf_config((fs::path(path) / "config.json").string());
+  return load_model(path).config;
+}
+
+void add_threads_option(CLI::App* cmd, int* threads) {
+  cmd->add_option("-t,--threads", *threads, "Threads (default: all cores)");
+}
+
+std::vector<int32_t> tokens_from(const std::string& ids, const std::string& text,
+                                 const std::string& model_path, const std::string& tok_path,
+                                 bool add_bos, std::unique_ptr<Tokenizer>* tok_out) {
+  MLKV_REQUIRE(ids.empty() != text.empty(), "give exactly one of --tokens or --text/--prompt");
+  if (!ids.empty()) return parse_id_list(ids);
+  *tok_out = load_tokenizer(tok_path.empty() ? model_path : tok_path);
+  return (*tok_out)->encode(text, add_bos);
+}
+
+// ---------------------------------------------------------------- info
+struct InfoArgs {
+  std::string model;
+  int ctx = 0, batch = 1;
+  std::string cache_type = "f32";
+  bool json_out = false;
+};
+
+void run_info(const InfoArgs& a) {
+  const ModelConfig c = load_config_only(a.model);
+  const DType elem = parse_cache_type(a.cache_type);
+  const int ctx = a.ctx > 0 ? a.ctx : c.n_ctx;
+  MLKV_REQUIRE(a.batch > 0, "--batch must be positive");
+  const int64_t per_tok = c.kv_bytes_per_token(dtype_size(elem));
+  const int64_t total = KVCache::bytes_needed(c, a.batch, ctx, elem);
+  // The same model without any sharing, for the saving factor l*h / (m*g).
+  const int64_t mha_per_tok = int64_t{2} * c.n_layer * c.n_head * c.n_embd_head * int64_t(dtype_size(elem));
+  if (a.json_out) {
+    json j = {{"model", a.model},
+              {"family", family_name(c.family)},
+              {"scheme", scheme_name(c)},
+              {"n_layer", c.n_layer},
+              {"n_embd", c.n_embd},
+              {"n_head", c.n_head},
+              {"n_head_kv", c.n_head_kv},
+              {"n_embd_head", c.n_embd_head},
+              {"n_ff", c.n_ff},
+              {"n_vocab", c.n_vocab},
+              {"n_ctx_train", c.n_ctx},
+              {"n_rot", c.n_rot},
+              {"n_kv_layers", c.n_kv_layers()},
+              {"owner_layers", c.owner_layers()},
+              {"kv_source", c.kv_source},
+              {"kv_share_rope", share_rope_name(c.share_rope)},
+              {"n_params", c.n_params()},
+              {"cache_type", a.cache_type},
+              {"kv_bytes_per_token", per_tok},
+              {"ctx", ctx},
+              {"batch", a.batch},
+              {"kv_cache_bytes", total},
+              {"kv_reduction_vs_mha", static_cast<double>(mha_per_tok) / per_tok}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("model         %s\n", a.model.c_str());
+  std::printf("family        %s (%s, %s residual)\n", family_name(c.family),
+              c.norm == NormType::kLayerNorm ? "LayerNorm, GELU" : "RMSNorm, SwiGLU",
+              c.parallel_residual ? "parallel" : "sequential");
+  std::printf("geometry      %d layers, d_model %d, %d heads of %d, ff %d, vocab %d, ctx %d, rotary dims %d\n",
+              c.n_layer, c.n_embd, c.n_head, c.n_embd_head, c.n_ff, c.n_vocab, c.n_ctx, c.n_rot);
+  std::printf("kv sharing    %s, %s-rotary sharing\n", scheme_name(c).c_str(), share_rope_name(c.share_rope));
+  std::printf("kv heads      %d per KV layer\n", c.n_head_kv);
+  std::printf("owner layers  %s\n", list_str(c.owner_layers()).c_str());
+  std::printf("kv_source     %s\n", list_str(c.kv_source).c_str());
+  std::printf("parameters    %lld\n", static_cast<long long>(c.n_params()));
+  std::printf("kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",
+              static_cast<long long>(per_tok), a.cache_type.c_str(), human_bytes(static_cast<double>(total)).c_str(),
+              ctx, a.batch, static_cast<double>(mha_per_tok) / per_tok);
+}
+
+// ---------------------------------------------------------------- score
+struct ScoreArgs {
+  std::string model, tokens, text, tokenizer, cache_type = "f32";
+  bool cached = false, json_out = false, add_bos = false;
+  int threads = 0;
+};
+
+void run_score(const ScoreArgs& a) {
+  set_num_threads(a.threads);
+  Model model = Model::load(a.model);
+  std::unique_ptr<Tokenizer> tok;
+  const std::vector<int32_t> ids = tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
+  const std::vector<float> lp = score_tokens(model, ids, a.cached, parse_cache_type(a.cache_type));
+  double sum = 0;
+  for (float v : lp) sum += v;
+  if (a.json_out) {
+    json j = {{"logprobs", lp}, {"sum_logprob", sum}, {"n_tokens", ids.size()},
+              {"ppl", std::exp(-sum / static_cast<double>(lp.size()))}};
+    if (tok) {
+      std::vector<std::string> pieces;
+      for (size_t i = 1; i < ids.size(); ++i) pieces.push_back(tok->token_bytes(ids[i]));
+      j["tokens"] = ids;
+      j["token_strings"] = pieces;
+    }
+    std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    return;
+  }
+  for (size_t i = 0; i < lp.size(); ++i) {
+    if (tok) {
+      std::printf("%6zu %8d %12.6f  %s\n", i + 1, ids[i + 1], lp[i],
+                  json(tok->token_bytes(ids[i + 1])).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    } else {
+      std::printf("%6zu %8d %12.6f\n", i + 1, ids[i + 1], lp[i]);
+    }
+  }
+  std::printf("sum %.6f  mean %.6f  ppl %.4f\n", sum, sum / static_cast<double>(lp.size()),
+              std::exp(-sum / static_cast<double>(lp.size())));
+}
+
+// ---------------------------------------------------------------- generate
+struct GenerateArgs {
+  std::string model, tokenizer, cache_type = "f32";
+  std::vector<std::string> tokens, prompts;
+  int n = 32, top_k = 0, parallel = 8, ctx = 0, threads = 0;
+  float temp = 0.0f, top_p = 1.0f;
+  uint64_t seed = 0;
+  bool json_out = false, ignore_eos = false, add_bos = false;
+};
+
+void run_generate(const GenerateArgs& a) {
+  set_num_threads(a.threads);
+  MLKV_REQUIRE(!a.tokens.empty() || !a.prompts.empty(), "give at least one --tokens or --prompt");
+  MLKV_REQUIRE(a.n >= 0, "-n must not be negative");
+  Model model = Model::load(a.model);
+  std::unique_ptr<Tokenizer> tok;
+  std::vector<GenerateRequest> reqs;
+  for (const auto& t : a.tokens) reqs.push_back({parse_id_list(t), a.n, {}});
+  if (!a.prompts.empty()) {
+    tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
+    for (const auto& p : a.prompts) reqs.push_back({tok->encode(p, a.add_bos), a.n, {}});
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].sampling = {a.temp, a.top_k, a.top_p, a.seed + i};
+  }
+  GenerateOptions opt;
+  opt.n_parallel = a.parallel;
+  opt.n_ctx = a.ctx;
+  opt.cache_elem = parse_cache_type(a.cache_type);
+  opt.stop_at_eos = !a.ignore_eos;
+  // Text of a single prompt streams as it is generated.
+  std::unique_ptr<StreamDecoder> stream;
+  const bool streaming = tok && reqs.size() == 1 && !a.json_out;
+  if (streaming) {
+    stream = std::make_unique<StreamDecoder>(*tok);
+    std::fputs(a.prompts[0].c_str(), stdout);
+    std::fflush(stdout);
+    opt.on_token = [&](int, int32_t id) {
+      std::fputs(stream->push(id).c_str(), stdout);
+      std::fflush(stdout);
+    };
+  }
+  Timer timer;
+  const std::vector<GenerateResult> res = generate(model, reqs, opt);
+  const double secs = timer.seconds();
+  size_t n_gen = 0;
+  for (const auto& r : res) n_gen += r.tokens.size();
+  if (streaming) {
+    std::printf("%s\n", stream->flush().c_str());
+    std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tok/s, finish: %s]\n", n_gen, secs,
+                 static_cast<double>(n_gen) / secs, res[0].finish_reason.c_str());
+    return;
+  }
+  if (a.json_out) {
+    json out = json::array();
+    for (size_t i = 0; i < res.size(); ++i) {
+      json r = {{"prompt_tokens", reqs[i].prompt}, {"tokens", res[i].tokens},
+                {"finish_reason", res[i].finish_reason}};
+      if (tok) r["text"] = tok->decode(res[i].tokens);
+      out.push_back(r);
+    }
+    json j = {{"results", out}, {"seconds", secs}, {"generated_tokens", n_gen}};
+    std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    return;
+  }
+  for (size_t i = 0; i < res.size(); ++i) {
+    if (tok) {
+      std::printf("%s\n", tok->decode(res[i].tokens).c_str());
+      continue;
+    }
+    std::string line;
+    for (size_t k = 0; k < res[i].tokens.size(); ++k) line += (k ? " " : "") + std::to_string(res[i].tokens[k]);
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+// ---------------------------------------------------------------- bench
+struct BenchArgs {
+  std::string model, random = "pythia-160m", cache_type = "f32";
+  int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
+  bool json_out = false, skip_bandwidth = false;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+void run_bench(const BenchArgs& a) {
+  set_num_threads(a.threads);
+  MLKV_REQUIRE(a.prompt >= 1 && a.gen >= 1 && a.batch >= 1 && a.reps >= 1,
+               "--prompt, --gen, --batch and --reps must be positive");
+  LoadedModel lm;
+  std::string name = a.model;
+  if (!a.model.empty()) {
+    lm = load_model(a.model);
+  } else {
+    lm.config = geometry_preset(a.random);
+    apply_sharing(&lm.config, a.kv_heads, a.kv_layers);
+    init_weights_random(lm.config, &lm.weights, 1234);
+    name = "random " + a.random;
+  }
+  Model model(std::move(lm));
+  const ModelConfig& c = model.config();
+  const DType elem = parse_cache_type(a.cache_type);
+  const int ctx = a.prompt + a.gen;
+  MLKV_REQUIRE(ctx <= c.n_ctx, "--prompt + --gen (", ctx, ") exceeds the model context ", c.n_ctx);
+
+  // Weight bytes one decode step reads: everything but the embedding table (one row of it).
+  const int64_t weight_bytes = (c.n_params() - int64_t{c.n_vocab} * c.n_embd * (c.tied_embeddings ? 0 : 1)) * 4;
+  const int64_t decode_bytes = weight_bytes;
+  std::vector<double> prefill_tps, decode_tps;
+  std::vector<float> logits(static_cast<size_t>(a.batch) * c.n_vocab);
+  for (int rep = 0; rep < a.reps + 1; ++rep) {  // the first repetition warms up
+    KVCache cache(c, a.batch, ctx, elem);
+    Batch b;
+    Timer t;
+    for (int s = 0; s < a.batch; ++s) {
+      cache.acquire_seq();
+      b.clear();
+      for (int i = 0; i < a.prompt; ++i) b.add((i * 7919 + s) % c.n_vocab, s, i, i + 1 == a.prompt);
+      model.forward(b, cache, logits.data());
+    }
+    const double t_prefill = t.seconds();
+    t.reset();
+    for (int step = 0; step < a.gen; ++step) {
+      b.clear();
+      for (int s = 0; s < a.batch; ++s) b.add((step * 31 + s) % c.n_vocab, s, a.prompt + step, true);
+      model.forward(b, cache, logits.data());
+    }
+    const double t_decode = t.seconds();
+    if (rep == 0) continue;
+    prefill_tps.push_back(a.batch * a.prompt / t_prefill);
+    decode_tps.push_back(a.batch * a.gen / t_decode);
+  }
+  const double bw = a.skip_bandwidth ? 0.0 : measure_read_bandwidth();
+  const double pf = median(prefill_tps), dc = median(decode_tps);
+  const double bound = bw > 0 ? bw / static_cast<double>(decode_bytes) : 0;
+  if (a.json_out) {
+    json j = {{"model", name},           {"threads", num_threads()},   {"prompt", a.prompt},
+              {"gen", a.gen},            {"batch", a.batch},           {"reps", a.reps},
+              {"cache_type", a.cache_type}, {"prefill_tok_s", pf},     {"decode_tok_s", dc},
+              {"weight_bytes_per_token", decode_bytes}, {"read_bandwidth_gb_s", bw / 1e9},
+              {"decode_bound_tok_s", bound}, {"decode_fraction_of_bound", bound > 0 ? dc / a.batch / bound : 0},
+              {"kv_bytes_per_token", c.kv_bytes_per_token(dtype_size(elem))}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("model           %s (%s)\n", name.c_str(), c.summary().c_str());
+  std::printf("threads         %d\n", num_threads());
+  std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", pf, a.prompt, a.batch, a.reps);
+  std::printf("decode          %.1f tok/s (batch %d, %d steps, median of %d)\n", dc, a.batch, a.gen, a.reps);
+  if (bw > 0) {
+    std::printf("read bandwidth  %.2f GB/s (measured)\n", bw / 1e9);
+    std::printf("decode bound    %.1f tok/s per sequence (%.1f MB of weights per step)\n", bound,
+                static_cast<double>(decode_bytes) / 1e6);
+    std::printf("decode / bound  %.1f%% (batch-1 steps per second vs bound)\n", 100.0 * dc / a.batch / bound);
+  }
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app) {
+  {
+    auto a = std::make_shared<InfoArgs>();
+    auto* cmd = app.add_subcommand("info", "Describe a model: geometry, KV sharing, parameter count, KV-cache bytes");
+    cmd->add_option("model", a->model, "Model folder (config.json + safetensors) or llama2.c .bin")->required();
+    cmd->add_option("--ctx", a->ctx, "Context length for the cache size (default: the model's)");
+    cmd->add_option("--batch", a->batch, "Sequences for the cache size")->capture_default_str();
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_flag("--json", a->json_out, "Print JSON");
+    cmd->callback([a] { run_info(*a); });
+  }
+  {
+    auto a = std::make_shared<ScoreArgs>();
+    auto* cmd = app.add_subcommand("score", "Log-probability of each next token of a sequence");
+    cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
+    cmd->add_option("--tokens", a->tokens, "Token ids, e.g. \"1 2 3\"");
+    cmd->add_option("--text", a->text, "Text, encoded with the model's tokenizer");
+    cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+    cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --text");
+    cmd->add_flag("--cached", a->cached, "Score through token-by-token cached decoding instead of one pass");
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_flag("--json", a->json_out, "Print {\"logprobs\": [...]} JSON");
+    add_threads_option(cmd, &a->threads);
+    cmd->callback([a] { run_score(*a); });
+  }
+  {
+    auto a = std::make_shared<GenerateArgs>();
+    auto* cmd = app.add_subcommand("generate", "Generate continuations of one or more prompts together");
+    cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
+    cmd->add_option("--tokens", a->tokens, "A prompt as token ids (repeat for several prompts)");
+    cmd->add_option("-p,--prompt", a->prompts, "A text prompt (repeat for several)");
+    cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+    cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --prompt");
+    cmd->add_option("-n,--max-tokens", a->n, "Tokens to generate per prompt")->capture_default_str();
+    cmd->add_option("--temp", a->temp, "Sampling temperature (0: greedy)")->capture_default_str();
+    cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: all)")->capture_default_str();
+    cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->capture_default_str();
+    cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")->capture_default_str();
+    cmd->add_option("--parallel", a->parallel, "Sequences decoded together")->capture_default_str();
+    cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)");
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");
+    cmd->add_flag("--json", a->json_out, "Print JSON");
+    add_threads_option(cmd, &a->threads);
+    cmd->callback([a] { run_generate(*a); });
+  }
+  {
+    auto a = std::make_shared<BenchArgs>();
+    auto* cmd = app.add_subcommand("bench", "Prefill and decode tokens/s, and the measured memory bandwidth");
+    cmd->add_option("model", a->model, "Model folder (default: a random model of --random geometry)");
+    cmd->add_option("--random", a->random, "Geometry of a random model when no MODEL is given")->capture_default_str();
+    cmd->add_option("--kv-heads", a->kv_heads, "Random model: KV heads per layer");
+    cmd->add_option("--kv-layers", a->kv_layers, "Random model: KV layers (authors' owner rule)");
+    cmd->add_option("--prompt", a->prompt, "Prompt tokens to prefill")->capture_default_str();
+    cmd->add_option("--gen", a->gen, "Decode steps")->capture_default_str();
+    cmd->add_option("--batch", a->batch, "Sequences decoded together")->capture_default_str();
+    cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
+    cmd->add_flag("--json", a->json_out, "Print JSON");
+    add_threads_option(cmd, &a->threads);
+    cmd->callback([a] { run_bench(*a); });
+  }
+}
+
+}  // namespace mlkv::cli
