@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "mlkv 0.1.0");
   mlkv::cli::add_model_commands(app);
   mlkv::cli::add_tokenizer_commands(app);
+  mlkv::cli::add_train_commands(app);
+  mlkv::cli::add_eval_commands(app);
+  mlkv::cli::add_convert_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
