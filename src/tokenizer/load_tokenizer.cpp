@@ -1,0 +1,124 @@
+// load_tokenizer(): finds and opens a tokenizer by path; StreamDecoder; the shared decode helper.
+#include <filesystem>
+
+#include "core/check.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/detail.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
+
+namespace mlkv {
+
+namespace fs = std::filesystem;
+
+namespace detail {
+
+void check_id(int32_t id, int32_t n_vocab) {
+  MLKV_REQUIRE(id >= 0 && id < n_vocab, "token id ", id, " is out of range [0, ", n_vocab, ")");
+}
+
+int byte_fallback_value(const std::string& piece) {
+  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  int hi = hex(piece[3]), lo = hex(piece[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+std::string decode_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::string raw;
+  for (int32_t id : ids) raw += tok.token_bytes_at(id, raw.empty());
+  return utf8::sanitize(raw);
+}
+
+}  // namespace detail
+
+namespace {
+
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+// llama2.c tokenizer files are called tokenizer.bin or tok<N>.bin.
+bool is_llama2c_name(const std::string& name) {
+  return name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && name.size() > 4 &&
+                                     name.compare(name.size() - 4, 4, ".bin") == 0);
+}
+
+std::unique_ptr<Tokenizer> load_from_dir(const fs::path& dir) {
+  if (is_file(dir / "tokenizer.json")) return load_hf_tokenizer_json((dir / "tokenizer.json").string());
+  if (is_file(dir / "tokenizer.model")) return detail::load_sentencepiece((dir / "tokenizer.model").string());
+  if (is_file(dir / "encoder.json") && is_file(dir / "vocab.bpe")) {
+    return load_gpt2_bpe((dir / "encoder.json").string(), (dir / "vocab.bpe").string());
+  }
+  if (is_file(dir / "tokenizer.bin")) return detail::load_llama2c((dir / "tokenizer.bin").string());
+  // llama2.c model folders often carry tok<N>.bin; take it when there is exactly one.
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file(ec) && is_llama2c_name(e.path().filename().string())) found.push_back(e.path());
+  }
+  if (found.size() == 1) return detail::load_llama2c(found[0].string());
+  fail("no tokenizer found in '", dir.string(),
+       "' (looked for tokenizer.json, tokenizer.model, encoder.json + vocab.bpe, tokenizer.bin, "
+       "tok*.bin); pass one with --tokenizer");
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  std::error_code ec;
+  fs::path p(path);
+  MLKV_REQUIRE(fs::exists(p, ec), "tokenizer path '", path, "' does not exist");
+  if (fs::is_directory(p, ec)) return load_from_dir(p);
+  const std::string name = p.filename().string();
+  const std::string ext = p.extension().string();
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (name == "encoder.json" || ext == ".bpe") {
+    fs::path enc = dir / "encoder.json", bpe = dir / "vocab.bpe";
+    MLKV_REQUIRE(is_file(enc) && is_file(bpe), "'", path,
+                 "': a GPT-2 tokenizer needs encoder.json and vocab.bpe side by side");
+    return load_gpt2_bpe(enc.string(), bpe.string());
+  }
+  if (ext == ".json") return load_hf_tokenizer_json(path);
+  if (ext == ".model") return detail::load_sentencepiece(path);
+  if (is_llama2c_name(name)) return detail::load_llama2c(path);
+  // Anything else (a model file: .bin, .safetensors, ...): the tokenizer sits next to it.
+  return load_from_dir(dir);
+}
+
+// ---- StreamDecoder ----
+
+struct StreamDecoder::Impl {
+  const Tokenizer& tok;
+  std::string pending;  // bytes of a UTF-8 sequence that is not complete yet
+  bool at_start = true;  // no byte decoded so far
+};
+
+StreamDecoder::StreamDecoder(const Tokenizer& tok) : impl_(std::make_unique<Impl>(Impl{tok, {}, true})) {}
+StreamDecoder::~StreamDecoder() = default;
+
+std::string StreamDecoder::push(int32_t id) {
+  std::string bytes = impl_->tok.token_bytes_at(id, impl_->at_start);
+  if (bytes.empty()) return "";
+  impl_->at_start = false;
+  impl_->pending += bytes;
+  size_t keep = utf8::incomplete_tail(impl_->pending);
+  std::string_view ready(impl_->pending.data(), impl_->pending.size() - keep);
+  std::string out = utf8::sanitize(ready);
+  impl_->pending.erase(0, impl_->pending.size() - keep);
+  return out;
+}
+
+std::string StreamDecoder::flush() {
+  std::string out = utf8::sanitize(impl_->pending);
+  impl_->pending.clear();
+  return out;
+}
+
+}  // namespace mlkv
