@@ -1,0 +1,106 @@
+// ModelConfig and config.json parsing: the authors' owner rule, kv_source validation, the
+// family keys, and clear errors for impossible configurations.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/check.h"
+#include "io/hf_config.h"
+#include "model/config.h"
+
+namespace mlkv {
+namespace {
+
+void expect_config_error(const std::string& json, const std::string& needle) {
+  try {
+    parse_hf_config(json, "config.json");
+    FAIL() << "accepted: " << json;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+const char* kNeox = R"({"model_type":"gpt_neox","vocab_size":100,"hidden_size":64,"num_hidden_layers":12,
+ "num_attention_heads":4,"intermediate_size":256,"rotary_pct":0.25)";
+
+std::string neox(const std::string& extra) { return std::string(kNeox) + extra + "}"; }
+
+TEST(OwnerRule, PaperExamples) {
+  EXPECT_EQ(owners_by_authors_rule(12, 6), (std::vector<int>{0, 2, 4, 6, 8, 10}));
+  EXPECT_EQ(owners_by_authors_rule(12, 4), (std::vector<int>{0, 3, 6, 9}));
+  EXPECT_EQ(owners_by_authors_rule(12, 2), (std::vector<int>{0, 6}));
+  EXPECT_EQ(owners_by_authors_rule(12, 1), (std::vector<int>{0}));
+  EXPECT_EQ(owners_by_authors_rule(32, 4), (std::vector<int>{0, 8, 16, 24}));
+  EXPECT_EQ(owners_by_authors_rule(12, 12).size(), 12u);
+  EXPECT_EQ(kv_source_from_owners(6, {0, 3}), (std::vector<int>{0, 0, 0, 3, 3, 3}));
+  EXPECT_THROW(owners_by_authors_rule(12, 13), Error);
+  EXPECT_THROW(kv_source_from_owners(6, {1, 3}), Error);
+}
+
+TEST(HfConfig, NeoxDefaultsAndAuthorsFormat) {
+  ModelConfig c = parse_hf_config(neox(""), "x");
+  EXPECT_EQ(c.family, Family::kGptNeoX);
+  EXPECT_EQ(c.n_rot, 4);  // int(16 * 0.25)
+  EXPECT_EQ(c.n_head_kv, 4);
+  EXPECT_FALSE(c.shares_across_layers());
+  EXPECT_EQ(c.share_rope, KvShareRope::kPost);
+  // The authors' checkpoints: num_key_value_layers without kv_share_rope means pre.
+  c = parse_hf_config(neox(R"(,"num_key_value_heads":1,"num_key_value_layers":4)"), "x");
+  EXPECT_EQ(c.share_rope, KvShareRope::kPre);
+  EXPECT_EQ(c.owner_layers(), (std::vector<int>{0, 3, 6, 9}));
+  EXPECT_EQ(c.kv_source[5], 3);
+  c = parse_hf_config(neox(R"(,"num_key_value_layers":4,"kv_share_rope":"post")"), "x");
+  EXPECT_EQ(c.share_rope, KvShareRope::kPost);
+}
+
+TEST(HfConfig, ExplicitKvSourceWins) {
+  ModelConfig c = parse_hf_config(neox(R"(,"kv_source":[0,0,2,2,2,5,5,5,5,5,5,5])"), "x");
+  EXPECT_EQ(c.owner_layers(), (std::vector<int>{0, 2, 5}));
+  c = parse_hf_config(neox(R"(,"kv_source":[0,0,2,2,2,5,5,5,5,5,5,5],"num_key_value_layers":3)"), "x");
+  EXPECT_EQ(c.n_kv_layers(), 3);
+  expect_config_error(neox(R"(,"kv_source":[0,0,2,2,2,5,5,5,5,5,5,5],"num_key_value_layers":4)"),
+                      "num_key_value_layers is 4 but kv_source has 3 owner layers");
+}
+
+TEST(HfConfig, BadConfigs) {
+  expect_config_error(neox(R"(,"kv_source":[0,2,2,2,2,2,2,2,2,2,2,2])"), "points forward");
+  expect_config_error(neox(R"(,"kv_source":[0,0,1,3,3,3,3,3,3,3,3,3])"), "does not own K/V");
+  expect_config_error(neox(R"(,"kv_source":[0,0,0])"), "kv_source has 3 entries");
+  expect_config_error(neox(R"(,"num_key_value_heads":3)"), "not divisible by num_key_value_heads");
+  expect_config_error(neox(R"(,"kv_share_rope":"sideways")"), "kv_share_rope must be");
+  expect_config_error(neox(R"(,"num_key_value_layers":13)"), "num_key_value_layers (13)");
+  expect_config_error(R"({"model_type":"gpt_neox","hidden_size":64})", "missing required key 'vocab_size'");
+  expect_config_error(R"({"model_type":"bert"})", "model_type 'bert' is not supported");
+  expect_config_error("{not json", "not valid JSON");
+  expect_config_error(neox(R"(,"hidden_act":"relu")"), "hidden_act 'relu'");
+  expect_config_error(R"({"model_type":"llama","vocab_size":10,"hidden_size":60,"num_hidden_layers":2,
+    "num_attention_heads":7,"intermediate_size":8})", "not divisible by num_attention_heads");
+}
+
+TEST(HfConfig, RoundTrip) {
+  ModelConfig c = parse_hf_config(neox(R"(,"num_key_value_heads":2,"kv_source":[0,0,2,2,2,5,5,5,5,5,5,5],"kv_share_rope":"pre","use_parallel_residual":false)"), "x");
+  const ModelConfig d = parse_hf_config(hf_config_to_json(c), "y");
+  EXPECT_EQ(d.kv_source, c.kv_source);
+  EXPECT_EQ(d.share_rope, c.share_rope);
+  EXPECT_EQ(d.n_rot, c.n_rot);
+  EXPECT_EQ(d.n_head_kv, 2);
+  EXPECT_EQ(d.parallel_residual, false);
+  EXPECT_EQ(d.n_params(), c.n_params());
+  const char* llama = R"({"model_type":"llama","vocab_size":10,"hidden_size":64,"num_hidden_layers":2,
+    "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":8,"tie_word_embeddings":true,"rope_theta":500000.0})";
+  c = parse_hf_config(llama, "x");
+  const ModelConfig e = parse_hf_config(hf_config_to_json(c), "y");
+  EXPECT_EQ(e.family, Family::kLlama);
+  EXPECT_TRUE(e.tied_embeddings);
+  EXPECT_EQ(e.rope_theta, 500000.0f);
+  EXPECT_EQ(e.n_rot, 16);
+}
+
+TEST(Config, KvBytesPerToken) {
+  ModelConfig c = parse_hf_config(neox(R"(,"num_key_value_heads":1,"num_key_value_layers":4)"), "x");
+  // 2 (K and V) * m=4 * g=1 * d=16 * 4 bytes
+  EXPECT_EQ(c.kv_bytes_per_token(4), 2 * 4 * 1 * 16 * 4);
+}
+
+}  // namespace
+}  // namespace mlkv

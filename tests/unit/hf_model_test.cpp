@@ -1,0 +1,189 @@
+// Model folders: save/load round trips (fused and split GPT-NeoX layouts, f32/bf16), and bad
+// checkpoints rejected with errors naming the tensor.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "core/check.h"
+#include "io/hf_config.h"
+#include "io/hf_model.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace mlkv {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::random_weights;
+using testing::tiny_config;
+
+std::string tmp_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / "mlkv_hf_model_test" / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
+}
+
+std::vector<int32_t> toks(int n, int vocab) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back((i * 37 + 11) % vocab);
+  return t;
+}
+
+void expect_load_error(const std::string& dir, const std::string& needle) {
+  try {
+    load_model(dir);
+    FAIL() << "loaded " << dir;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(HfModel, FusedAndSplitLayoutsAreBitIdentical) {
+  const ModelConfig c = tiny_config(Family::kGptNeoX, 3, 32, 4, 4, {}, KvShareRope::kPost);
+  const ModelWeights w = random_weights(c, 4);
+  const std::string fused = tmp_dir("fused"), split = tmp_dir("split");
+  save_model(fused, c, w, {DType::kF32, true});
+  save_model(split, c, w, {DType::kF32, false});
+  EXPECT_NE(SafeTensorsSet::open_dir(fused).find("gpt_neox.layers.0.attention.query_key_value.weight"), nullptr);
+  EXPECT_NE(SafeTensorsSet::open_dir(split).find("gpt_neox.layers.0.attention.key.weight"), nullptr);
+  Model a = Model::load(fused), b = Model::load(split);
+  LoadedModel lm{c, w};
+  Model orig(std::move(lm));
+  const auto t = toks(20, c.n_vocab);
+  const auto ref = score_tokens(orig, t, false);
+  EXPECT_EQ(score_tokens(a, t, false), ref);
+  EXPECT_EQ(score_tokens(b, t, false), ref);
+}
+
+TEST(HfModel, SharedModelRoundTripBf16) {
+  const ModelConfig c = tiny_config(Family::kLlama, 4, 32, 4, 2, {0, 0, 2, 2}, KvShareRope::kPre);
+  const ModelWeights w = random_weights(c, 5);
+  const std::string dir = tmp_dir("bf16");
+  save_model(dir, c, w, {DType::kBF16, true});
+  LoadedModel m = load_model(dir);
+  EXPECT_EQ(m.config.kv_source, c.kv_source);
+  EXPECT_EQ(m.config.share_rope, KvShareRope::kPre);
+  EXPECT_TRUE(m.weights.layers[1].wk.empty());  // a consumer has no K/V weights
+  // bf16 keeps 8 bits of mantissa: relative error <= 2^-8.
+  for (int64_t i = 0; i < w.tok_embd.numel(); ++i) {
+    EXPECT_NEAR(m.weights.tok_embd[i], w.tok_embd[i], std::fabs(w.tok_embd[i]) * 0.0040f);
+  }
+}
+
+TEST(HfModel, BadCheckpoints) {
+  const ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  const ModelWeights w = random_weights(c, 6);
+  const std::string dir = tmp_dir("bad");
+  save_model(dir, c, w);
+  const std::string st = dir + "/model.safetensors";
+
+  // Missing tensor: rewrite without one.
+  {
+    std::vector<TensorToWrite> t;
+    for (const auto& [name, ten] : list_params(c, w)) {
+      if (name != "model.layers.1.mlp.up_proj.weight") t.push_back({name, ten->shape(), ten->data(), DType::kF32});
+    }
+    write_safetensors(st, t);
+    expect_load_error(dir, "missing tensor 'model.layers.1.mlp.up_proj.weight'");
+  }
+  // Wrong shape.
+  {
+    std::vector<TensorToWrite> t;
+    for (const auto& [name, ten] : list_params(c, w)) {
+      std::vector<int64_t> shape = ten->shape();
+      if (name == "model.layers.0.self_attn.q_proj.weight") shape = {shape[1], shape[0] / 2, 2};
+      t.push_back({name, shape, ten->data(), DType::kF32});
+    }
+    write_safetensors(st, t);
+    expect_load_error(dir, "tensor 'model.layers.0.self_attn.q_proj.weight'");
+  }
+  // K/V weights in a layer the config says shares: config and weights disagree.
+  {
+    ModelConfig shared = c;
+    shared.kv_source = {0, 0};
+    write_text_file(dir + "/config.json", hf_config_to_json(shared));
+    save_model(tmp_dir("unused"), c, w);
+    std::vector<TensorToWrite> t;
+    for (const auto& [name, ten] : list_params(c, w)) t.push_back({name, ten->shape(), ten->data(), DType::kF32});
+    write_safetensors(st, t);
+    expect_load_error(dir, "does not own K/V");
+  }
+  // Unknown dtype in an otherwise fine file is reported by the reader.
+  {
+    write_text_file(dir + "/config.json", hf_config_to_json(c));
+    std::ofstream f(st, std::ios::binary | std::ios::trunc);
+    const std::string h = R"({"model.embed_tokens.weight":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})";
+    const uint64_t n = h.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << h << 'x';
+  }
+  expect_load_error(dir, "unknown dtype 'F8'");
+  fs::remove(st);
+  expect_load_error(dir, "no model.safetensors");
+  expect_load_error(tmp_dir("empty") + "/nothing", "neither a model folder");
+}
+
+TEST(HfModel, ShardedCheckpoint) {
+  const ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  const ModelWeights w = random_weights(c, 7);
+  const std::string dir = tmp_dir("sharded");
+  write_text_file(dir + "/config.json", hf_config_to_json(c));
+  std::vector<TensorToWrite> a, b;
+  std::string map;
+  int i = 0;
+  for (const auto& [name, ten] : list_params(c, w)) {
+    const bool first = (i++ % 2) == 0;
+    (first ? a : b).push_back({name, ten->shape(), ten->data(), DType::kF32});
+    map += (map.empty() ? "" : ",") + std::string("\"") + name + "\":\"" + (first ? "m-1.safetensors" : "m-2.safetensors") + "\"";
+  }
+  write_safetensors(dir + "/m-1.safetensors", a);
+  write_safetensors(dir + "/m-2.safetensors", b);
+  write_text_file(dir + "/model.safetensors.index.json", "{\"weight_map\":{" + map + "}}");
+  Model m = Model::load(dir);
+  LoadedModel lm{c, w};
+  Model orig(std::move(lm));
+  const auto t = toks(12, c.n_vocab);
+  EXPECT_EQ(score_tokens(m, t, false), score_tokens(orig, t, false));
+  // An index naming a shard that lacks the tensor.
+  write_text_file(dir + "/model.safetensors.index.json",
+                  "{\"weight_map\":{" + map + ",\"extra.weight\":\"m-1.safetensors\"}}");
+  expect_load_error(dir, "lacks it");
+}
+
+TEST(Llama2c, ImportsTheShippedModel) {
+  const std::string path = std::string(MLKV_SHARED_DIR) + "/data/models/aidreams260K/aidreams260K.bin";
+  if (!fs::exists(path)) GTEST_SKIP() << "shared data not found";
+  LoadedModel m = load_model(path);
+  EXPECT_EQ(m.config.n_layer, 4);
+  EXPECT_EQ(m.config.n_embd, 64);
+  EXPECT_EQ(m.config.n_vocab, 512);
+  EXPECT_TRUE(m.config.tied_embeddings);
+  Model model(std::move(m));
+  // Greedy decoding of a trained model is confident: the generated continuation scores far
+  // better than a shuffled one.
+  std::vector<GenerateRequest> req = {{{1}, 40, {}}};
+  GenerateOptions opt;
+  const auto out = generate(model, req, opt);
+  std::vector<int32_t> seq = {1};
+  seq.insert(seq.end(), out[0].tokens.begin(), out[0].tokens.end());
+  const auto lp = score_tokens(model, seq, false);
+  double mean = 0;
+  for (float v : lp) mean += v;
+  mean /= static_cast<double>(lp.size());
+  EXPECT_GT(mean, -1.0) << "greedy text should be likely under the model";
+  std::vector<int32_t> shuffled = seq;
+  std::mt19937 rng(1);
+  std::shuffle(shuffled.begin() + 1, shuffled.end(), rng);
+  const auto lp2 = score_tokens(model, shuffled, false);
+  double mean2 = 0;
+  for (float v : lp2) mean2 += v;
+  EXPECT_LT(mean2 / static_cast<double>(lp2.size()), mean - 1.0);
+}
+
+}  // namespace
+}  // namespace mlkv

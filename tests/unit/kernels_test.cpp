@@ -1,0 +1,114 @@
+// Optimised kernels against the scalar references in kernels/ref.h. Tolerances follow the
+// maths: a dot product of length K in f32 errs by about K * eps * sum|x*w|.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/ops.h"
+#include "kernels/ref.h"
+
+namespace mlkv {
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+TEST(Matmul, MatchesReferenceAcrossPaths) {
+  // T <= 8 takes the streaming GEMV, larger T OpenBLAS; odd K and N exercise the tails.
+  for (int T : {1, 2, 3, 5, 8, 9, 33}) {
+    for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 96}, std::pair{250, 7}}) {
+      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+      std::vector<float> y(size_t(T) * N), r(size_t(T) * N);
+      ops::matmul(x.data(), w.data(), b.data(), y.data(), T, K, N);
+      ref::matmul(x.data(), w.data(), b.data(), r.data(), T, K, N);
+      const double tol = 4.0 * K * 1.2e-7 * 3.0 * std::sqrt(double(K));  // |sum| bound ~ sqrt(K) * 3 sigma
+      for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], tol) << "T=" << T << " K=" << K;
+      // accumulate adds on top
+      std::vector<float> acc(y.size(), 1.0f);
+      ops::matmul(x.data(), w.data(), nullptr, acc.data(), T, K, N, true);
+      for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(acc[i], 1.0f + r[i] - b[i % N], tol);
+    }
+  }
+}
+
+TEST(Norms, MatchReference) {
+  const int T = 7, E = 45;
+  const auto x = randn(size_t(T) * E, 4, 3.0f), w = randn(E, 5), b = randn(E, 6);
+  std::vector<float> y(x.size()), r(x.size());
+  ops::layernorm_forward(x.data(), w.data(), b.data(), y.data(), T, E, 1e-5f);
+  ref::layernorm(x.data(), w.data(), b.data(), r.data(), T, E, 1e-5f);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], 1e-5);
+  ops::rmsnorm_forward(x.data(), w.data(), y.data(), T, E, 1e-6f);
+  ref::rmsnorm(x.data(), w.data(), r.data(), T, E, 1e-6f);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], 1e-5);
+}
+
+TEST(Activations, MatchReference) {
+  const auto x = randn(1000, 7, 3.0f), g = randn(1000, 8, 2.0f);
+  std::vector<float> y(x.size());
+  for (bool tanh_approx : {false, true}) {
+    ops::gelu_forward(x.data(), y.data(), int64_t(x.size()), tanh_approx);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(y[i], ref::gelu(x[i], tanh_approx), 1e-6);
+  }
+  ops::swiglu_forward(g.data(), x.data(), y.data(), int64_t(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(y[i], ref::silu(g[i]) * x[i], 1e-5);
+}
+
+TEST(Rope, RotatesHalvesAndInverts) {
+  ops::RopeTable rt;
+  rt.build(8, 64, 10000.0f);
+  const int d = 12, H = 2;  // partial rotary: 8 of 12 dims
+  auto x = randn(size_t(3) * H * d, 9);
+  const auto orig = x;
+  const int pos[3] = {0, 5, 63};
+  ops::rope_apply(x.data(), 3, H, d, pos, rt);
+  // Position 0 is the identity; dims past n_rot are untouched.
+  for (int i = 0; i < H * d; ++i) EXPECT_FLOAT_EQ(x[i], orig[i]);
+  for (int t = 1; t < 3; ++t) {
+    for (int h = 0; h < H; ++h) {
+      const float* a = orig.data() + (t * H + h) * d;
+      const float* b = x.data() + (t * H + h) * d;
+      for (int i = 8; i < d; ++i) EXPECT_EQ(a[i], b[i]);
+      for (int i = 0; i < 4; ++i) {  // pair (i, i+4), angle pos * 10000^(-2i/8)
+        const double ang = pos[t] * std::pow(10000.0, -2.0 * i / 8);
+        EXPECT_NEAR(b[i], a[i] * std::cos(ang) - a[i + 4] * std::sin(ang), 1e-5);
+        EXPECT_NEAR(b[i + 4], a[i + 4] * std::cos(ang) + a[i] * std::sin(ang), 1e-5);
+      }
+    }
+  }
+  ops::rope_apply(x.data(), 3, H, d, pos, rt, /*inverse=*/true);
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
+}
+
+TEST(Vec, DotAxpyF16) {
+  const auto a = randn(77, 10), b = randn(77, 11);
+  std::vector<uint16_t> bh(b.size());
+  f32_to_f16_n(b.data(), bh.data(), b.size());
+  double ref = 0, refh = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ref += double(a[i]) * b[i];
+    refh += double(a[i]) * f16_to_f32(bh[i]);
+  }
+  EXPECT_NEAR(ops::dot(a.data(), b.data(), 77), ref, 1e-4);
+  EXPECT_NEAR(ops::dot_f16(a.data(), bh.data(), 77), refh, 1e-4);
+  std::vector<float> y(77, 1.0f), yh(77, 1.0f);
+  ops::axpy(0.5f, b.data(), y.data(), 77);
+  ops::axpy_f16(0.5f, bh.data(), yh.data(), 77);
+  for (size_t i = 0; i < 77; ++i) {
+    EXPECT_FLOAT_EQ(y[i], 1.0f + 0.5f * b[i]);
+    EXPECT_FLOAT_EQ(yh[i], 1.0f + 0.5f * f16_to_f32(bh[i]));
+  }
+  std::vector<float> row = {1.0f, 2.0f, 3.0f};
+  EXPECT_NEAR(ops::logsumexp(row.data(), 3), std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)), 1e-6);
+}
+
+}  // namespace
+}  // namespace mlkv
