@@ -33,7 +33,14 @@ uint32_t code_point_before(std::string_view s, size_t i) {
 void AddedTokenMatcher::add(const AddedToken& t) {
   if (t.content.empty()) return;  // can never match
   tokens_.push_back(t);
-  auto& list = by_first_byte_[static_cast<uint8_t>(t.content[0])];
+  const auto b0 = static_cast<uint8_t>(t.content[0]);
+  if (t.content.size() == 1) {
+    single_[b0] = true;
+  } else {
+    const auto b1 = static_cast<uint8_t>(t.content[1]);
+    second_[b0][b1 >> 6] |= uint64_t{1} << (b1 & 63);
+  }
+  auto& list = by_first_byte_[b0];
   list.push_back(static_cast<uint32_t>(tokens_.size() - 1));
   std::stable_sort(list.begin(), list.end(), [&](uint32_t a, uint32_t b) {
     return tokens_[a].content.size() > tokens_[b].content.size();
@@ -45,7 +52,20 @@ void AddedTokenMatcher::split(std::string_view s, std::vector<Part>& out) const 
   size_t plain_start = 0;  // start of the pending plain-text part
   size_t i = 0;
   while (i < n) {
-    const auto& cands = by_first_byte_[static_cast<uint8_t>(s[i])];
+    const auto b0 = static_cast<uint8_t>(s[i]);
+    const auto& cands = by_first_byte_[b0];
+    if (cands.empty()) {
+      ++i;
+      continue;
+    }
+    if (!single_[b0]) {
+      if (i + 1 >= n) break;
+      const auto b1 = static_cast<uint8_t>(s[i + 1]);
+      if (!((second_[b0][b1 >> 6] >> (b1 & 63)) & 1)) {
+        ++i;
+        continue;
+      }
+    }
     const AddedToken* hit = nullptr;
     for (uint32_t k : cands) {
       const AddedToken& t = tokens_[k];

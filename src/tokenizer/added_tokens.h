@@ -40,6 +40,10 @@ class AddedTokenMatcher {
  private:
   std::vector<AddedToken> tokens_;
   std::array<std::vector<uint32_t>, 256> by_first_byte_;  // indices, longest content first
+  // second_[b] bit c: some token starts with byte b then byte c (or is the single byte b, c = 0
+  // bit is then kept in single_), a cheap filter before the candidate loop.
+  std::array<std::array<uint64_t, 4>, 256> second_{};
+  std::array<bool, 256> single_{};
 };
 
 }  // namespace mlkv

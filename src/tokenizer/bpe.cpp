@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <mutex>
+#include <atomic>
 
 #include "core/check.h"
 #include "tokenizer/detail.h"
@@ -30,34 +30,39 @@ struct StringHash {
 
 }  // namespace
 
-// Word -> ids cache, split into shards with their own lock so that encoding threads rarely meet.
-// A shard that grows past its bound is simply cleared (natural text has a small working set).
+// Word -> ids cache, one per thread and tokenizer, so encoding threads never share a lock or a
+// cache line. A thread keeps the caches of its last few tokenizers (keyed by a unique instance id,
+// never by address); a cache that grows past its bound is cleared (natural text has a small
+// working set).
 class BpeTokenizer::WordCache {
  public:
-  bool find(std::string_view w, size_t h, std::vector<int32_t>& ids) const {
-    const Shard& s = shards_[h % kShards];
-    std::lock_guard<std::mutex> lock(s.mutex);
-    auto it = s.map.find(w);
-    if (it == s.map.end()) return false;
-    ids.insert(ids.end(), it->second.begin(), it->second.end());
-    return true;
-  }
-  void insert(std::string_view w, size_t h, const int32_t* ids, size_t n) {
-    Shard& s = shards_[h % kShards];
-    std::lock_guard<std::mutex> lock(s.mutex);
-    if (s.map.size() >= kMaxPerShard) s.map.clear();
-    s.map.emplace(std::string(w), std::vector<int32_t>(ids, ids + n));
+  using Map = std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>>;
+  static Map& for_tokenizer(uint64_t owner) {
+    struct Slot {
+      uint64_t owner = 0;
+      Map map;
+    };
+    thread_local std::array<Slot, 4> slots;
+    thread_local size_t next_slot = 0;
+    for (auto& s : slots) {
+      if (s.owner == owner) {
+        if (s.map.size() >= kMaxEntries) s.map.clear();
+        return s.map;
+      }
+    }
+    Slot& s = slots[next_slot++ % slots.size()];
+    s.owner = owner;
+    Map().swap(s.map);
+    return s.map;
   }
 
  private:
-  static constexpr size_t kShards = 64;
-  static constexpr size_t kMaxPerShard = 16384;
-  struct Shard {
-    mutable std::mutex mutex;
-    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> map;
-  };
-  std::array<Shard, kShards> shards_;
+  static constexpr size_t kMaxEntries = 1 << 18;
 };
+
+namespace {
+std::atomic<uint64_t> g_next_instance{1};
+}  // namespace
 
 BpeTokenizer::BpeTokenizer(BpeSpec spec)
     : source_(std::move(spec.source)),
@@ -68,7 +73,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
       ignore_merges_(spec.ignore_merges),
       bos_id_(spec.bos_id),
       eos_id_(spec.eos_id),
-      cache_(std::make_unique<WordCache>()) {
+      instance_(g_next_instance.fetch_add(1)) {
   if (!normalizer_) normalizer_ = std::make_unique<Normalizer>();
   if (!pre_tokenizer_) pre_tokenizer_ = std::make_unique<PreTokenizer>();
   byte_level_ = pre_tokenizer_->byte_level();
@@ -244,11 +249,15 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids)
     bpe(word, ids);
     return;
   }
-  const size_t h = StringHash{}(word);
-  if (cache_->find(word, h, ids)) return;
+  WordCache::Map& cache = WordCache::for_tokenizer(instance_);
+  auto it = cache.find(word);
+  if (it != cache.end()) {
+    ids.insert(ids.end(), it->second.begin(), it->second.end());
+    return;
+  }
   size_t start = ids.size();
   bpe(word, ids);
-  cache_->insert(word, h, ids.data() + start, ids.size() - start);
+  cache.emplace(std::string(word), std::vector<int32_t>(ids.begin() + start, ids.end()));
 }
 
 // The symbols a word starts from: single bytes (byte-level) or characters, with unknown

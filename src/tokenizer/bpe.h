@@ -1,7 +1,7 @@
 // Byte-pair-encoding tokenizer in the Hugging Face / GPT-2 sense: added tokens are cut out first,
 // the rest is normalized, pre-tokenized into words, and each word is merged by rank. Byte-level
 // vocabularies (GPT-2, GPT-NeoX, Llama-3) are stored as raw bytes at load, so encoding never maps
-// text into the byte-level alphabet. Words are cached (sharded, thread-safe), which is what makes
+// text into the byte-level alphabet. Words are cached per thread (no locks), which is what makes
 // encoding fast on natural text. Loaders: load_hf_tokenizer_json (tokenizer.json) and load_gpt2_bpe
 // (encoder.json + vocab.bpe).
 #pragma once
@@ -76,7 +76,7 @@ class BpeTokenizer final : public Tokenizer {
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
   bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   int32_t unk_id_ = -1, bos_id_ = -1, eos_id_ = -1;
-  std::unique_ptr<WordCache> cache_;
+  uint64_t instance_;  // keys the per-thread word caches
 };
 
 // Loads a Hugging Face tokenizer.json with a BPE model. Throws mlkv::Error naming the file and the

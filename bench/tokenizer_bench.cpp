@@ -1,0 +1,121 @@
+// Tokenizer encoding throughput (MB/s of UTF-8 input) on the text corpora, 1 thread and all
+// threads, median of several runs. Each run uses a freshly loaded tokenizer (cold word cache), and
+// the corpus is cut into documents as `mlkv tokenize` does (blank2 rule, 32 KiB units), so the
+// figures are what tokenize's encoding stage sees. Prints a markdown table.
+//   tokenizer_bench [--tokenizer PATH] [--runs N] [--threads N] [files...]
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/mmap_file.h"
+#include "core/timer.h"
+#include "tokenizer/corpus.h"
+#include "tokenizer/tokenizer.h"
+
+#ifndef MLKV_SHARED_DIR
+#define MLKV_SHARED_DIR "../shared"
+#endif
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Seconds to encode all units with `threads` threads on a fresh tokenizer; tokens counted in *n.
+double encode_seconds(const std::string& tok_path, const std::vector<mlkv::DocUnit>& units,
+                      int threads, size_t* n_tokens) {
+  auto tok = mlkv::load_tokenizer(tok_path);
+  size_t total = 0;
+  mlkv::Timer t;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 8) reduction(+ : total)
+  for (size_t i = 0; i < units.size(); ++i) total += tok->encode(units[i].text).size();
+  double s = t.seconds();
+  *n_tokens = total;
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shared = MLKV_SHARED_DIR;
+  std::string tok_path = shared + "/data/tokenizers/gpt-neox-20b/tokenizer.json";
+  int runs = 5, max_threads = omp_get_num_procs();
+  std::vector<std::string> files;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--tokenizer" && i + 1 < argc) {
+      tok_path = argv[++i];
+    } else if (a == "--runs" && i + 1 < argc) {
+      runs = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--threads" && i + 1 < argc) {
+      max_threads = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: %s [--tokenizer PATH] [--runs N] [--threads N] [files...]\n", argv[0]);
+      return 0;
+    } else {
+      files.push_back(a);
+    }
+  }
+  if (files.empty()) {
+    for (const char* f : {"tinystories_lower.txt", "brown.txt", "kjv.txt", "tinyshakespeare.txt"}) {
+      files.push_back(shared + "/data/text/" + f);
+    }
+    for (const char* dir : {"austen", "fairytaleqa"}) {
+      std::vector<std::string> sub;
+      for (const auto& e : std::filesystem::directory_iterator(shared + "/data/text/" + dir)) {
+        sub.push_back(e.path().string());
+      }
+      std::sort(sub.begin(), sub.end());
+      files.insert(files.end(), sub.begin(), sub.end());
+    }
+  }
+  std::vector<int> thread_counts = {1};
+  if (max_threads > 1) thread_counts.push_back(max_threads);
+
+  std::printf("tokenizer: %s, %d runs per cell (median), %d hardware threads\n\n", tok_path.c_str(),
+              runs, omp_get_num_procs());
+  std::printf("| corpus | MB | tokens | bytes/token |");
+  for (int t : thread_counts) std::printf(" %d thread%s MB/s |", t, t > 1 ? "s" : "");
+  std::printf("\n|---|---:|---:|---:|");
+  for (size_t k = 0; k < thread_counts.size(); ++k) std::printf("---:|");
+  std::printf("\n");
+  std::vector<double> total_s(thread_counts.size(), 0.0);
+  double total_mb = 0;
+  size_t total_tokens = 0;
+  for (const auto& f : files) {
+    mlkv::MappedFile file(f);
+    std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+    std::vector<mlkv::DocUnit> units;
+    mlkv::split_txt_documents(text, mlkv::TxtDocRule::kBlank2, 32 * 1024, units);
+    double bytes = 0;
+    for (const auto& u : units) bytes += u.text.size();
+    size_t n_tokens = 0;
+    std::printf("| %s | %.2f |", std::filesystem::path(f).filename().c_str(), bytes / 1e6);
+    std::string cells;
+    for (size_t k = 0; k < thread_counts.size(); ++k) {
+      std::vector<double> s;
+      for (int r = 0; r < runs; ++r) s.push_back(encode_seconds(tok_path, units, thread_counts[k], &n_tokens));
+      double m = median(s);
+      total_s[k] += m;
+      char buf[32];
+      std::snprintf(buf, sizeof buf, " %.1f |", bytes / 1e6 / m);
+      cells += buf;
+    }
+    std::printf(" %zu | %.2f |%s\n", n_tokens, bytes / n_tokens, cells.c_str());
+    std::fflush(stdout);
+    total_mb += bytes / 1e6;
+    total_tokens += n_tokens;
+  }
+  std::printf("| **all** | %.2f | %zu | %.2f |", total_mb, total_tokens, total_mb * 1e6 / total_tokens);
+  for (double s : total_s) std::printf(" **%.1f** |", total_mb / s);
+  std::printf("\n");
+  return 0;
+}
