@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds, and runs the default test suite (everything but
+# the `slow` label). Usage:
+#   scripts/test.sh            release build, default suite
+#   scripts/test.sh --asan     the same suite under AddressSanitizer + UBSan
+#   scripts/test.sh --slow     release build, only the long tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=release
+labels=(-LE slow)
+case "${1:-}" in
+  --asan) preset=asan ;;
+  --slow) labels=(-L slow) ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--asan|--slow]" >&2; exit 2 ;;
+esac
+scripts/build.sh "$preset"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export MLKV_PROGRESS=0
+ctest --preset "$preset" "${labels[@]}" -j 2 --timeout 900
