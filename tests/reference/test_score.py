@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mlkv_ref as R  # noqa: E402
 
@@ -100,12 +102,16 @@ def build_matrix() -> list[dict]:
     return cases
 
 
-def run_engine(mlkv: str, model_dir: str, tokens: list[int], cached: bool) -> list[float]:
-    """`mlkv score DIR --tokens "..." [--cached] --json` -> the logprobs list (raises RuntimeError)."""
+def run_engine(mlkv: str, model_dir: str, tokens: list[int], cached: bool, threads: int = 0) -> list[float]:
+    """`mlkv score DIR --tokens "..." [--cached] --json [--threads N]` -> the logprobs (raises RuntimeError)."""
     cmd = [mlkv, "score", model_dir, "--tokens", " ".join(map(str, tokens))] + (["--cached"] if cached else [])
-    cmd.append("--json")
+    cmd += ["--json"] + (["--threads", str(threads)] if threads > 0 else [])
+    # Tiny models on a shared 2-core machine: OpenMP threads that spin while waiting turn a 20 ms run into
+    # seconds when ctest or a build runs alongside, so let them sleep instead (unless the caller chose).
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"timed out: {' '.join(cmd)}")
     if r.returncode != 0:
@@ -135,22 +141,24 @@ def make_case(case: dict, workdir: str) -> tuple[str, R.Config, dict]:
 
 def run_score(args) -> int:
     cases = [c for c in build_matrix() if not args.filter or args.filter in c["name"]]
-    print(f"{len(cases)} cases; engine: {args.mlkv or '(none: reference full vs cached only)'}; tol {args.tol:g}")
+    print(f"{len(cases)} cases; engine: {args.mlkv or '(none: reference full vs cached only)'} "
+          f"(--threads {','.join(map(str, args.threads))} in turn); tol {args.tol:g}")
     print(f"{'case':48s} {'dtype':5s} {'n':>3s} {'full':>9s} {'cached':>9s}  {'n':>3s} {'full':>9s} {'cached':>9s}")
     failures, worst, worst_by_dtype = [], 0.0, {}
     t0 = time.time()
-    for case in cases:
+    for ci, case in enumerate(cases):
         d, cfg, params = make_case(case, args.workdir)
         rng = random.Random(case["seed"])
         seqs = [[rng.randrange(cfg.n_vocab) for _ in range(rng.randint(20, 40))],
                 [rng.randrange(cfg.n_vocab) for _ in range(cfg.n_ctx)]]
         cells, bad = [], []
-        for toks in seqs:
+        for si, toks in enumerate(seqs):
             ref = R.score(cfg, params, toks)
+            threads = args.threads[(ci + si) % len(args.threads)]
             cells.append(f"{len(toks):3d}")
             for cached in (False, True):
                 try:
-                    got = run_engine(args.mlkv, d, toks, cached) if args.mlkv else R.score(cfg, params, toks, cached)
+                    got = run_engine(args.mlkv, d, toks, cached, threads) if args.mlkv else R.score(cfg, params, toks, cached)
                     diff = max_abs_diff(ref, got)
                 except RuntimeError as e:
                     cells.append(f"{'ERROR':>9s}")
@@ -198,7 +206,7 @@ def run_pre_post(args) -> int:
                 for cached in (False, True):
                     who = "engine" + ("/c" if cached else "")
                     try:
-                        out[(who, share)] = run_engine(args.mlkv, d, toks, cached)
+                        out[(who, share)] = run_engine(args.mlkv, d, toks, cached, args.threads[0])
                     except RuntimeError as e:
                         failures.append(f"{name} {who} {share}: {e}")
         for who in sorted({w for w, _ in out}):
@@ -225,8 +233,13 @@ def main() -> int:
     ap.add_argument("--workdir", required=True, help="scratch folder for the generated models")
     ap.add_argument("--tol", type=float, default=1e-4, help="max allowed |engine - reference| log-prob")
     ap.add_argument("--filter", default=None, help="run only cases whose name contains this")
+    ap.add_argument("--threads", default="1,2",
+                    help="engine --threads values, cycled over the sequences (0: the engine's default). One "
+                         "thread keeps tiny models fast on a loaded machine; two exercise the threaded paths")
     ap.add_argument("--pre-post", action="store_true", help="run the pre/post sharing sanity test instead")
     args = ap.parse_args()
+    args.threads = [int(t) for t in args.threads.split(",")]
+    torch.set_num_threads(1)  # the reference's tensors are tiny: threads only add contention
     if args.mlkv and not os.access(args.mlkv, os.X_OK):
         print(f"error: mlkv binary {args.mlkv} not found or not executable", file=sys.stderr)
         return 2
