@@ -163,6 +163,25 @@ int64_t TrainGraph<T>::arena_bytes(const ModelConfig& cfg, int batch, int ctx, s
 }
 
 template <typename T>
+int64_t TrainGraph<T>::allocated_bytes() const {
+  int64_t elems = 0;
+  auto add = [&](const std::vector<T>& v) { elems += static_cast<int64_t>(v.size()); };
+  for (const LayerActs& A : acts_) {
+    for (const auto* v : {&A.x_in, &A.xn1, &A.mean1, &A.rstd1, &A.q, &A.k_rot, &A.k_raw, &A.v, &A.o, &A.lse,
+                          &A.x_mid, &A.xn2, &A.mean2, &A.rstd2, &A.u, &A.gate}) {
+      add(*v);
+    }
+  }
+  for (const auto* v : {&x_final_, &xf_, &meanf_, &rstdf_, &dx_, &dxn_, &d_o_, &dq_, &dk_tmp_, &act_, &d_act_,
+                        &d_up_, &logits_, &row_loss_, &attn_scratch_.dk_heads, &attn_scratch_.dv_heads}) {
+    add(*v);
+  }
+  for (const auto& v : dk_acc_) add(v);
+  for (const auto& v : dv_acc_) add(v);
+  return elems * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(inputs_.size() + targets_.size()) * 4;
+}
+
+template <typename T>
 void TrainGraph<T>::lap(Op op, bool bwd) {
   if (!profile) return;
   const double t = now_seconds();

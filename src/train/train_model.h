@@ -80,8 +80,11 @@ class TrainGraph {
   double forward_backward(const WeightsView<T>& w, const int32_t* rows, const WeightsView<T>* grads,
                           T grad_scale);
 
-  // Bytes of the activation arena and scratch for this geometry (elem = sizeof(T)).
+  // Bytes of the activation arena and scratch for this geometry (elem = sizeof(T)), not counting
+  // the per-thread attention blocks (2 * 64 * ctx + ctx elements per thread).
   static int64_t arena_bytes(const ModelConfig& cfg, int batch, int ctx, size_t elem);
+  // What this graph holds now (equals arena_bytes after the first backward pass).
+  int64_t allocated_bytes() const;
 
   // When set, forward_backward adds its per-op wall times here.
   OpProfile* profile = nullptr;
