@@ -2,7 +2,8 @@
 // threads, median of several runs. Each run uses a freshly loaded tokenizer (cold word cache), and
 // the corpus is cut into documents as `mlkv tokenize` does (blank2 rule, 32 KiB units), so the
 // figures are what tokenize's encoding stage sees. Prints a markdown table.
-//   tokenizer_bench [--tokenizer PATH] [--runs N] [--threads N] [files...]
+//   tokenizer_bench [--shared DIR] [--tokenizer PATH] [--runs N] [--threads N] [files...]
+// The shared data folder defaults to $MLKV_SHARED_DIR, else ../shared (run from the repo root).
 #include <omp.h>
 
 #include <algorithm>
@@ -17,10 +18,6 @@
 #include "core/timer.h"
 #include "tokenizer/corpus.h"
 #include "tokenizer/tokenizer.h"
-
-#ifndef MLKV_SHARED_DIR
-#define MLKV_SHARED_DIR "../shared"
-#endif
 
 namespace {
 
@@ -45,25 +42,30 @@ double encode_seconds(const std::string& tok_path, const std::vector<mlkv::DocUn
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shared = MLKV_SHARED_DIR;
-  std::string tok_path = shared + "/data/tokenizers/gpt-neox-20b/tokenizer.json";
+  const char* env = std::getenv("MLKV_SHARED_DIR");
+  std::string shared = env != nullptr ? env : "../shared";
+  std::string tok_path;
   int runs = 5, max_threads = omp_get_num_procs();
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--tokenizer" && i + 1 < argc) {
+    if (a == "--shared" && i + 1 < argc) {
+      shared = argv[++i];
+    } else if (a == "--tokenizer" && i + 1 < argc) {
       tok_path = argv[++i];
     } else if (a == "--runs" && i + 1 < argc) {
       runs = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--threads" && i + 1 < argc) {
       max_threads = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: %s [--tokenizer PATH] [--runs N] [--threads N] [files...]\n", argv[0]);
+      std::printf("usage: %s [--shared DIR] [--tokenizer PATH] [--runs N] [--threads N] [files...]\n",
+                  argv[0]);
       return 0;
     } else {
       files.push_back(a);
     }
   }
+  if (tok_path.empty()) tok_path = shared + "/data/tokenizers/gpt-neox-20b/tokenizer.json";
   if (files.empty()) {
     for (const char* f : {"tinystories_lower.txt", "brown.txt", "kjv.txt", "tinyshakespeare.txt"}) {
       files.push_back(shared + "/data/text/" + f);

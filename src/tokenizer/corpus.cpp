@@ -85,7 +85,8 @@ class SplitWriter {
     writer_->append(ids, end_doc);
     tokens_ += ids.size() + (end_doc ? 1 : 0);
     docs_ += end_doc ? 1 : 0;
-    if (writer_->n_tokens() >= opt_.shard_tokens) close();
+    // Shards end at document ends only (a cut document stays in one file).
+    if (end_doc && writer_->n_tokens() >= opt_.shard_tokens) close();
   }
   void close() {
     if (!writer_) return;

@@ -12,6 +12,7 @@ namespace mlkv::detail {
 
 // decode() for every implementation: the concatenated token_bytes_at() of the ids with each
 // invalid UTF-8 subpart replaced by U+FFFD (StreamDecoder produces the same text piecewise).
+// at_start holds until the first id whose token_bytes() is not empty.
 std::string decode_ids(const Tokenizer& tok, const std::vector<int32_t>& ids);
 
 // Throws mlkv::Error unless 0 <= id < n_vocab.

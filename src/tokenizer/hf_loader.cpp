@@ -131,7 +131,22 @@ void pick_bos_eos(BpeSpec& spec, const json& post_processor, const json& config)
   }
 }
 
+std::unique_ptr<BpeTokenizer> build_unchecked(const json& root, const std::string& name,
+                                              const json& config);
+
+// Errors from deeper layers (a regex that does not compile, ...) get the file name in front.
 std::unique_ptr<BpeTokenizer> build(const json& root, const std::string& name, const json& config) {
+  try {
+    return build_unchecked(root, name, config);
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    if (msg.rfind(name, 0) == 0) throw;
+    fail(name, ": ", msg);
+  }
+}
+
+std::unique_ptr<BpeTokenizer> build_unchecked(const json& root, const std::string& name,
+                                              const json& config) {
   MLKV_REQUIRE(root.is_object(), name, ": not a tokenizer.json (the top level is not an object)");
   const json& model = field(root, "model", name);
   MLKV_REQUIRE(model.is_object(), name, ": \"model\" must be an object");

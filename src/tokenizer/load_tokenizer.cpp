@@ -31,7 +31,11 @@ int byte_fallback_value(const std::string& piece) {
 
 std::string decode_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
   std::string raw;
-  for (int32_t id : ids) raw += tok.token_bytes_at(id, raw.empty());
+  bool at_start = true;  // only tokens that decode to nothing (BOS, EOS, ...) so far
+  for (int32_t id : ids) {
+    raw += tok.token_bytes_at(id, at_start);
+    if (at_start && !tok.token_bytes(id).empty()) at_start = false;
+  }
   return utf8::sanitize(raw);
 }
 
@@ -97,7 +101,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
 struct StreamDecoder::Impl {
   const Tokenizer& tok;
   std::string pending;  // bytes of a UTF-8 sequence that is not complete yet
-  bool at_start = true;  // no byte decoded so far
+  bool at_start = true;  // only tokens that decode to nothing so far
 };
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok) : impl_(std::make_unique<Impl>(Impl{tok, {}, true})) {}
@@ -105,8 +109,8 @@ StreamDecoder::~StreamDecoder() = default;
 
 std::string StreamDecoder::push(int32_t id) {
   std::string bytes = impl_->tok.token_bytes_at(id, impl_->at_start);
+  if (impl_->at_start && !impl_->tok.token_bytes(id).empty()) impl_->at_start = false;
   if (bytes.empty()) return "";
-  impl_->at_start = false;
   impl_->pending += bytes;
   size_t keep = utf8::incomplete_tail(impl_->pending);
   std::string_view ready(impl_->pending.data(), impl_->pending.size() - keep);

@@ -41,7 +41,8 @@ MatchScratch& scratch() {
 Regex::Regex(std::string_view pattern, bool literal) : pattern_(pattern) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  // PCRE2_LITERAL allows no UCP (and needs none).
+  uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &err,
                         &err_offset, nullptr);
   if (code_ == nullptr) {

@@ -25,9 +25,9 @@ class Tokenizer {
   virtual std::string token_piece(int32_t id) const = 0;
   // The bytes one id contributes to decoded text on its own (may be an incomplete UTF-8 sequence).
   virtual std::string token_bytes(int32_t id) const = 0;
-  // (Added.) The bytes id contributes when at_start, i.e. nothing was decoded before it:
-  // SentencePiece-style tokenizers drop the dummy-prefix space of the first piece. decode() and
-  // StreamDecoder are both built on this, so they agree.
+  // (Added.) The bytes id contributes when at_start, i.e. every id before it has empty
+  // token_bytes (none, or only BOS / EOS): SentencePiece-style tokenizers drop the dummy-prefix
+  // space of that first piece. decode() and StreamDecoder are both built on this, so they agree.
   virtual std::string token_bytes_at(int32_t id, bool at_start) const { return token_bytes(id); }
 
   virtual int32_t n_vocab() const = 0;

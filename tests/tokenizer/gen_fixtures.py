@@ -11,8 +11,10 @@ References:
   * llama2/tokenizer.model: Python `sentencepiece` (Debian's python3-sentencepiece), after cutting
     the text at control / unknown piece text ("<s>", "</s>", "<unk>") as mlkv does.
   * llama2.c tok512.bin: llama2c_encode() below, a line-by-line Python port of llama2.c's encode().
-Inputs that are not valid UTF-8 are stored as hex; the references see them decoded with
-errors="replace" (U+FFFD for each maximal invalid subpart), which is what mlkv does first.
+Inputs that are not valid UTF-8 are stored as hex (plus their "text" after replacement); the
+references see them decoded with errors="replace" (U+FFFD for each maximal invalid subpart), which
+is what mlkv does first. Each fixture has "ids" per case and, where the reference's decode of those
+ids differs from the case's text, "decoded".
 """
 import argparse
 import json
@@ -150,7 +152,9 @@ def llama2c_encode(vocab, scores, text, bos=False):
 
 
 def llama2c_decode(vocab, ids):
-    out = b""
+    # llama2.c strips the leading space of the piece after BOS; mlkv (like SentencePiece) strips
+    # it from the first piece that is not BOS / EOS, BOS or not.
+    out, first = b"", True
     for id_ in ids:
         if id_ in (1, 2):
             continue
@@ -158,8 +162,9 @@ def llama2c_decode(vocab, ids):
         m = re.fullmatch(rb"<0x([0-9A-F]{2})>", piece)
         if m and 3 <= id_ < 259:
             piece = bytes([int(m.group(1), 16)])
-        elif not out and piece.startswith(b" "):
-            piece = piece[1:]  # the dummy prefix of the first piece
+        elif first and piece.startswith(b" "):
+            piece = piece[1:]  # the dummy prefix
+        first = False
         out += piece
     return out.decode("utf-8", "replace")
 
@@ -200,8 +205,9 @@ def main():
     cases, raw = [], {}
     for name, t in HARD_CASES:
         if isinstance(t, bytes):
-            cases.append({"name": name, "hex": t.hex()})
             raw[name] = t.decode("utf-8", "replace")
+            # "hex": the input bytes; "text": what they become with U+FFFD replacement
+            cases.append({"name": name, "hex": t.hex(), "text": raw[name]})
         else:
             cases.append({"name": name, "text": t})
             raw[name] = t
