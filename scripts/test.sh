@@ -18,4 +18,7 @@ scripts/build.sh "$preset"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export MLKV_PROGRESS=0
+# Tests run two at a time on two cores: sleeping (not spinning) OpenMP workers keep them from
+# starving each other.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 ctest --preset "$preset" "${labels[@]}" -j 2 --timeout 900

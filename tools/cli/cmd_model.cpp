@@ -13,6 +13,7 @@
 #include "core/timer.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"
+#include "runtime/bench.h"
 #include "runtime/engine.h"
 #include "runtime/membw.h"
 #include "runtime/presets.h"
@@ -225,6 +226,7 @@ void run_generate(const GenerateArgs& a) {
   for (const auto& r : res) n_gen += r.tokens.size();
   if (streaming) {
     std::printf("%s\n", stream->flush().c_str());
+    std::fflush(stdout);
     std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tok/s, finish: %s]\n", n_gen, secs,
                  static_cast<double>(n_gen) / secs, res[0].finish_reason.c_str());
     return;
@@ -242,8 +244,9 @@ void run_generate(const GenerateArgs& a) {
     return;
   }
   for (size_t i = 0; i < res.size(); ++i) {
-    if (tok) {
-      std::printf("%s\n", tok->decode(res[i].tokens).c_str());
+    if (tok && i >= a.tokens.size()) {
+      // Text prompts: the prompt, then its continuation.
+      std::printf("[%zu] %s%s\n", i, a.prompts[i - a.tokens.size()].c_str(), tok->decode(res[i].tokens).c_str());
       continue;
     }
     std::string line;
@@ -256,18 +259,11 @@ void run_generate(const GenerateArgs& a) {
 struct BenchArgs {
   std::string model, random = "pythia-160m", cache_type = "f32";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
-  bool json_out = false, skip_bandwidth = false;
+  bool json_out = false, skip_bandwidth = false, synthetic = false;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 void run_bench(const BenchArgs& a) {
   set_num_threads(a.threads);
-  MLKV_REQUIRE(a.prompt >= 1 && a.gen >= 1 && a.batch >= 1 && a.reps >= 1,
-               "--prompt, --gen, --batch and --reps must be positive");
   LoadedModel lm;
   std::string name = a.model;
   if (!a.model.empty()) {
@@ -280,59 +276,56 @@ void run_bench(const BenchArgs& a) {
   }
   Model model(std::move(lm));
   const ModelConfig& c = model.config();
-  const DType elem = parse_cache_type(a.cache_type);
-  const int ctx = a.prompt + a.gen;
-  MLKV_REQUIRE(ctx <= c.n_ctx, "--prompt + --gen (", ctx, ") exceeds the model context ", c.n_ctx);
-
-  // Weight bytes one decode step reads: everything but the embedding table (one row of it).
-  const int64_t weight_bytes = (c.n_params() - int64_t{c.n_vocab} * c.n_embd * (c.tied_embeddings ? 0 : 1)) * 4;
-  const int64_t decode_bytes = weight_bytes;
-  std::vector<double> prefill_tps, decode_tps;
-  std::vector<float> logits(static_cast<size_t>(a.batch) * c.n_vocab);
-  for (int rep = 0; rep < a.reps + 1; ++rep) {  // the first repetition warms up
-    KVCache cache(c, a.batch, ctx, elem);
-    Batch b;
-    Timer t;
-    for (int s = 0; s < a.batch; ++s) {
-      cache.acquire_seq();
-      b.clear();
-      for (int i = 0; i < a.prompt; ++i) b.add((i * 7919 + s) % c.n_vocab, s, i, i + 1 == a.prompt);
-      model.forward(b, cache, logits.data());
-    }
-    const double t_prefill = t.seconds();
-    t.reset();
-    for (int step = 0; step < a.gen; ++step) {
-      b.clear();
-      for (int s = 0; s < a.batch; ++s) b.add((step * 31 + s) % c.n_vocab, s, a.prompt + step, true);
-      model.forward(b, cache, logits.data());
-    }
-    const double t_decode = t.seconds();
-    if (rep == 0) continue;
-    prefill_tps.push_back(a.batch * a.prompt / t_prefill);
-    decode_tps.push_back(a.batch * a.gen / t_decode);
-  }
+  BenchOptions o;
+  o.prompt = a.prompt;
+  o.gen = a.gen;
+  o.batch = a.batch;
+  o.reps = a.reps;
+  o.cache_elem = parse_cache_type(a.cache_type);
+  o.synthetic_context = a.synthetic;
+  const BenchResult r = bench_model(model, o);
   const double bw = a.skip_bandwidth ? 0.0 : measure_read_bandwidth();
-  const double pf = median(prefill_tps), dc = median(decode_tps);
-  const double bound = bw > 0 ? bw / static_cast<double>(decode_bytes) : 0;
+  // Bytes one decode step must stream: the weights once plus every layer's K/V view.
+  const double step_bytes = static_cast<double>(r.weight_bytes + r.kv_read_bytes);
+  const double bound_steps = bw > 0 ? bw / step_bytes : 0;
+  const double steps = r.decode_tok_s / a.batch;
   if (a.json_out) {
-    json j = {{"model", name},           {"threads", num_threads()},   {"prompt", a.prompt},
-              {"gen", a.gen},            {"batch", a.batch},           {"reps", a.reps},
-              {"cache_type", a.cache_type}, {"prefill_tok_s", pf},     {"decode_tok_s", dc},
-              {"weight_bytes_per_token", decode_bytes}, {"read_bandwidth_gb_s", bw / 1e9},
-              {"decode_bound_tok_s", bound}, {"decode_fraction_of_bound", bound > 0 ? dc / a.batch / bound : 0},
-              {"kv_bytes_per_token", c.kv_bytes_per_token(dtype_size(elem))}};
+    json j = {{"model", name},
+              {"config", c.summary()},
+              {"threads", num_threads()},
+              {"prompt", a.prompt},
+              {"gen", a.gen},
+              {"batch", a.batch},
+              {"reps", a.reps},
+              {"cache_type", a.cache_type},
+              {"synthetic_context", a.synthetic},
+              {"prefill_tok_s", r.prefill_tok_s},
+              {"decode_tok_s", r.decode_tok_s},
+              {"decode_step_ms", r.decode_step_ms},
+              {"weight_bytes_per_step", r.weight_bytes},
+              {"kv_read_bytes_per_step", r.kv_read_bytes},
+              {"kv_cache_bytes", r.kv_cache_bytes},
+              {"kv_bytes_per_token", c.kv_bytes_per_token(dtype_size(o.cache_elem))},
+              {"read_bandwidth_gb_s", bw / 1e9},
+              {"bound_steps_s", bound_steps},
+              {"fraction_of_bound", bound_steps > 0 ? steps / bound_steps : 0}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
   std::printf("model           %s (%s)\n", name.c_str(), c.summary().c_str());
   std::printf("threads         %d\n", num_threads());
-  std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", pf, a.prompt, a.batch, a.reps);
-  std::printf("decode          %.1f tok/s (batch %d, %d steps, median of %d)\n", dc, a.batch, a.gen, a.reps);
+  if (!a.synthetic) {
+    std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", r.prefill_tok_s, a.prompt,
+                a.batch, a.reps);
+  }
+  std::printf("decode          %.1f tok/s (batch %d, context %d..%d, %.2f ms/step, median of %d)\n",
+              r.decode_tok_s, a.batch, a.prompt, a.prompt + a.gen, r.decode_step_ms, a.reps);
+  std::printf("kv cache        %s (%s)\n", human_bytes(static_cast<double>(r.kv_cache_bytes)).c_str(),
+              a.cache_type.c_str());
   if (bw > 0) {
     std::printf("read bandwidth  %.2f GB/s (measured)\n", bw / 1e9);
-    std::printf("decode bound    %.1f tok/s per sequence (%.1f MB of weights per step)\n", bound,
-                static_cast<double>(decode_bytes) / 1e6);
-    std::printf("decode / bound  %.1f%% (batch-1 steps per second vs bound)\n", 100.0 * dc / a.batch / bound);
+    std::printf("step reads      %.1f MB weights + %.1f MB K/V\n", r.weight_bytes / 1e6, r.kv_read_bytes / 1e6);
+    std::printf("bound           %.1f steps/s; achieved %.1f%% of it\n", bound_steps, 100.0 * steps / bound_steps);
   }
 }
 
@@ -397,6 +390,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
+    cmd->add_flag("--synthetic-context", a->synthetic,
+                  "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_bench(*a); });

@@ -1,0 +1,98 @@
+#include "runtime/bench.h"
+
+#include <algorithm>
+#include <random>
+#include <vector>
+
+#include "core/check.h"
+#include "core/half.h"
+#include "core/timer.h"
+
+namespace mlkv {
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Random K/V for positions [0, n) of every sequence and owner slot.
+void fill_cache(const ModelConfig& c, KVCache& cache, int n) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> row(static_cast<size_t>(n) * c.n_embd_head);
+  for (auto& x : row) x = d(rng);
+  std::vector<uint16_t> row16(row.size());
+  f32_to_f16_n(row.data(), row16.data(), row.size());
+  for (int slot = 0; slot < cache.n_slots(); ++slot) {
+    for (int s = 0; s < cache.n_seq(); ++s) {
+      for (int h = 0; h < c.n_head_kv; ++h) {
+        for (void* p : {cache.k_ptr(slot, s, h), cache.v_ptr(slot, s, h)}) {
+          if (cache.elem() == DType::kF16) {
+            std::copy(row16.begin(), row16.end(), static_cast<uint16_t*>(p));
+          } else {
+            std::copy(row.begin(), row.end(), static_cast<float*>(p));
+          }
+        }
+      }
+    }
+  }
+  for (int s = 0; s < cache.n_seq(); ++s) cache.set_seq_len(s, n);
+}
+
+}  // namespace
+
+BenchResult bench_model(Model& model, const BenchOptions& o) {
+  const ModelConfig& c = model.config();
+  MLKV_REQUIRE(o.prompt >= 1 && o.gen >= 1 && o.batch >= 1 && o.reps >= 1,
+               "bench: prompt, gen, batch and reps must be positive");
+  const int ctx = o.prompt + o.gen;
+  MLKV_REQUIRE(ctx <= c.n_ctx, "bench: prompt + gen (", ctx, ") exceeds the model context ", c.n_ctx);
+  BenchResult r;
+  r.weight_bytes = (c.n_params() - (c.tied_embeddings ? 0 : int64_t{c.n_vocab} * c.n_embd)) * 4;
+  // Every layer reads its owner's K and V for the visible context: l * 2 * g * d * ctx * elem.
+  const int mid = o.prompt + o.gen / 2;
+  r.kv_read_bytes = int64_t{o.batch} * c.n_layer * 2 * c.n_head_kv * c.n_embd_head * mid *
+                    static_cast<int64_t>(dtype_size(o.cache_elem));
+  r.kv_cache_bytes = KVCache::bytes_needed(c, o.batch, ctx, o.cache_elem);
+
+  std::vector<double> prefill, decode;
+  std::vector<float> logits(static_cast<size_t>(o.batch) * c.n_vocab);
+  KVCache cache(c, o.batch, ctx, o.cache_elem);
+  Batch b;
+  for (int rep = 0; rep <= o.reps; ++rep) {  // repetition 0 warms up
+    for (int s = 0; s < o.batch; ++s) {
+      if (cache.seq_in_use(s)) cache.release_seq(s);
+      MLKV_CHECK(cache.acquire_seq() == s);
+    }
+    Timer t;
+    if (o.synthetic_context) {
+      if (rep == 0) fill_cache(c, cache, o.prompt);
+      for (int s = 0; s < o.batch; ++s) cache.set_seq_len(s, o.prompt);
+    } else {
+      for (int s = 0; s < o.batch; ++s) {
+        b.clear();
+        for (int i = 0; i < o.prompt; ++i) b.add((i * 7919 + s) % c.n_vocab, s, i, i + 1 == o.prompt);
+        model.forward(b, cache, logits.data());
+      }
+    }
+    const double t_prefill = t.seconds();
+    t.reset();
+    for (int step = 0; step < o.gen; ++step) {
+      b.clear();
+      for (int s = 0; s < o.batch; ++s) b.add((step * 31 + s) % c.n_vocab, s, o.prompt + step, true);
+      model.forward(b, cache, logits.data());
+    }
+    const double t_decode = t.seconds();
+    if (rep == 0) continue;
+    if (!o.synthetic_context) prefill.push_back(o.batch * o.prompt / t_prefill);
+    decode.push_back(o.batch * o.gen / t_decode);
+  }
+  if (!prefill.empty()) r.prefill_tok_s = median(prefill);
+  r.decode_tok_s = median(decode);
+  r.decode_step_ms = 1e3 * o.batch / r.decode_tok_s;
+  return r;
+}
+
+}  // namespace mlkv

@@ -1,0 +1,35 @@
+// Throughput measurement of a model: prefill and decode tokens/s for a batch of sequences, with
+// the bytes a decode step must read (weights once, plus every layer's view of the KV cache) so the
+// result can be set against the memory-bandwidth bound.
+#pragma once
+
+#include <cstdint>
+
+#include "model/model.h"
+
+namespace mlkv {
+
+struct BenchOptions {
+  int prompt = 128;       // prompt tokens per sequence (prefilled, or synthetic context)
+  int gen = 32;           // decode steps
+  int batch = 1;          // sequences decoded together
+  int reps = 3;           // timed repetitions after one warm-up (median reported)
+  DType cache_elem = DType::kF32;
+  // Skip the prefill: fill the cache with random K/V up to `prompt` tokens and only time decoding.
+  // Attention cost does not depend on the values, so this measures decode at long contexts without
+  // spending minutes on prefill.
+  bool synthetic_context = false;
+};
+
+struct BenchResult {
+  double prefill_tok_s = 0;      // prompt tokens per second (0 with synthetic context)
+  double decode_tok_s = 0;       // generated tokens per second, all sequences together
+  double decode_step_ms = 0;     // one decode step for the whole batch
+  int64_t weight_bytes = 0;      // weights a decode step reads (all but the embedding table)
+  int64_t kv_read_bytes = 0;     // K/V bytes the attention of one step reads at mid-generation
+  int64_t kv_cache_bytes = 0;    // size of the cache allocated
+};
+
+BenchResult bench_model(Model& model, const BenchOptions& opt);
+
+}  // namespace mlkv
