@@ -36,15 +36,58 @@ MatchScratch& scratch() {
   return s;
 }
 
+// The Unicode White_Space property as PCRE2 classes: tab..CR, NEL and the separators (Z).
+constexpr std::string_view kWhiteSpaceBody = R"(\t-\r\x{85}\p{Z})";
+
 }  // namespace
+
+std::string white_space_pattern(std::string_view p) {
+  std::string out;
+  out.reserve(p.size() + 32);
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      char n = p[++i];
+      if (n == 's') {
+        out += in_class ? std::string(kWhiteSpaceBody) : "[" + std::string(kWhiteSpaceBody) + "]";
+      } else if (n == 'S' && !in_class) {
+        out += "[^" + std::string(kWhiteSpaceBody) + "]";
+      } else {
+        out += c;
+        out += n;
+      }
+      continue;
+    }
+    if (c == '[' && !in_class) {
+      in_class = true;
+      out += c;
+      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // a literal ']' first in the class
+      continue;
+    }
+    if (c == '[' && in_class && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:] inside a class
+      size_t end = p.find(":]", i + 2);
+      if (end != std::string_view::npos) {
+        out.append(p.substr(i, end + 2 - i));
+        i = end + 1;
+        continue;
+      }
+    }
+    if (c == ']' && in_class) in_class = false;
+    out += c;
+  }
+  return out;
+}
 
 Regex::Regex(std::string_view pattern, bool literal) : pattern_(pattern) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
+  std::string compiled = literal ? std::string(pattern) : white_space_pattern(pattern);
   // PCRE2_LITERAL allows no UCP (and needs none).
   uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &err,
-                        &err_offset, nullptr);
+  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(compiled.data()), compiled.size(), options,
+                        &err, &err_offset, nullptr);
   if (code_ == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);

@@ -1,6 +1,9 @@
 // A compiled PCRE2 pattern (UTF + UCP, JIT when available) for pre-tokenizer splits and normalizer
 // replacements. Unicode classes (\p{L}, \p{N}, \s) come from PCRE2's tables, not from mlkv.
 // Inputs must be valid UTF-8 (the tokenizers sanitize text first); matching skips PCRE2's UTF check.
+// One correction: in UCP mode PCRE2's \s also matches U+180E (no longer White_Space since Unicode
+// 6.3), while the regex engines behind Hugging Face tokenizers (Oniguruma) and OpenAI's encoders
+// use the White_Space property; patterns are compiled with \s and \S spelled as that property.
 #pragma once
 
 #include <cstddef>
@@ -35,5 +38,8 @@ class Regex {
   pcre2_real_code_8* code_ = nullptr;
   bool jit_ = false;
 };
+
+// pattern with \s / \S rewritten as the White_Space property (exposed for tests).
+std::string white_space_pattern(std::string_view pattern);
 
 }  // namespace mlkv

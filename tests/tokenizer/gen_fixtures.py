@@ -84,6 +84,40 @@ CORPORA = [
 ]
 SAMPLE_BYTES = 3000
 
+# Llama-3's split regex; the "llama3-like" tokenizer is GPT-2's vocabulary and merges behind
+# Llama-3's pre-tokenizer (Split + ByteLevel without regex), ignore_merges and a BOS template.
+# tests/tokenizer/reference_test.cpp builds the same tokenizer.json from the shared GPT-2 files.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def random_cases(n=40, seed=20240517):
+    """Random strings over many Unicode categories (whitespace of every kind, digits of several
+    scripts, combining marks, emoji sequences, punctuation and symbols), for differential tests."""
+    import random
+    rng = random.Random(seed)
+    pools = [
+        [chr(c) for c in range(0x20, 0x7F)] * 4,
+        list(" \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2007\u200a\u2028\u2029"
+             "\u202f\u205f\u3000\u180e\ufeff\u200b\x1c\x1d\x1e\x1f") * 2,
+        list("0123456789٠١٢٣٤٥٦٧٨٩०१२३४५६७८९０１２３４５６７８９²³¹¼½⅓ⅧⅨ①"),
+        [chr(c) for c in range(0xC0, 0x250)],
+        [chr(c) for c in range(0x300, 0x370)],  # combining marks
+        [chr(c) for c in range(0x391, 0x3CA)] + [chr(c) for c in range(0x410, 0x450)],
+        [chr(c) for c in range(0x4E00, 0x4F00)] + [chr(c) for c in range(0xAC00, 0xAD00)],
+        [chr(c) for c in range(0x600, 0x650)] + [chr(c) for c in range(0x900, 0x970)],
+        list("😀😃👍🏽👨‍👩‍👧❤️🇫🇷🤖✨🔥") + ["\u200d", "\ufe0f"],
+        list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¿«»‘’“”„…–—•·§¶†‡€£¥©®™°±×÷≤≥∞√∑∫≈≠←→↑↓"),
+        ["'s", "'S", "'t", "'RE", "'ve", "'M", "'ll", "'Ll", "'d", "'D", "<|endoftext|>", "<s>", "</s>"],
+    ]
+    out = []
+    for i in range(n):
+        k = rng.randint(1, 200)
+        weights = [rng.random() for _ in pools]
+        s = "".join(rng.choice(rng.choices(pools, weights)[0]) for _ in range(k))
+        out.append(("random_%02d" % i, s))
+    return out
+
 
 def corpus_sample(path):
     with open(path, "rb") as f:
@@ -211,6 +245,9 @@ def main():
         else:
             cases.append({"name": name, "text": t})
             raw[name] = t
+    for name, t in random_cases():
+        cases.append({"name": name, "text": t})
+        raw[name] = t
     for name, rel in CORPORA:
         t = corpus_sample(os.path.join(data, rel))
         cases.append({"name": "corpus_" + name, "text": t})
@@ -247,12 +284,33 @@ def main():
         gpt2_path = os.path.join(tmp, "gpt2_tokenizer.json")
         with open(gpt2_path, "w") as f:
             json.dump(gpt2, f)
+        llama3 = json.loads(json.dumps(gpt2))
+        llama3["added_tokens"] += [
+            {"id": 50257, "content": "<|begin_of_text|>", "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True},
+            {"id": 50258, "content": "<|eot_id|>", "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True}]
+        llama3["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+        llama3["post_processor"] = {"type": "TemplateProcessing",
+                                    "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                                               {"Sequence": {"id": "A", "type_id": 0}}],
+                                    "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+                                    "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>",
+                                                                             "ids": [50257],
+                                                                             "tokens": ["<|begin_of_text|>"]}}}
+        llama3["model"]["ignore_merges"] = True
+        llama3_path = os.path.join(tmp, "llama3_tokenizer.json")
+        with open(llama3_path, "w") as f:
+            json.dump(llama3, f)
         cases_path = os.path.join(tmp, "cases.json")
         with open(cases_path, "w") as f:
             json.dump(raw, f)
         out_path = os.path.join(tmp, "out.json")
-        subprocess.run(["node", os.path.join(HERE, "gen_fixtures_hf.js"), args.npm_dir, cases_path,
-                        gpt2_path, os.path.join(data, "tokenizers/gpt-neox-20b/tokenizer.json"), out_path],
+        subprocess.run(["node", os.path.join(HERE, "gen_fixtures_hf.js"), args.npm_dir, cases_path, out_path,
+                        "gpt2=" + gpt2_path, "llama3=" + llama3_path,
+                        "neox=" + os.path.join(data, "tokenizers/gpt-neox-20b/tokenizer.json")],
                        check=True)
         with open(out_path) as f:
             hf = json.load(f)
@@ -267,6 +325,10 @@ def main():
           "cross-checked with npm gpt-3-encoder 1.1.4",
           {n: (r["ids"], r["decoded"]) for n, r in hf["gpt2"].items()},
           {"gpt3_encoder_disagrees_on": disagree})
+
+    write("llama3-like.json", "GPT-2 vocabulary + merges behind Llama-3's pre-tokenizer (built in the test)",
+          "Hugging Face tokenizers 0.23.2 (npm 'tokenizers')",
+          {n: (r["ids"], r["decoded"]) for n, r in hf["llama3"].items()})
 
     # SentencePiece.
     import sentencepiece as spm

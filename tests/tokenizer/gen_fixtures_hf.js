@@ -8,7 +8,7 @@ const fs = require('fs');
 const path = require('path');
 const { createRequire } = require('module');
 
-const [npmDir, casesPath, gpt2Json, neoxJson, outPath] = process.argv.slice(2);
+const [npmDir, casesPath, outPath, ...tokenizers] = process.argv.slice(2);
 const req = createRequire(path.join(path.resolve(npmDir), 'package.json'));
 const { Tokenizer } = req('tokenizers');
 const gpt3 = req('gpt-3-encoder');
@@ -26,8 +26,11 @@ async function run(tok, cases) {
 
 (async () => {
   const cases = JSON.parse(fs.readFileSync(casesPath, 'utf8'));
-  const neox = await run(Tokenizer.fromFile(neoxJson), cases);
-  const gpt2 = await run(Tokenizer.fromFile(gpt2Json), cases);
+  const out = {};
+  for (const kv of tokenizers) {
+    const eq = kv.indexOf('=');
+    out[kv.slice(0, eq)] = await run(Tokenizer.fromFile(kv.slice(eq + 1)), cases);
+  }
   // gpt-3-encoder knows no special tokens: encode around <|endoftext|> and put 50256 in between.
   const gpt3enc = {};
   for (const [name, text] of Object.entries(cases)) {
@@ -39,7 +42,8 @@ async function run(tok, cases) {
     });
     gpt3enc[name] = ids;
   }
-  fs.writeFileSync(outPath, JSON.stringify({ neox, gpt2, gpt3enc }));
+  out.gpt3enc = gpt3enc;
+  fs.writeFileSync(outPath, JSON.stringify(out));
 })().catch((e) => {
   console.error(e);
   process.exit(1);

@@ -13,6 +13,7 @@
 #include "tokenizer/bpe.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/pre_tokenizer.h"
+#include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -75,6 +76,18 @@ TEST(PreTokenizer, SplitBehavioursMatchHuggingFaceDocs) {
   EXPECT_EQ(split_with(split_json("MergedWithNext"), t), (V{"the", "-final", "-", "-countdown"}));
   EXPECT_EQ(split_with(split_json("Contiguous"), t), (V{"the", "-", "final", "--", "countdown"}));
   EXPECT_EQ(split_with(split_json("Removed", true), t), (V{"-", "-", "-"}));
+}
+
+TEST(Regex, WhiteSpaceIsTheUnicodeProperty) {
+  EXPECT_EQ(white_space_pattern(R"(\s+(?!\S))"), R"([\t-\r\x{85}\p{Z}]+(?![^\t-\r\x{85}\p{Z}]))");
+  EXPECT_EQ(white_space_pattern(R"( ?[^\s\p{L}]+)"), R"( ?[^\t-\r\x{85}\p{Z}\p{L}]+)");
+  EXPECT_EQ(white_space_pattern(R"(\\s[]\s][[:alpha:]\s])"), R"(\\s[]\t-\r\x{85}\p{Z}][[:alpha:]\t-\r\x{85}\p{Z}])");
+  Regex ws(R"(\s+)");
+  std::vector<std::pair<size_t, size_t>> m;
+  // U+180E MONGOLIAN VOWEL SEPARATOR is not White_Space; U+0085 NEL and U+3000 are.
+  ws.find_all("a\xE1\xA0\x8E" "b\xC2\x85\xE3\x80\x80" "c", m);
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0], std::make_pair(size_t{5}, size_t{10}));
 }
 
 TEST(PreTokenizer, Gpt2RegexAndSequence) {

@@ -9,6 +9,7 @@
 
 #include "core/mmap_file.h"
 #include "test_util.h"
+#include "tokenizer/bpe.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mlkv {
@@ -47,10 +48,9 @@ std::string ids_str(const std::vector<int32_t>& v, size_t from, size_t n) {
   return s;
 }
 
-void check_against_fixture(const std::string& fixture, const std::string& tokenizer_rel) {
-  MLKV_REQUIRE_SHARED();
+void check_against_fixture(const std::string& fixture, const Tokenizer& tok_ref) {
+  const Tokenizer* tok = &tok_ref;
   json fx = json::parse(read_text_file(test::fixture_path(fixture)));
-  auto tok = load_tokenizer(test::shared_path(tokenizer_rel));
   auto cases = load_cases();
   ASSERT_GT(cases.size(), 40u);
   size_t ids_ok = 0, decode_ok = 0;
@@ -76,6 +76,57 @@ void check_against_fixture(const std::string& fixture, const std::string& tokeni
   }
   EXPECT_EQ(ids_ok, cases.size());
   EXPECT_EQ(decode_ok, cases.size());
+}
+
+void check_against_fixture(const std::string& fixture, const std::string& tokenizer_rel) {
+  MLKV_REQUIRE_SHARED();
+  auto tok = load_tokenizer(test::shared_path(tokenizer_rel));
+  check_against_fixture(fixture, *tok);
+}
+
+// The "llama3-like" tokenizer.json of gen_fixtures.py: GPT-2's vocabulary and merges behind
+// Llama-3's pre-tokenizer (Split regex + ByteLevel without regex), ignore_merges, BOS template.
+std::string llama3_like_json() {
+  json vocab = json::parse(read_text_file(test::shared_path("tokenizers/gpt2/encoder.json")));
+  json merges = json::array();
+  std::string bpe = read_text_file(test::shared_path("tokenizers/gpt2/vocab.bpe"));
+  size_t pos = 0;
+  while (pos < bpe.size()) {
+    size_t nl = bpe.find('\n', pos);
+    if (nl == std::string::npos) nl = bpe.size();
+    std::string line = bpe.substr(pos, nl - pos);
+    pos = nl + 1;
+    if (!line.empty() && line.rfind("#version", 0) != 0) merges.push_back(line);
+  }
+  auto special = [](int id, const char* s) {
+    return json{{"id", id}, {"content", s}, {"special", true}, {"normalized", false}};
+  };
+  const char* split =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  json j = {
+      {"added_tokens", json::array({special(50256, "<|endoftext|>"), special(50257, "<|begin_of_text|>"),
+                                    special(50258, "<|eot_id|>")})},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         json::array({{{"type", "Split"}, {"pattern", {{"Regex", split}}}, {"behavior", "Isolated"}},
+                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", json::array({{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+                                {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", true}}}};
+  return j.dump();
+}
+
+TEST(TokenizerReference, Llama3StyleTokenizerJsonMatchesHuggingFace) {
+  MLKV_REQUIRE_SHARED();
+  auto tok = parse_hf_tokenizer_json(llama3_like_json(), "llama3-like");
+  EXPECT_EQ(tok->bos_id(), 50257);
+  EXPECT_EQ(tok->eos_id(), 50256);
+  check_against_fixture("llama3-like.json", *tok);
 }
 
 TEST(TokenizerReference, GptNeoxTokenizerJsonMatchesHuggingFace) {
