@@ -1,5 +1,7 @@
 #include "kv/kv_cache.h"
 
+#include <cstring>
+
 #include "core/check.h"
 
 namespace mlkv {
@@ -45,6 +47,21 @@ void* KVCache::v_ptr(int slot, int seq, int head) {
   const int64_t per_tensor = int64_t{n_seq_} * n_head_kv_ * n_ctx_ * d_head_;
   const int64_t off = (int64_t{slot} * 2 + 1) * per_tensor + (int64_t{seq} * n_head_kv_ + head) * n_ctx_ * d_head_;
   return static_cast<char*>(storage_.get()) + off * static_cast<int64_t>(elem_size());
+}
+
+void KVCache::copy_seq(int src, int dst, int n_tokens) {
+  MLKV_CHECK(src >= 0 && src < n_seq_ && dst >= 0 && dst < n_seq_);
+  MLKV_CHECK(n_tokens >= 0 && n_tokens <= len_[static_cast<size_t>(src)]);
+  if (src != dst) {
+    const size_t n_bytes = static_cast<size_t>(n_tokens) * static_cast<size_t>(d_head_) * elem_size();
+    for (int slot = 0; slot < n_slots_; ++slot) {
+      for (int h = 0; h < n_head_kv_; ++h) {
+        std::memcpy(k_ptr(slot, dst, h), k_ptr(slot, src, h), n_bytes);
+        std::memcpy(v_ptr(slot, dst, h), v_ptr(slot, src, h), n_bytes);
+      }
+    }
+  }
+  len_[static_cast<size_t>(dst)] = n_tokens;
 }
 
 void KVCache::set_seq_len(int seq, int len) {

@@ -48,6 +48,11 @@ class KVCache {
   // Frees a slot for reuse; its contents are simply overwritten by the next user.
   void release_seq(int seq);
   bool seq_in_use(int seq) const { return in_use_[static_cast<size_t>(seq)] != 0; }
+  // Makes dst hold the first n_tokens of src (every owner slot, K and V) and sets dst's length to
+  // n_tokens: a shared prefix is computed once and forked into several sequences (evaluation
+  // scores each answer of a question after one pass over the question). n_tokens <= seq_len(src);
+  // src == dst only truncates.
+  void copy_seq(int src, int dst, int n_tokens);
 
  private:
   int n_seq_, n_ctx_, n_slots_, n_head_kv_, d_head_;
