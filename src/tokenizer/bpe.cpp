@@ -16,7 +16,7 @@ namespace mlkv {
 
 namespace {
 
-constexpr int32_t kMaxVocab = 1 << 24;  // far above any real vocabulary; bounds allocations
+constexpr int32_t kMaxVocab = 1 << 22;  // 4M ids: above any real vocabulary; bounds allocations
 constexpr size_t kMaxCachedWord = 256;  // longer words are rare and not worth caching
 
 uint64_t pair_key(int32_t a, int32_t b) {
