@@ -1,10 +1,13 @@
 // Tokenizer encoding throughput (MB/s of UTF-8 input) on the text corpora, 1 thread and all
 // threads, median of several runs. Each run uses a freshly loaded tokenizer (cold word cache), and
 // the corpus is cut into documents as `mlkv tokenize` does (blank2 rule, 32 KiB units), so the
-// figures are what tokenize's encoding stage sees. Prints a markdown table.
+// figures are what tokenize's encoding stage sees. Prints a markdown table with wall-clock MB/s and,
+// less sensitive to other load on the machine, MB per CPU-second (user + system time of the
+// process, all threads summed).
 //   tokenizer_bench [--shared DIR] [--tokenizer PATH] [--runs N] [--threads N] [files...]
 // The shared data folder defaults to $MLKV_SHARED_DIR, else ../shared (run from the repo root).
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -26,17 +29,28 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-// Seconds to encode all units with `threads` threads on a fresh tokenizer; tokens counted in *n.
-double encode_seconds(const std::string& tok_path, const std::vector<mlkv::DocUnit>& units,
-                      int threads, size_t* n_tokens) {
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+struct Run {
+  double wall, cpu;
+};
+
+// Encodes all units with `threads` threads on a fresh tokenizer; tokens counted in *n_tokens.
+Run encode_run(const std::string& tok_path, const std::vector<mlkv::DocUnit>& units, int threads,
+               size_t* n_tokens) {
   auto tok = mlkv::load_tokenizer(tok_path);
   size_t total = 0;
+  double cpu0 = cpu_seconds();
   mlkv::Timer t;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 8) reduction(+ : total)
   for (size_t i = 0; i < units.size(); ++i) total += tok->encode(units[i].text).size();
-  double s = t.seconds();
+  Run r{t.seconds(), cpu_seconds() - cpu0};
   *n_tokens = total;
-  return s;
+  return r;
 }
 
 }  // namespace
@@ -85,11 +99,13 @@ int main(int argc, char** argv) {
   std::printf("tokenizer: %s, %d runs per cell (median), %d hardware threads\n\n", tok_path.c_str(),
               runs, omp_get_num_procs());
   std::printf("| corpus | MB | tokens | bytes/token |");
-  for (int t : thread_counts) std::printf(" %d thread%s MB/s |", t, t > 1 ? "s" : "");
+  for (int t : thread_counts) {
+    std::printf(" %d thread%s MB/s | %d thread%s MB/CPU-s |", t, t > 1 ? "s" : "", t, t > 1 ? "s" : "");
+  }
   std::printf("\n|---|---:|---:|---:|");
-  for (size_t k = 0; k < thread_counts.size(); ++k) std::printf("---:|");
+  for (size_t k = 0; k < thread_counts.size(); ++k) std::printf("---:|---:|");
   std::printf("\n");
-  std::vector<double> total_s(thread_counts.size(), 0.0);
+  std::vector<double> total_s(thread_counts.size(), 0.0), total_cpu(thread_counts.size(), 0.0);
   double total_mb = 0;
   size_t total_tokens = 0;
   for (const auto& f : files) {
@@ -103,12 +119,17 @@ int main(int argc, char** argv) {
     std::printf("| %s | %.2f |", std::filesystem::path(f).filename().c_str(), bytes / 1e6);
     std::string cells;
     for (size_t k = 0; k < thread_counts.size(); ++k) {
-      std::vector<double> s;
-      for (int r = 0; r < runs; ++r) s.push_back(encode_seconds(tok_path, units, thread_counts[k], &n_tokens));
-      double m = median(s);
+      std::vector<double> wall, cpu;
+      for (int r = 0; r < runs; ++r) {
+        Run run = encode_run(tok_path, units, thread_counts[k], &n_tokens);
+        wall.push_back(run.wall);
+        cpu.push_back(run.cpu);
+      }
+      double m = median(wall), c = median(cpu);
       total_s[k] += m;
-      char buf[32];
-      std::snprintf(buf, sizeof buf, " %.1f |", bytes / 1e6 / m);
+      total_cpu[k] += c;
+      char buf[48];
+      std::snprintf(buf, sizeof buf, " %.1f | %.1f |", bytes / 1e6 / m, bytes / 1e6 / c);
       cells += buf;
     }
     std::printf(" %zu | %.2f |%s\n", n_tokens, bytes / n_tokens, cells.c_str());
@@ -117,7 +138,9 @@ int main(int argc, char** argv) {
     total_tokens += n_tokens;
   }
   std::printf("| **all** | %.2f | %zu | %.2f |", total_mb, total_tokens, total_mb * 1e6 / total_tokens);
-  for (double s : total_s) std::printf(" **%.1f** |", total_mb / s);
+  for (size_t k = 0; k < thread_counts.size(); ++k) {
+    std::printf(" **%.1f** | **%.1f** |", total_mb / total_s[k], total_mb / total_cpu[k]);
+  }
   std::printf("\n");
   return 0;
 }
