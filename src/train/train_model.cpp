@@ -227,7 +227,7 @@ void TrainGraph<T>::layer_forward(int il, const LayerView<T>& L, T* out) {
   lap(Op::kQkv, false);
   rope_forward(A.q.data(), n, H, d, ctx_, rope_);
   if (c.owns_kv(il)) {
-    if (!A.k_raw.empty()) std::copy(A.k_rot.begin(), A.k_rot.end(), A.k_raw.begin());
+    if (!A.k_raw.empty()) std::copy_n(A.k_rot.begin(), n_ * KV, A.k_raw.begin());
     rope_forward(A.k_rot.data(), n, G, d, ctx_, rope_);
   }
   lap(Op::kRope, false);
@@ -241,7 +241,7 @@ void TrainGraph<T>::layer_forward(int il, const LayerView<T>& L, T* out) {
 
   const T* x_norm2;
   if (c.parallel_residual) {
-    std::copy(A.x_in.begin(), A.x_in.end(), out);
+    std::copy_n(A.x_in.begin(), n_ * E, out);
     lap(Op::kResidual, false);
     linear_forward(A.o.data(), L.wo, L.bo, out, n, Q, E, /*accumulate=*/true);
     lap(Op::kAttnOut, false);
@@ -250,7 +250,7 @@ void TrainGraph<T>::layer_forward(int il, const LayerView<T>& L, T* out) {
     linear_forward(A.o.data(), L.wo, L.bo, A.x_mid.data(), n, Q, E);
     lap(Op::kAttnOut, false);
     add_inplace(A.x_mid.data(), A.x_in.data(), n_ * E);
-    std::copy(A.x_mid.begin(), A.x_mid.end(), out);
+    std::copy_n(A.x_mid.begin(), n_ * E, out);
     lap(Op::kResidual, false);
     x_norm2 = A.x_mid.data();
   }
@@ -402,10 +402,14 @@ void TrainGraph<T>::layer_backward(int il, const LayerView<T>& L, const LayerVie
 
 template <typename T>
 double TrainGraph<T>::forward_backward(const WeightsView<T>& w, const int32_t* rows, const WeightsView<T>* grads,
-                                       T grad_scale) {
+                                       T grad_scale, int n_rows) {
   const ModelConfig& c = cfg_;
+  if (n_rows < 0) n_rows = batch_;
+  MLKV_CHECK(n_rows >= 1 && n_rows <= batch_);
+  n_ = int64_t{n_rows} * ctx_;
+  dims_.batch = n_rows;
   const int n = static_cast<int>(n_), E = c.n_embd;
-  for (int b = 0; b < batch_; ++b) {
+  for (int b = 0; b < n_rows; ++b) {
     const int32_t* r = rows + int64_t{b} * (ctx_ + 1);
     for (int s = 0; s <= ctx_; ++s) {
       MLKV_REQUIRE(r[s] >= 0 && r[s] < c.n_vocab, "token id ", r[s], " is outside the vocabulary (",

@@ -76,9 +76,10 @@ class TrainGraph {
   // rows: [batch, ctx + 1] token ids; row b predicts rows[b][1..ctx] from rows[b][0..ctx-1].
   // Returns the SUM of the batch * ctx next-token cross-entropies (nats). When grads is not null,
   // adds grad_scale * d(sum)/d(parameter) into *grads (a view of the same layout as w).
+  // n_rows (1..batch, default batch) runs a smaller batch in the same buffers.
   // Throws mlkv::Error for a token id outside the vocabulary.
   double forward_backward(const WeightsView<T>& w, const int32_t* rows, const WeightsView<T>* grads,
-                          T grad_scale);
+                          T grad_scale, int n_rows = -1);
 
   // Bytes of the activation arena and scratch for this geometry (elem = sizeof(T)), not counting
   // the per-thread attention blocks (2 * 64 * ctx + ctx elements per thread).

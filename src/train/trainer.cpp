@@ -1,0 +1,411 @@
+// The training loop (trainer.h). One optimizer step:
+//   zero grads; for each micro-step a of this rank: fetch its rows (data.h), forward + backward
+//   with grad scale 1 / (global batch * ctx) (so the summed gradient is that of the global mean
+//   loss); allreduce-sum gradients and the loss over ranks; global grad norm; clip; AdamW at the
+//   scheduled lr.
+// Every rank holds the same parameters (same init, same averaged gradients, same update), so rank
+// 0 alone writes the log, checkpoints and the model.
+#include "train/trainer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "core/check.h"
+#include "core/mmap_file.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "io/hf_model.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/dist.h"
+#include "train/plot.h"
+
+namespace mlkv::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string options_to_json(const TrainOptions& o, int64_t steps, int64_t warmup, int world) {
+  json j = {{"out", o.out_dir},           {"init", o.init},
+            {"data", o.data},             {"val", o.val},
+            {"val_fraction", o.val_fraction}, {"ctx", o.ctx},
+            {"batch", o.batch},           {"accum", o.accum},
+            {"steps", steps},             {"lr", o.lr},
+            {"min_lr_ratio", o.min_lr_ratio}, {"warmup", warmup},
+            {"schedule", o.schedule},     {"beta1", o.adam.beta1},
+            {"beta2", o.adam.beta2},      {"eps", o.adam.eps},
+            {"weight_decay", o.adam.weight_decay}, {"clip", o.clip},
+            {"eval_every", o.eval_every}, {"eval_rows", o.eval_rows},
+            {"save_every", o.save_every}, {"seed", o.seed},
+            {"shuffle", o.shuffle},       {"world", world},
+            {"init_std", o.init_std}};
+  return j.dump();
+}
+
+// Copies the tokenizer files found at src (a file or a folder) into dir, so that the trained
+// model folder works with --text / --prompt.
+void copy_tokenizer(const std::string& src, const std::string& dir) {
+  if (src.empty() || !fs::exists(src)) return;
+  const fs::path p(src);
+  std::vector<fs::path> files;
+  if (fs::is_directory(p)) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "tokenizer.model", "encoder.json", "vocab.bpe", "tokenizer.bin"}) {
+      if (fs::is_regular_file(p / name)) files.push_back(p / name);
+    }
+  } else {
+    files.push_back(p);
+    if (p.filename() == "encoder.json" || p.extension() == ".bpe") {
+      files = {p.parent_path() / "encoder.json", p.parent_path() / "vocab.bpe"};
+    }
+  }
+  for (const auto& f : files) {
+    fs::path dst = fs::path(dir) / f.filename();
+    if (f.extension() == ".json" && f.filename() != "encoder.json" && f.filename() != "tokenizer_config.json" &&
+        f.filename() != "special_tokens_map.json") {
+      dst = fs::path(dir) / "tokenizer.json";
+    }
+    if (fs::exists(dst) && fs::equivalent(f, dst)) continue;
+    std::error_code ec;
+    fs::copy_file(f, dst, fs::copy_options::overwrite_existing, ec);
+  }
+}
+
+// Keeps the log records of steps <= keep_step (and non-step records), then appends `extra`.
+void truncate_log(const std::string& path, int64_t keep_step, const json& extra) {
+  std::string kept;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;  // a line cut by a crash
+    if (j.contains("step") && j["step"].is_number() && j["step"].get<int64_t>() > keep_step &&
+        !j.contains("event")) {
+      continue;
+    }
+    kept += line + "\n";
+  }
+  kept += extra.dump() + "\n";
+  write_text_file(path, kept);
+}
+
+// Test hook: MLKV_TEST_CRASH_IN_CHECKPOINT=k makes the k-th checkpoint write of this process die
+// (SIGKILL) half-way through the file, as a power cut would. tests/train uses it.
+int crash_at_checkpoint() {
+  const char* v = std::getenv("MLKV_TEST_CRASH_IN_CHECKPOINT");
+  return v ? std::atoi(v) : 0;
+}
+
+std::string fmt_num(double v, const char* f) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+}  // namespace
+
+std::string format_profile(const OpProfile& p, double total) {
+  std::string s = "op                                  forward   backward      total   share\n";
+  double sum = 0;
+  for (int i = 0; i < static_cast<int>(Op::kCount); ++i) sum += p.fwd[i] + p.bwd[i];
+  for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
+    const double t = p.fwd[i] + p.bwd[i];
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%-34s %8.3fs %9.3fs %8.3fs %6.1f%%\n", op_name(static_cast<Op>(i)), p.fwd[i],
+                  p.bwd[i], t, total > 0 ? 100 * t / total : 0.0);
+    s += buf;
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%-34s %29.3fs %6.1f%%\n", "optimizer, allreduce, data, other", total - sum,
+                total > 0 ? 100 * (total - sum) / total : 0.0);
+  s += buf;
+  return s;
+}
+
+TrainSummary run_training(const TrainOptions& opt) {
+  Dist& dist = Dist::get();
+  const int world = dist.size(), rank = dist.rank();
+  const bool root = dist.is_root();
+
+  // ---- threads ----
+  int threads = opt.threads;
+  if (threads <= 0 && dist.local_size() > 1) {
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist.local_size());
+  }
+  set_num_threads(threads);
+
+  // ---- options ----
+  MLKV_REQUIRE(!opt.out_dir.empty(), "train: --out is required");
+  MLKV_REQUIRE(opt.ctx >= 1, "train: --ctx must be at least 1");
+  MLKV_REQUIRE(opt.batch >= 1 && opt.accum >= 1, "train: --batch and --accum must be positive");
+  MLKV_REQUIRE(opt.batch % (int64_t{world} * opt.accum) == 0, "train: --batch ", opt.batch,
+               " must be a multiple of ranks x --accum = ", world, " x ", opt.accum);
+  const int micro = static_cast<int>(opt.batch / (int64_t{world} * opt.accum));
+  const int64_t tokens_per_step = opt.batch * opt.ctx;
+  int64_t total_steps = opt.steps;
+  if (total_steps <= 0 && opt.tokens > 0) total_steps = (opt.tokens + tokens_per_step - 1) / tokens_per_step;
+  MLKV_REQUIRE(total_steps > 0, "train: give --steps or --tokens");
+  MLKV_REQUIRE(opt.val_fraction >= 0 && opt.val_fraction < 1, "train: --val-fraction must be in [0, 1)");
+  const int64_t warmup = opt.warmup >= 0 ? opt.warmup
+                                         : static_cast<int64_t>(opt.warmup_ratio * static_cast<double>(total_steps));
+  LrSchedule sched;
+  sched.kind = LrSchedule::parse(opt.schedule);
+  sched.lr = opt.lr;
+  sched.warmup = warmup;
+  sched.total = total_steps;
+  sched.min_ratio = opt.min_lr_ratio;
+
+  const fs::path out(opt.out_dir);
+  const std::string ckpt_path = (out / kCheckpointFile).string();
+  const std::string log_path = (out / kLogFile).string();
+  const bool have_ckpt = fs::exists(ckpt_path);
+  if (have_ckpt && !opt.resume && !opt.overwrite) {
+    fail("train: ", ckpt_path, " exists: pass --resume to continue that run or --overwrite to start over");
+  }
+  MLKV_REQUIRE(!opt.resume || have_ckpt, "train: --resume: no checkpoint at ", ckpt_path);
+  if (root) fs::create_directories(out);
+
+  // ---- data ----
+  const DataFiles files = find_data_files(opt.data);
+  TokenStream train_stream(files.train);
+  std::vector<std::string> val_files = files.val;
+  if (!opt.val.empty()) val_files = find_data_files(opt.val).train;
+  std::unique_ptr<TokenStream> val_stream;
+  int64_t train_end = train_stream.n_tokens();
+  if (opt.val_fraction > 0) {
+    train_end = train_stream.n_tokens() - static_cast<int64_t>(opt.val_fraction * static_cast<double>(train_stream.n_tokens()));
+  } else if (!val_files.empty()) {
+    val_stream = std::make_unique<TokenStream>(val_files);
+  }
+  RowSource train_rows(train_stream, 0, train_end, opt.ctx, opt.seed, opt.shuffle);
+  MLKV_REQUIRE(train_rows.n_rows() > 0, "train: the training data holds ", train_end, " tokens, fewer than one row of ",
+               opt.ctx + 1);
+  std::unique_ptr<RowSource> val_rows;
+  if (opt.val_fraction > 0) {
+    val_rows = std::make_unique<RowSource>(train_stream, train_end, train_stream.n_tokens(), opt.ctx, 0, false);
+  } else if (val_stream) {
+    val_rows = std::make_unique<RowSource>(*val_stream, 0, val_stream->n_tokens(), opt.ctx, 0, false);
+  }
+  if (val_rows && val_rows->n_rows() == 0) val_rows.reset();
+
+  // ---- model and optimizer state ----
+  ModelConfig cfg;
+  ModelWeights params;
+  CheckpointState state;
+  std::unique_ptr<AdamW> adam;
+  std::string tokenizer_src = !opt.tokenizer.empty() ? opt.tokenizer : files.tokenizer;
+  if (opt.resume) {
+    Checkpoint ck = load_checkpoint(ckpt_path);
+    cfg = ck.config;
+    params = std::move(ck.params);
+    state = ck.state;
+    MLKV_REQUIRE(state.global_batch == opt.batch && state.ctx == opt.ctx && state.seed == opt.seed &&
+                     state.shuffle == opt.shuffle,
+                 "train: --resume needs the checkpoint's batch (", state.global_batch, "), ctx (", state.ctx,
+                 "), seed (", state.seed, ") and shuffle (", state.shuffle ? "on" : "off",
+                 ") so that the data continues where it stopped");
+    adam = std::make_unique<AdamW>(cfg, opt.adam);
+    adam->m() = std::move(ck.adam_m);
+    adam->v() = std::move(ck.adam_v);
+    adam->set_steps(state.step);
+  } else {
+    if (!opt.init.empty()) {
+      LoadedModel lm = load_model(opt.init);
+      cfg = lm.config;
+      params = std::move(lm.weights);
+      if (tokenizer_src.empty()) tokenizer_src = opt.init;
+    } else {
+      cfg = opt.config;
+      cfg.validate();
+      init_weights_random(cfg, &params, opt.init_seed ? opt.init_seed : opt.seed, opt.init_std);
+    }
+    adam = std::make_unique<AdamW>(cfg, opt.adam);
+    state.global_batch = opt.batch;
+    state.ctx = opt.ctx;
+    state.seed = opt.seed;
+    state.shuffle = opt.shuffle;
+  }
+  MLKV_REQUIRE(opt.ctx <= cfg.n_ctx, "train: --ctx ", opt.ctx, " exceeds the model's context of ", cfg.n_ctx,
+               " positions");
+  MLKV_REQUIRE(train_stream.n_vocab() <= static_cast<uint32_t>(cfg.n_vocab), "train: the data's vocabulary (",
+               train_stream.n_vocab(), " ids) is larger than the model's (", cfg.n_vocab, ")");
+  state.total_steps = total_steps;
+  state.options_json = options_to_json(opt, total_steps, warmup, world);
+
+  ModelWeights grads;
+  allocate_weights(cfg, &grads);
+  auto pview = view_of(cfg, params);
+  auto gview = view_of(cfg, grads);
+  TrainGraph<float> graph(cfg, micro, opt.ctx);
+  TrainSummary summary;
+  summary.n_params = cfg.n_params();
+  if (opt.profile) graph.profile = &summary.profile;
+  std::vector<int32_t> rows(static_cast<size_t>(micro) * (opt.ctx + 1));
+  const float grad_scale = static_cast<float>(1.0 / static_cast<double>(tokens_per_step));
+
+  // ---- log ----
+  const int64_t start_step = state.step;
+  if (root) {
+    const json header = {{"event", opt.resume ? "resume" : "start"},
+                         {"step", start_step},
+                         {"config", cfg.summary()},
+                         {"n_params", cfg.n_params()},
+                         {"world", world},
+                         {"micro_batch", micro},
+                         {"threads", num_threads()},
+                         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
+                         {"options", json::parse(state.options_json)}};
+    if (opt.resume) {
+      truncate_log(log_path, start_step, header);
+    } else {
+      write_text_file(log_path, header.dump() + "\n");
+    }
+    if (opt.resume || opt.overwrite) {
+      // Temp files of checkpoint writes that were killed.
+      for (const auto& e : fs::directory_iterator(out)) {
+        if (e.path().filename().string().rfind(std::string(kCheckpointFile) + ".tmp.", 0) == 0) fs::remove(e.path());
+      }
+    }
+  }
+  std::ofstream log;
+  if (root) log.open(log_path, std::ios::app);
+
+  auto evaluate = [&]() -> double {
+    if (!val_rows) return -1;
+    int64_t n = val_rows->n_rows();
+    if (opt.eval_rows > 0) n = std::min(n, opt.eval_rows);
+    double acc[2] = {0, 0};  // loss sum, tokens
+    std::vector<int32_t> buf(rows.size());
+    // Rank k evaluates rows k, k + W, ... in micro-batches.
+    std::vector<int64_t> mine;
+    for (int64_t r = rank; r < n; r += world) mine.push_back(r);
+    for (size_t i = 0; i < mine.size(); i += static_cast<size_t>(micro)) {
+      const int cnt = static_cast<int>(std::min<size_t>(static_cast<size_t>(micro), mine.size() - i));
+      for (int j = 0; j < cnt; ++j) val_rows->fetch(mine[i + static_cast<size_t>(j)], buf.data() + int64_t{j} * (opt.ctx + 1));
+      acc[0] += graph.forward_backward(pview, buf.data(), nullptr, 1.0f, cnt);
+      acc[1] += static_cast<double>(cnt) * opt.ctx;
+    }
+    dist.allreduce_sum(acc, 2);
+    return acc[1] > 0 ? acc[0] / acc[1] : -1;
+  };
+
+  int n_saves = 0;
+  const int crash_at = crash_at_checkpoint();
+  auto save = [&](double elapsed) {
+    if (!root) return;
+    ++n_saves;
+    CheckpointState st = state;
+    st.elapsed_s = elapsed;
+    WriteProgress hook;
+    if (crash_at == n_saves) {
+      hook = [](uint64_t done, uint64_t total) {
+        if (done * 2 >= total) {
+          std::fflush(nullptr);
+          ::kill(::getpid(), SIGKILL);
+        }
+      };
+    }
+    save_checkpoint(ckpt_path, cfg, params, adam->m(), adam->v(), st, hook);
+    SaveOptions so;
+    so.dtype = opt.out_dtype;
+    save_model(opt.out_dir, cfg, params, so);
+    copy_tokenizer(tokenizer_src, opt.out_dir);
+    write_text_file((out / kPlotFile).string(),
+                    loss_plot_svg({read_train_log(log_path, out.filename().string())},
+                                  "mlkv train: " + cfg.summary()));
+  };
+
+  // ---- loop ----
+  const bool show = root && !opt.quiet;
+  std::unique_ptr<ProgressBar> bar;
+  if (show && ProgressBar::enabled()) bar = std::make_unique<ProgressBar>("train", static_cast<double>(total_steps - start_step), "step");
+  const int64_t line_every = std::max<int64_t>(1, (total_steps - start_step) / 20);
+  if (show) {
+    std::fprintf(stderr, "train: %s, %.2fM params, %d rank(s) x %d thread(s), %lld rows x %d tokens per step "
+                 "(micro-batch %d x %d accum), %lld steps, activations %.1f MiB per rank\n",
+                 cfg.summary().c_str(), static_cast<double>(cfg.n_params()) / 1e6, world, num_threads(),
+                 static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum, static_cast<long long>(total_steps),
+                 static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));
+  }
+  const double t_start = now_seconds();
+  double last_val = -1;
+  for (int64_t step = start_step; step < total_steps; ++step) {
+    zero_grads(cfg, grads);
+    double loss_sum = 0;
+    for (int a = 0; a < opt.accum; ++a) {
+      const int64_t g0 = step * opt.batch + (int64_t{rank} * opt.accum + a) * micro;
+      train_rows.fetch_rows(g0, micro, rows.data());
+      loss_sum += graph.forward_backward(pview, rows.data(), &gview, grad_scale);
+    }
+    const double t_comm = now_seconds();
+    if (world > 1) {
+      for (auto& p : list_params(cfg, grads)) dist.allreduce_sum(p.tensor->data(), p.tensor->numel());
+      dist.allreduce_sum(&loss_sum, 1);
+    }
+    const double comm_s = now_seconds() - t_comm;
+    const double loss = loss_sum / static_cast<double>(tokens_per_step);
+    const double norm = global_grad_norm(cfg, grads);
+    const double scale = (opt.clip > 0 && norm > opt.clip) ? opt.clip / norm : 1.0;
+    const double lr = sched.at(step);
+    adam->step(params, grads, lr, scale);
+    state.step = step + 1;
+    state.next_row = state.step * opt.batch;
+    state.tokens_seen += static_cast<double>(tokens_per_step);
+    MLKV_REQUIRE(std::isfinite(loss), "train: the loss became ", loss, " at step ", step + 1,
+                 " (try a lower --lr or a --clip)");
+
+    const bool last = step + 1 == total_steps;
+    double val = -1;
+    if (val_rows && ((opt.eval_every > 0 && (step + 1) % opt.eval_every == 0) || last)) {
+      val = evaluate();
+      last_val = val;
+    }
+    const double elapsed = now_seconds() - t_start;
+    const double tps = static_cast<double>(step + 1 - start_step) * static_cast<double>(tokens_per_step) / elapsed;
+    if (root) {
+      json rec = {{"step", step + 1}, {"loss", loss},  {"lr", lr}, {"grad_norm", norm},
+                  {"tokens", state.tokens_seen}, {"time_s", state.elapsed_s + elapsed}, {"tok_per_s", tps}};
+      if (world > 1) rec["allreduce_s"] = comm_s;
+      if (val >= 0) rec["val_loss"] = val;
+      log << rec.dump() << "\n";
+      log.flush();
+    }
+    summary.last_loss = loss;
+    if (show) {
+      std::string suffix = "step " + std::to_string(step + 1) + " | loss " + fmt_num(loss, "%.4f");
+      if (last_val >= 0) suffix += " | val " + fmt_num(last_val, "%.4f");
+      suffix += " | " + fmt_num(tps, "%.0f") + " tok/s | lr " + fmt_num(lr, "%.2e");
+      if (bar) {
+        bar->update(static_cast<double>(step + 1 - start_step), suffix);
+      } else if ((step + 1 - start_step) % line_every == 0 || last || val >= 0) {
+        const double eta = elapsed / static_cast<double>(step + 1 - start_step) * static_cast<double>(total_steps - step - 1);
+        std::fprintf(stderr, "train: %s | ETA %s\n", suffix.c_str(), format_duration(eta).c_str());
+      }
+    }
+    if ((opt.save_every > 0 && (step + 1) % opt.save_every == 0) || last) save(state.elapsed_s + elapsed);
+  }
+  if (bar) bar->finish();
+  summary.seconds = now_seconds() - t_start;
+  summary.steps = state.step;
+  summary.val_loss = last_val;
+  summary.tokens_per_s = summary.seconds > 0
+                             ? static_cast<double>(state.step - start_step) * static_cast<double>(tokens_per_step) / summary.seconds
+                             : 0;
+  if (start_step == total_steps && root) save(state.elapsed_s);  // resumed a finished run: rewrite outputs
+  dist.barrier();
+  return summary;
+}
+
+}  // namespace mlkv::train
