@@ -62,8 +62,9 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
       p.ctx.assign(r.context.begin() + cut, r.context.end());
       p.cont = r.continuation;
     } else {
-      const int moved = cut - n_ctx_tok + 1;  // continuation tokens that become context
-      p.ctx.assign(r.continuation.begin(), r.continuation.begin() + moved);
+      // Kept: continuation[cut - n_ctx_tok ..]; its first kept token is read, not scored.
+      const int moved = cut - n_ctx_tok + 1;  // continuation tokens not scored
+      p.ctx.assign(r.continuation.begin() + (moved - 1), r.continuation.begin() + moved);
       p.cont.assign(r.continuation.begin() + moved, r.continuation.end());
       results[static_cast<size_t>(i)].truncated_tokens = moved;
     }
