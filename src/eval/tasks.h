@@ -68,6 +68,7 @@ struct TaskOptions {
   bool add_bos = false;     // prepend BOS to every context (lm-eval does not for causal models)
   int32_t prefix_token = -1;  // for empty contexts; -1: the tokenizer's BOS, else its EOS
   bool share_context = true;
+  int max_ctx = 0;          // most tokens fed per request (lm-eval's max_length); 0: the model's context
   std::function<void(int64_t done, int64_t total)> on_progress;  // items
 };
 

@@ -211,6 +211,7 @@ json eval_task(Model& model, const Tokenizer& tok, const std::string& path, cons
   o.batch = a.batch;
   o.add_bos = a.bos;
   o.share_context = !a.no_share;
+  o.max_ctx = a.ctx;
   o.on_progress = [&bar](int64_t done, int64_t) { bar.update(static_cast<double>(done)); };
   const eval::TaskResult r = eval::run_task(model, tok, task, o);
   bar.finish();
@@ -349,7 +350,8 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--limit", a->limit, "Only the first N items of each task / N windows of each text");
   cmd->add_option("--max-bytes", a->max_bytes, "Only the first N bytes of each text file");
   cmd->add_option("--batch", a->batch, "Sequences scored together per forward pass")->capture_default_str();
-  cmd->add_option("--ctx", a->ctx, "Perplexity window, tokens fed per window (default: the model's context)");
+  cmd->add_option("--ctx", a->ctx,
+                  "Most tokens fed per perplexity window / per task request (default: the model's context)");
   cmd->add_option("--stride", a->stride, "New tokens predicted per window (default: the window, disjoint windows)");
   cmd->add_flag("--bos", a->bos, "Prepend BOS to every task context (lm-eval does not; llama2.c models want it)");
   cmd->add_flag("--no-share", a->no_share, "Run every choice's context separately (for checking the shared pass)");
