@@ -6,8 +6,11 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "core/half.h"
 #include "kernels/ops.h"
 
 namespace mlkv::ops {
@@ -27,51 +30,62 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// 8 weights as f32: a plain load, or an f16 load widened with F16C.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
+
 // Four weight rows against one x row: four independent streams keep the loads in flight.
-inline void gemv_rows4(const float* x, const float* w, int64_t K, float out[4]) {
-  const float* w0 = w;
-  const float* w1 = w + K;
-  const float* w2 = w + 2 * K;
-  const float* w3 = w + 3 * K;
+template <typename W>
+inline void gemv_rows4(const float* x, const W* w, int64_t K, float out[4]) {
+  const W* w0 = w;
+  const W* w1 = w + K;
+  const W* w2 = w + 2 * K;
+  const W* w3 = w + 3 * K;
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     const __m256 xv = _mm256_loadu_ps(x + k);
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+    a0 = _mm256_fmadd_ps(load8(w0 + k), xv, a0);
+    a1 = _mm256_fmadd_ps(load8(w1 + k), xv, a1);
+    a2 = _mm256_fmadd_ps(load8(w2 + k), xv, a2);
+    a3 = _mm256_fmadd_ps(load8(w3 + k), xv, a3);
   }
   out[0] = hsum(a0);
   out[1] = hsum(a1);
   out[2] = hsum(a2);
   out[3] = hsum(a3);
   for (; k < K; ++k) {
-    out[0] += w0[k] * x[k];
-    out[1] += w1[k] * x[k];
-    out[2] += w2[k] * x[k];
-    out[3] += w3[k] * x[k];
+    out[0] += load1(w0 + k) * x[k];
+    out[1] += load1(w1 + k) * x[k];
+    out[2] += load1(w2 + k) * x[k];
+    out[3] += load1(w3 + k) * x[k];
   }
 }
 
 // One weight row against T x rows (T <= kMaxGemvRows): the row is loaded once per 8 columns.
-inline void gemv_row_multi(const float* x, const float* w, int T, int64_t K, float* out) {
+template <typename W>
+inline void gemv_row_multi(const float* x, const W* w, int T, int64_t K, float* out) {
   __m256 acc[kMaxGemvRows];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    const __m256 wv = _mm256_loadu_ps(w + k);
+    const __m256 wv = load8(w + k);
     for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), acc[t]);
   }
   for (int t = 0; t < T; ++t) {
     float s = hsum(acc[t]);
-    for (int64_t kk = k; kk < K; ++kk) s += w[kk] * x[t * K + kk];
+    for (int64_t kk = k; kk < K; ++kk) s += load1(w + kk) * x[t * K + kk];
     out[t] = s;
   }
 }
 
-void matmul_streaming(const float* x, const float* w, const float* b, float* y, int T, int K,
+template <typename W>
+void matmul_streaming(const float* x, const W* w, const float* b, float* y, int T, int K,
                       int N, bool accumulate) {
   // Blocks of 4 rows; each thread takes a contiguous range so it streams its own part of w.
   const int n_blocks = (N + 3) / 4;
@@ -97,7 +111,47 @@ void matmul_streaming(const float* x, const float* w, const float* b, float* y, 
   }
 }
 
+// Large T with f16 weights: blocks of rows are widened to f32 in per-thread scratch, then multiplied
+// by OpenBLAS single-threaded inside the parallel loop. Widening costs N*K operations against the
+// 2*T*N*K of the product, so it is noise for prefill-sized T.
+void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float* y, int T, int K,
+                        int N, bool accumulate) {
+  constexpr int kBlock = 128;
+  const int n_blocks = (N + kBlock - 1) / kBlock;
+#pragma omp parallel
+  {
+    std::vector<float> wf(static_cast<size_t>(kBlock) * K);
+    std::vector<float> yb(static_cast<size_t>(T) * kBlock);
+#pragma omp for schedule(dynamic, 1)
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int n0 = blk * kBlock;
+      const int rows = std::min(kBlock, N - n0);
+      f16_to_f32_n(w + int64_t{n0} * K, wf.data(), static_cast<size_t>(rows) * K);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, K, 1.0f, x, K, wf.data(), K, 0.0f,
+                  yb.data(), rows);
+      for (int t = 0; t < T; ++t) {
+        float* dst = y + int64_t{t} * N + n0;
+        const float* src = yb.data() + int64_t{t} * rows;
+        for (int j = 0; j < rows; ++j) {
+          const float v = src[j] + (b ? b[n0 + j] : 0.0f);
+          dst[j] = accumulate ? dst[j] + v : v;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void matmul_f16(const float* x, const uint16_t* w, const float* b, float* y, int T, int K, int N,
+                bool accumulate) {
+  if (T <= 0 || N <= 0) return;
+  if (T <= kMaxGemvRows) {
+    matmul_streaming(x, w, b, y, T, K, N, accumulate);
+  } else {
+    matmul_f16_blocked(x, w, b, y, T, K, N, accumulate);
+  }
+}
 
 void matmul(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
             bool accumulate) {

@@ -15,6 +15,10 @@ namespace mlkv::ops {
 void matmul(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
             bool accumulate = false);
 
+// The same with w stored as IEEE f16 [N, K] (half the bytes to stream in decode).
+void matmul_f16(const float* x, const uint16_t* w, const float* b, float* y, int T, int K, int N,
+                bool accumulate = false);
+
 // y = LayerNorm(x) * w + b per row of x[T, E]. mean/rstd ([T], optional) are saved for backward.
 void layernorm_forward(const float* x, const float* w, const float* b, float* y, int T, int E,
                        float eps, float* mean = nullptr, float* rstd = nullptr);

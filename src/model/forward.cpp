@@ -16,9 +16,47 @@ int Batch::n_outputs() const {
   return n;
 }
 
-Model::Model(LoadedModel m) : cfg_(std::move(m.config)), w_(std::move(m.weights)) {
+Model::Model(LoadedModel m, const ModelOptions& opt)
+    : cfg_(std::move(m.config)), opt_(opt), w_(std::move(m.weights)) {
   cfg_.validate();
   rope(std::max(cfg_.n_ctx, 1));
+  if (opt_.weights == WeightType::kF16) pack_f16();
+}
+
+void Model::pack_f16() {
+  auto pack = [](Tensor& t, std::vector<uint16_t>& out, bool release) {
+    if (t.empty()) return;
+    out.resize(static_cast<size_t>(t.numel()));
+    f32_to_f16_n(t.data(), out.data(), out.size());
+    if (release) t = Tensor();
+  };
+  packed_.resize(static_cast<size_t>(cfg_.n_layer));
+  for (int il = 0; il < cfg_.n_layer; ++il) {
+    LayerWeights& L = w_.layers[static_cast<size_t>(il)];
+    PackedLayer& P = packed_[static_cast<size_t>(il)];
+    for (auto [t, p] : {std::pair{&L.wq, &P.wq}, {&L.wk, &P.wk}, {&L.wv, &P.wv}, {&L.wo, &P.wo},
+                        {&L.w_gate, &P.w_gate}, {&L.w_up, &P.w_up}, {&L.w_down, &P.w_down}}) {
+      pack(*t, *p, true);
+    }
+  }
+  // The output matrix; a tied one is also the embedding table, which lookups need in f32.
+  if (cfg_.tied_embeddings) {
+    pack(w_.tok_embd, packed_out_, false);
+  } else {
+    pack(w_.output, packed_out_, true);
+  }
+}
+
+int64_t Model::decode_weight_bytes() const {
+  const int64_t embd = int64_t{cfg_.n_vocab} * cfg_.n_embd;
+  const int64_t n = cfg_.n_params() - (cfg_.tied_embeddings ? 0 : embd);
+  if (opt_.weights == WeightType::kF32) return n * 4;
+  // Projections in f16; norms and biases (a few thousand floats) in f32.
+  int64_t small = 0;
+  for (const auto& [name, t] : list_params(cfg_, w_)) {
+    if (t->ndim() == 1) small += t->numel();
+  }
+  return (n - small) * 2 + small * 4;
 }
 
 const ops::RopeTable& Model::rope(int n_pos) {
@@ -70,6 +108,16 @@ void norm_rows(const ModelConfig& c, const Tensor& w, const Tensor& b, const flo
 
 const float* bias_or_null(const Tensor& t) { return t.empty() ? nullptr : t.data(); }
 
+// y = x W^T + b with W in whichever form the model keeps it.
+void linear(const float* x, const Tensor& w32, const std::vector<uint16_t>* w16, const float* b,
+            float* y, int T, int K, int N, bool accumulate = false) {
+  if (w16 != nullptr && !w16->empty()) {
+    ops::matmul_f16(x, w16->data(), b, y, T, K, N, accumulate);
+  } else {
+    ops::matmul(x, w32.data(), b, y, T, K, N, accumulate);
+  }
+}
+
 // Writes rows of k/v [T, g, d] into the cache slot at each row's (seq, pos).
 void store_kv(KVCache& cache, int slot, const Batch& b, const float* k, const float* v, int g, int d) {
   const int T = b.size();
@@ -118,13 +166,15 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
 
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(il)];
+    const PackedLayer* P = packed_.empty() ? nullptr : &packed_[static_cast<size_t>(il)];
+    auto p16 = [P](std::vector<uint16_t> PackedLayer::*m) { return P ? &(P->*m) : nullptr; };
     norm_rows(c, L.attn_norm, L.attn_norm_b, x, xn, T);
-    ops::matmul(xn, L.wq.data(), bias_or_null(L.bq), q, T, E, Q);
+    linear(xn, L.wq, p16(&PackedLayer::wq), bias_or_null(L.bq), q, T, E, Q);
     ops::rope_apply(q, T, c.n_head, c.n_embd_head, b.pos.data(), rt);
     if (c.owns_kv(il)) {
       const int slot = cache.slot_of_layer(il);
-      ops::matmul(xn, L.wk.data(), bias_or_null(L.bk), k, T, E, KV);
-      ops::matmul(xn, L.wv.data(), bias_or_null(L.bv), v, T, E, KV);
+      linear(xn, L.wk, p16(&PackedLayer::wk), bias_or_null(L.bk), k, T, E, KV);
+      linear(xn, L.wv, p16(&PackedLayer::wv), bias_or_null(L.bv), v, T, E, KV);
       if (cache.slot_keys_rotated(slot)) ops::rope_apply(k, T, c.n_head_kv, c.n_embd_head, b.pos.data(), rt);
       store_kv(cache, slot, b, k, v, c.n_head_kv, c.n_embd_head);
     }
@@ -133,20 +183,20 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
     if (c.parallel_residual) {
       // x + attn(ln1 x) + mlp(ln2 x): both branches read the layer's input.
       norm_rows(c, L.ffn_norm, L.ffn_norm_b, x, h2, T);
-      ops::matmul(att, L.wo.data(), bias_or_null(L.bo), x, T, Q, E, /*accumulate=*/true);
+      linear(att, L.wo, p16(&PackedLayer::wo), bias_or_null(L.bo), x, T, Q, E, /*accumulate=*/true);
     } else {
-      ops::matmul(att, L.wo.data(), bias_or_null(L.bo), x, T, Q, E, /*accumulate=*/true);
+      linear(att, L.wo, p16(&PackedLayer::wo), bias_or_null(L.bo), x, T, Q, E, /*accumulate=*/true);
       norm_rows(c, L.ffn_norm, L.ffn_norm_b, x, h2, T);
     }
     if (c.mlp == MlpType::kSwiGlu) {
-      ops::matmul(h2, L.w_gate.data(), nullptr, gate, T, E, F);
-      ops::matmul(h2, L.w_up.data(), nullptr, up, T, E, F);
+      linear(h2, L.w_gate, p16(&PackedLayer::w_gate), nullptr, gate, T, E, F);
+      linear(h2, L.w_up, p16(&PackedLayer::w_up), nullptr, up, T, E, F);
       ops::swiglu_forward(gate, up, up, int64_t{T} * F);
     } else {
-      ops::matmul(h2, L.w_up.data(), bias_or_null(L.b_up), up, T, E, F);
+      linear(h2, L.w_up, p16(&PackedLayer::w_up), bias_or_null(L.b_up), up, T, E, F);
       ops::gelu_forward(up, up, int64_t{T} * F, c.gelu_tanh);
     }
-    ops::matmul(up, L.w_down.data(), bias_or_null(L.b_down), x, T, F, E, /*accumulate=*/true);
+    linear(up, L.w_down, p16(&PackedLayer::w_down), bias_or_null(L.b_down), x, T, F, E, /*accumulate=*/true);
   }
 
   for (const AttnRun& r : runs) cache.set_seq_len(r.seq, r.pos0 + r.n_rows);
@@ -158,7 +208,7 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
   }
   if (n_out == 0) return;
   norm_rows(c, w_.out_norm, w_.out_norm_b, h2, xn, n_out);
-  ops::matmul(xn, w_.output_matrix().data(), nullptr, logits, n_out, E, c.n_vocab);
+  linear(xn, w_.output_matrix(), &packed_out_, nullptr, logits, n_out, E, c.n_vocab);
 }
 
 }  // namespace mlkv

@@ -46,14 +46,28 @@ struct AttnRun {
   int pos0;    // position of the first row
 };
 
+// How the forward pass stores its projection matrices. f16 halves the bytes a decode step
+// streams (and the resident size); compute stays f32, the embedding table stays f32.
+enum class WeightType { kF32, kF16 };
+
+struct ModelOptions {
+  WeightType weights = WeightType::kF32;
+};
+
 class Model {
  public:
-  explicit Model(LoadedModel m);
-  static Model load(const std::string& path) { return Model(load_model(path)); }
+  explicit Model(LoadedModel m, const ModelOptions& opt = {});
+  static Model load(const std::string& path, const ModelOptions& opt = {}) {
+    return Model(load_model(path), opt);
+  }
 
   const ModelConfig& config() const { return cfg_; }
+  // With WeightType::kF16 the projection matrices live only in packed form and these f32
+  // tensors are empty; norms, biases and the embedding table are always f32.
   const ModelWeights& weights() const { return w_; }
-  ModelWeights& mutable_weights() { return w_; }
+  WeightType weight_type() const { return opt_.weights; }
+  // Bytes of weights one decode step streams (everything but the embedding table).
+  int64_t decode_weight_bytes() const;
 
   // Runs the batch through the model, writing each token's K/V into the cache (owner layers
   // only) and advancing the sequences' lengths. logits: [batch.n_outputs(), n_vocab], one row per
@@ -65,8 +79,17 @@ class Model {
   void validate_batch(const Batch& b, const KVCache& cache, std::vector<AttnRun>* runs) const;
   const ops::RopeTable& rope(int n_pos);
 
+  // f16 copies of the projection matrices (WeightType::kF16 only).
+  struct PackedLayer {
+    std::vector<uint16_t> wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  void pack_f16();
+
   ModelConfig cfg_;
+  ModelOptions opt_;
   ModelWeights w_;
+  std::vector<PackedLayer> packed_;
+  std::vector<uint16_t> packed_out_;
   ops::RopeTable rope_;
   // Scratch reused across calls: grown, never shrunk.
   std::vector<float> x_, xn_, q_, k_, v_, att_, h2_, up_, gate_;

@@ -50,7 +50,7 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
   const int ctx = o.prompt + o.gen;
   MLKV_REQUIRE(ctx <= c.n_ctx, "bench: prompt + gen (", ctx, ") exceeds the model context ", c.n_ctx);
   BenchResult r;
-  r.weight_bytes = (c.n_params() - (c.tied_embeddings ? 0 : int64_t{c.n_vocab} * c.n_embd)) * 4;
+  r.weight_bytes = model.decode_weight_bytes();
   // Every layer reads its owner's K and V for the visible context: l * 2 * g * d * ctx * elem.
   const int mid = o.prompt + o.gen / 2;
   r.kv_read_bytes = int64_t{o.batch} * c.n_layer * 2 * c.n_head_kv * c.n_embd_head * mid *

@@ -25,7 +25,7 @@ struct BenchResult {
   double prefill_tok_s = 0;      // prompt tokens per second (0 with synthetic context)
   double decode_tok_s = 0;       // generated tokens per second, all sequences together
   double decode_step_ms = 0;     // one decode step for the whole batch
-  int64_t weight_bytes = 0;      // weights a decode step reads (all but the embedding table)
+  int64_t weight_bytes = 0;      // weights a decode step reads (Model::decode_weight_bytes)
   int64_t kv_read_bytes = 0;     // K/V bytes the attention of one step reads at mid-generation
   int64_t kv_cache_bytes = 0;    // size of the cache allocated
 };

@@ -39,6 +39,23 @@ TEST(Matmul, MatchesReferenceAcrossPaths) {
   }
 }
 
+TEST(Matmul, F16WeightsMatchReferenceOnRoundedWeights) {
+  for (int T : {1, 2, 5, 8, 9, 40}) {
+    for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 200}, std::pair{250, 7}}) {
+      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+      std::vector<uint16_t> wh(w.size());
+      f32_to_f16_n(w.data(), wh.data(), w.size());
+      std::vector<float> wr(w.size());
+      f16_to_f32_n(wh.data(), wr.data(), w.size());
+      std::vector<float> y(size_t(T) * N), r(size_t(T) * N);
+      ops::matmul_f16(x.data(), wh.data(), b.data(), y.data(), T, K, N);
+      ref::matmul(x.data(), wr.data(), b.data(), r.data(), T, K, N);
+      const double tol = 4.0 * K * 1.2e-7 * 3.0 * std::sqrt(double(K));
+      for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], tol) << "T=" << T << " K=" << K << " i=" << i;
+    }
+  }
+}
+
 TEST(Norms, MatchReference) {
   const int T = 7, E = 45;
   const auto x = randn(size_t(T) * E, 4, 3.0f), w = randn(E, 5), b = randn(E, 6);

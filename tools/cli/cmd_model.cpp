@@ -25,6 +25,23 @@ using json = nlohmann::json;
 
 namespace {
 
+ModelOptions parse_weight_type(const std::string& s) {
+  ModelOptions o;
+  if (s == "f32") {
+    o.weights = WeightType::kF32;
+  } else if (s == "f16") {
+    o.weights = WeightType::kF16;
+  } else {
+    fail("--weights must be f32 or f16 (got '", s, "')");
+  }
+  return o;
+}
+
+void add_weights_option(CLI::App* cmd, std::string* w) {
+  cmd->add_option("--weights", *w, "In-memory projection weights: f32, or f16 (half the bytes per decode step)")
+      ->capture_default_str();
+}
+
 DType parse_cache_type(const std::string& s) {
   if (s == "f32") return DType::kF32;
   if (s == "f16") return DType::kF16;
@@ -140,14 +157,14 @@ void run_info(const InfoArgs& a) {
 
 // ---------------------------------------------------------------- score
 struct ScoreArgs {
-  std::string model, tokens, text, tokenizer, cache_type = "f32";
+  std::string model, tokens, text, tokenizer, cache_type = "f32", weights = "f32";
   bool cached = false, json_out = false, add_bos = false;
   int threads = 0;
 };
 
 void run_score(const ScoreArgs& a) {
   set_num_threads(a.threads);
-  Model model = Model::load(a.model);
+  Model model = Model::load(a.model, parse_weight_type(a.weights));
   std::unique_ptr<Tokenizer> tok;
   const std::vector<int32_t> ids = tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
   const std::vector<float> lp = score_tokens(model, ids, a.cached, parse_cache_type(a.cache_type));
@@ -179,7 +196,7 @@ void run_score(const ScoreArgs& a) {
 
 // ---------------------------------------------------------------- generate
 struct GenerateArgs {
-  std::string model, tokenizer, cache_type = "f32";
+  std::string model, tokenizer, cache_type = "f32", weights = "f32";
   std::vector<std::string> tokens, prompts;
   int n = 32, top_k = 0, parallel = 8, ctx = 0, threads = 0;
   float temp = 0.0f, top_p = 1.0f;
@@ -191,7 +208,7 @@ void run_generate(const GenerateArgs& a) {
   set_num_threads(a.threads);
   MLKV_REQUIRE(!a.tokens.empty() || !a.prompts.empty(), "give at least one --tokens or --prompt");
   MLKV_REQUIRE(a.n >= 0, "-n must not be negative");
-  Model model = Model::load(a.model);
+  Model model = Model::load(a.model, parse_weight_type(a.weights));
   std::unique_ptr<Tokenizer> tok;
   std::vector<GenerateRequest> reqs;
   for (const auto& t : a.tokens) reqs.push_back({parse_id_list(t), a.n, {}});
@@ -257,7 +274,7 @@ void run_generate(const GenerateArgs& a) {
 
 // ---------------------------------------------------------------- bench
 struct BenchArgs {
-  std::string model, random = "pythia-160m", cache_type = "f32";
+  std::string model, random = "pythia-160m", cache_type = "f32", weights = "f32";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
   bool json_out = false, skip_bandwidth = false, synthetic = false;
 };
@@ -274,7 +291,7 @@ void run_bench(const BenchArgs& a) {
     init_weights_random(lm.config, &lm.weights, 1234);
     name = "random " + a.random;
   }
-  Model model(std::move(lm));
+  Model model(std::move(lm), parse_weight_type(a.weights));
   const ModelConfig& c = model.config();
   BenchOptions o;
   o.prompt = a.prompt;
@@ -298,6 +315,7 @@ void run_bench(const BenchArgs& a) {
               {"batch", a.batch},
               {"reps", a.reps},
               {"cache_type", a.cache_type},
+              {"weights", a.weights},
               {"synthetic_context", a.synthetic},
               {"prefill_tok_s", r.prefill_tok_s},
               {"decode_tok_s", r.decode_tok_s},
@@ -351,6 +369,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
     cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --text");
     cmd->add_flag("--cached", a->cached, "Score through token-by-token cached decoding instead of one pass");
+    add_weights_option(cmd, &a->weights);
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
     cmd->add_flag("--json", a->json_out, "Print {\"logprobs\": [...]} JSON");
     add_threads_option(cmd, &a->threads);
@@ -373,6 +392,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)");
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
     cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");
+    add_weights_option(cmd, &a->weights);
     cmd->add_flag("--json", a->json_out, "Print JSON");
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_generate(*a); });
@@ -390,6 +410,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
+    add_weights_option(cmd, &a->weights);
     cmd->add_flag("--synthetic-context", a->synthetic,
                   "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
