@@ -114,7 +114,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
     pieces_[t.id] = t.content;
     bytes_[t.id] = t.content;
     piece_ids_.emplace(t.content, t.id);
-    (t.normalized && !t.special ? normalized_added_ : raw_added_).add(t);
+    (t.normalized ? normalized_added_ : raw_added_).add(t);  // as Hugging Face splits them
   }
 
   for (int b = 0; b < 256; ++b) {
