@@ -1,9 +1,9 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
-#include <deque>
 
 #include "core/check.h"
+#include "runtime/scheduler.h"
 
 namespace mlkv {
 
@@ -55,7 +55,6 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
   std::vector<GenerateResult> results(static_cast<size_t>(n_req));
   if (n_req == 0) return results;
   MLKV_REQUIRE(opt.n_parallel > 0, "parallel sequences must be positive");
-
   int n_ctx = opt.n_ctx;
   if (n_ctx <= 0) {
     for (const auto& r : requests) {
@@ -63,87 +62,25 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
     }
     n_ctx = std::min(n_ctx, c.n_ctx);
   }
+  Scheduler sched(model, std::min(opt.n_parallel, n_req), n_ctx, opt.cache_elem);
   for (int i = 0; i < n_req; ++i) {
-    const auto& r = requests[static_cast<size_t>(i)];
-    MLKV_REQUIRE(!r.prompt.empty(), "prompt ", i, " is empty");
-    MLKV_REQUIRE(r.max_new_tokens >= 0, "prompt ", i, ": token budget must not be negative");
-    MLKV_REQUIRE(static_cast<int>(r.prompt.size()) <= n_ctx, "context overflow: prompt ", i,
-                 " has ", r.prompt.size(), " tokens but the context holds ", n_ctx);
-    for (int32_t t : r.prompt) {
-      MLKV_REQUIRE(t >= 0 && t < c.n_vocab, "prompt ", i, ": token id ", t,
-                   " is outside the vocabulary (", c.n_vocab, " ids)");
+    const GenerateRequest& g = requests[static_cast<size_t>(i)];
+    SeqRequest r;
+    r.prompt = g.prompt;
+    r.max_new_tokens = g.max_new_tokens;
+    r.sampling = g.sampling;
+    r.stop_at_eos = opt.stop_at_eos;
+    if (opt.on_token) r.on_token = [&opt, i](int32_t t) { opt.on_token(i, t); };
+    r.on_done = [&results, i](const SeqResult& s) {
+      results[static_cast<size_t>(i)] = {s.tokens, s.finish_reason};
+    };
+    try {
+      sched.submit(std::move(r));
+    } catch (const Error& e) {
+      fail("prompt ", i, ": ", e.what());
     }
   }
-
-  const int n_slots = std::min(opt.n_parallel, n_req);
-  KVCache cache(c, n_slots, n_ctx, opt.cache_elem);
-  struct Active {
-    int req;
-    int seq;
-    int32_t next;  // token to feed in the next step (-1: prompt not yet prefilled)
-    Sampler sampler;
-  };
-  std::vector<Active> active;
-  std::deque<int> pending;
-  for (int i = 0; i < n_req; ++i) pending.push_back(i);
-  std::vector<float> logits;
-  Batch b;
-
-  auto finish = [&](size_t ai, const char* reason) {
-    results[static_cast<size_t>(active[ai].req)].finish_reason = reason;
-    cache.release_seq(active[ai].seq);
-    active.erase(active.begin() + static_cast<std::ptrdiff_t>(ai));
-  };
-
-  while (!pending.empty() || !active.empty()) {
-    // Admit waiting prompts into free slots.
-    while (!pending.empty()) {
-      const int req = pending.front();
-      if (requests[static_cast<size_t>(req)].max_new_tokens == 0) {
-        results[static_cast<size_t>(req)].finish_reason = "length";
-        pending.pop_front();
-        continue;
-      }
-      const int seq = cache.acquire_seq();
-      if (seq < 0) break;
-      pending.pop_front();
-      SamplerParams sp = requests[static_cast<size_t>(req)].sampling;
-      active.push_back({req, seq, -1, Sampler(sp)});
-    }
-    if (active.empty()) break;
-
-    b.clear();
-    for (const Active& a : active) {
-      if (a.next < 0) {
-        const auto& prompt = requests[static_cast<size_t>(a.req)].prompt;
-        for (size_t i = 0; i < prompt.size(); ++i) {
-          b.add(prompt[i], a.seq, static_cast<int32_t>(i), i + 1 == prompt.size());
-        }
-      } else {
-        b.add(a.next, a.seq, cache.seq_len(a.seq), true);
-      }
-    }
-    logits.resize(static_cast<size_t>(active.size()) * c.n_vocab);
-    model.forward(b, cache, logits.data());
-
-    // Every active sequence produced exactly one logits row, in order.
-    for (size_t ai = active.size(); ai-- > 0;) {
-      Active& a = active[ai];
-      const auto& req = requests[static_cast<size_t>(a.req)];
-      auto& res = results[static_cast<size_t>(a.req)];
-      const int32_t tok = a.sampler.sample(logits.data() + ai * static_cast<size_t>(c.n_vocab), c.n_vocab);
-      res.tokens.push_back(tok);
-      a.next = tok;
-      if (opt.on_token) opt.on_token(a.req, tok);
-      if (opt.stop_at_eos && c.eos_token_id >= 0 && tok == c.eos_token_id) {
-        finish(ai, "eos");
-      } else if (static_cast<int>(res.tokens.size()) >= req.max_new_tokens) {
-        finish(ai, "length");
-      } else if (cache.seq_len(a.seq) >= n_ctx) {
-        finish(ai, "context");
-      }
-    }
-  }
+  sched.run_until_idle();
   return results;
 }
 

@@ -11,6 +11,7 @@ void add_tokenizer_commands(CLI::App& app);  // tokenizer {encode,decode,train},
 void add_train_commands(CLI::App& app);      // train, plot                     (cmd_train.cpp)
 void add_eval_commands(CLI::App& app);       // eval                            (cmd_eval.cpp)
 void add_convert_commands(CLI::App& app);    // convert                         (cmd_convert.cpp)
+void add_serve_commands(CLI::App& app);      // serve                           (cmd_serve.cpp)
 
 // Shared option helpers.
 // Parses "1 2 3" or "1,2,3" into ids; throws mlkv::Error naming the bad item.

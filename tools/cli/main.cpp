@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   mlkv::cli::add_train_commands(app);
   mlkv::cli::add_eval_commands(app);
   mlkv::cli::add_convert_commands(app);
+  mlkv::cli::add_serve_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""End-to-end test of `mlkv serve`: concurrent requests batched together give the same greedy tokens
+as `mlkv generate`, streaming gives the same tokens as a plain reply, bad and oversized requests get
+4xx with a JSON error, and SIGTERM stops the server cleanly.
+
+usage: test_server.py --mlkv build/bin/mlkv --workdir DIR
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        FAILURES.append(what)
+
+
+def post(port, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=data, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mlkv", required=True)
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    os.makedirs(a.workdir, exist_ok=True)
+    model = os.path.join(a.workdir, "model")
+    subprocess.run([sys.executable, REF, "make", "--family", "llama", "--layers", "4", "--embd", "32",
+                    "--heads", "4", "--kv-heads", "2", "--kv-layers", "2", "--vocab", "97", "--ctx", "64",
+                    "--out", model], check=True, capture_output=True)
+    prompts = [[1, 2, 3], [5, 6], [7], [9, 8, 7, 6, 5], [11, 12, 13, 14], [20]]
+    gen = subprocess.run([a.mlkv, "generate", model, "-n", "10", "--json", "--ignore-eos"] +
+                         sum([["--tokens", " ".join(map(str, p))] for p in prompts], []),
+                         capture_output=True, text=True, check=True)
+    expected = [r["tokens"] for r in json.loads(gen.stdout)["results"]]
+
+    srv = subprocess.Popen([a.mlkv, "serve", model, "--port", "0", "--parallel", "3", "--max-body", "4096"],
+                           stderr=subprocess.PIPE, text=True)
+    port = None
+    deadline = time.time() + 60
+    while time.time() < deadline and port is None:
+        line = srv.stderr.readline()
+        m = re.search(r"http://[\d.]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+    check(port is not None, "server announces its port")
+    if port is None:
+        srv.kill()
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            check(r.status == 200, "GET /health")
+        # Six concurrent requests on three cache slots: batched together and queued.
+        results = [None] * len(prompts)
+
+        def worker(i):
+            results[i] = post(port, {"tokens": prompts[i], "max_tokens": 10, "ignore_eos": True})
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = [json.loads(body)["tokens"] if status == 200 else None for status, body in results]
+        check(got == expected, "concurrent greedy completions equal `mlkv generate`")
+        # Streaming: the same tokens, one event each.
+        status, body = post(port, {"tokens": prompts[0], "max_tokens": 10, "ignore_eos": True, "stream": True})
+        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
+        streamed = [e["token"] for e in events if "token" in e]
+        check(status == 200 and streamed == expected[0] and events[-1].get("finish_reason") == "length"
+              and body.rstrip().endswith("data: [DONE]"), "streamed tokens equal the plain reply")
+        # Seeded sampling is reproducible.
+        s1 = post(port, {"tokens": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
+        s2 = post(port, {"tokens": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
+        check(s1 == s2 and s1[0] == 200, "seeded sampling is reproducible")
+        # Bad requests.
+        for body, raw, code, needle, what in [
+            (None, b"{not json", 400, "not valid JSON", "malformed JSON"),
+            ({"max_tokens": 3}, None, 400, "give 'prompt'", "no prompt"),
+            ({"prompt": "hello"}, None, 400, "no tokenizer", "text prompt without a tokenizer"),
+            ({"tokens": [1, 97]}, None, 400, "outside the vocabulary", "token id >= vocab"),
+            ({"tokens": [1], "max_tokens": 64}, None, 400, "exceed the context", "prompt + max_tokens > context"),
+            ({"tokens": "1 2"}, None, 400, "list of token ids", "tokens not a list"),
+            ({"tokens": [1], "top_p": 2.0}, None, 400, "top-p", "bad sampling parameter"),
+            ({"tokens": [1], "max_tokens": "many"}, None, 400, "wrong type", "wrong field type"),
+            ({"tokens": [1] * 3000}, None, 413, "", "oversized body"),
+        ]:
+            status, text = post(port, body, raw)
+            ok = status == code and (not needle or needle in text)
+            if ok and code == 400:
+                ok = "error" in json.loads(text)
+            check(ok, f"{what}: HTTP {status} {text[:100]!r}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
+            info = json.loads(r.read())
+            check(info["n_parallel"] == 3 and info["kv_source"] == [0, 0, 2, 2], "GET /v1/model")
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        try:
+            rc = srv.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            rc = None
+    check(rc == 0, f"SIGTERM stops the server (exit {rc})")
+    if FAILURES:
+        print(f"{len(FAILURES)} failure(s)")
+        sys.exit(1)
+    print("all server checks passed")
+
+
+if __name__ == "__main__":
+    main()

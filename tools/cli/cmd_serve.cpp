@@ -1,0 +1,69 @@
+// `mlkv serve`: the HTTP completion server (src/server).
+#include <filesystem>
+#include <memory>
+
+#include "commands.h"
+#include "core/check.h"
+#include "core/threads.h"
+#include "server/server.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mlkv::cli {
+
+namespace {
+
+struct ServeArgs {
+  std::string model, tokenizer, cache_type = "f32", weights = "f32";
+  ServerOptions opt;
+  int threads = 0;
+  bool no_tokenizer = false;
+};
+
+void run_serve(const ServeArgs& a) {
+  set_num_threads(a.threads);
+  ServerOptions opt = a.opt;
+  MLKV_REQUIRE(a.cache_type == "f32" || a.cache_type == "f16", "--cache-type must be f32 or f16");
+  MLKV_REQUIRE(a.weights == "f32" || a.weights == "f16", "--weights must be f32 or f16");
+  MLKV_REQUIRE(opt.port >= 0 && opt.port <= 65535, "--port must be in [0, 65535]");
+  opt.cache_elem = a.cache_type == "f16" ? DType::kF16 : DType::kF32;
+  ModelOptions mo;
+  mo.weights = a.weights == "f16" ? WeightType::kF16 : WeightType::kF32;
+  Model model = Model::load(a.model, mo);
+  std::unique_ptr<Tokenizer> tok;
+  if (!a.no_tokenizer) {
+    if (!a.tokenizer.empty()) {
+      tok = load_tokenizer(a.tokenizer);
+    } else if (std::filesystem::is_directory(a.model)) {
+      try {
+        tok = load_tokenizer(a.model);
+      } catch (const Error&) {
+        std::fprintf(stderr, "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
+      }
+    }
+  }
+  run_server(model, tok.get(), opt);
+}
+
+}  // namespace
+
+void add_serve_commands(CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  auto* cmd = app.add_subcommand("serve", "HTTP completion server with continuous batching over one KV cache");
+  cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
+  cmd->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", a->opt.port, "Port (0: any free port)")->capture_default_str();
+  cmd->add_option("--parallel", a->opt.n_parallel, "Sequences decoded together")->capture_default_str();
+  cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)");
+  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32 or f16")->capture_default_str();
+  cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+  cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Accept only token-id prompts");
+  cmd->add_option("--max-queue", a->opt.max_queue, "Waiting requests before 503")->capture_default_str();
+  cmd->add_option("--max-body", a->opt.max_body_bytes, "Largest request body in bytes (413 beyond)")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")->capture_default_str();
+  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all cores)");
+  cmd->callback([a] { run_serve(*a); });
+}
+
+}  // namespace mlkv::cli
