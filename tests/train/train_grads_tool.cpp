@@ -1,0 +1,125 @@
+// mlkv_train_grads: loss and every parameter gradient of a model folder on token rows, through the
+// training graph (src/train), written as safetensors under the HF names. The driver
+// tests/reference/test_train.py compares them with the PyTorch reference's `grads` verb.
+//
+//   mlkv_train_grads MODEL_DIR --tokens "1 2 3; 4 5 6" --out G.safetensors [--double]
+//
+// Loss = mean cross-entropy over the B * (T - 1) next-token predictions of B rows of T tokens
+// (the reference's definition); --double runs TrainGraph<double> (the gradient-check path).
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <type_traits>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "io/hf_model.h"
+#include "io/safetensors.h"
+#include "train/train_model.h"
+
+using namespace mlkv;
+
+namespace {
+
+std::vector<std::vector<int32_t>> parse_rows(const std::string& s) {
+  std::vector<std::vector<int32_t>> rows(1);
+  std::string cur;
+  auto flush = [&] {
+    if (!cur.empty()) rows.back().push_back(static_cast<int32_t>(std::stol(cur)));
+    cur.clear();
+  };
+  for (char c : s) {
+    if (c == ';') {
+      flush();
+      rows.emplace_back();
+    } else if (c == ' ' || c == ',' || c == '\n' || c == '\t') {
+      flush();
+    } else {
+      cur += c;
+    }
+  }
+  flush();
+  if (rows.back().empty()) rows.pop_back();
+  return rows;
+}
+
+template <typename T>
+double run(const ModelConfig& cfg, ModelWeights& w, const std::vector<int32_t>& flat, int B, int S,
+           std::vector<TensorToWrite>* out, std::vector<std::vector<float>>* keep) {
+  train::TrainGraph<T> g(cfg, B, S);
+  const double N = static_cast<double>(B) * S;
+  if constexpr (std::is_same_v<T, float>) {
+    ModelWeights grads;
+    allocate_weights(cfg, &grads);
+    auto gv = train::view_of(cfg, grads);
+    const double loss = g.forward_backward(train::view_of(cfg, w), flat.data(), &gv, static_cast<float>(1.0 / N)) / N;
+    for (auto& p : list_params(cfg, grads)) {
+      keep->emplace_back(p.tensor->data(), p.tensor->data() + p.tensor->numel());
+      out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
+    }
+    return loss;
+  } else {
+    std::map<const Tensor*, std::vector<double>> pv, gvv;
+    for (auto& p : list_params(cfg, w)) {
+      pv[p.tensor].assign(p.tensor->data(), p.tensor->data() + p.tensor->numel());
+      gvv[p.tensor].assign(static_cast<size_t>(p.tensor->numel()), 0.0);
+    }
+    auto pview = train::make_view<double>(cfg, w, [&](Tensor& t) { return pv.at(&t).data(); });
+    auto gview = train::make_view<double>(cfg, w, [&](Tensor& t) { return gvv.at(&t).data(); });
+    const double loss = g.forward_backward(pview, flat.data(), &gview, 1.0 / N) / N;
+    for (auto& p : list_params(cfg, w)) {
+      const auto& v = gvv.at(p.tensor);
+      keep->emplace_back(v.begin(), v.end());
+      out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
+    }
+    return loss;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, tokens, out;
+  bool use_double = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--tokens" && i + 1 < argc) {
+      tokens = argv[++i];
+    } else if (a == "--out" && i + 1 < argc) {
+      out = argv[++i];
+    } else if (a == "--double") {
+      use_double = true;
+    } else if (model.empty()) {
+      model = a;
+    } else {
+      std::fprintf(stderr, "usage: mlkv_train_grads MODEL_DIR --tokens \"1 2 3; 4 5 6\" --out G.safetensors [--double]\n");
+      return 2;
+    }
+  }
+  try {
+    MLKV_REQUIRE(!model.empty() && !tokens.empty() && !out.empty(), "need MODEL_DIR, --tokens and --out");
+    LoadedModel lm = load_model(model);
+    const auto rows = parse_rows(tokens);
+    MLKV_REQUIRE(!rows.empty() && rows[0].size() >= 2, "need rows of at least 2 tokens");
+    const int B = static_cast<int>(rows.size()), S = static_cast<int>(rows[0].size()) - 1;
+    std::vector<int32_t> flat;
+    for (const auto& r : rows) {
+      MLKV_REQUIRE(static_cast<int>(r.size()) == S + 1, "token rows must have equal length");
+      flat.insert(flat.end(), r.begin(), r.end());
+    }
+    std::vector<TensorToWrite> tw;
+    std::vector<std::vector<float>> keep;
+    const double loss = use_double ? run<double>(lm.config, lm.weights, flat, B, S, &tw, &keep)
+                                   : run<float>(lm.config, lm.weights, flat, B, S, &tw, &keep);
+    for (size_t i = 0; i < tw.size(); ++i) tw[i].data = keep[i].data();
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", loss);
+    write_safetensors(out, tw, {{"loss", buf}});
+    std::printf("{\"loss\": %s}\n", buf);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mlkv_train_grads: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
