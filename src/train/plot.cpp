@@ -152,15 +152,18 @@ std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string
     const char* color = kColors[i % (sizeof kColors / sizeof kColors[0])];
     const bool smooth = r.train.size() > 50;
     polyline(r.train, color, 1.0, smooth ? 0.3 : 0.9);
-    if (smooth) {  // centred-free exponential moving average, so trends read through the noise
-      std::vector<std::pair<double, double>> ema;
-      const double a = 2.0 / (std::min<double>(100, static_cast<double>(r.train.size()) / 10) + 1);
-      double m = r.train.front().second;
-      for (const auto& [x, y] : r.train) {
-        m = a * y + (1 - a) * m;
-        ema.emplace_back(x, m);
+    if (smooth) {  // centred moving average (no lag), so trends read through the noise
+      const int64_t n = static_cast<int64_t>(r.train.size());
+      const int64_t half = std::max<int64_t>(2, std::min<int64_t>(50, n / 40));
+      std::vector<double> prefix(static_cast<size_t>(n) + 1, 0.0);
+      for (int64_t i = 0; i < n; ++i) prefix[static_cast<size_t>(i) + 1] = prefix[static_cast<size_t>(i)] + r.train[static_cast<size_t>(i)].second;
+      std::vector<std::pair<double, double>> avg;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t w = std::min({half, i, n - 1 - i});  // shrink the window at the ends
+        const double m = (prefix[static_cast<size_t>(i + w + 1)] - prefix[static_cast<size_t>(i - w)]) / static_cast<double>(2 * w + 1);
+        avg.emplace_back(r.train[static_cast<size_t>(i)].first, m);
       }
-      polyline(ema, color, 1.8, 1.0);
+      polyline(avg, color, 1.8, 1.0);
     }
     if (!r.val.empty()) {
       o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\" stroke-dasharray=\"6,3\" points=\"";
