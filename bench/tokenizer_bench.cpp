@@ -55,7 +55,7 @@ Run encode_run(const std::string& tok_path, const std::vector<mlkv::DocUnit>& un
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   const char* env = std::getenv("MLKV_SHARED_DIR");
   std::string shared = env != nullptr ? env : "../shared";
   std::string tok_path;
@@ -143,4 +143,13 @@ int main(int argc, char** argv) {
   }
   std::printf("\n");
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tokenizer_bench: %s\n", e.what());
+    return 1;
+  }
 }

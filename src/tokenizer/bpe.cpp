@@ -136,7 +136,10 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
     unk_id_ = it->second;
   }
 
-  merges_.reserve(spec.merges.size());
+  size_t cap = 16;
+  while (cap < 2 * spec.merges.size()) cap *= 2;
+  merges_.assign(cap, MergeSlot{});
+  merge_shift_ = 64 - __builtin_ctzll(cap);
   for (size_t r = 0; r < spec.merges.size(); ++r) {
     const auto& [a, b] = spec.merges[r];
     auto ia = piece_ids_.find(a), ib = piece_ids_.find(b), im = piece_ids_.find(a + b);
@@ -145,12 +148,24 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
     MLKV_REQUIRE(im != piece_ids_.end(), source_, ": merge ", r, " ('", a, "' '", b,
                  "') produces '", a + b, "', which is not in the vocabulary");
     // A pair listed twice keeps its first (best) rank.
-    merges_.emplace(pair_key(ia->second, ib->second),
-                    std::make_pair(static_cast<int32_t>(r), im->second));
+    const uint64_t key = pair_key(ia->second, ib->second);
+    size_t i = (key * 0x9E3779B97F4A7C15ull) >> merge_shift_;
+    while (merges_[i].key != kEmptyKey && merges_[i].key != key) i = (i + 1) & (cap - 1);
+    if (merges_[i].key == kEmptyKey) merges_[i] = {key, static_cast<int32_t>(r), im->second};
   }
 }
 
 BpeTokenizer::~BpeTokenizer() = default;
+
+const BpeTokenizer::MergeSlot* BpeTokenizer::find_merge(int32_t left, int32_t right) const {
+  const uint64_t key = pair_key(left, right);
+  const size_t mask = merges_.size() - 1;
+  for (size_t i = (key * 0x9E3779B97F4A7C15ull) >> merge_shift_;; i = (i + 1) & mask) {
+    const MergeSlot& s = merges_[i];
+    if (s.key == key) return &s;
+    if (s.key == kEmptyKey) return nullptr;
+  }
+}
 
 int32_t BpeTokenizer::checked(int32_t id) const {
   detail::check_id(id, n_vocab());
@@ -325,9 +340,9 @@ void BpeTokenizer::bpe(std::string_view word, std::vector<int32_t>& ids) const {
   auto push_pair = [&](int32_t p) {
     int32_t q = next[p];
     if (q < 0) return;
-    auto it = merges_.find(pair_key(sym[p], sym[q]));
-    if (it == merges_.end()) return;
-    heap.push_back({it->second.first, p, it->second.second});
+    const MergeSlot* m = find_merge(sym[p], sym[q]);
+    if (m == nullptr) return;
+    heap.push_back({m->rank, p, m->id});
     std::push_heap(heap.begin(), heap.end(), std::greater<>());
   };
   for (int32_t i = 0; i + 1 < n; ++i) push_pair(i);
@@ -337,8 +352,8 @@ void BpeTokenizer::bpe(std::string_view word, std::vector<int32_t>& ids) const {
     heap.pop_back();
     int32_t p = c.pos, q = next[p];
     if (sym[p] < 0 || q < 0) continue;  // p was merged away, or has no right neighbour now
-    auto it = merges_.find(pair_key(sym[p], sym[q]));
-    if (it == merges_.end() || it->second.second != c.id) continue;  // stale candidate
+    const MergeSlot* m = find_merge(sym[p], sym[q]);
+    if (m == nullptr || m->id != c.id) continue;  // stale candidate
     sym[p] = c.id;
     sym[q] = -1;
     next[p] = next[q];

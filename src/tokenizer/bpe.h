@@ -68,7 +68,15 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::string> bytes_;   // id -> bytes it decodes to
   std::unordered_map<std::string, int32_t> piece_ids_;  // piece as stored -> id
   std::unordered_map<std::string, int32_t> text_ids_;   // the text a token stands for -> id
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left, right) -> (rank, id)
+  // (left id, right id) -> (rank, merged id): open addressing, linear probing, power-of-two size.
+  struct MergeSlot {
+    uint64_t key = kEmptyKey;
+    int32_t rank = 0, id = 0;
+  };
+  static constexpr uint64_t kEmptyKey = ~uint64_t{0};
+  const MergeSlot* find_merge(int32_t left, int32_t right) const;
+  std::vector<MergeSlot> merges_;
+  int merge_shift_ = 64;
   int32_t byte_ids_[256];            // byte-level: the id of each single byte (-1 if missing)
   int32_t byte_fallback_ids_[256];   // "<0xXX>" pieces (-1 if missing)
   AddedTokenMatcher raw_added_, normalized_added_;
