@@ -38,11 +38,13 @@ double sgemm_gflops(int M, int N, int K, int reps) {
   std::uniform_real_distribution<float> u(-1, 1);
   for (auto& x : a) x = u(rng);
   for (auto& x : b) x = u(rng);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0, c.data(), N);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0,
+              c.data(), N);
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const double t0 = now_seconds();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0, c.data(), N);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0,
+                c.data(), N);
     best = std::min(best, now_seconds() - t0);
   }
   return 2.0 * M * N * K / best / 1e9;
@@ -75,14 +77,22 @@ int main(int argc, char** argv) {
   std::string preset = "pythia-160m";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--ctx") ctxs = parse_list(argv[i + 1]);
-    else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
-    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
-    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (a == "--vocab") vocab = std::atoi(argv[i + 1]);
-    else if (a == "--preset") preset = argv[i + 1];
-    else if (a == "--kv-heads") kv_heads = std::atoi(argv[i + 1]);
-    else if (a == "--kv-layers") kv_layers = std::atoi(argv[i + 1]);
+    if (a == "--ctx")
+      ctxs = parse_list(argv[i + 1]);
+    else if (a == "--tokens")
+      tokens = std::atoi(argv[i + 1]);
+    else if (a == "--steps")
+      steps = std::atoi(argv[i + 1]);
+    else if (a == "--threads")
+      threads = std::atoi(argv[i + 1]);
+    else if (a == "--vocab")
+      vocab = std::atoi(argv[i + 1]);
+    else if (a == "--preset")
+      preset = argv[i + 1];
+    else if (a == "--kv-heads")
+      kv_heads = std::atoi(argv[i + 1]);
+    else if (a == "--kv-layers")
+      kv_layers = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -127,17 +137,21 @@ int main(int argc, char** argv) {
     const double attn = 6.0 * cfg.n_layer * cfg.n_embd_q() * (ctx + 1);
     const double flops = static_cast<double>(n_tok) * (6.0 * n_mm + attn);
     const double gf = flops / t / 1e9;
-    std::printf("\n%s vocab %d, ctx %d, batch %d (%lld tokens/step), %d threads: %.3f s/step (median of %d), "
-                "%.0f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm  [N_mm %.1fM, attention %.1f%% of FLOPs]\n",
-                preset.c_str(), vocab, ctx, batch, static_cast<long long>(n_tok), threads, t, steps,
-                static_cast<double>(n_tok) / t, gf, 100 * gf / sgemm, n_mm / 1e6,
-                100 * attn / (6.0 * n_mm + attn));
+    std::printf(
+        "\n%s vocab %d, ctx %d, batch %d (%lld tokens/step), %d threads: %.3f s/step (median of "
+        "%d), "
+        "%.0f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm  [N_mm %.1fM, attention %.1f%% of FLOPs]\n",
+        preset.c_str(), vocab, ctx, batch, static_cast<long long>(n_tok), threads, t, steps,
+        static_cast<double>(n_tok) / t, gf, 100 * gf / sgemm, n_mm / 1e6,
+        100 * attn / (6.0 * n_mm + attn));
     double total = 0;
     for (double x : times) total += x;
     std::printf("%s", train::format_profile(prof, total).c_str());
-    std::printf("JSON {\"ctx\": %d, \"batch\": %d, \"threads\": %d, \"seconds_per_step\": %.5f, \"tokens_per_s\": %.2f, "
-                "\"gflops\": %.2f, \"sgemm_gflops\": %.2f, \"flops_per_step\": %.6e, \"n_mm\": %.0f}\n",
-                ctx, batch, threads, t, static_cast<double>(n_tok) / t, gf, sgemm, flops, n_mm);
+    std::printf(
+        "JSON {\"ctx\": %d, \"batch\": %d, \"threads\": %d, \"seconds_per_step\": %.5f, "
+        "\"tokens_per_s\": %.2f, "
+        "\"gflops\": %.2f, \"sgemm_gflops\": %.2f, \"flops_per_step\": %.6e, \"n_mm\": %.0f}\n",
+        ctx, batch, threads, t, static_cast<double>(n_tok) / t, gf, sgemm, flops, n_mm);
     std::fflush(stdout);
   }
   return 0;

@@ -18,9 +18,15 @@ constexpr const char* kFormat = "mlkv-train-checkpoint";
 constexpr const char* kVersion = "1";
 
 json state_to_json(const CheckpointState& s) {
-  return {{"step", s.step},           {"next_row", s.next_row}, {"global_batch", s.global_batch},
-          {"ctx", s.ctx},             {"seed", s.seed},         {"shuffle", s.shuffle},
-          {"total_steps", s.total_steps}, {"tokens_seen", s.tokens_seen}, {"elapsed_s", s.elapsed_s},
+  return {{"step", s.step},
+          {"next_row", s.next_row},
+          {"global_batch", s.global_batch},
+          {"ctx", s.ctx},
+          {"seed", s.seed},
+          {"shuffle", s.shuffle},
+          {"total_steps", s.total_steps},
+          {"tokens_seen", s.tokens_seen},
+          {"elapsed_s", s.elapsed_s},
           {"options", s.options_json}};
 }
 
@@ -47,8 +53,8 @@ struct Item {
 }  // namespace
 
 void save_checkpoint(const std::string& path, const ModelConfig& cfg, const ModelWeights& params,
-                     const ModelWeights& adam_m, const ModelWeights& adam_v, const CheckpointState& state,
-                     const WriteProgress& progress) {
+                     const ModelWeights& adam_m, const ModelWeights& adam_v,
+                     const CheckpointState& state, const WriteProgress& progress) {
   std::vector<Item> items;
   for (const auto& [name, t] : list_params(cfg, params)) items.push_back({"param/" + name, t});
   for (const auto& [name, t] : list_params(cfg, adam_m)) items.push_back({"adam_m/" + name, t});
@@ -57,7 +63,8 @@ void save_checkpoint(const std::string& path, const ModelConfig& cfg, const Mode
   uint64_t offset = 0;
   for (const auto& it : items) {
     const uint64_t n_bytes = static_cast<uint64_t>(it.t->numel()) * 4;
-    header[it.name] = {{"dtype", "F32"}, {"shape", it.t->shape()}, {"data_offsets", {offset, offset + n_bytes}}};
+    header[it.name] = {
+        {"dtype", "F32"}, {"shape", it.t->shape()}, {"data_offsets", {offset, offset + n_bytes}}};
     offset += n_bytes;
   }
   header["__metadata__"] = {{"format", kFormat},
@@ -87,10 +94,12 @@ Checkpoint load_checkpoint(const std::string& path) {
   const auto& meta = f.metadata();
   auto get = [&](const char* key) -> const std::string& {
     auto it = meta.find(key);
-    MLKV_REQUIRE(it != meta.end(), path, ": not an mlkv training checkpoint (no '", key, "' in its metadata)");
+    MLKV_REQUIRE(it != meta.end(), path, ": not an mlkv training checkpoint (no '", key,
+                 "' in its metadata)");
     return it->second;
   };
-  MLKV_REQUIRE(get("format") == kFormat, path, ": not an mlkv training checkpoint (format '", get("format"), "')");
+  MLKV_REQUIRE(get("format") == kFormat, path, ": not an mlkv training checkpoint (format '",
+               get("format"), "')");
   MLKV_REQUIRE(get("version") == kVersion, path, ": checkpoint version ", get("version"),
                " is not supported (this mlkv reads version ", kVersion, ")");
   Checkpoint ck;
@@ -110,8 +119,8 @@ Checkpoint load_checkpoint(const std::string& path) {
       const std::string name = std::string(prefix) + r.name;
       const TensorEntry* e = f.find(name);
       MLKV_REQUIRE(e != nullptr, path, ": tensor ", name, " is missing");
-      MLKV_REQUIRE(e->shape == r.tensor->shape(), path, ": tensor ", name, " has shape ", e->shape_str(),
-                   ", expected ", r.tensor->shape_str());
+      MLKV_REQUIRE(e->shape == r.tensor->shape(), path, ": tensor ", name, " has shape ",
+                   e->shape_str(), ", expected ", r.tensor->shape_str());
       MLKV_REQUIRE(e->dtype == DType::kF32, path, ": tensor ", name, " is not F32");
       entry_to_f32(*e, r.tensor->data());
     }

@@ -22,9 +22,9 @@ struct CheckpointState {
   int64_t next_row = 0;      // global row index the next step starts at (step * global_batch)
   int64_t global_batch = 0;  // rows per optimizer step
   int ctx = 0;
-  uint64_t seed = 0;         // data shuffle seed (the only random stream of a run after init)
+  uint64_t seed = 0;  // data shuffle seed (the only random stream of a run after init)
   bool shuffle = true;
-  int64_t total_steps = 0;   // the schedule's length
+  int64_t total_steps = 0;  // the schedule's length
   double tokens_seen = 0;
   double elapsed_s = 0;      // training wall time so far
   std::string options_json;  // the run's options, to report what a resume would change
@@ -34,8 +34,8 @@ struct CheckpointState {
 using WriteProgress = std::function<void(uint64_t done, uint64_t total)>;
 
 void save_checkpoint(const std::string& path, const ModelConfig& cfg, const ModelWeights& params,
-                     const ModelWeights& adam_m, const ModelWeights& adam_v, const CheckpointState& state,
-                     const WriteProgress& progress = {});
+                     const ModelWeights& adam_m, const ModelWeights& adam_v,
+                     const CheckpointState& state, const WriteProgress& progress = {});
 
 struct Checkpoint {
   ModelConfig config;

@@ -1,10 +1,9 @@
 // Token streams over shards and the row rule (data.h).
 #include "train/data.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "core/check.h"
 #include "core/mmap_file.h"
@@ -35,10 +34,12 @@ TokenStream::~TokenStream() = default;
 TokenStream::TokenStream(TokenStream&&) noexcept = default;
 
 void TokenStream::read(int64_t start, int64_t n, int32_t* out) const {
-  MLKV_REQUIRE(start >= 0 && n >= 0 && start + n <= n_tokens_, "token range [", start, ", ", start + n,
-               ") is outside the data (", n_tokens_, " tokens)");
+  MLKV_REQUIRE(start >= 0 && n >= 0 && start + n <= n_tokens_, "token range [", start, ", ",
+               start + n, ") is outside the data (", n_tokens_, " tokens)");
   // The shard holding `start`: the last one whose offset is <= start.
-  size_t i = static_cast<size_t>(std::upper_bound(offset_.begin(), offset_.end(), start) - offset_.begin()) - 1;
+  size_t i = static_cast<size_t>(std::upper_bound(offset_.begin(), offset_.end(), start) -
+                                 offset_.begin()) -
+             1;
   while (n > 0) {
     const int64_t local = start - offset_[i];
     const int64_t avail = static_cast<int64_t>(shards_[i]->n_tokens()) - local;
@@ -64,7 +65,8 @@ uint64_t splitmix64(uint64_t& state) {
 
 }  // namespace
 
-RowSource::RowSource(const TokenStream& stream, int64_t begin, int64_t end, int ctx, uint64_t seed, bool shuffle)
+RowSource::RowSource(const TokenStream& stream, int64_t begin, int64_t end, int ctx, uint64_t seed,
+                     bool shuffle)
     : stream_(&stream), begin_(begin), ctx_(ctx), seed_(seed), shuffle_(shuffle) {
   MLKV_REQUIRE(ctx > 0, "context must be positive");
   MLKV_REQUIRE(begin >= 0 && end <= stream.n_tokens() && begin <= end, "bad token range");
@@ -78,7 +80,8 @@ const std::vector<int64_t>& RowSource::perm(int64_t epoch) const {
     uint64_t state = seed_ * 0x2545f4914f6cdd1dull + static_cast<uint64_t>(epoch) + 1;
     for (int64_t i = n_rows_ - 1; i > 0; --i) {
       // Uniform j in [0, i] by multiply-shift (deterministic on every platform).
-      const auto r = static_cast<unsigned __int128>(splitmix64(state)) * static_cast<uint64_t>(i + 1);
+      const auto r =
+          static_cast<unsigned __int128>(splitmix64(state)) * static_cast<uint64_t>(i + 1);
       const auto j = static_cast<int64_t>(r >> 64);
       std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
     }
@@ -110,15 +113,18 @@ DataFiles find_data_files(const std::string& path) {
   }
   const fs::path dir(path);
   if (fs::exists(dir / "meta.json")) {
-    const auto meta = nlohmann::json::parse(read_text_file((dir / "meta.json").string()), nullptr, false);
+    const auto meta =
+        nlohmann::json::parse(read_text_file((dir / "meta.json").string()), nullptr, false);
     MLKV_REQUIRE(!meta.is_discarded(), (dir / "meta.json").string(), " is not valid JSON");
     auto list = [&](const char* split, std::vector<std::string>* out) {
       if (!meta.contains(split) || !meta[split].contains("shards")) return;
-      for (const auto& name : meta[split]["shards"]) out->push_back((dir / name.get<std::string>()).string());
+      for (const auto& name : meta[split]["shards"])
+        out->push_back((dir / name.get<std::string>()).string());
     };
     list("train", &f.train);
     list("val", &f.val);
-    if (meta.contains("tokenizer") && meta["tokenizer"].is_string()) f.tokenizer = meta["tokenizer"];
+    if (meta.contains("tokenizer") && meta["tokenizer"].is_string())
+      f.tokenizer = meta["tokenizer"];
   } else {
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
@@ -130,7 +136,8 @@ DataFiles find_data_files(const std::string& path) {
     std::sort(f.train.begin(), f.train.end());
     std::sort(f.val.begin(), f.val.end());
   }
-  MLKV_REQUIRE(!f.train.empty(), "no training shards in ", path, " (expected train_*.bin or meta.json)");
+  MLKV_REQUIRE(!f.train.empty(), "no training shards in ", path,
+               " (expected train_*.bin or meta.json)");
   // Empty validation shards (a tokenize run with --val-fraction 0) are dropped.
   std::vector<std::string> val;
   for (const auto& p : f.val) {

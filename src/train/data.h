@@ -52,7 +52,8 @@ class TokenStream {
 // Rows of a token range [begin, end) of a stream, in the order of the row rule above.
 class RowSource {
  public:
-  RowSource(const TokenStream& stream, int64_t begin, int64_t end, int ctx, uint64_t seed, bool shuffle);
+  RowSource(const TokenStream& stream, int64_t begin, int64_t end, int ctx, uint64_t seed,
+            bool shuffle);
 
   int64_t n_rows() const { return n_rows_; }
   int ctx() const { return ctx_; }

@@ -60,8 +60,9 @@ Dist::Dist() {
   }
 #else
   if (launched_by_mpi() && env_int("OMPI_COMM_WORLD_SIZE", env_int("PMI_SIZE", 1)) > 1) {
-    fail("this mlkv was built without MPI (OpenMPI not found at configure time) but was started by "
-         "an MPI launcher with several ranks; rebuild with libopenmpi-dev installed");
+    fail(
+        "this mlkv was built without MPI (OpenMPI not found at configure time) but was started by "
+        "an MPI launcher with several ranks; rebuild with libopenmpi-dev installed");
   }
 #endif
 }

@@ -9,6 +9,8 @@
 // Work items are (sequence, query head) pairs over OpenMP (BLAS runs single-threaded inside).
 // Query heads that share a KV head (GQA/MQA) write private dK/dV blocks that are then summed in
 // head order, so the result does not depend on the schedule.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -16,8 +18,6 @@
 #include "core/check.h"
 #include "train/ops_backward.h"
 #include "train/vec_math.h"
-
-#include <omp.h>
 
 namespace mlkv::train {
 
@@ -171,7 +171,8 @@ void attention_backward(const T* q, const T* k, const T* v, const T* o, const T*
         for (int j = 0; j < len; ++j) dp[j] = p[j] * (dp[j] - Di);
       }
       gemm<T>(true, false, len, d, rows, T(1), P, len, dOb, ldq, T(1), dV, lddk);
-      gemm<T>(false, false, rows, d, len, scale, dP, len, K, ldk, T(0), dQ + int64_t{r0} * ldq, ldq);
+      gemm<T>(false, false, rows, d, len, scale, dP, len, K, ldk, T(0), dQ + int64_t{r0} * ldq,
+              ldq);
       gemm<T>(true, false, len, d, rows, scale, dP, len, Qb, ldq, T(1), dK, lddk);
     }
   }
@@ -196,8 +197,8 @@ void attention_backward(const T* q, const T* k, const T* v, const T* o, const T*
 
 template void attention_forward<float>(const float*, const float*, const float*, float*, float*,
                                        const AttnDims&, AttnScratch<float>&);
-template void attention_forward<double>(const double*, const double*, const double*, double*, double*,
-                                        const AttnDims&, AttnScratch<double>&);
+template void attention_forward<double>(const double*, const double*, const double*, double*,
+                                        double*, const AttnDims&, AttnScratch<double>&);
 template void attention_backward<float>(const float*, const float*, const float*, const float*,
                                         const float*, const float*, float*, float*, float*,
                                         const AttnDims&, AttnScratch<float>&);

@@ -41,16 +41,16 @@ template <>
 void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-              alpha, A, lda, B, ldb, beta, C, ldc);
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
 void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
                   const double* B, int ldb, double beta, double* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
-              alpha, A, lda, B, ldb, beta, C, ldc);
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -58,7 +58,8 @@ void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const dou
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
-void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N, bool accumulate) {
+void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N,
+                    bool accumulate) {
   gemm<T>(false, true, n, N, K, T(1), x, K, w, K, accumulate ? T(1) : T(0), y, N);
   if (b == nullptr) return;
 #pragma omp parallel for schedule(static) if (int64_t{n} * N > kElemParallel)
@@ -88,7 +89,8 @@ void colsum_add(const T* dy, int n, int N, T* db) {
 template <typename T>
 void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db, int n, int K, int N,
                      bool accumulate_dx) {
-  if (dx != nullptr) gemm<T>(false, false, n, K, N, T(1), dy, N, w, K, accumulate_dx ? T(1) : T(0), dx, K);
+  if (dx != nullptr)
+    gemm<T>(false, false, n, K, N, T(1), dy, N, w, K, accumulate_dx ? T(1) : T(0), dx, K);
   if (dw != nullptr) gemm<T>(true, false, N, K, n, T(1), dy, N, x, K, T(1), dw, K);
   if (db != nullptr) colsum_add(dy, n, N, db);
 }
@@ -98,7 +100,8 @@ void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db, i
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
-void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int n, int E, T eps) {
+void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int n, int E,
+                       T eps) {
 #pragma omp parallel for schedule(static) if (int64_t{n} * E > kElemParallel)
   for (int t = 0; t < n; ++t) {
     const T* r = x + int64_t{t} * E;
@@ -116,8 +119,8 @@ void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rst
 }
 
 template <typename T>
-void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
-                        T* db, int n, int E) {
+void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                        T* dw, T* db, int n, int E) {
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
 #pragma omp parallel for schedule(static) if (int64_t{n} * E > kElemParallel)
   for (int t = 0; t < n; ++t) {
@@ -178,7 +181,8 @@ void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int n, int E, T eps)
 }
 
 template <typename T>
-void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int n, int E) {
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int n,
+                      int E) {
   // dx = rstd * (g - xhat * mean(g * xhat)), g = dy * w, xhat = x * rstd.
 #pragma omp parallel for schedule(static) if (int64_t{n} * E > kElemParallel)
   for (int t = 0; t < n; ++t) {
@@ -225,7 +229,8 @@ inline double gelu_ref(double x, bool tanh_approx, double* deriv) {
   if (tanh_approx) {
     const double u = kTanhK * (x + kTanhC * x * x * x);
     const double th = std::tanh(u);
-    if (deriv) *deriv = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * kTanhK * (1 + 3 * kTanhC * x * x);
+    if (deriv)
+      *deriv = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * kTanhK * (1 + 3 * kTanhC * x * x);
     return 0.5 * x * (1 + th);
   }
   const double cdf = 0.5 * (1 + std::erf(x * kInvSqrt2));
@@ -244,7 +249,8 @@ void gelu_forward(const T* x, T* y, int64_t n, bool tanh_approx) {
       const __m256 v = _mm256_loadu_ps(x + i);
       _mm256_storeu_ps(y + i, tanh_approx ? vec::gelu_tanh8(v, nullptr) : vec::gelu8(v, nullptr));
     }
-    for (int64_t i = n8; i < n; ++i) y[i] = static_cast<float>(gelu_ref(x[i], tanh_approx, nullptr));
+    for (int64_t i = n8; i < n; ++i)
+      y[i] = static_cast<float>(gelu_ref(x[i], tanh_approx, nullptr));
   } else {
 #pragma omp parallel for schedule(static) if (n > kElemParallel)
     for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(gelu_ref(x[i], tanh_approx, nullptr));
@@ -287,7 +293,8 @@ void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > kElemParallel)
     for (int64_t i = 0; i < n8; i += 8) {
       const __m256 g = _mm256_loadu_ps(gate + i);
-      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(g, vec::sigmoid8(g)), _mm256_loadu_ps(up + i)));
+      _mm256_storeu_ps(y + i,
+                       _mm256_mul_ps(_mm256_mul_ps(g, vec::sigmoid8(g)), _mm256_loadu_ps(up + i)));
     }
     for (int64_t i = n8; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
   } else {
@@ -353,7 +360,8 @@ void RopeTab<T>::build(int rot, int pos, double theta) {
 }
 
 template <typename T>
-void rope_forward(T* x, int n, int n_heads, int head_dim, int ctx, const RopeTab<T>& tab, bool inverse) {
+void rope_forward(T* x, int n, int n_heads, int head_dim, int ctx, const RopeTab<T>& tab,
+                  bool inverse) {
   const int half = tab.n_rot / 2;
   if (half == 0) return;
   MLKV_CHECK(ctx <= tab.n_pos);
@@ -384,7 +392,8 @@ template <typename T>
 void embedding_forward(const int32_t* tok, const T* table, T* x, int n, int E) {
 #pragma omp parallel for schedule(static) if (int64_t{n} * E > kElemParallel)
   for (int t = 0; t < n; ++t) {
-    std::memcpy(x + int64_t{t} * E, table + int64_t{tok[t]} * E, sizeof(T) * static_cast<size_t>(E));
+    std::memcpy(x + int64_t{t} * E, table + int64_t{tok[t]} * E,
+                sizeof(T) * static_cast<size_t>(E));
   }
 }
 
@@ -394,8 +403,8 @@ void embedding_backward(const int32_t* tok, const T* dx, T* dtable, int n, int E
 }
 
 template <typename T>
-double cross_entropy_forward_backward(T* logits, const int32_t* target, int n, int V, T scale, bool grad,
-                                      T* row_loss) {
+double cross_entropy_forward_backward(T* logits, const int32_t* target, int n, int V, T scale,
+                                      bool grad, T* row_loss) {
 #pragma omp parallel for schedule(static) if (int64_t{n} * V > kElemParallel)
   for (int t = 0; t < n; ++t) {
     T* row = logits + int64_t{t} * V;
@@ -445,25 +454,25 @@ void zero(T* y, int64_t n) {
 // instantiations
 // ------------------------------------------------------------------------------------------------
 
-#define MLKV_INSTANTIATE(T)                                                                         \
-  template void linear_forward<T>(const T*, const T*, const T*, T*, int, int, int, bool);           \
-  template void linear_backward<T>(const T*, const T*, const T*, T*, T*, T*, int, int, int, bool);  \
-  template void colsum_add<T>(const T*, int, int, T*);                                              \
-  template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int, int, T);        \
-  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, \
-                                      int, int);                                                    \
-  template void rmsnorm_forward<T>(const T*, const T*, T*, T*, int, int, T);                        \
-  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int, int);      \
-  template void gelu_forward<T>(const T*, T*, int64_t, bool);                                       \
-  template void gelu_backward<T>(const T*, const T*, T*, T*, int64_t, bool);                        \
-  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                                 \
-  template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t);              \
-  template struct RopeTab<T>;                                                                       \
-  template void rope_forward<T>(T*, int, int, int, int, const RopeTab<T>&, bool);                   \
-  template void embedding_forward<T>(const int32_t*, const T*, T*, int, int);                       \
-  template void embedding_backward<T>(const int32_t*, const T*, T*, int, int);                      \
-  template double cross_entropy_forward_backward<T>(T*, const int32_t*, int, int, T, bool, T*);     \
-  template void add_inplace<T>(T*, const T*, int64_t);                                              \
+#define MLKV_INSTANTIATE(T)                                                                        \
+  template void linear_forward<T>(const T*, const T*, const T*, T*, int, int, int, bool);          \
+  template void linear_backward<T>(const T*, const T*, const T*, T*, T*, T*, int, int, int, bool); \
+  template void colsum_add<T>(const T*, int, int, T*);                                             \
+  template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int, int, T);       \
+  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,    \
+                                      T*, int, int);                                               \
+  template void rmsnorm_forward<T>(const T*, const T*, T*, T*, int, int, T);                       \
+  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int, int);     \
+  template void gelu_forward<T>(const T*, T*, int64_t, bool);                                      \
+  template void gelu_backward<T>(const T*, const T*, T*, T*, int64_t, bool);                       \
+  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                                \
+  template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t);             \
+  template struct RopeTab<T>;                                                                      \
+  template void rope_forward<T>(T*, int, int, int, int, const RopeTab<T>&, bool);                  \
+  template void embedding_forward<T>(const int32_t*, const T*, T*, int, int);                      \
+  template void embedding_backward<T>(const int32_t*, const T*, T*, int, int);                     \
+  template double cross_entropy_forward_backward<T>(T*, const int32_t*, int, int, T, bool, T*);    \
+  template void add_inplace<T>(T*, const T*, int64_t);                                             \
   template void zero<T>(T*, int64_t);
 
 MLKV_INSTANTIATE(float)

@@ -23,7 +23,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
 
 // ---- linear: y[n, N] (+)= x[n, K] w[N, K]^T + b[N] (b may be null; accumulate: y +=) ----
 template <typename T>
-void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N, bool accumulate = false);
+void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N,
+                    bool accumulate = false);
 // dx[n, K] (+)= dy w (accumulate_dx selects += or =; dx may be null); dw += dy^T x; db += sum dy.
 template <typename T>
 void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db, int n, int K, int N,
@@ -36,16 +37,18 @@ void colsum_add(const T* dy, int n, int N, T* db);
 // ---- LayerNorm / RMSNorm over rows of x[n, E] ----
 // y = (x - mean) * rstd * w + b; saves mean[n], rstd[n].
 template <typename T>
-void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int n, int E, T eps);
+void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int n, int E,
+                       T eps);
 // dx += ..., dw += sum dy * xhat, db += sum dy (db may be null).
 template <typename T>
-void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
-                        T* db, int n, int E);
+void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                        T* dw, T* db, int n, int E);
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps); saves rstd[n].
 template <typename T>
 void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int n, int E, T eps);
 template <typename T>
-void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int n, int E);
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int n,
+                      int E);
 
 // ---- activations (element-wise over n values) ----
 template <typename T>

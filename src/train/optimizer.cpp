@@ -18,7 +18,8 @@ double LrSchedule::at(int64_t step) const {
   if (step < warmup) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
   if (kind == Kind::kConstant) return lr;
   const double lr_min = min_ratio * lr;
-  const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double progress = static_cast<double>(step - warmup) /
+                          static_cast<double>(std::max<int64_t>(1, total - warmup));
   if (kind == Kind::kLinear) return lr_min + (lr - lr_min) * (1.0 - progress);
   return lr_min + (lr - lr_min) * 0.5 * (1.0 + std::cos(kPi * progress));
 }
@@ -32,9 +33,12 @@ LrSchedule::Kind LrSchedule::parse(const std::string& name) {
 
 const char* LrSchedule::name(Kind k) {
   switch (k) {
-    case Kind::kCosine: return "cosine";
-    case Kind::kLinear: return "linear";
-    case Kind::kConstant: return "constant";
+    case Kind::kCosine:
+      return "cosine";
+    case Kind::kLinear:
+      return "linear";
+    case Kind::kConstant:
+      return "constant";
   }
   return "?";
 }
@@ -49,7 +53,8 @@ void AdamW::step(ModelWeights& params, ModelWeights& grads, double lr, double gr
   const float b1 = static_cast<float>(c_.beta1), b2 = static_cast<float>(c_.beta2);
   const float bc1 = static_cast<float>(1.0 / (1.0 - std::pow(c_.beta1, static_cast<double>(t_))));
   const float bc2 = static_cast<float>(1.0 / (1.0 - std::pow(c_.beta2, static_cast<double>(t_))));
-  const float eps = static_cast<float>(c_.eps), lrf = static_cast<float>(lr), gs = static_cast<float>(grad_scale);
+  const float eps = static_cast<float>(c_.eps), lrf = static_cast<float>(lr),
+              gs = static_cast<float>(grad_scale);
   auto p = list_params(cfg_, params);
   auto g = list_params(cfg_, grads);
   auto m = list_params(cfg_, m_);

@@ -1,12 +1,11 @@
 // SVG loss plots (plot.h).
 #include "train/plot.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/check.h"
@@ -27,8 +26,10 @@ LossSeries read_train_log(const std::string& path, const std::string& label) {
     MLKV_REQUIRE(!j.is_discarded(), path, ":", line_no, ": not a JSON line");
     if (!j.contains("step")) continue;
     const double step = j["step"].get<double>();
-    if (j.contains("loss") && j["loss"].is_number()) s.train.emplace_back(step, j["loss"].get<double>());
-    if (j.contains("val_loss") && j["val_loss"].is_number()) s.val.emplace_back(step, j["val_loss"].get<double>());
+    if (j.contains("loss") && j["loss"].is_number())
+      s.train.emplace_back(step, j["loss"].get<double>());
+    if (j.contains("val_loss") && j["val_loss"].is_number())
+      s.val.emplace_back(step, j["val_loss"].get<double>());
   }
   return s;
 }
@@ -66,20 +67,27 @@ std::string fmt(double v) {
 std::string escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else if (c == '"')
+      o += "&quot;";
+    else
+      o += c;
   }
   return o;
 }
 
-const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                         "#9467bd", "#8c564b", "#e377c2", "#17becf"};
 
 }  // namespace
 
-std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string& title, bool log_x) {
+std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string& title,
+                          bool log_x) {
   const double W = 860, H = 520, ml = 70, mr = 200, mt = 40, mb = 55;
   const double pw = W - ml - mr, ph = H - mt - mb;
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
@@ -96,11 +104,13 @@ std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string
   }
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-    << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  o << "<text x=\"" << ml + pw / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << escape(title)
-    << "</text>\n";
+    << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
+       "fill=\"white\"/>\n";
+  o << "<text x=\"" << ml + pw / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">"
+    << escape(title) << "</text>\n";
   if (!std::isfinite(x0)) {
-    o << "<text x=\"" << W / 2 << "\" y=\"" << H / 2 << "\" text-anchor=\"middle\">no data</text>\n</svg>\n";
+    o << "<text x=\"" << W / 2 << "\" y=\"" << H / 2
+      << "\" text-anchor=\"middle\">no data</text>\n</svg>\n";
     return o.str();
   }
   if (log_x) x0 = std::max(x0, 1.0);
@@ -109,15 +119,16 @@ std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string
   y0 -= pad;
   y1 += pad;
   auto fx = [&](double x) {
-    if (log_x) return ml + pw * (std::log(std::max(x, x0)) - std::log(x0)) / (std::log(x1) - std::log(x0));
+    if (log_x)
+      return ml + pw * (std::log(std::max(x, x0)) - std::log(x0)) / (std::log(x1) - std::log(x0));
     return ml + pw * (x - x0) / (x1 - x0);
   };
   auto fy = [&](double y) { return mt + ph * (1 - (y - y0) / (y1 - y0)); };
   // grid, ticks, axes
   for (double t : ticks(y0, y1, 6)) {
     o << "<line x1=\"" << ml << "\" x2=\"" << ml + pw << "\" y1=\"" << fy(t) << "\" y2=\"" << fy(t)
-      << "\" stroke=\"#e5e5e5\"/><text x=\"" << ml - 6 << "\" y=\"" << fy(t) + 4 << "\" text-anchor=\"end\">"
-      << fmt(t) << "</text>\n";
+      << "\" stroke=\"#e5e5e5\"/><text x=\"" << ml - 6 << "\" y=\"" << fy(t) + 4
+      << "\" text-anchor=\"end\">" << fmt(t) << "</text>\n";
   }
   std::vector<double> xt;
   if (log_x) {
@@ -134,13 +145,15 @@ std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string
   }
   o << "<rect x=\"" << ml << "\" y=\"" << mt << "\" width=\"" << pw << "\" height=\"" << ph
     << "\" fill=\"none\" stroke=\"#333\"/>\n";
-  o << "<text x=\"" << ml + pw / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">step</text>\n";
-  o << "<text transform=\"translate(18," << mt + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">loss (nats/token)</text>\n";
-  auto polyline = [&](const std::vector<std::pair<double, double>>& pts, const char* color, double width,
-                      double opacity) {
+  o << "<text x=\"" << ml + pw / 2 << "\" y=\"" << H - 12
+    << "\" text-anchor=\"middle\">step</text>\n";
+  o << "<text transform=\"translate(18," << mt + ph / 2
+    << ") rotate(-90)\" text-anchor=\"middle\">loss (nats/token)</text>\n";
+  auto polyline = [&](const std::vector<std::pair<double, double>>& pts, const char* color,
+                      double width, double opacity) {
     if (pts.empty()) return;
-    o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width << "\" stroke-opacity=\""
-      << opacity << "\" points=\"";
+    o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width
+      << "\" stroke-opacity=\"" << opacity << "\" points=\"";
     for (const auto& [x, y] : pts) {
       if (std::isfinite(y)) o << fx(x) << "," << fy(y) << " ";
     }
@@ -156,33 +169,39 @@ std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string
       const int64_t n = static_cast<int64_t>(r.train.size());
       const int64_t half = std::max<int64_t>(2, std::min<int64_t>(50, n / 40));
       std::vector<double> prefix(static_cast<size_t>(n) + 1, 0.0);
-      for (int64_t i = 0; i < n; ++i) prefix[static_cast<size_t>(i) + 1] = prefix[static_cast<size_t>(i)] + r.train[static_cast<size_t>(i)].second;
+      for (int64_t i = 0; i < n; ++i)
+        prefix[static_cast<size_t>(i) + 1] =
+            prefix[static_cast<size_t>(i)] + r.train[static_cast<size_t>(i)].second;
       std::vector<std::pair<double, double>> avg;
       for (int64_t i = 0; i < n; ++i) {
         const int64_t w = std::min({half, i, n - 1 - i});  // shrink the window at the ends
-        const double m = (prefix[static_cast<size_t>(i + w + 1)] - prefix[static_cast<size_t>(i - w)]) / static_cast<double>(2 * w + 1);
+        const double m =
+            (prefix[static_cast<size_t>(i + w + 1)] - prefix[static_cast<size_t>(i - w)]) /
+            static_cast<double>(2 * w + 1);
         avg.emplace_back(r.train[static_cast<size_t>(i)].first, m);
       }
       polyline(avg, color, 1.8, 1.0);
     }
     if (!r.val.empty()) {
-      o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\" stroke-dasharray=\"6,3\" points=\"";
+      o << "<polyline fill=\"none\" stroke=\"" << color
+        << "\" stroke-width=\"2\" stroke-dasharray=\"6,3\" points=\"";
       for (const auto& [x, y] : r.val) o << fx(x) << "," << fy(y) << " ";
       o << "\"/>\n";
       for (const auto& [x, y] : r.val) {
-        o << "<circle cx=\"" << fx(x) << "\" cy=\"" << fy(y) << "\" r=\"3\" fill=\"" << color << "\"/>\n";
+        o << "<circle cx=\"" << fx(x) << "\" cy=\"" << fy(y) << "\" r=\"3\" fill=\"" << color
+          << "\"/>\n";
       }
     }
     // legend
     const double lx = ml + pw + 12;
-    o << "<line x1=\"" << lx << "\" x2=\"" << lx + 22 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
-      << color << "\" stroke-width=\"2\"/><text x=\"" << lx + 28 << "\" y=\"" << ly + 4 << "\">"
-      << escape(r.label) << " train</text>\n";
+    o << "<line x1=\"" << lx << "\" x2=\"" << lx + 22 << "\" y1=\"" << ly << "\" y2=\"" << ly
+      << "\" stroke=\"" << color << "\" stroke-width=\"2\"/><text x=\"" << lx + 28 << "\" y=\""
+      << ly + 4 << "\">" << escape(r.label) << " train</text>\n";
     ly += 18;
     if (!r.val.empty()) {
-      o << "<line x1=\"" << lx << "\" x2=\"" << lx + 22 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
-        << color << "\" stroke-width=\"2\" stroke-dasharray=\"6,3\"/><text x=\"" << lx + 28 << "\" y=\"" << ly + 4
-        << "\">" << escape(r.label) << " val</text>\n";
+      o << "<line x1=\"" << lx << "\" x2=\"" << lx + 22 << "\" y1=\"" << ly << "\" y2=\"" << ly
+        << "\" stroke=\"" << color << "\" stroke-width=\"2\" stroke-dasharray=\"6,3\"/><text x=\""
+        << lx + 28 << "\" y=\"" << ly + 4 << "\">" << escape(r.label) << " val</text>\n";
       ly += 18;
     }
   }

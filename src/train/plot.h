@@ -20,6 +20,7 @@ LossSeries read_train_log(const std::string& path, const std::string& label = ""
 
 // The plot: train loss (thin line, plus a moving average when noisy) and validation loss (line
 // with markers) per run, with axes, ticks and a legend. log_x: logarithmic step axis.
-std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string& title, bool log_x = false);
+std::string loss_plot_svg(const std::vector<LossSeries>& runs, const std::string& title,
+                          bool log_x = false);
 
 }  // namespace mlkv::train

@@ -14,23 +14,35 @@ namespace mlkv::train {
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kEmbed: return "embedding";
-    case Op::kNorm: return "norms";
-    case Op::kQkv: return "q/k/v projections";
-    case Op::kRope: return "rotary";
-    case Op::kAttention: return "attention (softmax, QK^T, PV)";
-    case Op::kAttnOut: return "attention output projection";
-    case Op::kMlpMatmul: return "MLP projections";
-    case Op::kActivation: return "MLP activation";
-    case Op::kHead: return "output layer + cross-entropy";
-    case Op::kResidual: return "residual adds / copies";
-    case Op::kCount: break;
+    case Op::kEmbed:
+      return "embedding";
+    case Op::kNorm:
+      return "norms";
+    case Op::kQkv:
+      return "q/k/v projections";
+    case Op::kRope:
+      return "rotary";
+    case Op::kAttention:
+      return "attention (softmax, QK^T, PV)";
+    case Op::kAttnOut:
+      return "attention output projection";
+    case Op::kMlpMatmul:
+      return "MLP projections";
+    case Op::kActivation:
+      return "MLP activation";
+    case Op::kHead:
+      return "output layer + cross-entropy";
+    case Op::kResidual:
+      return "residual adds / copies";
+    case Op::kCount:
+      break;
   }
   return "?";
 }
 
 template <typename T>
-WeightsView<T> make_view(const ModelConfig& cfg, ModelWeights& w, const std::function<T*(Tensor&)>& ptr) {
+WeightsView<T> make_view(const ModelConfig& cfg, ModelWeights& w,
+                         const std::function<T*(Tensor&)>& ptr) {
   auto p = [&](Tensor& t) -> T* { return t.empty() ? nullptr : ptr(t); };
   MLKV_CHECK(w.layers.size() == static_cast<size_t>(cfg.n_layer));
   WeightsView<T> v;
@@ -106,7 +118,8 @@ TrainGraph<T>::TrainGraph(const ModelConfig& cfg, int batch, int ctx)
       resize(A.k_rot, n * KV);
       resize(A.v, n * KV);
       bool has_consumer = false;
-      for (int j = il + 1; j < cfg.n_layer; ++j) has_consumer |= cfg.kv_source[static_cast<size_t>(j)] == il;
+      for (int j = il + 1; j < cfg.n_layer; ++j)
+        has_consumer |= cfg.kv_source[static_cast<size_t>(j)] == il;
       if (pre && has_consumer) resize(A.k_raw, n * KV);
       resize(dk_acc_[static_cast<size_t>(il)], n * KV);
       resize(dv_acc_[static_cast<size_t>(il)], n * KV);
@@ -143,22 +156,23 @@ int64_t TrainGraph<T>::arena_bytes(const ModelConfig& cfg, int batch, int ctx, s
   const bool swiglu = cfg.mlp == MlpType::kSwiGlu, pre = cfg.share_rope == KvShareRope::kPre;
   int64_t floats = 0;
   for (int il = 0; il < cfg.n_layer; ++il) {
-    floats += n * (2 * E + 2 * Q + 2) + n * H;  // x_in, xn1, q, o, mean1/rstd1, lse
+    floats += n * (2 * E + 2 * Q + 2) + n * H;         // x_in, xn1, q, o, mean1/rstd1, lse
     floats += n * (E + 2) + n * F * (swiglu ? 2 : 1);  // xn2, stats, u (+gate)
     if (!cfg.parallel_residual) floats += n * E;
     if (cfg.owns_kv(il)) {
       floats += 4 * n * KV;  // k_rot, v, and their gradient accumulators
       bool has_consumer = false;
-      for (int j = il + 1; j < cfg.n_layer; ++j) has_consumer |= cfg.kv_source[static_cast<size_t>(j)] == il;
+      for (int j = il + 1; j < cfg.n_layer; ++j)
+        has_consumer |= cfg.kv_source[static_cast<size_t>(j)] == il;
       if (pre && has_consumer) floats += n * KV;
     }
   }
   const int64_t chunk = std::clamp<int64_t>(kHeadLogitsBudget / V, 1, n);
-  floats += n * E * 4 + n * 2;                       // x_final, xf, dx, dxn, final-norm stats
-  floats += 2 * n * Q + (pre ? n * KV : 0);          // d_o, dq, dk_tmp
-  floats += n * F * (swiglu ? 3 : 2);                // act, d_act (+d_up)
-  floats += chunk * V + chunk;                       // logits chunk, row losses
-  if (H != cfg.n_head_kv) floats += 2 * n * Q;       // per-query-head dK/dV (attention scratch)
+  floats += n * E * 4 + n * 2;                         // x_final, xf, dx, dxn, final-norm stats
+  floats += 2 * n * Q + (pre ? n * KV : 0);            // d_o, dq, dk_tmp
+  floats += n * F * (swiglu ? 3 : 2);                  // act, d_act (+d_up)
+  floats += chunk * V + chunk;                         // logits chunk, row losses
+  if (H != cfg.n_head_kv) floats += 2 * n * Q;         // per-query-head dK/dV (attention scratch)
   return floats * static_cast<int64_t>(elem) + n * 8;  // + inputs/targets
 }
 
@@ -167,18 +181,20 @@ int64_t TrainGraph<T>::allocated_bytes() const {
   int64_t elems = 0;
   auto add = [&](const std::vector<T>& v) { elems += static_cast<int64_t>(v.size()); };
   for (const LayerActs& A : acts_) {
-    for (const auto* v : {&A.x_in, &A.xn1, &A.mean1, &A.rstd1, &A.q, &A.k_rot, &A.k_raw, &A.v, &A.o, &A.lse,
-                          &A.x_mid, &A.xn2, &A.mean2, &A.rstd2, &A.u, &A.gate}) {
+    for (const auto* v : {&A.x_in, &A.xn1, &A.mean1, &A.rstd1, &A.q, &A.k_rot, &A.k_raw, &A.v, &A.o,
+                          &A.lse, &A.x_mid, &A.xn2, &A.mean2, &A.rstd2, &A.u, &A.gate}) {
       add(*v);
     }
   }
-  for (const auto* v : {&x_final_, &xf_, &meanf_, &rstdf_, &dx_, &dxn_, &d_o_, &dq_, &dk_tmp_, &act_, &d_act_,
-                        &d_up_, &logits_, &row_loss_, &attn_scratch_.dk_heads, &attn_scratch_.dv_heads}) {
+  for (const auto* v :
+       {&x_final_, &xf_, &meanf_, &rstdf_, &dx_, &dxn_, &d_o_, &dq_, &dk_tmp_, &act_, &d_act_,
+        &d_up_, &logits_, &row_loss_, &attn_scratch_.dk_heads, &attn_scratch_.dv_heads}) {
     add(*v);
   }
   for (const auto& v : dk_acc_) add(v);
   for (const auto& v : dv_acc_) add(v);
-  return elems * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(inputs_.size() + targets_.size()) * 4;
+  return elems * static_cast<int64_t>(sizeof(T)) +
+         static_cast<int64_t>(inputs_.size() + targets_.size()) * 4;
 }
 
 template <typename T>
@@ -200,8 +216,8 @@ void TrainGraph<T>::norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, 
 }
 
 template <typename T>
-void TrainGraph<T>::norm_bwd(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
-                             T* dw, T* db) {
+void TrainGraph<T>::norm_bwd(const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
+                             T* dx, T* dw, T* db) {
   const int n = static_cast<int>(n_);
   if (cfg_.norm == NormType::kLayerNorm) {
     layernorm_backward(dy, x, w, mean, rstd, dx, dw, db, n, cfg_.n_embd);
@@ -214,7 +230,8 @@ template <typename T>
 void TrainGraph<T>::layer_forward(int il, const LayerView<T>& L, T* out) {
   const ModelConfig& c = cfg_;
   LayerActs& A = acts_[static_cast<size_t>(il)];
-  const int n = static_cast<int>(n_), E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(), F = c.n_ff;
+  const int n = static_cast<int>(n_), E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(),
+            F = c.n_ff;
   const int H = c.n_head, G = c.n_head_kv, d = c.n_embd_head;
 
   norm_fwd(A.x_in.data(), L.attn_norm, L.attn_norm_b, A.xn1.data(), A.mean1.data(), A.rstd1.data());
@@ -282,8 +299,8 @@ double TrainGraph<T>::head(const WeightsView<T>& w, const WeightsView<T>* grads,
     const int rows = static_cast<int>(std::min<int64_t>(head_chunk_, n_ - c0));
     const T* xf = xf_.data() + c0 * E;
     linear_forward(xf, w.output, static_cast<const T*>(nullptr), logits_.data(), rows, E, V);
-    loss += cross_entropy_forward_backward(logits_.data(), targets_.data() + c0, rows, V, grad_scale,
-                                           grads != nullptr, row_loss_.data());
+    loss += cross_entropy_forward_backward(logits_.data(), targets_.data() + c0, rows, V,
+                                           grad_scale, grads != nullptr, row_loss_.data());
     if (grads != nullptr) {
       linear_backward(logits_.data(), xf, w.output, dxn_.data() + c0 * E, grads->output,
                       static_cast<T*>(nullptr), rows, E, V, /*accumulate_dx=*/false);
@@ -300,27 +317,30 @@ double TrainGraph<T>::head(const WeightsView<T>& w, const WeightsView<T>* grads,
 }
 
 template <typename T>
-void TrainGraph<T>::mlp_backward(int il, const LayerView<T>& L, const LayerView<T>& dL, const T* dy) {
+void TrainGraph<T>::mlp_backward(int il, const LayerView<T>& L, const LayerView<T>& dL,
+                                 const T* dy) {
   const ModelConfig& c = cfg_;
   LayerActs& A = acts_[static_cast<size_t>(il)];
   const int n = static_cast<int>(n_), E = c.n_embd, F = c.n_ff;
   // d(activation) = dy W_down
-  linear_backward(dy, static_cast<const T*>(nullptr), L.w_down, d_act_.data(), static_cast<T*>(nullptr),
-                  static_cast<T*>(nullptr), n, F, E, /*accumulate_dx=*/false);
+  linear_backward(dy, static_cast<const T*>(nullptr), L.w_down, d_act_.data(),
+                  static_cast<T*>(nullptr), static_cast<T*>(nullptr), n, F, E,
+                  /*accumulate_dx=*/false);
   lap(Op::kMlpMatmul, true);
   if (c.mlp == MlpType::kSwiGlu) {
-    swiglu_backward(A.gate.data(), A.u.data(), d_act_.data(), d_act_.data(), d_up_.data(), act_.data(),
-                    n_ * F);
+    swiglu_backward(A.gate.data(), A.u.data(), d_act_.data(), d_act_.data(), d_up_.data(),
+                    act_.data(), n_ * F);
   } else {
     gelu_backward(A.u.data(), d_act_.data(), d_act_.data(), act_.data(), n_ * F, c.gelu_tanh);
   }
   lap(Op::kActivation, true);
-  linear_backward(dy, act_.data(), L.w_down, static_cast<T*>(nullptr), dL.w_down, dL.b_down, n, F, E);
+  linear_backward(dy, act_.data(), L.w_down, static_cast<T*>(nullptr), dL.w_down, dL.b_down, n, F,
+                  E);
   if (c.mlp == MlpType::kSwiGlu) {
-    linear_backward(d_act_.data(), A.xn2.data(), L.w_gate, dxn_.data(), dL.w_gate, static_cast<T*>(nullptr),
-                    n, E, F, /*accumulate_dx=*/false);
-    linear_backward(d_up_.data(), A.xn2.data(), L.w_up, dxn_.data(), dL.w_up, static_cast<T*>(nullptr), n,
-                    E, F, /*accumulate_dx=*/true);
+    linear_backward(d_act_.data(), A.xn2.data(), L.w_gate, dxn_.data(), dL.w_gate,
+                    static_cast<T*>(nullptr), n, E, F, /*accumulate_dx=*/false);
+    linear_backward(d_up_.data(), A.xn2.data(), L.w_up, dxn_.data(), dL.w_up,
+                    static_cast<T*>(nullptr), n, E, F, /*accumulate_dx=*/true);
   } else {
     linear_backward(d_act_.data(), A.xn2.data(), L.w_up, dxn_.data(), dL.w_up, dL.b_up, n, E, F,
                     /*accumulate_dx=*/false);
@@ -346,9 +366,9 @@ void TrainGraph<T>::attn_core_backward(int il, const LayerView<T>& L, const Laye
     zero(dk_tmp_.data(), n_ * KV);
     dk_target = dk_tmp_.data();
   }
-  attention_backward(A.q.data(), (own || post) ? S.k_rot.data() : S.k_raw.data(), S.v.data(), A.o.data(),
-                     A.lse.data(), d_o_.data(), dq_.data(), dk_target, dv_acc_[static_cast<size_t>(src)].data(),
-                     dims_, attn_scratch_);
+  attention_backward(A.q.data(), (own || post) ? S.k_rot.data() : S.k_raw.data(), S.v.data(),
+                     A.o.data(), A.lse.data(), d_o_.data(), dq_.data(), dk_target,
+                     dv_acc_[static_cast<size_t>(src)].data(), dims_, attn_scratch_);
   lap(Op::kAttention, true);
   rope_backward(dq_.data(), n, H, d, ctx_, rope_);
   if (own) {
@@ -360,12 +380,13 @@ void TrainGraph<T>::attn_core_backward(int il, const LayerView<T>& L, const Laye
     }
   }
   lap(Op::kRope, true);
-  linear_backward(dq_.data(), A.xn1.data(), L.wq, dxn_.data(), dL.wq, dL.bq, n, E, Q, /*accumulate_dx=*/false);
+  linear_backward(dq_.data(), A.xn1.data(), L.wq, dxn_.data(), dL.wq, dL.bq, n, E, Q,
+                  /*accumulate_dx=*/false);
   if (own) {
-    linear_backward(dk_acc_[static_cast<size_t>(il)].data(), A.xn1.data(), L.wk, dxn_.data(), dL.wk, dL.bk,
-                    n, E, KV);
-    linear_backward(dv_acc_[static_cast<size_t>(il)].data(), A.xn1.data(), L.wv, dxn_.data(), dL.wv, dL.bv,
-                    n, E, KV);
+    linear_backward(dk_acc_[static_cast<size_t>(il)].data(), A.xn1.data(), L.wk, dxn_.data(), dL.wk,
+                    dL.bk, n, E, KV);
+    linear_backward(dv_acc_[static_cast<size_t>(il)].data(), A.xn1.data(), L.wv, dxn_.data(), dL.wv,
+                    dL.bv, n, E, KV);
   }
   lap(Op::kQkv, true);
 }
@@ -376,33 +397,34 @@ void TrainGraph<T>::layer_backward(int il, const LayerView<T>& L, const LayerVie
   LayerActs& A = acts_[static_cast<size_t>(il)];
   const int n = static_cast<int>(n_), E = c.n_embd, Q = c.n_embd_q();
   auto out_proj_backward = [&] {
-    linear_backward(dx, A.o.data(), L.wo, d_o_.data(), dL.wo, dL.bo, n, Q, E, /*accumulate_dx=*/false);
+    linear_backward(dx, A.o.data(), L.wo, d_o_.data(), dL.wo, dL.bo, n, Q, E,
+                    /*accumulate_dx=*/false);
     lap(Op::kAttnOut, true);
   };
   if (c.parallel_residual) {
     // out = x + attn(norm1 x) + mlp(norm2 x): both branches see dx before any norm adds to it.
     out_proj_backward();
     mlp_backward(il, L, dL, dx);
-    norm_bwd(dxn_.data(), A.x_in.data(), L.ffn_norm, A.mean2.data(), A.rstd2.data(), dx, dL.ffn_norm,
-             dL.ffn_norm_b);
+    norm_bwd(dxn_.data(), A.x_in.data(), L.ffn_norm, A.mean2.data(), A.rstd2.data(), dx,
+             dL.ffn_norm, dL.ffn_norm_b);
     lap(Op::kNorm, true);
   } else {
     // out = x_mid + mlp(norm2 x_mid), x_mid = x + attn(norm1 x).
     mlp_backward(il, L, dL, dx);
-    norm_bwd(dxn_.data(), A.x_mid.data(), L.ffn_norm, A.mean2.data(), A.rstd2.data(), dx, dL.ffn_norm,
-             dL.ffn_norm_b);
+    norm_bwd(dxn_.data(), A.x_mid.data(), L.ffn_norm, A.mean2.data(), A.rstd2.data(), dx,
+             dL.ffn_norm, dL.ffn_norm_b);
     lap(Op::kNorm, true);
     out_proj_backward();
   }
   attn_core_backward(il, L, dL);
-  norm_bwd(dxn_.data(), A.x_in.data(), L.attn_norm, A.mean1.data(), A.rstd1.data(), dx, dL.attn_norm,
-           dL.attn_norm_b);
+  norm_bwd(dxn_.data(), A.x_in.data(), L.attn_norm, A.mean1.data(), A.rstd1.data(), dx,
+           dL.attn_norm, dL.attn_norm_b);
   lap(Op::kNorm, true);
 }
 
 template <typename T>
-double TrainGraph<T>::forward_backward(const WeightsView<T>& w, const int32_t* rows, const WeightsView<T>* grads,
-                                       T grad_scale, int n_rows) {
+double TrainGraph<T>::forward_backward(const WeightsView<T>& w, const int32_t* rows,
+                                       const WeightsView<T>* grads, T grad_scale, int n_rows) {
   const ModelConfig& c = cfg_;
   if (n_rows < 0) n_rows = batch_;
   MLKV_CHECK(n_rows >= 1 && n_rows <= batch_);
@@ -435,7 +457,8 @@ double TrainGraph<T>::forward_backward(const WeightsView<T>& w, const int32_t* r
   }
   lap(Op::kResidual, true);
   for (int il = c.n_layer - 1; il >= 0; --il) {
-    layer_backward(il, w.layers[static_cast<size_t>(il)], grads->layers[static_cast<size_t>(il)], dx_.data());
+    layer_backward(il, w.layers[static_cast<size_t>(il)], grads->layers[static_cast<size_t>(il)],
+                   dx_.data());
   }
   embedding_backward(inputs_.data(), dx_.data(), grads->tok_embd, n, E);
   lap(Op::kEmbed, true);

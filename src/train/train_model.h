@@ -3,8 +3,8 @@
 //
 // Semantics are those of the inference forward (model/forward.cpp + attention.cpp): norm ->
 // q (+bias) rotated; owner layers compute k, v from their own normed input; "post" sharing gives
-// consumers the owner's rotated keys, "pre" its unrotated keys (the owner itself always attends with
-// rotated keys); causal attention, query head h on KV head h / (H / G); parallel or sequential
+// consumers the owner's rotated keys, "pre" its unrotated keys (the owner itself always attends
+// with rotated keys); causal attention, query head h on KV head h / (H / G); parallel or sequential
 // residual; GELU (erf or tanh) or SwiGLU MLP; final norm; logits against the output matrix (the
 // embedding when tied). The gradients of every consumer layer flow into its owner's K/V
 // projections: consumers are visited first in the backward pass and add into the owner's dK/dV.
@@ -32,11 +32,11 @@ struct LayerView {
   T *wq = nullptr, *bq = nullptr;                  // [Q, E], [Q]
   T *wk = nullptr, *bk = nullptr;                  // [KV, E], [KV]   owner layers only
   T *wv = nullptr, *bv = nullptr;
-  T *wo = nullptr, *bo = nullptr;                  // [E, Q], [E]
-  T *ffn_norm = nullptr, *ffn_norm_b = nullptr;    // [E]
-  T *w_gate = nullptr;                             // [F, E]          SwiGLU only
-  T *w_up = nullptr, *b_up = nullptr;              // [F, E], [F]
-  T *w_down = nullptr, *b_down = nullptr;          // [E, F], [E]
+  T *wo = nullptr, *bo = nullptr;                // [E, Q], [E]
+  T *ffn_norm = nullptr, *ffn_norm_b = nullptr;  // [E]
+  T* w_gate = nullptr;                           // [F, E]          SwiGLU only
+  T *w_up = nullptr, *b_up = nullptr;            // [F, E], [F]
+  T *w_down = nullptr, *b_down = nullptr;        // [E, F], [E]
 };
 
 template <typename T>
@@ -44,19 +44,31 @@ struct WeightsView {
   T* tok_embd = nullptr;  // [V, E]
   std::vector<LayerView<T>> layers;
   T *out_norm = nullptr, *out_norm_b = nullptr;  // [E]
-  T* output = nullptr;    // [V, E]; == tok_embd when the embedding is tied
+  T* output = nullptr;                           // [V, E]; == tok_embd when the embedding is tied
 };
 
 // A view whose pointers come from ptr(tensor) for each tensor of w (null for empty tensors). Used
 // with the parameters, the gradients (same ModelWeights layout), or a double copy of either.
 template <typename T>
-WeightsView<T> make_view(const ModelConfig& cfg, ModelWeights& w, const std::function<T*(Tensor&)>& ptr);
+WeightsView<T> make_view(const ModelConfig& cfg, ModelWeights& w,
+                         const std::function<T*(Tensor&)>& ptr);
 // The f32 view of a ModelWeights.
 WeightsView<float> view_of(const ModelConfig& cfg, ModelWeights& w);
 
 // Wall time per op kind, forward and backward, summed over calls (for the benchmark breakdown).
-enum class Op { kEmbed, kNorm, kQkv, kRope, kAttention, kAttnOut, kMlpMatmul, kActivation, kHead,
-                kResidual, kCount };
+enum class Op {
+  kEmbed,
+  kNorm,
+  kQkv,
+  kRope,
+  kAttention,
+  kAttnOut,
+  kMlpMatmul,
+  kActivation,
+  kHead,
+  kResidual,
+  kCount
+};
 const char* op_name(Op op);
 struct OpProfile {
   double fwd[static_cast<int>(Op::kCount)] = {};
@@ -105,7 +117,8 @@ class TrainGraph {
   // Adds the wall time since the previous lap to op's bucket (no-op without a profile).
   void lap(Op op, bool bwd);
   void norm_fwd(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd);
-  void norm_bwd(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw, T* db);
+  void norm_bwd(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx, T* dw,
+                T* db);
   void layer_forward(int il, const LayerView<T>& L, T* out);
   void layer_backward(int il, const LayerView<T>& L, const LayerView<T>& dL, T* dx);
   void mlp_backward(int il, const LayerView<T>& L, const LayerView<T>& dL, const T* dy);

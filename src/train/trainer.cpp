@@ -7,7 +7,7 @@
 // 0 alone writes the log, checkpoints and the model.
 #include "train/trainer.h"
 
-#include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include <cmath>
 #include <csignal>
@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
-#include <unistd.h>
 
 #include "core/check.h"
 #include "core/mmap_file.h"
@@ -37,18 +37,30 @@ using nlohmann::json;
 namespace {
 
 std::string options_to_json(const TrainOptions& o, int64_t steps, int64_t warmup, int world) {
-  json j = {{"out", o.out_dir},           {"init", o.init},
-            {"data", o.data},             {"val", o.val},
-            {"val_fraction", o.val_fraction}, {"ctx", o.ctx},
-            {"batch", o.batch},           {"accum", o.accum},
-            {"steps", steps},             {"lr", o.lr},
-            {"min_lr_ratio", o.min_lr_ratio}, {"warmup", warmup},
-            {"schedule", o.schedule},     {"beta1", o.adam.beta1},
-            {"beta2", o.adam.beta2},      {"eps", o.adam.eps},
-            {"weight_decay", o.adam.weight_decay}, {"clip", o.clip},
-            {"eval_every", o.eval_every}, {"eval_rows", o.eval_rows},
-            {"save_every", o.save_every}, {"seed", o.seed},
-            {"shuffle", o.shuffle},       {"world", world},
+  json j = {{"out", o.out_dir},
+            {"init", o.init},
+            {"data", o.data},
+            {"val", o.val},
+            {"val_fraction", o.val_fraction},
+            {"ctx", o.ctx},
+            {"batch", o.batch},
+            {"accum", o.accum},
+            {"steps", steps},
+            {"lr", o.lr},
+            {"min_lr_ratio", o.min_lr_ratio},
+            {"warmup", warmup},
+            {"schedule", o.schedule},
+            {"beta1", o.adam.beta1},
+            {"beta2", o.adam.beta2},
+            {"eps", o.adam.eps},
+            {"weight_decay", o.adam.weight_decay},
+            {"clip", o.clip},
+            {"eval_every", o.eval_every},
+            {"eval_rows", o.eval_rows},
+            {"save_every", o.save_every},
+            {"seed", o.seed},
+            {"shuffle", o.shuffle},
+            {"world", world},
             {"init_std", o.init_std}};
   return j.dump();
 }
@@ -72,8 +84,8 @@ void copy_tokenizer(const std::string& src, const std::string& dir) {
   }
   for (const auto& f : files) {
     fs::path dst = fs::path(dir) / f.filename();
-    if (f.extension() == ".json" && f.filename() != "encoder.json" && f.filename() != "tokenizer_config.json" &&
-        f.filename() != "special_tokens_map.json") {
+    if (f.extension() == ".json" && f.filename() != "encoder.json" &&
+        f.filename() != "tokenizer_config.json" && f.filename() != "special_tokens_map.json") {
       dst = fs::path(dir) / "tokenizer.json";
     }
     if (fs::exists(dst) && fs::equivalent(f, dst)) continue;
@@ -123,13 +135,14 @@ std::string format_profile(const OpProfile& p, double total) {
   for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
     const double t = p.fwd[i] + p.bwd[i];
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%-34s %8.3fs %9.3fs %8.3fs %6.1f%%\n", op_name(static_cast<Op>(i)), p.fwd[i],
-                  p.bwd[i], t, total > 0 ? 100 * t / total : 0.0);
+    std::snprintf(buf, sizeof buf, "%-34s %8.3fs %9.3fs %8.3fs %6.1f%%\n",
+                  op_name(static_cast<Op>(i)), p.fwd[i], p.bwd[i], t,
+                  total > 0 ? 100 * t / total : 0.0);
     s += buf;
   }
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%-34s %29.3fs %6.1f%%\n", "optimizer, allreduce, data, other", total - sum,
-                total > 0 ? 100 * (total - sum) / total : 0.0);
+  std::snprintf(buf, sizeof buf, "%-34s %29.3fs %6.1f%%\n", "optimizer, allreduce, data, other",
+                total - sum, total > 0 ? 100 * (total - sum) / total : 0.0);
   s += buf;
   return s;
 }
@@ -142,7 +155,8 @@ TrainSummary run_training(const TrainOptions& opt) {
   // ---- threads ----
   int threads = opt.threads;
   if (threads <= 0 && dist.local_size() > 1) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist.local_size());
+    threads =
+        std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist.local_size());
   }
   set_num_threads(threads);
 
@@ -155,11 +169,14 @@ TrainSummary run_training(const TrainOptions& opt) {
   const int micro = static_cast<int>(opt.batch / (int64_t{world} * opt.accum));
   const int64_t tokens_per_step = opt.batch * opt.ctx;
   int64_t total_steps = opt.steps;
-  if (total_steps <= 0 && opt.tokens > 0) total_steps = (opt.tokens + tokens_per_step - 1) / tokens_per_step;
+  if (total_steps <= 0 && opt.tokens > 0)
+    total_steps = (opt.tokens + tokens_per_step - 1) / tokens_per_step;
   MLKV_REQUIRE(total_steps > 0, "train: give --steps or --tokens");
-  MLKV_REQUIRE(opt.val_fraction >= 0 && opt.val_fraction < 1, "train: --val-fraction must be in [0, 1)");
-  const int64_t warmup = opt.warmup >= 0 ? opt.warmup
-                                         : static_cast<int64_t>(opt.warmup_ratio * static_cast<double>(total_steps));
+  MLKV_REQUIRE(opt.val_fraction >= 0 && opt.val_fraction < 1,
+               "train: --val-fraction must be in [0, 1)");
+  const int64_t warmup =
+      opt.warmup >= 0 ? opt.warmup
+                      : static_cast<int64_t>(opt.warmup_ratio * static_cast<double>(total_steps));
   LrSchedule sched;
   sched.kind = LrSchedule::parse(opt.schedule);
   sched.lr = opt.lr;
@@ -172,7 +189,8 @@ TrainSummary run_training(const TrainOptions& opt) {
   const std::string log_path = (out / kLogFile).string();
   const bool have_ckpt = fs::exists(ckpt_path);
   if (have_ckpt && !opt.resume && !opt.overwrite) {
-    fail("train: ", ckpt_path, " exists: pass --resume to continue that run or --overwrite to start over");
+    fail("train: ", ckpt_path,
+         " exists: pass --resume to continue that run or --overwrite to start over");
   }
   MLKV_REQUIRE(!opt.resume || have_ckpt, "train: --resume: no checkpoint at ", ckpt_path);
   if (root) fs::create_directories(out);
@@ -185,18 +203,22 @@ TrainSummary run_training(const TrainOptions& opt) {
   std::unique_ptr<TokenStream> val_stream;
   int64_t train_end = train_stream.n_tokens();
   if (opt.val_fraction > 0) {
-    train_end = train_stream.n_tokens() - static_cast<int64_t>(opt.val_fraction * static_cast<double>(train_stream.n_tokens()));
+    train_end =
+        train_stream.n_tokens() -
+        static_cast<int64_t>(opt.val_fraction * static_cast<double>(train_stream.n_tokens()));
   } else if (!val_files.empty()) {
     val_stream = std::make_unique<TokenStream>(val_files);
   }
   RowSource train_rows(train_stream, 0, train_end, opt.ctx, opt.seed, opt.shuffle);
-  MLKV_REQUIRE(train_rows.n_rows() > 0, "train: the training data holds ", train_end, " tokens, fewer than one row of ",
-               opt.ctx + 1);
+  MLKV_REQUIRE(train_rows.n_rows() > 0, "train: the training data holds ", train_end,
+               " tokens, fewer than one row of ", opt.ctx + 1);
   std::unique_ptr<RowSource> val_rows;
   if (opt.val_fraction > 0) {
-    val_rows = std::make_unique<RowSource>(train_stream, train_end, train_stream.n_tokens(), opt.ctx, 0, false);
+    val_rows = std::make_unique<RowSource>(train_stream, train_end, train_stream.n_tokens(),
+                                           opt.ctx, 0, false);
   } else if (val_stream) {
-    val_rows = std::make_unique<RowSource>(*val_stream, 0, val_stream->n_tokens(), opt.ctx, 0, false);
+    val_rows =
+        std::make_unique<RowSource>(*val_stream, 0, val_stream->n_tokens(), opt.ctx, 0, false);
   }
   if (val_rows && val_rows->n_rows() == 0) val_rows.reset();
 
@@ -211,11 +233,11 @@ TrainSummary run_training(const TrainOptions& opt) {
     cfg = ck.config;
     params = std::move(ck.params);
     state = ck.state;
-    MLKV_REQUIRE(state.global_batch == opt.batch && state.ctx == opt.ctx && state.seed == opt.seed &&
-                     state.shuffle == opt.shuffle,
-                 "train: --resume needs the checkpoint's batch (", state.global_batch, "), ctx (", state.ctx,
-                 "), seed (", state.seed, ") and shuffle (", state.shuffle ? "on" : "off",
-                 ") so that the data continues where it stopped");
+    MLKV_REQUIRE(state.global_batch == opt.batch && state.ctx == opt.ctx &&
+                     state.seed == opt.seed && state.shuffle == opt.shuffle,
+                 "train: --resume needs the checkpoint's batch (", state.global_batch, "), ctx (",
+                 state.ctx, "), seed (", state.seed, ") and shuffle (",
+                 state.shuffle ? "on" : "off", ") so that the data continues where it stopped");
     adam = std::make_unique<AdamW>(cfg, opt.adam);
     adam->m() = std::move(ck.adam_m);
     adam->v() = std::move(ck.adam_v);
@@ -237,10 +259,11 @@ TrainSummary run_training(const TrainOptions& opt) {
     state.seed = opt.seed;
     state.shuffle = opt.shuffle;
   }
-  MLKV_REQUIRE(opt.ctx <= cfg.n_ctx, "train: --ctx ", opt.ctx, " exceeds the model's context of ", cfg.n_ctx,
-               " positions");
-  MLKV_REQUIRE(train_stream.n_vocab() <= static_cast<uint32_t>(cfg.n_vocab), "train: the data's vocabulary (",
-               train_stream.n_vocab(), " ids) is larger than the model's (", cfg.n_vocab, ")");
+  MLKV_REQUIRE(opt.ctx <= cfg.n_ctx, "train: --ctx ", opt.ctx, " exceeds the model's context of ",
+               cfg.n_ctx, " positions");
+  MLKV_REQUIRE(train_stream.n_vocab() <= static_cast<uint32_t>(cfg.n_vocab),
+               "train: the data's vocabulary (", train_stream.n_vocab(),
+               " ids) is larger than the model's (", cfg.n_vocab, ")");
   state.total_steps = total_steps;
   state.options_json = options_to_json(opt, total_steps, warmup, world);
 
@@ -258,15 +281,16 @@ TrainSummary run_training(const TrainOptions& opt) {
   // ---- log ----
   const int64_t start_step = state.step;
   if (root) {
-    const json header = {{"event", opt.resume ? "resume" : "start"},
-                         {"step", start_step},
-                         {"config", cfg.summary()},
-                         {"n_params", cfg.n_params()},
-                         {"world", world},
-                         {"micro_batch", micro},
-                         {"threads", num_threads()},
-                         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
-                         {"options", json::parse(state.options_json)}};
+    const json header = {
+        {"event", opt.resume ? "resume" : "start"},
+        {"step", start_step},
+        {"config", cfg.summary()},
+        {"n_params", cfg.n_params()},
+        {"world", world},
+        {"micro_batch", micro},
+        {"threads", num_threads()},
+        {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
+        {"options", json::parse(state.options_json)}};
     if (opt.resume) {
       truncate_log(log_path, start_step, header);
     } else {
@@ -275,7 +299,8 @@ TrainSummary run_training(const TrainOptions& opt) {
     if (opt.resume || opt.overwrite) {
       // Temp files of checkpoint writes that were killed.
       for (const auto& e : fs::directory_iterator(out)) {
-        if (e.path().filename().string().rfind(std::string(kCheckpointFile) + ".tmp.", 0) == 0) fs::remove(e.path());
+        if (e.path().filename().string().rfind(std::string(kCheckpointFile) + ".tmp.", 0) == 0)
+          fs::remove(e.path());
       }
     }
   }
@@ -292,8 +317,10 @@ TrainSummary run_training(const TrainOptions& opt) {
     std::vector<int64_t> mine;
     for (int64_t r = rank; r < n; r += world) mine.push_back(r);
     for (size_t i = 0; i < mine.size(); i += static_cast<size_t>(micro)) {
-      const int cnt = static_cast<int>(std::min<size_t>(static_cast<size_t>(micro), mine.size() - i));
-      for (int j = 0; j < cnt; ++j) val_rows->fetch(mine[i + static_cast<size_t>(j)], buf.data() + int64_t{j} * (opt.ctx + 1));
+      const int cnt =
+          static_cast<int>(std::min<size_t>(static_cast<size_t>(micro), mine.size() - i));
+      for (int j = 0; j < cnt; ++j)
+        val_rows->fetch(mine[i + static_cast<size_t>(j)], buf.data() + int64_t{j} * (opt.ctx + 1));
       acc[0] += graph.forward_backward(pview, buf.data(), nullptr, 1.0f, cnt);
       acc[1] += static_cast<double>(cnt) * opt.ctx;
     }
@@ -330,14 +357,19 @@ TrainSummary run_training(const TrainOptions& opt) {
   // ---- loop ----
   const bool show = root && !opt.quiet;
   std::unique_ptr<ProgressBar> bar;
-  if (show && ProgressBar::enabled()) bar = std::make_unique<ProgressBar>("train", static_cast<double>(total_steps - start_step), "step");
+  if (show && ProgressBar::enabled())
+    bar = std::make_unique<ProgressBar>("train", static_cast<double>(total_steps - start_step),
+                                        "step");
   const int64_t line_every = std::max<int64_t>(1, (total_steps - start_step) / 20);
   if (show) {
-    std::fprintf(stderr, "train: %s, %.2fM params, %d rank(s) x %d thread(s), %lld rows x %d tokens per step "
-                 "(micro-batch %d x %d accum), %lld steps, activations %.1f MiB per rank\n",
-                 cfg.summary().c_str(), static_cast<double>(cfg.n_params()) / 1e6, world, num_threads(),
-                 static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum, static_cast<long long>(total_steps),
-                 static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));
+    std::fprintf(
+        stderr,
+        "train: %s, %.2fM params, %d rank(s) x %d thread(s), %lld rows x %d tokens per step "
+        "(micro-batch %d x %d accum), %lld steps, activations %.1f MiB per rank\n",
+        cfg.summary().c_str(), static_cast<double>(cfg.n_params()) / 1e6, world, num_threads(),
+        static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum,
+        static_cast<long long>(total_steps),
+        static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));
   }
   const double t_start = now_seconds();
   double last_val = -1;
@@ -351,7 +383,8 @@ TrainSummary run_training(const TrainOptions& opt) {
     }
     const double t_comm = now_seconds();
     if (world > 1) {
-      for (auto& p : list_params(cfg, grads)) dist.allreduce_sum(p.tensor->data(), p.tensor->numel());
+      for (auto& p : list_params(cfg, grads))
+        dist.allreduce_sum(p.tensor->data(), p.tensor->numel());
       dist.allreduce_sum(&loss_sum, 1);
     }
     const double comm_s = now_seconds() - t_comm;
@@ -373,10 +406,16 @@ TrainSummary run_training(const TrainOptions& opt) {
       last_val = val;
     }
     const double elapsed = now_seconds() - t_start;
-    const double tps = static_cast<double>(step + 1 - start_step) * static_cast<double>(tokens_per_step) / elapsed;
+    const double tps =
+        static_cast<double>(step + 1 - start_step) * static_cast<double>(tokens_per_step) / elapsed;
     if (root) {
-      json rec = {{"step", step + 1}, {"loss", loss},  {"lr", lr}, {"grad_norm", norm},
-                  {"tokens", state.tokens_seen}, {"time_s", state.elapsed_s + elapsed}, {"tok_per_s", tps}};
+      json rec = {{"step", step + 1},
+                  {"loss", loss},
+                  {"lr", lr},
+                  {"grad_norm", norm},
+                  {"tokens", state.tokens_seen},
+                  {"time_s", state.elapsed_s + elapsed},
+                  {"tok_per_s", tps}};
       if (world > 1) rec["allreduce_s"] = comm_s;
       if (val >= 0) rec["val_loss"] = val;
       log << rec.dump() << "\n";
@@ -390,20 +429,24 @@ TrainSummary run_training(const TrainOptions& opt) {
       if (bar) {
         bar->update(static_cast<double>(step + 1 - start_step), suffix);
       } else if ((step + 1 - start_step) % line_every == 0 || last || val >= 0) {
-        const double eta = elapsed / static_cast<double>(step + 1 - start_step) * static_cast<double>(total_steps - step - 1);
+        const double eta = elapsed / static_cast<double>(step + 1 - start_step) *
+                           static_cast<double>(total_steps - step - 1);
         std::fprintf(stderr, "train: %s | ETA %s\n", suffix.c_str(), format_duration(eta).c_str());
       }
     }
-    if ((opt.save_every > 0 && (step + 1) % opt.save_every == 0) || last) save(state.elapsed_s + elapsed);
+    if ((opt.save_every > 0 && (step + 1) % opt.save_every == 0) || last)
+      save(state.elapsed_s + elapsed);
   }
   if (bar) bar->finish();
   summary.seconds = now_seconds() - t_start;
   summary.steps = state.step;
   summary.val_loss = last_val;
   summary.tokens_per_s = summary.seconds > 0
-                             ? static_cast<double>(state.step - start_step) * static_cast<double>(tokens_per_step) / summary.seconds
+                             ? static_cast<double>(state.step - start_step) *
+                                   static_cast<double>(tokens_per_step) / summary.seconds
                              : 0;
-  if (start_step == total_steps && root) save(state.elapsed_s);  // resumed a finished run: rewrite outputs
+  if (start_step == total_steps && root)
+    save(state.elapsed_s);  // resumed a finished run: rewrite outputs
   dist.barrier();
   return summary;
 }

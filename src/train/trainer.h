@@ -16,54 +16,54 @@
 namespace mlkv::train {
 
 struct TrainOptions {
-  std::string out_dir;       // model folder written at every checkpoint and at the end
+  std::string out_dir;  // model folder written at every checkpoint and at the end
 
   // Model: uptrain `init` (a model folder) when set, else train `config` from scratch.
   std::string init;
   ModelConfig config;
-  float init_std = 0.02f;    // from scratch: normal(0, init_std), output projections / sqrt(2L)
-  uint64_t init_seed = 0;    // 0: use `seed`
+  float init_std = 0.02f;  // from scratch: normal(0, init_std), output projections / sqrt(2L)
+  uint64_t init_seed = 0;  // 0: use `seed`
 
   // Data (data.h): a tokenize output folder or shard file; validation from `val`, from the
   // folder's val shards, or the last val_fraction of the training tokens.
   std::string data, val;
   double val_fraction = 0;
-  std::string tokenizer;     // copied into out_dir (default: the data folder's or init's)
+  std::string tokenizer;  // copied into out_dir (default: the data folder's or init's)
 
-  int ctx = 256;             // positions per row
-  int64_t batch = 8;         // rows per optimizer step, all ranks and micro-steps together
-  int accum = 1;             // micro-steps per optimizer step (per rank)
-  int64_t steps = 0;         // optimizer steps; 0: derived from tokens
-  int64_t tokens = 0;        // training tokens (rounded up to whole steps)
+  int ctx = 256;       // positions per row
+  int64_t batch = 8;   // rows per optimizer step, all ranks and micro-steps together
+  int accum = 1;       // micro-steps per optimizer step (per rank)
+  int64_t steps = 0;   // optimizer steps; 0: derived from tokens
+  int64_t tokens = 0;  // training tokens (rounded up to whole steps)
 
   double lr = 6e-4, min_lr_ratio = 0.1;
-  int64_t warmup = -1;       // steps; -1: warmup_ratio * steps
+  int64_t warmup = -1;  // steps; -1: warmup_ratio * steps
   double warmup_ratio = 0.0;
   std::string schedule = "cosine";
   AdamWConfig adam;
-  double clip = 1.0;         // global grad-norm clip; 0: off
+  double clip = 1.0;  // global grad-norm clip; 0: off
 
-  int64_t eval_every = 0;    // steps between validations (0: only at the end, when there is data)
-  int64_t eval_rows = 256;   // validation rows (file order); 0: all
-  int64_t save_every = 0;    // steps between checkpoints (0: only at the end)
-  int threads = 0;           // per rank; 0: the cores / ranks on this machine
+  int64_t eval_every = 0;   // steps between validations (0: only at the end, when there is data)
+  int64_t eval_rows = 256;  // validation rows (file order); 0: all
+  int64_t save_every = 0;   // steps between checkpoints (0: only at the end)
+  int threads = 0;          // per rank; 0: the cores / ranks on this machine
   uint64_t seed = 1234;
   bool shuffle = true;
-  bool resume = false;       // continue from out_dir/checkpoint.safetensors
-  bool overwrite = false;    // allow starting over in an out_dir that holds a checkpoint
+  bool resume = false;     // continue from out_dir/checkpoint.safetensors
+  bool overwrite = false;  // allow starting over in an out_dir that holds a checkpoint
   DType out_dtype = DType::kF32;
-  bool quiet = false;        // no progress bar or progress lines
-  bool profile = false;      // print the per-op time breakdown at the end
+  bool quiet = false;    // no progress bar or progress lines
+  bool profile = false;  // print the per-op time breakdown at the end
 };
 
 struct TrainSummary {
-  int64_t steps = 0;            // optimizer steps done in total
-  double last_loss = 0;         // training loss of the last step
-  double val_loss = -1;         // last validation loss (-1: none)
-  double tokens_per_s = 0;      // this session
-  double seconds = 0;           // this session's wall time in the loop
+  int64_t steps = 0;        // optimizer steps done in total
+  double last_loss = 0;     // training loss of the last step
+  double val_loss = -1;     // last validation loss (-1: none)
+  double tokens_per_s = 0;  // this session
+  double seconds = 0;       // this session's wall time in the loop
   int64_t n_params = 0;
-  OpProfile profile;            // summed over this session's steps (when options.profile)
+  OpProfile profile;  // summed over this session's steps (when options.profile)
 };
 
 // Runs the training; throws mlkv::Error for bad options or data.

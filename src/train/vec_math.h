@@ -134,11 +134,13 @@ inline __m256 gelu_tanh8(__m256 x, __m256* deriv) {
   const __m256 u = _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), x, x));
   // tanh u = 1 - 2 / (1 + e^{2u})
   const __m256 e2u = exp8(_mm256_add_ps(u, u));
-  const __m256 th = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(one, e2u)));
+  const __m256 th =
+      _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(one, e2u)));
   const __m256 a = _mm256_mul_ps(half, _mm256_add_ps(one, th));
   if (deriv) {
     const __m256 sech2 = _mm256_fnmadd_ps(th, th, one);
-    const __m256 du = _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_set1_ps(3.0f), _mm256_mul_ps(c, x2), one));
+    const __m256 du =
+        _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_set1_ps(3.0f), _mm256_mul_ps(c, x2), one));
     *deriv = _mm256_fmadd_ps(_mm256_mul_ps(half, x), _mm256_mul_ps(sech2, du), a);
   }
   return _mm256_mul_ps(x, a);

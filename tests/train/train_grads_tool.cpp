@@ -9,8 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
@@ -53,7 +53,9 @@ double run(const ModelConfig& cfg, ModelWeights& w, const std::vector<int32_t>& 
     ModelWeights grads;
     allocate_weights(cfg, &grads);
     auto gv = train::view_of(cfg, grads);
-    const double loss = g.forward_backward(train::view_of(cfg, w), flat.data(), &gv, static_cast<float>(1.0 / N)) / N;
+    const double loss =
+        g.forward_backward(train::view_of(cfg, w), flat.data(), &gv, static_cast<float>(1.0 / N)) /
+        N;
     for (auto& p : list_params(cfg, grads)) {
       keep->emplace_back(p.tensor->data(), p.tensor->data() + p.tensor->numel());
       out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
@@ -93,12 +95,15 @@ int main(int argc, char** argv) {
     } else if (model.empty()) {
       model = a;
     } else {
-      std::fprintf(stderr, "usage: mlkv_train_grads MODEL_DIR --tokens \"1 2 3; 4 5 6\" --out G.safetensors [--double]\n");
+      std::fprintf(stderr,
+                   "usage: mlkv_train_grads MODEL_DIR --tokens \"1 2 3; 4 5 6\" --out "
+                   "G.safetensors [--double]\n");
       return 2;
     }
   }
   try {
-    MLKV_REQUIRE(!model.empty() && !tokens.empty() && !out.empty(), "need MODEL_DIR, --tokens and --out");
+    MLKV_REQUIRE(!model.empty() && !tokens.empty() && !out.empty(),
+                 "need MODEL_DIR, --tokens and --out");
     LoadedModel lm = load_model(model);
     const auto rows = parse_rows(tokens);
     MLKV_REQUIRE(!rows.empty() && rows[0].size() >= 2, "need rows of at least 2 tokens");

@@ -51,7 +51,8 @@ std::vector<Case> cases() {
     for (const auto& s : schemes) {
       for (KvShareRope share : {KvShareRope::kPre, KvShareRope::kPost}) {
         const int variant = (k++) % 3;
-        std::string name = std::string(family_name(fam)) + "_" + s.name + "_" + share_rope_name(share);
+        std::string name =
+            std::string(family_name(fam)) + "_" + s.name + "_" + share_rope_name(share);
         if (variant == 1) name += fam == Family::kGptNeoX ? "_sequential" : "_tied";
         if (variant == 2 && fam == Family::kGptNeoX) name += "_gelu_tanh";
         out.push_back({name, fam, s.G, s.src, share, variant});
@@ -99,7 +100,8 @@ TEST_P(GradModel, FiniteDifferencesAndFloatPath) {
   int checked = 0;
   for (size_t i = 0; i < params.n_tensors(); ++i) {
     auto& x = params.values(i);
-    const auto r = fd_check(x, grads.values(i), loss_fn, sample_indices(x.size(), 6, 31 + uint32_t(i)));
+    const auto r =
+        fd_check(x, grads.values(i), loss_fn, sample_indices(x.size(), 6, 31 + uint32_t(i)));
     checked += r.checked;
     if (r.max_norm_err > worst) {
       worst = r.max_norm_err;
@@ -113,7 +115,8 @@ TEST_P(GradModel, FiniteDifferencesAndFloatPath) {
   allocate_weights(cfg, &gf);
   auto fview = view_of(cfg, wf), gview = view_of(cfg, gf);
   TrainGraph<float> f(cfg, B, S);
-  const double loss_f = f.forward_backward(fview, rows.data(), &gview, static_cast<float>(1.0 / N)) / N;
+  const double loss_f =
+      f.forward_backward(fview, rows.data(), &gview, static_cast<float>(1.0 / N)) / N;
   EXPECT_NEAR(loss_f, loss, 1e-5 * loss) << tc.name;
   double worst_f = 0;
   const auto fparams = list_params(cfg, gf);
@@ -122,15 +125,17 @@ TEST_P(GradModel, FiniteDifferencesAndFloatPath) {
     const auto& ref = grads.values(i);
     double amax = 1e-30, e = 0;
     for (size_t j = 0; j < ref.size(); ++j) amax = std::max(amax, std::fabs(ref[j]));
-    for (size_t j = 0; j < ref.size(); ++j) e = std::max(e, std::fabs(double(t[int64_t(j)]) - ref[j]));
+    for (size_t j = 0; j < ref.size(); ++j)
+      e = std::max(e, std::fabs(double(t[int64_t(j)]) - ref[j]));
     worst_f = std::max(worst_f, e / amax);
     EXPECT_LT(e / amax, 2e-5) << tc.name << " " << fparams[i].name;
   }
-  std::printf("  %-36s loss %.6f  fd err %.2e (%s, %d entries)  f32 vs f64 %.2e\n", tc.name.c_str(), loss,
-              worst, worst_name.c_str(), checked, worst_f);
+  std::printf("  %-36s loss %.6f  fd err %.2e (%s, %d entries)  f32 vs f64 %.2e\n", tc.name.c_str(),
+              loss, worst, worst_name.c_str(), checked, worst_f);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllSchemes, GradModel, ::testing::Range(0, static_cast<int>(cases().size())),
+INSTANTIATE_TEST_SUITE_P(AllSchemes, GradModel,
+                         ::testing::Range(0, static_cast<int>(cases().size())),
                          [](const ::testing::TestParamInfo<int>& p) {
                            return cases()[static_cast<size_t>(p.param)].name;
                          });

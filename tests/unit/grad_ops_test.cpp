@@ -20,8 +20,8 @@ using mlkv::testing::norm_err;
 using mlkv::testing::rand_vec;
 using mlkv::testing::sample_indices;
 
-constexpr double kFdBound = 1e-7;      // normalised error of double backward vs central differences
-constexpr double kFloatBound = 2e-5;   // normalised error of the float path vs the double path
+constexpr double kFdBound = 1e-7;     // normalised error of double backward vs central differences
+constexpr double kFloatBound = 2e-5;  // normalised error of the float path vs the double path
 
 double dotv(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
@@ -32,8 +32,8 @@ double dotv(const std::vector<double>& a, const std::vector<double>& b) {
 void expect_fd(const char* what, std::vector<double>& x, const std::vector<double>& g,
                const std::function<double()>& loss, size_t k = 40) {
   const FdResult r = fd_check(x, g, loss, sample_indices(x.size(), k, 17));
-  std::printf("  [fd] %-28s normalised err %.2e  (relative %.2e, %d entries)\n", what, r.max_norm_err,
-              r.max_rel_err, r.checked);
+  std::printf("  [fd] %-28s normalised err %.2e  (relative %.2e, %d entries)\n", what,
+              r.max_norm_err, r.max_rel_err, r.checked);
   EXPECT_LT(r.max_norm_err, kFdBound) << what;
 }
 
@@ -65,8 +65,8 @@ TEST(GradOps, LayerNormAndRmsNorm) {
   };
   ln_loss();
   std::vector<double> dx(n * E, 0.0), dw(E, 0.0), db(E, 0.0);
-  layernorm_backward(r.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(), db.data(),
-                     n, E);
+  layernorm_backward(r.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+                     db.data(), n, E);
   expect_fd("layernorm dx", x, dx, ln_loss);
   expect_fd("layernorm dw", w, dw, ln_loss);
   expect_fd("layernorm db", b, db, ln_loss);
@@ -83,11 +83,12 @@ TEST(GradOps, LayerNormAndRmsNorm) {
   expect_fd("rmsnorm dw", w, rdw, rms_loss);
 
   // float vs double
-  auto xf = cast_vec<float>(x), wf = cast_vec<float>(w), bf = cast_vec<float>(b), rf = cast_vec<float>(r);
+  auto xf = cast_vec<float>(x), wf = cast_vec<float>(w), bf = cast_vec<float>(b),
+       rf = cast_vec<float>(r);
   std::vector<float> yf(n * E), mf(n), sf(n), dxf(n * E, 0.f), dwf(E, 0.f), dbf(E, 0.f);
   layernorm_forward(xf.data(), wf.data(), bf.data(), yf.data(), mf.data(), sf.data(), n, E, 1e-5f);
-  layernorm_backward(rf.data(), xf.data(), wf.data(), mf.data(), sf.data(), dxf.data(), dwf.data(), dbf.data(),
-                     n, E);
+  layernorm_backward(rf.data(), xf.data(), wf.data(), mf.data(), sf.data(), dxf.data(), dwf.data(),
+                     dbf.data(), n, E);
   EXPECT_LT(norm_err(dxf, dx), kFloatBound);
   EXPECT_LT(norm_err(dwf, dw), kFloatBound);
   EXPECT_LT(norm_err(dbf, db), kFloatBound);
@@ -114,8 +115,8 @@ TEST(GradOps, Gelu) {
     gelu_backward(xf.data(), rf.data(), dxf.data(), yb.data(), n, tanh_approx);
     EXPECT_LT(norm_err(yf, y), 1e-6);
     EXPECT_LT(norm_err(dxf, dx), 3e-6);  // tanh form: 1 - tanh^2 cancels near saturation
-    std::printf("  [f32] gelu%s: y err %.2e, dx err %.2e\n", tanh_approx ? " (tanh)" : "", norm_err(yf, y),
-                norm_err(dxf, dx));
+    std::printf("  [f32] gelu%s: y err %.2e, dx err %.2e\n", tanh_approx ? " (tanh)" : "",
+                norm_err(yf, y), norm_err(dxf, dx));
   }
 }
 
@@ -182,13 +183,15 @@ TEST(GradOps, EmbeddingAndCrossEntropy) {
     return cross_entropy_forward_backward(l.data(), tok.data(), n, Vc, 1.0, false, scratch.data());
   };
   std::vector<double> g = logits;
-  const double total = cross_entropy_forward_backward(g.data(), tok.data(), n, Vc, 1.0, true, scratch.data());
+  const double total =
+      cross_entropy_forward_backward(g.data(), tok.data(), n, Vc, 1.0, true, scratch.data());
   EXPECT_NEAR(total, ce(), 1e-12);
   expect_fd("cross-entropy dlogits", logits, g, ce, 120);
   // float vs double
   auto lf = cast_vec<float>(logits);
   std::vector<float> sf(n);
-  const double tf = cross_entropy_forward_backward(lf.data(), tok.data(), n, Vc, 1.0f, true, sf.data());
+  const double tf =
+      cross_entropy_forward_backward(lf.data(), tok.data(), n, Vc, 1.0f, true, sf.data());
   EXPECT_NEAR(tf, total, 1e-5 * std::fabs(total));
   EXPECT_LT(norm_err(lf, g), 1e-6);
 }
@@ -232,7 +235,8 @@ TEST_P(GradAttention, MhaGqaMqa) {
   // ctx 70 > the 64-row block: two blocks, the second seeing all keys.
   AttnDims a{2, 70, 4, G, 4};
   const int64_t nq = a.n_rows() * a.n_head * a.head_dim, nk = a.n_rows() * G * a.head_dim;
-  auto q = rand_vec(nq, 20, 1.5), k = rand_vec(nk, 21, 1.5), v = rand_vec(nk, 22), r = rand_vec(nq, 23);
+  auto q = rand_vec(nq, 20, 1.5), k = rand_vec(nk, 21, 1.5), v = rand_vec(nk, 22),
+       r = rand_vec(nq, 23);
   AttnScratch<double> s;
   std::vector<double> o(nq), lse(a.batch * a.n_head * a.ctx);
   attention_forward(q.data(), k.data(), v.data(), o.data(), lse.data(), a, s);
@@ -243,8 +247,8 @@ TEST_P(GradAttention, MhaGqaMqa) {
     return dotv(oo, r);
   };
   std::vector<double> dq(nq, 0.0), dk(nk, 0.25), dv(nk, -0.5);  // dk, dv accumulate
-  attention_backward(q.data(), k.data(), v.data(), o.data(), lse.data(), r.data(), dq.data(), dk.data(),
-                     dv.data(), a, s);
+  attention_backward(q.data(), k.data(), v.data(), o.data(), lse.data(), r.data(), dq.data(),
+                     dk.data(), dv.data(), a, s);
   for (auto& x : dk) x -= 0.25;
   for (auto& x : dv) x += 0.5;
   const std::string tag = G == 4 ? "MHA" : G == 1 ? "MQA" : "GQA";
@@ -253,14 +257,15 @@ TEST_P(GradAttention, MhaGqaMqa) {
   expect_fd(("attention dv " + tag).c_str(), v, dv, loss, 60);
 
   // float vs double
-  auto qf = cast_vec<float>(q), kf = cast_vec<float>(k), vf = cast_vec<float>(v), rf = cast_vec<float>(r);
+  auto qf = cast_vec<float>(q), kf = cast_vec<float>(k), vf = cast_vec<float>(v),
+       rf = cast_vec<float>(r);
   AttnScratch<float> sf;
   std::vector<float> of(nq), lf(lse.size()), dqf(nq, 0.f), dkf(nk, 0.f), dvf(nk, 0.f);
   attention_forward(qf.data(), kf.data(), vf.data(), of.data(), lf.data(), a, sf);
-  attention_backward(qf.data(), kf.data(), vf.data(), of.data(), lf.data(), rf.data(), dqf.data(), dkf.data(),
-                     dvf.data(), a, sf);
-  std::printf("  [f32] attention %s: o %.2e dq %.2e dk %.2e dv %.2e\n", tag.c_str(), norm_err(of, o),
-              norm_err(dqf, dq), norm_err(dkf, dk), norm_err(dvf, dv));
+  attention_backward(qf.data(), kf.data(), vf.data(), of.data(), lf.data(), rf.data(), dqf.data(),
+                     dkf.data(), dvf.data(), a, sf);
+  std::printf("  [f32] attention %s: o %.2e dq %.2e dk %.2e dv %.2e\n", tag.c_str(),
+              norm_err(of, o), norm_err(dqf, dq), norm_err(dkf, dk), norm_err(dvf, dv));
   EXPECT_LT(norm_err(of, o), kFloatBound);
   EXPECT_LT(norm_err(dqf, dq), kFloatBound);
   EXPECT_LT(norm_err(dkf, dk), kFloatBound);

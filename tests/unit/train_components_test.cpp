@@ -5,9 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -26,7 +26,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("mlkv_train_test_" + name + "_" + std::to_string(::getpid()));
+  const fs::path d =
+      fs::temp_directory_path() / ("mlkv_train_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d.string();
@@ -124,11 +125,13 @@ TEST(TrainOptimizer, ScheduleMatchesReferenceFormula) {
 }
 
 TEST(TrainOptimizer, AdamWStepByHandAndNoDecayOnNormsAndBiases) {
-  ModelConfig c = mlkv::testing::tiny_config(Family::kGptNeoX, 1, 8, 2, 2, {}, KvShareRope::kPost, 5);
+  ModelConfig c =
+      mlkv::testing::tiny_config(Family::kGptNeoX, 1, 8, 2, 2, {}, KvShareRope::kPost, 5);
   ModelWeights p = mlkv::testing::random_weights(c, 1), g;
   allocate_weights(c, &g);
   for (auto& r : list_params(c, g)) {
-    for (int64_t i = 0; i < r.tensor->numel(); ++i) (*r.tensor)[i] = 0.01f * static_cast<float>(i % 7) - 0.02f;
+    for (int64_t i = 0; i < r.tensor->numel(); ++i)
+      (*r.tensor)[i] = 0.01f * static_cast<float>(i % 7) - 0.02f;
   }
   const ModelWeights p0 = p;
   AdamWConfig ac;
@@ -167,7 +170,8 @@ TEST(TrainOptimizer, AdamWStepByHandAndNoDecayOnNormsAndBiases) {
 TEST(TrainCheckpoint, RoundTripKilledWriterAndCorruptFiles) {
   const std::string dir = temp_dir("ckpt");
   const std::string path = dir + "/checkpoint.safetensors";
-  ModelConfig c = mlkv::testing::tiny_config(Family::kLlama, 4, 16, 4, 1, {0, 0, 2, 2}, KvShareRope::kPre, 11);
+  ModelConfig c =
+      mlkv::testing::tiny_config(Family::kLlama, 4, 16, 4, 1, {0, 0, 2, 2}, KvShareRope::kPre, 11);
   ModelWeights p = mlkv::testing::random_weights(c, 2), m = mlkv::testing::random_weights(c, 3),
                v = mlkv::testing::random_weights(c, 4);
   CheckpointState st;
@@ -184,7 +188,9 @@ TEST(TrainCheckpoint, RoundTripKilledWriterAndCorruptFiles) {
   auto same = [&](const ModelWeights& a, const ModelWeights& b) {
     auto la = list_params(c, a), lb = list_params(c, b);
     for (size_t k = 0; k < la.size(); ++k) {
-      if (std::memcmp(la[k].second->data(), lb[k].second->data(), size_t(la[k].second->numel()) * 4) != 0) return false;
+      if (std::memcmp(la[k].second->data(), lb[k].second->data(),
+                      size_t(la[k].second->numel()) * 4) != 0)
+        return false;
     }
     return true;
   };
@@ -212,7 +218,8 @@ TEST(TrainCheckpoint, RoundTripKilledWriterAndCorruptFiles) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
   int n_tmp = 0;
-  for (const auto& e : fs::directory_iterator(dir)) n_tmp += e.path().string().find(".tmp.") != std::string::npos;
+  for (const auto& e : fs::directory_iterator(dir))
+    n_tmp += e.path().string().find(".tmp.") != std::string::npos;
   EXPECT_EQ(n_tmp, 1);  // the half-written file
   {
     Checkpoint ck = load_checkpoint(path);

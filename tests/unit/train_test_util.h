@@ -95,7 +95,8 @@ class DoubleWeights {
       names_.push_back(p.name);
       order_.push_back(p.tensor);
     }
-    view_ = train::make_view<double>(cfg, layout, [this](Tensor& t) { return store_.at(&t).data(); });
+    view_ =
+        train::make_view<double>(cfg, layout, [this](Tensor& t) { return store_.at(&t).data(); });
   }
   train::WeightsView<double>& view() { return view_; }
   size_t n_tensors() const { return order_.size(); }

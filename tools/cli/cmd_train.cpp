@@ -29,7 +29,8 @@ struct TrainArgs {
   train::TrainOptions o;
   // From-scratch geometry: a preset plus overrides (0 / empty: keep the preset's).
   std::string preset;
-  int layers = 0, embd = 0, heads = 0, kv_heads = 0, kv_layers = 0, ff = 0, vocab = 0, model_ctx = 0;
+  int layers = 0, embd = 0, heads = 0, kv_heads = 0, kv_layers = 0, ff = 0, vocab = 0,
+      model_ctx = 0;
   std::string kv_source, share, dtype = "f32";
   bool tied = false, no_shuffle = false, json_out = false;
 };
@@ -41,7 +42,8 @@ ModelConfig build_config(const TrainArgs& a, uint32_t data_vocab, int32_t data_e
   if (a.layers > 0) c.n_layer = a.layers;
   if (a.embd > 0) c.n_embd = a.embd;
   if (a.heads > 0) c.n_head = a.heads;
-  MLKV_REQUIRE(c.n_embd % c.n_head == 0, "--embd ", c.n_embd, " is not divisible by --heads ", c.n_head);
+  MLKV_REQUIRE(c.n_embd % c.n_head == 0, "--embd ", c.n_embd, " is not divisible by --heads ",
+               c.n_head);
   c.n_embd_head = c.n_embd / c.n_head;
   // Keep the preset's rotary fraction (Pythia: a quarter of each head; Llama: all of it).
   c.n_rot = std::max(2, (c.n_embd_head * preset_rot / preset_head) / 2 * 2);
@@ -65,7 +67,8 @@ ModelConfig build_config(const TrainArgs& a, uint32_t data_vocab, int32_t data_e
     c.kv_source = src;
   }
   if (!a.share.empty()) {
-    MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '", a.share, "')");
+    MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '",
+                 a.share, "')");
     c.share_rope = a.share == "pre" ? KvShareRope::kPre : KvShareRope::kPost;
   }
   c.validate();
@@ -86,15 +89,18 @@ void run_train(TrainArgs& a) {
     } else {
       fail("--dtype must be f32, f16 or bf16 (got '", a.dtype, "')");
     }
-    const bool geometry_given = a.layers || a.embd || a.heads || a.kv_heads || a.kv_layers || a.ff || a.vocab ||
-                                a.model_ctx || !a.kv_source.empty() || !a.share.empty() || a.tied;
+    const bool geometry_given = a.layers || a.embd || a.heads || a.kv_heads || a.kv_layers ||
+                                a.ff || a.vocab || a.model_ctx || !a.kv_source.empty() ||
+                                !a.share.empty() || a.tied;
     if (!o.init.empty()) {
-      MLKV_REQUIRE(a.preset.empty() && !geometry_given,
-                   "--init uptrains a model as it is; geometry options (--preset, --layers, --kv-heads, "
-                   "--kv-layers, ...) apply to training from scratch. To change the sharing of a trained "
-                   "model, convert it first (mlkv convert) and uptrain the result.");
+      MLKV_REQUIRE(
+          a.preset.empty() && !geometry_given,
+          "--init uptrains a model as it is; geometry options (--preset, --layers, --kv-heads, "
+          "--kv-layers, ...) apply to training from scratch. To change the sharing of a trained "
+          "model, convert it first (mlkv convert) and uptrain the result.");
     } else if (!o.resume) {
-      MLKV_REQUIRE(!a.preset.empty(), "give --preset NAME (training from scratch) or --init MODEL (uptraining)");
+      MLKV_REQUIRE(!a.preset.empty(),
+                   "give --preset NAME (training from scratch) or --init MODEL (uptraining)");
       const train::DataFiles files = train::find_data_files(o.data);
       train::TokenStream s(files.train);
       o.config = build_config(a, s.n_vocab(), s.eos_id());
@@ -102,8 +108,11 @@ void run_train(TrainArgs& a) {
     const train::TrainSummary r = train::run_training(o);
     if (dist.is_root()) {
       if (a.json_out) {
-        nlohmann::json j = {{"steps", r.steps}, {"loss", r.last_loss}, {"tokens_per_s", r.tokens_per_s},
-                            {"seconds", r.seconds}, {"out", o.out_dir}};
+        nlohmann::json j = {{"steps", r.steps},
+                            {"loss", r.last_loss},
+                            {"tokens_per_s", r.tokens_per_s},
+                            {"seconds", r.seconds},
+                            {"out", o.out_dir}};
         if (r.val_loss >= 0) j["val_loss"] = r.val_loss;
         std::printf("%s\n", j.dump().c_str());
       } else {
@@ -125,54 +134,81 @@ void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   train::TrainOptions& o = a->o;
   CLI::App* c = app.add_subcommand(
-      "train", "Train a model from scratch or uptrain a model folder on token shards (mpirun -np N for data "
-               "parallelism); see docs/TRAINING.md");
-  c->add_option("--data", o.data, "Training data: a `mlkv tokenize` folder or a shard file")->required();
-  c->add_option("--out,-o", o.out_dir, "Output model folder (also holds checkpoint, log, loss plot)")->required();
+      "train",
+      "Train a model from scratch or uptrain a model folder on token shards (mpirun -np N for data "
+      "parallelism); see docs/TRAINING.md");
+  c->add_option("--data", o.data, "Training data: a `mlkv tokenize` folder or a shard file")
+      ->required();
+  c->add_option("--out,-o", o.out_dir,
+                "Output model folder (also holds checkpoint, log, loss plot)")
+      ->required();
   c->add_option("--init", o.init, "Uptrain this model folder (instead of --preset)");
-  c->add_option("--preset", a->preset, "From scratch: geometry preset (pythia-14m, pythia-70m, pythia-160m, "
-                                       "pythia-410m, tiny-neox, llama-tiny)");
+  c->add_option("--preset", a->preset,
+                "From scratch: geometry preset (pythia-14m, pythia-70m, pythia-160m, "
+                "pythia-410m, tiny-neox, llama-tiny)");
   c->add_option("--layers", a->layers, "From scratch: number of layers");
   c->add_option("--embd", a->embd, "From scratch: hidden size");
   c->add_option("--heads", a->heads, "From scratch: attention heads");
   c->add_option("--kv-heads", a->kv_heads, "From scratch: KV heads per layer (GQA/MQA)");
-  c->add_option("--kv-layers", a->kv_layers, "From scratch: KV layers m (MLKV, the authors' owner rule)");
-  c->add_option("--kv-source", a->kv_source, "From scratch: explicit layer->owner map, e.g. 0,0,2,2");
-  c->add_option("--share", a->share, "From scratch: keys consumers read: post (after rotary) or pre");
+  c->add_option("--kv-layers", a->kv_layers,
+                "From scratch: KV layers m (MLKV, the authors' owner rule)");
+  c->add_option("--kv-source", a->kv_source,
+                "From scratch: explicit layer->owner map, e.g. 0,0,2,2");
+  c->add_option("--share", a->share,
+                "From scratch: keys consumers read: post (after rotary) or pre");
   c->add_option("--ff", a->ff, "From scratch: MLP width (default 4 x embd; SwiGLU 8/3 x embd)");
   c->add_option("--vocab", a->vocab, "From scratch: vocabulary size (default: the data's)");
-  c->add_option("--model-ctx", a->model_ctx, "From scratch: max positions of the model (default: preset's or --ctx)");
+  c->add_option("--model-ctx", a->model_ctx,
+                "From scratch: max positions of the model (default: preset's or --ctx)");
   c->add_flag("--tied", a->tied, "From scratch: output matrix = token embedding");
-  c->add_option("--init-std", o.init_std, "From scratch: init standard deviation")->capture_default_str();
-  c->add_option("--ctx", o.ctx, "Tokens per training row")->capture_default_str();
-  c->add_option("--batch", o.batch, "Rows per optimizer step (all ranks and --accum micro-steps together)")
+  c->add_option("--init-std", o.init_std, "From scratch: init standard deviation")
       ->capture_default_str();
-  c->add_option("--accum", o.accum, "Gradient accumulation: micro-steps per optimizer step")->capture_default_str();
+  c->add_option("--ctx", o.ctx, "Tokens per training row")->capture_default_str();
+  c->add_option("--batch", o.batch,
+                "Rows per optimizer step (all ranks and --accum micro-steps together)")
+      ->capture_default_str();
+  c->add_option("--accum", o.accum, "Gradient accumulation: micro-steps per optimizer step")
+      ->capture_default_str();
   c->add_option("--steps", o.steps, "Optimizer steps");
-  c->add_option("--tokens", o.tokens, "Training tokens (instead of --steps; rounded up to whole steps)");
+  c->add_option("--tokens", o.tokens,
+                "Training tokens (instead of --steps; rounded up to whole steps)");
   c->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
-  c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final lr as a fraction of --lr")->capture_default_str();
+  c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final lr as a fraction of --lr")
+      ->capture_default_str();
   c->add_option("--warmup", o.warmup, "Warmup steps (default: --warmup-ratio x steps)");
-  c->add_option("--warmup-ratio", o.warmup_ratio, "Warmup as a fraction of the steps")->capture_default_str();
-  c->add_option("--schedule", o.schedule, "After warmup: cosine, linear or constant")->capture_default_str();
-  c->add_option("--weight-decay", o.adam.weight_decay, "AdamW decoupled weight decay (not on norms, biases)")
+  c->add_option("--warmup-ratio", o.warmup_ratio, "Warmup as a fraction of the steps")
+      ->capture_default_str();
+  c->add_option("--schedule", o.schedule, "After warmup: cosine, linear or constant")
+      ->capture_default_str();
+  c->add_option("--weight-decay", o.adam.weight_decay,
+                "AdamW decoupled weight decay (not on norms, biases)")
       ->capture_default_str();
   c->add_option("--beta1", o.adam.beta1, "AdamW beta1")->capture_default_str();
   c->add_option("--beta2", o.adam.beta2, "AdamW beta2")->capture_default_str();
   c->add_option("--adam-eps", o.adam.eps, "AdamW epsilon")->capture_default_str();
-  c->add_option("--clip", o.clip, "Clip gradients to this global norm (0: off)")->capture_default_str();
+  c->add_option("--clip", o.clip, "Clip gradients to this global norm (0: off)")
+      ->capture_default_str();
   c->add_option("--val", o.val, "Validation shards (default: the data folder's val shards)");
-  c->add_option("--val-fraction", o.val_fraction, "Hold out this last fraction of the training tokens instead");
-  c->add_option("--eval-every", o.eval_every, "Validate every N steps (and at the end)")->capture_default_str();
-  c->add_option("--eval-rows", o.eval_rows, "Validation rows, in file order (0: all)")->capture_default_str();
-  c->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")->capture_default_str();
+  c->add_option("--val-fraction", o.val_fraction,
+                "Hold out this last fraction of the training tokens instead");
+  c->add_option("--eval-every", o.eval_every, "Validate every N steps (and at the end)")
+      ->capture_default_str();
+  c->add_option("--eval-rows", o.eval_rows, "Validation rows, in file order (0: all)")
+      ->capture_default_str();
+  c->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")
+      ->capture_default_str();
   c->add_flag("--resume", o.resume, "Continue the run whose checkpoint is in --out");
   c->add_flag("--overwrite", o.overwrite, "Start over in an --out that holds a checkpoint");
-  c->add_option("-t,--threads", o.threads, "Threads per rank (default: cores / ranks on the machine)");
-  c->add_option("--seed", o.seed, "Seed of the data order (and of the init from scratch)")->capture_default_str();
-  c->add_flag("--no-shuffle", a->no_shuffle, "Take rows in file order (exact comparisons with other trainers)");
-  c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")->capture_default_str();
-  c->add_option("--tokenizer", o.tokenizer, "Tokenizer to copy into --out (default: the data's or --init's)");
+  c->add_option("-t,--threads", o.threads,
+                "Threads per rank (default: cores / ranks on the machine)");
+  c->add_option("--seed", o.seed, "Seed of the data order (and of the init from scratch)")
+      ->capture_default_str();
+  c->add_flag("--no-shuffle", a->no_shuffle,
+              "Take rows in file order (exact comparisons with other trainers)");
+  c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")
+      ->capture_default_str();
+  c->add_option("--tokenizer", o.tokenizer,
+                "Tokenizer to copy into --out (default: the data's or --init's)");
   c->add_flag("--quiet,-q", o.quiet, "No progress output");
   c->add_flag("--profile", o.profile, "Print the time per op at the end");
   c->add_flag("--json", a->json_out, "Print the summary as JSON");
@@ -187,15 +223,17 @@ struct PlotArgs {
 
 void add_plot(CLI::App& app) {
   auto a = std::make_shared<PlotArgs>();
-  CLI::App* c = app.add_subcommand("plot", "Plot the loss curves of one or more training runs as SVG");
+  CLI::App* c =
+      app.add_subcommand("plot", "Plot the loss curves of one or more training runs as SVG");
   c->add_option("logs", a->logs, "Run folders or train_log.jsonl files")->required();
   c->add_option("--out,-o", a->out, "SVG file to write")->required();
-  c->add_option("--labels", a->labels, "Legend labels, one per run (default: folder names)")->delimiter(',');
+  c->add_option("--labels", a->labels, "Legend labels, one per run (default: folder names)")
+      ->delimiter(',');
   c->add_option("--title", a->title, "Plot title")->capture_default_str();
   c->add_flag("--log-x", a->log_x, "Logarithmic step axis");
   c->callback([a] {
-    MLKV_REQUIRE(a->labels.empty() || a->labels.size() == a->logs.size(), "--labels: ", a->labels.size(),
-                 " labels for ", a->logs.size(), " runs");
+    MLKV_REQUIRE(a->labels.empty() || a->labels.size() == a->logs.size(),
+                 "--labels: ", a->labels.size(), " labels for ", a->logs.size(), " runs");
     std::vector<train::LossSeries> runs;
     for (size_t i = 0; i < a->logs.size(); ++i) {
       fs::path p(a->logs[i]);
