@@ -23,6 +23,18 @@ uint64_t pair_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
+  if (from.empty()) return std::string(s);
+  std::string out;
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string_view::npos; pos = hit + from.size()) {
+    out.append(s.substr(pos, hit - pos));
+    out.append(to);
+  }
+  out.append(s.substr(pos));
+  return out;
+}
+
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -71,6 +83,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
       byte_fallback_(spec.byte_fallback),
       fuse_unk_(spec.fuse_unk),
       ignore_merges_(spec.ignore_merges),
+      decode_first_(spec.decode_first),
       bos_id_(spec.bos_id),
       eos_id_(spec.eos_id),
       instance_(g_next_instance.fetch_add(1)) {
@@ -104,9 +117,13 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
     std::string bytes;
     if (byte_level_ && utf8::byte_level_to_bytes(piece, &bytes)) {
       bytes_[id] = bytes;
+    } else if (int b = detail::byte_fallback_value(piece); b >= 0) {
+      bytes_[id] = std::string(1, static_cast<char>(b));
     } else {
-      int b = detail::byte_fallback_value(piece);
-      bytes_[id] = b >= 0 ? std::string(1, static_cast<char>(b)) : piece;
+      bytes_[id] = piece;
+      if (!byte_level_) {
+        for (const auto& [from, to] : spec.decode_replace) bytes_[id] = replace_all(bytes_[id], from, to);
+      }
     }
     text_ids_.emplace(byte_level_ ? bytes_[id] : piece, id);
   }
@@ -175,6 +192,16 @@ int32_t BpeTokenizer::checked(int32_t id) const {
 std::string BpeTokenizer::token_piece(int32_t id) const { return pieces_[checked(id)]; }
 std::string BpeTokenizer::token_bytes(int32_t id) const { return bytes_[checked(id)]; }
 
+std::string BpeTokenizer::token_bytes_at(int32_t id, bool at_start) const {
+  const std::string& b = bytes_[checked(id)];
+  if (!at_start || b.empty()) return b;
+  if (decode_first_ == BpeSpec::FirstPiece::kStripOneSpace && b[0] == ' ') return b.substr(1);
+  if (decode_first_ == BpeSpec::FirstPiece::kDropSpaces && detail::byte_fallback_value(pieces_[id]) < 0) {
+    return replace_all(b, " ", "");
+  }
+  return b;
+}
+
 int32_t BpeTokenizer::piece_to_id(std::string_view piece) const {
   auto it = piece_ids_.find(std::string(piece));
   return it == piece_ids_.end() ? -1 : it->second;
@@ -199,7 +226,7 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_bos) c
 // Raw text: cut out the added tokens that match before normalization.
 void BpeTokenizer::encode_raw(std::string_view s, std::vector<int32_t>& ids) const {
   if (raw_added_.empty()) {
-    encode_normalized(s, ids);
+    encode_normalized(s, true, ids);
     return;
   }
   std::vector<AddedTokenMatcher::Part> parts;
@@ -208,17 +235,18 @@ void BpeTokenizer::encode_raw(std::string_view s, std::vector<int32_t>& ids) con
     if (p.id >= 0) {
       ids.push_back(p.id);
     } else {
-      encode_normalized(s.substr(p.begin, p.end - p.begin), ids);
+      encode_normalized(s.substr(p.begin, p.end - p.begin), p.begin == 0, ids);
     }
   }
 }
 
 // Normalize, then cut out the added tokens that match normalized text.
-void BpeTokenizer::encode_normalized(std::string_view s, std::vector<int32_t>& ids) const {
+void BpeTokenizer::encode_normalized(std::string_view s, bool at_start,
+                                     std::vector<int32_t>& ids) const {
   std::string norm;
   if (normalizer_->apply(s, &norm)) s = norm;
   if (normalized_added_.empty()) {
-    encode_plain(s, ids);
+    encode_plain(s, at_start, ids);
     return;
   }
   std::vector<AddedTokenMatcher::Part> parts;
@@ -227,19 +255,27 @@ void BpeTokenizer::encode_normalized(std::string_view s, std::vector<int32_t>& i
     if (p.id >= 0) {
       ids.push_back(p.id);
     } else {
-      encode_plain(s.substr(p.begin, p.end - p.begin), ids);
+      encode_plain(s.substr(p.begin, p.end - p.begin), at_start && p.begin == 0, ids);
     }
   }
 }
 
 // Pre-tokenize a segment that holds no added token and BPE each word.
-void BpeTokenizer::encode_plain(std::string_view s, std::vector<int32_t>& ids) const {
+void BpeTokenizer::encode_plain(std::string_view s, bool at_start, std::vector<int32_t>& ids) const {
   if (s.empty()) return;
   std::string prefixed;
   if (pre_tokenizer_->add_prefix_space() && s[0] != ' ') {
     prefixed.reserve(s.size() + 1);
     prefixed += ' ';
     prefixed += s;
+    s = prefixed;
+  } else if (pre_tokenizer_->metaspace()) {
+    const std::string& rep = pre_tokenizer_->meta_replacement();
+    prefixed = replace_all(s, " ", rep);
+    auto scheme = pre_tokenizer_->meta_prepend();
+    bool prepend = scheme == PreTokenizer::Prepend::kAlways ||
+                   (scheme == PreTokenizer::Prepend::kFirst && at_start);
+    if (prepend && prefixed.compare(0, rep.size(), rep) != 0) prefixed.insert(0, rep);
     s = prefixed;
   }
   std::vector<PreTokenizer::Span> words;

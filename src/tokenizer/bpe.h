@@ -34,6 +34,12 @@ struct BpeSpec {
   bool fuse_unk = false;
   bool ignore_merges = false;
   int32_t bos_id = -1, eos_id = -1;
+  // Decoder of a non-byte-level vocabulary: string replacements applied to each piece ("▁" -> " ")
+  // and what happens to the first piece: a Strip decoder drops one leading space, a Metaspace
+  // decoder every space that came from "▁" (Hugging Face's rule for its first token).
+  enum class FirstPiece { kKeep, kStripOneSpace, kDropSpaces };
+  std::vector<std::pair<std::string, std::string>> decode_replace;
+  FirstPiece decode_first = FirstPiece::kKeep;
 };
 
 class BpeTokenizer final : public Tokenizer {
@@ -45,6 +51,7 @@ class BpeTokenizer final : public Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const override;
   std::string token_piece(int32_t id) const override;
   std::string token_bytes(int32_t id) const override;
+  std::string token_bytes_at(int32_t id, bool at_start) const override;
   int32_t n_vocab() const override { return static_cast<int32_t>(pieces_.size()); }
   int32_t bos_id() const override { return bos_id_; }
   int32_t eos_id() const override { return eos_id_; }
@@ -52,12 +59,15 @@ class BpeTokenizer final : public Tokenizer {
 
   // The id of a piece as stored in the vocabulary or added tokens, -1 if none.
   int32_t piece_to_id(std::string_view piece) const;
+  // Whether the vocabulary is in GPT-2's byte-level alphabet.
+  bool byte_level() const { return byte_level_; }
 
  private:
   class WordCache;
+  // at_start: the segment begins at the start of the text (Metaspace's "first" prepend scheme).
   void encode_raw(std::string_view s, std::vector<int32_t>& ids) const;
-  void encode_normalized(std::string_view s, std::vector<int32_t>& ids) const;
-  void encode_plain(std::string_view s, std::vector<int32_t>& ids) const;
+  void encode_normalized(std::string_view s, bool at_start, std::vector<int32_t>& ids) const;
+  void encode_plain(std::string_view s, bool at_start, std::vector<int32_t>& ids) const;
   void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
   void bpe(std::string_view word, std::vector<int32_t>& ids) const;
   void initial_symbols(std::string_view word, std::vector<int32_t>& syms) const;
@@ -83,6 +93,7 @@ class BpeTokenizer final : public Tokenizer {
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
   bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
+  BpeSpec::FirstPiece decode_first_ = BpeSpec::FirstPiece::kKeep;
   int32_t unk_id_ = -1, bos_id_ = -1, eos_id_ = -1;
   uint64_t instance_;  // keys the per-thread word caches
 };

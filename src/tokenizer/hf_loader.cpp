@@ -73,6 +73,40 @@ void read_merges(const json& m, BpeSpec& spec, const std::string& where) {
   }
 }
 
+// Decoders: ByteLevel (the vocabulary mapping does it), ByteFallback and Fuse (what decoding does
+// anyway), Replace with a string pattern, Strip of one leading space, Metaspace, and Sequence.
+void read_decoder(const json& d, BpeSpec& spec, const std::string& where) {
+  MLKV_REQUIRE(d.is_object() && d.contains("type") && d["type"].is_string(), where,
+               ": decoder must be an object with a string \"type\"");
+  const std::string type = d["type"].get<std::string>();
+  if (type == "Sequence") {
+    MLKV_REQUIRE(d.contains("decoders") && d["decoders"].is_array(), where,
+                 ": Sequence decoder without a \"decoders\" array");
+    for (const auto& sub : d["decoders"]) read_decoder(sub, spec, where);
+  } else if (type == "ByteLevel" || type == "ByteFallback" || type == "Fuse") {
+    // nothing to record
+  } else if (type == "Replace") {
+    const json& p = field(d, "pattern", where);
+    MLKV_REQUIRE(p.is_object() && p.contains("String") && p["String"].is_string(), where,
+                 ": only string patterns are supported in a Replace decoder");
+    spec.decode_replace.emplace_back(p["String"].get<std::string>(), string_field(d, "content", where));
+  } else if (type == "Strip") {
+    std::string content = d.value("content", std::string(" "));
+    int start = d.value("start", 0), stop = d.value("stop", 0);
+    MLKV_REQUIRE(content == " " && stop == 0 && start >= 0 && start <= 1, where,
+                 ": only a Strip decoder removing one leading space is supported");
+    if (start == 1) spec.decode_first = BpeSpec::FirstPiece::kStripOneSpace;
+  } else if (type == "Metaspace") {
+    spec.decode_replace.emplace_back(d.value("replacement", std::string("\xE2\x96\x81")), " ");
+    std::string scheme = d.value("prepend_scheme", std::string());
+    if (scheme.empty()) scheme = d.value("add_prefix_space", true) ? "always" : "never";
+    if (scheme != "never") spec.decode_first = BpeSpec::FirstPiece::kDropSpaces;
+  } else {
+    fail(where, ": unsupported decoder type '", type,
+         "' (supported: ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace, Sequence)");
+  }
+}
+
 int32_t find_id(const BpeSpec& spec, const std::string& piece) {
   for (const auto& t : spec.added) {
     if (t.content == piece) return t.id;
@@ -189,11 +223,11 @@ std::unique_ptr<BpeTokenizer> build_unchecked(const json& root, const std::strin
   }
   spec.normalizer = Normalizer::from_json(root.value("normalizer", json()), name);
   spec.pre_tokenizer = PreTokenizer::from_json(root.value("pre_tokenizer", json()), name);
-  if (root.contains("decoder") && root["decoder"].is_object()) {
-    std::string dec = root["decoder"].value("type", "");
-    MLKV_REQUIRE(dec == "ByteLevel" || !spec.pre_tokenizer->byte_level(), name,
-                 ": a ByteLevel pre-tokenizer needs a ByteLevel decoder, not '", dec, "'");
+  if (root.contains("decoder") && !root["decoder"].is_null()) {
+    read_decoder(root["decoder"], spec, name);
   }
+  MLKV_REQUIRE(!spec.pre_tokenizer->byte_level() || spec.decode_replace.empty(), name,
+               ": a ByteLevel tokenizer with a Replace / Metaspace decoder is not supported");
   pick_bos_eos(spec, root.value("post_processor", json()), config);
   return std::make_unique<BpeTokenizer>(std::move(spec));
 }

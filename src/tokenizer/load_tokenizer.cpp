@@ -55,8 +55,18 @@ bool is_llama2c_name(const std::string& name) {
 }
 
 std::unique_ptr<Tokenizer> load_from_dir(const fs::path& dir) {
-  if (is_file(dir / "tokenizer.json")) return load_hf_tokenizer_json((dir / "tokenizer.json").string());
-  if (is_file(dir / "tokenizer.model")) return detail::load_sentencepiece((dir / "tokenizer.model").string());
+  const bool has_model = is_file(dir / "tokenizer.model");
+  if (is_file(dir / "tokenizer.json")) {
+    // A Llama-2-style folder holds both files: the SentencePiece model is the original, so it wins
+    // over a tokenizer.json that is not byte-level (or that this code cannot load).
+    if (!has_model) return load_hf_tokenizer_json((dir / "tokenizer.json").string());
+    try {
+      auto bpe = load_hf_tokenizer_json((dir / "tokenizer.json").string());
+      if (bpe->byte_level()) return bpe;
+    } catch (const Error&) {
+    }
+  }
+  if (has_model) return detail::load_sentencepiece((dir / "tokenizer.model").string());
   if (is_file(dir / "encoder.json") && is_file(dir / "vocab.bpe")) {
     return load_gpt2_bpe((dir / "encoder.json").string(), (dir / "vocab.bpe").string());
   }

@@ -145,6 +145,27 @@ void PreTokenizer::add(const nlohmann::json& j, const std::string& where, bool f
     if (!j.value("use_regex", true)) return;  // only the byte-level alphabet
     step->regex = std::make_unique<Regex>(kGpt2SplitPattern);
     step->behavior = Behavior::kIsolated;
+  } else if (type == "Metaspace") {
+    // The text transform is only well defined on a whole segment, i.e. before any split.
+    MLKV_REQUIRE(first && steps_.empty() && !metaspace_, where,
+                 ": Metaspace after another pre-tokenizer is not supported");
+    metaspace_ = true;
+    meta_replacement_ = j.value("replacement", std::string("\xE2\x96\x81"));
+    MLKV_REQUIRE(!meta_replacement_.empty(), where, ": Metaspace replacement is empty");
+    std::string scheme = j.value("prepend_scheme", std::string());
+    if (scheme.empty()) scheme = j.value("add_prefix_space", true) ? "always" : "never";
+    if (scheme == "always") {
+      meta_prepend_ = Prepend::kAlways;
+    } else if (scheme == "first") {
+      meta_prepend_ = Prepend::kFirst;
+    } else if (scheme == "never") {
+      meta_prepend_ = Prepend::kNever;
+    } else {
+      fail(where, ": unknown Metaspace prepend_scheme '", scheme, "'");
+    }
+    if (!j.value("split", true)) return;
+    step->regex = std::make_unique<Regex>(meta_replacement_, true);
+    step->behavior = Behavior::kMergedWithNext;
   } else if (type == "Split") {
     MLKV_REQUIRE(j.contains("pattern") && j["pattern"].is_object(), where,
                  ": Split pre_tokenizer without a \"pattern\" object");
@@ -173,7 +194,8 @@ void PreTokenizer::add(const nlohmann::json& j, const std::string& where, bool f
     step->behavior = Behavior::kRemoved;
   } else {
     fail(where, ": unsupported pre_tokenizer type '", type,
-         "' (supported: ByteLevel, Split, Digits, Whitespace, WhitespaceSplit, Sequence)");
+         "' (supported: ByteLevel, Metaspace, Split, Digits, Whitespace, WhitespaceSplit, "
+         "Sequence)");
   }
   steps_.push_back(std::move(step));
 }

@@ -1,6 +1,7 @@
 // Pre-tokenizers of a Hugging Face tokenizer.json ("pre_tokenizer" field): ByteLevel (GPT-2's
-// split regex + the byte-level alphabet), Split (regex or string, all five delimiter behaviours,
-// invert), Digits, Whitespace, WhitespaceSplit, and Sequence of these. Unknown types are rejected
+// split regex + the byte-level alphabet), Metaspace (SentencePiece-style "▁"), Split (regex or
+// string, all five delimiter behaviours, invert), Digits, Whitespace, WhitespaceSplit, and
+// Sequence of these. Unknown types are rejected
 // at load with the type named. Pieces are byte ranges of the (normalized) text: the byte-level
 // alphabet itself is applied to the vocabulary once at load, never to the text.
 #pragma once
@@ -36,6 +37,13 @@ class PreTokenizer {
   // ByteLevel's add_prefix_space: a space is prepended to every segment that does not start with one.
   bool add_prefix_space() const { return add_prefix_space_; }
 
+  // Metaspace: spaces become `replacement`, which is also prepended to the segment (always, or
+  // only to the segment at the start of the text, or never), before the split steps run.
+  enum class Prepend { kAlways, kFirst, kNever };
+  bool metaspace() const { return metaspace_; }
+  const std::string& meta_replacement() const { return meta_replacement_; }
+  Prepend meta_prepend() const { return meta_prepend_; }
+
   // Splits s into non-empty pieces, appended to out in text order.
   void split(std::string_view s, std::vector<Span>& out) const;
 
@@ -45,6 +53,9 @@ class PreTokenizer {
   std::vector<std::unique_ptr<Step>> steps_;
   bool byte_level_ = false;
   bool add_prefix_space_ = false;
+  bool metaspace_ = false;
+  std::string meta_replacement_;
+  Prepend meta_prepend_ = Prepend::kAlways;
 };
 
 }  // namespace mlkv

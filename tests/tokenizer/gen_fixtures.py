@@ -91,6 +91,54 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def sentencepiece_style_tokenizers(sp, n_merged=1800):
+    """Two small Llama-2-style tokenizer.json files (character BPE with byte fallback) cut from the
+    Llama-2 SentencePiece model: its first n_merged pieces (specials, the 256 byte pieces, the
+    best-scored merges) plus its single characters below U+3000 (so CJK and emoji still fall back to
+    bytes), renumbered in order. Merges are made the way Hugging Face's LlamaConverter makes them
+    (every split of a piece into two vocabulary pieces, by piece score). "legacy" uses the Prepend +
+    Replace normalizers, "metaspace" the Metaspace pre-tokenizer (prepend_scheme "first", no split),
+    "metaspace-split" Metaspace with "always" and split; all three the Replace / ByteFallback / Fuse /
+    Strip decoders."""
+    keep = [i for i in range(sp.get_piece_size())
+            if i < n_merged or (len(sp.id_to_piece(i)) == 1 and ord(sp.id_to_piece(i)) < 0x3000)]
+    vocab = {sp.id_to_piece(i): new for new, i in enumerate(keep)}
+    scores = {sp.id_to_piece(i): sp.get_score(i) for i in keep}
+    merges = []
+    for piece, score in scores.items():
+        local = [(piece[:k], piece[k:], score) for k in range(1, len(piece))
+                 if piece[:k] in vocab and piece[k:] in vocab]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        merges += local
+    merges.sort(key=lambda x: x[2], reverse=True)
+    added = [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True} for i in range(3)]
+    model = {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+             "vocab": vocab, "merges": [[a, b] for a, b, _ in merges]}
+    space = "\u2581"
+    legacy = {"version": "1.0", "added_tokens": added,
+              "normalizer": {"type": "Sequence", "normalizers": [
+                  {"type": "Prepend", "prepend": space},
+                  {"type": "Replace", "pattern": {"String": " "}, "content": space}]},
+              "pre_tokenizer": None, "post_processor": None,
+              "decoder": {"type": "Sequence", "decoders": [
+                  {"type": "Replace", "pattern": {"String": space}, "content": " "},
+                  {"type": "ByteFallback"}, {"type": "Fuse"},
+                  {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+              "model": model}
+    # LlamaConverter with legacy=False: Metaspace pre-tokenizer, same decoders.
+    metaspace = dict(legacy)
+    metaspace["normalizer"] = None
+    metaspace["pre_tokenizer"] = {"type": "Metaspace", "replacement": space, "prepend_scheme": "first",
+                                  "split": False}
+    # The same with Metaspace splitting into words and always prepending.
+    split = dict(metaspace)
+    split["pre_tokenizer"] = {"type": "Metaspace", "replacement": space, "prepend_scheme": "always",
+                              "split": True}
+    return {"llama2-hf-legacy": legacy, "llama2-hf-metaspace": metaspace, "llama2-hf-metaspace-split": split}
+
+
 def random_cases(n=40, seed=20240517):
     """Random strings over many Unicode categories (whitespace of every kind, digits of several
     scripts, combining marks, emoji sequences, punctuation and symbols), for differential tests."""
@@ -268,6 +316,12 @@ def main():
 
     # Byte-level BPE through Hugging Face tokenizers (node).
     ensure_npm(args.npm_dir)
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "tokenizers/llama2/tokenizer.model"))
+    sp_style = sentencepiece_style_tokenizers(sp)
+    for key, tj in sp_style.items():  # committed: the C++ test loads them from fixtures/
+        with open(os.path.join(out_dir, key + ".tokenizer.json"), "w") as f:
+            json.dump(tj, f, ensure_ascii=False, separators=(",", ":"))
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(data, "tokenizers/gpt2/encoder.json")) as f:
             encoder = json.load(f)
@@ -310,6 +364,10 @@ def main():
         out_path = os.path.join(tmp, "out.json")
         subprocess.run(["node", os.path.join(HERE, "gen_fixtures_hf.js"), args.npm_dir, cases_path, out_path,
                         "gpt2=" + gpt2_path, "llama3=" + llama3_path,
+                        "llama2-hf-legacy=" + os.path.join(out_dir, "llama2-hf-legacy.tokenizer.json"),
+                        "llama2-hf-metaspace=" + os.path.join(out_dir, "llama2-hf-metaspace.tokenizer.json"),
+                        "llama2-hf-metaspace-split=" + os.path.join(out_dir,
+                                                                    "llama2-hf-metaspace-split.tokenizer.json"),
                         "neox=" + os.path.join(data, "tokenizers/gpt-neox-20b/tokenizer.json")],
                        check=True)
         with open(out_path) as f:
@@ -330,9 +388,12 @@ def main():
           "Hugging Face tokenizers 0.23.2 (npm 'tokenizers')",
           {n: (r["ids"], r["decoded"]) for n, r in hf["llama3"].items()})
 
+    for key in sp_style:
+        write(key + ".json", "fixtures/%s.tokenizer.json (a cut of Llama-2's pieces, HF converter merges)" % key,
+              "Hugging Face tokenizers 0.23.2 (npm 'tokenizers')",
+              {n: (r["ids"], r["decoded"]) for n, r in hf[key].items()})
+
     # SentencePiece.
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "tokenizers/llama2/tokenizer.model"))
     res = {}
     for n, t in raw.items():
         ids = sp_encode(sp, t)

@@ -158,6 +158,39 @@ TEST(LoadTokenizer, FindsFilesInFoldersAndBesideModels) {
   }
 }
 
+TEST(LoadTokenizer, SentencePieceModelWinsOverANonByteLevelTokenizerJson) {
+  MLKV_REQUIRE_SHARED();
+  namespace fs = std::filesystem;
+  test::TempDir dir;
+  fs::copy_file(test::shared_path("tokenizers/llama2/tokenizer.model"), dir.file("tokenizer.model"));
+  fs::copy_file(test::fixture_path("llama2-hf-legacy.tokenizer.json"), dir.file("tokenizer.json"));
+  EXPECT_EQ(load_tokenizer(dir.str())->kind(), "sentencepiece");
+  fs::remove(dir.file("tokenizer.json"));
+  fs::copy_file(test::shared_path("tokenizers/gpt-neox-20b/tokenizer.json"), dir.file("tokenizer.json"));
+  EXPECT_EQ(load_tokenizer(dir.str())->kind(), "bpe");
+  EXPECT_EQ(load_tokenizer(test::fixture_path("llama2-hf-legacy.tokenizer.json"))->kind(), "bpe");
+}
+
+// Metaspace decoder: in the first token every "▁" is dropped (Hugging Face's rule), elsewhere "▁"
+// is a space; Strip drops one leading space of the text.
+TEST(BpeTokenizer, MetaspaceAndStripDecoders) {
+  const std::string sp = "\xE2\x96\x81";
+  json vocab = {{sp + sp + "a", 0}, {sp + "b", 1}, {"c", 2}, {sp, 3}};
+  json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}},
+            {"decoder", {{"type", "Metaspace"}, {"replacement", sp}, {"prepend_scheme", "always"}}}};
+  auto meta = parse_hf_tokenizer_json(j.dump(), "meta");
+  EXPECT_EQ(meta->decode({0, 1, 2}), "a bc");
+  EXPECT_EQ(meta->decode({2, 0}), "c  a");
+  j["decoder"] = {{"type", "Sequence"},
+                  {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", sp}}}, {"content", " "}},
+                                            {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
+                                            {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  auto strip = parse_hf_tokenizer_json(j.dump(), "strip");
+  EXPECT_EQ(strip->decode({0, 1, 2}), " a bc");
+  j["decoder"] = {{"type", "WordPiece"}};
+  EXPECT_THROW(parse_hf_tokenizer_json(j.dump(), "wp"), Error);
+}
+
 // A Llama-3-style tokenizer.json (Split regex + ByteLevel without regex, ignore_merges, BOS from
 // the post-processor template), built small enough to reason about by hand.
 TEST(BpeTokenizer, Llama3StyleSplitIgnoreMergesAndTemplateBos) {

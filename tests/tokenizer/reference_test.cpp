@@ -129,6 +129,26 @@ TEST(TokenizerReference, Llama3StyleTokenizerJsonMatchesHuggingFace) {
   check_against_fixture("llama3-like.json", *tok);
 }
 
+// Llama-2-style tokenizer.json files (character BPE, byte fallback; Prepend + Replace normalizers,
+// or the Metaspace pre-tokenizer; Replace / ByteFallback / Fuse / Strip decoders), committed in
+// fixtures/ because they are small cuts of the Llama-2 vocabulary.
+void check_committed_tokenizer(const std::string& key) {
+  MLKV_REQUIRE_SHARED();  // the corpus samples in the cases come from the shared data
+  auto tok = load_tokenizer(test::fixture_path(key + ".tokenizer.json"));
+  EXPECT_EQ(tok->kind(), "bpe");
+  check_against_fixture(key + ".json", *tok);
+}
+
+TEST(TokenizerReference, Llama2HfLegacyTokenizerJsonMatchesHuggingFace) {
+  check_committed_tokenizer("llama2-hf-legacy");
+}
+TEST(TokenizerReference, Llama2HfMetaspaceTokenizerJsonMatchesHuggingFace) {
+  check_committed_tokenizer("llama2-hf-metaspace");
+}
+TEST(TokenizerReference, Llama2HfMetaspaceSplitTokenizerJsonMatchesHuggingFace) {
+  check_committed_tokenizer("llama2-hf-metaspace-split");
+}
+
 TEST(TokenizerReference, GptNeoxTokenizerJsonMatchesHuggingFace) {
   check_against_fixture("gpt-neox-20b.json", "tokenizers/gpt-neox-20b/tokenizer.json");
 }
