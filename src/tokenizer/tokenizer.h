@@ -37,8 +37,11 @@ class Tokenizer {
 };
 
 // Loads a tokenizer from a file or a directory. A directory is searched for tokenizer.json,
-// tokenizer.model, encoder.json + vocab.bpe, tokenizer.bin (in that order). Throws mlkv::Error
-// naming the file and the problem when nothing loadable is found or the file is malformed.
+// tokenizer.model, encoder.json + vocab.bpe, tokenizer.bin, tok*.bin (in that order; with both
+// tokenizer.json and tokenizer.model present, a tokenizer.json that is not byte-level gives way to
+// the SentencePiece model). Any other file (a model file) means: search its directory. Throws
+// mlkv::Error naming the file and the problem when nothing loadable is found or the file is
+// malformed. docs/TOKENIZERS.md has the details.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
 // Streams decoded text token by token without ever emitting broken UTF-8: bytes of an incomplete
