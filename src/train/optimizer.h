@@ -44,8 +44,10 @@ class AdamW {
   AdamW(const ModelConfig& cfg, AdamWConfig c);
 
   // One update at step t = steps() + 1 with learning rate lr; the gradients are multiplied by
-  // grad_scale first (clipping). Parameters and moments change in place.
-  void step(ModelWeights& params, ModelWeights& grads, double lr, double grad_scale);
+  // grad_scale first (clipping). Parameters and moments change in place; with zero_grads_after the
+  // gradients are zeroed in the same pass (ready for the next step's accumulation).
+  void step(ModelWeights& params, ModelWeights& grads, double lr, double grad_scale,
+            bool zero_grads_after = false);
 
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }

@@ -374,7 +374,7 @@ TrainSummary run_training(const TrainOptions& opt) {
   const double t_start = now_seconds();
   double last_val = -1;
   for (int64_t step = start_step; step < total_steps; ++step) {
-    zero_grads(cfg, grads);
+    // Gradients are zero here: freshly allocated, then zeroed by each AdamW pass.
     double loss_sum = 0;
     for (int a = 0; a < opt.accum; ++a) {
       const int64_t g0 = step * opt.batch + (int64_t{rank} * opt.accum + a) * micro;
@@ -392,7 +392,7 @@ TrainSummary run_training(const TrainOptions& opt) {
     const double norm = global_grad_norm(cfg, grads);
     const double scale = (opt.clip > 0 && norm > opt.clip) ? opt.clip / norm : 1.0;
     const double lr = sched.at(step);
-    adam->step(params, grads, lr, scale);
+    adam->step(params, grads, lr, scale, /*zero_grads_after=*/true);
     state.step = step + 1;
     state.next_row = state.step * opt.batch;
     state.tokens_seen += static_cast<double>(tokens_per_step);
