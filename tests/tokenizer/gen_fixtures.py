@@ -8,6 +8,10 @@ References:
   * gpt-neox-20b/tokenizer.json and GPT-2 (encoder.json + vocab.bpe): Hugging Face `tokenizers`
     (Rust, npm package `tokenizers`, via gen_fixtures_hf.js). GPT-2 is also encoded with the npm
     package `gpt-3-encoder` as a cross-check; disagreements are listed in the fixture.
+  * Hugging Face `tokenizers` also for a Llama-3-style tokenizer.json (GPT-2's vocabulary behind
+    Llama-3's pre-tokenizer; the C++ test rebuilds it from the shared GPT-2 files) and for three
+    small Llama-2-style tokenizer.json files written into fixtures/ (see
+    sentencepiece_style_tokenizers()).
   * llama2/tokenizer.model: Python `sentencepiece` (Debian's python3-sentencepiece), after cutting
     the text at control / unknown piece text ("<s>", "</s>", "<unk>") as mlkv does.
   * llama2.c tok512.bin: llama2c_encode() below, a line-by-line Python port of llama2.c's encode().
