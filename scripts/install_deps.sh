@@ -6,7 +6,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config
   libopenblas-openmp-dev        # GEMM on the program's OpenMP pool (one thread pool)
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
-  libpcre2-dev libsentencepiece-dev
+  libpcre2-dev libsentencepiece-dev libicu-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy python3-sentencepiece   # independent references in the tests
