@@ -6,9 +6,11 @@
 #include <new>
 
 #include "commands.h"
+#include "core/blas_setup.h"
 #include "core/check.h"
 
 int main(int argc, char** argv) {
+  mlkv::ensure_blas_kernels(argc, argv);
   CLI::App app{"mlkv: transformer decoding, training and evaluation with multi-layer KV sharing"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mlkv 0.1.0");
