@@ -1,4 +1,6 @@
 // Subcommands that run a model: info, score, generate, bench.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -279,7 +281,22 @@ struct BenchArgs {
   bool json_out = false, skip_bandwidth = false, synthetic = false;
 };
 
+// Timings on a busy machine mean little: say so when other work is running.
+void warn_if_busy() {
+  double load = 0;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = 0;
+    std::fclose(f);
+  }
+  const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  if (load > 0.5 * cores) {
+    std::fprintf(stderr, "mlkv: warning: load average %.2f on %d cores before the benchmark: other work "
+                 "competes for the cores and the figures will be low\n", load, cores);
+  }
+}
+
 void run_bench(const BenchArgs& a) {
+  warn_if_busy();
   set_num_threads(a.threads);
   LoadedModel lm;
   std::string name = a.model;
