@@ -6,6 +6,7 @@
 
 #include "core/half.h"
 #include "kernels/ops.h"
+#include "kernels/vec_math.h"
 
 namespace mlkv::ops {
 
@@ -20,16 +21,48 @@ void gelu_forward(const float* x, float* y, int64_t n, bool tanh_approx) {
     return;
   }
   const float inv_sqrt2 = 0.7071067811865476f;
+  const int64_t n8 = n / 8 * 8;
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * inv_sqrt2));
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 e = vec::erf8(_mm256_mul_ps(v, _mm256_set1_ps(inv_sqrt2)));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
+                                          _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+  }
+  for (int64_t i = n8; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * inv_sqrt2));
 }
 
 void swiglu_forward(const float* gate, const float* up, float* y, int64_t n) {
+  const int64_t n8 = n / 8 * 8;
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.0f), vec::exp8(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(g, den), _mm256_loadu_ps(up + i)));
+  }
+  for (int64_t i = n8; i < n; ++i) {
     const float g = gate[i];
     y[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
+}
+
+float exp_sub_sum(float* x, int n, float shift) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 sh = _mm256_set1_ps(shift);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, acc);
+  float sum = ((tmp[0] + tmp[1]) + (tmp[2] + tmp[3])) + ((tmp[4] + tmp[5]) + (tmp[6] + tmp[7]));
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
 }
 
 void softmax_rows(float* x, int rows, int n) {
@@ -37,12 +70,7 @@ void softmax_rows(float* x, int rows, int n) {
     float* row = x + int64_t{r} * n;
     float mx = -INFINITY;
     for (int i = 0; i < n; ++i) mx = std::max(mx, row[i]);
-    float sum = 0;
-    for (int i = 0; i < n; ++i) {
-      row[i] = std::exp(row[i] - mx);
-      sum += row[i];
-    }
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / exp_sub_sum(row, n, mx);
     for (int i = 0; i < n; ++i) row[i] *= inv;
   }
 }

@@ -44,6 +44,9 @@ struct RopeTable {
 void rope_apply(float* x, int T, int n_heads, int head_dim, const int* pos, const RopeTable& rt,
                 bool inverse = false);
 
+// x[i] = exp(x[i] - shift) in place; returns the sum of the results.
+float exp_sub_sum(float* x, int n, float shift);
+
 // In-place softmax of each row of x[rows, n] (max-subtracted).
 void softmax_rows(float* x, int rows, int n);
 

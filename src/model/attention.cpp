@@ -92,12 +92,7 @@ void row_attend(const float* qv, const Elem* K, const Elem* V, int len, int d, f
     sc[j] = v * scale;
     mx = std::max(mx, sc[j]);
   }
-  float sum = 0;
-  for (int j = 0; j < len; ++j) {
-    sc[j] = std::exp(sc[j] - mx);
-    sum += sc[j];
-  }
-  const float inv = 1.0f / sum;
+  const float inv = 1.0f / ops::exp_sub_sum(sc, len, mx);
   std::fill(out, out + d, 0.0f);
   for (int j = 0; j < len; ++j) {
     if constexpr (sizeof(Elem) == 2) {

@@ -179,7 +179,9 @@ TEST(KvCopySeq, ForkContinuesLikeOriginal) {
       b.clear();
       for (int i = 0; i < 3; ++i) b.add(next[static_cast<size_t>(i)], 2, 7 + i, true);
       m.forward(b, cache, c.data());
-      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], c[i], 1e-5) << i;
+      // The forked K/V came from a 10-row prefill (sgemm), the fresh ones from a 7-row pass (the
+      // streaming GEMV): equal up to f32 summation order, i.e. a few ulp of logits of size ~3.
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], c[i], 5e-5) << i;
     }
   }
 }

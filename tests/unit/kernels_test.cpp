@@ -129,3 +129,37 @@ TEST(Vec, DotAxpyF16) {
 
 }  // namespace
 }  // namespace mlkv
+
+namespace mlkv {
+namespace {
+
+// The vectorised exp / erf inside softmax, SwiGLU and GELU against libm over wide ranges.
+TEST(VecMath, ExpAndErfAccuracy) {
+  std::vector<float> x;
+  for (float v = -100.0f; v <= 100.0f; v += 0.0137f) x.push_back(v);
+  std::vector<float> e(x);
+  ops::exp_sub_sum(e.data(), static_cast<int>(e.size()), 0.0f);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = std::exp(static_cast<double>(x[i]));
+    if (want > 3e38) {
+      EXPECT_TRUE(std::isinf(e[i]) || e[i] > 3e38f) << x[i];
+    } else if (want < 1.18e-38) {  // below FLT_MIN: flushed to zero
+      EXPECT_LE(e[i], 2e-38f) << x[i];
+    } else {
+      EXPECT_NEAR(e[i] / want, 1.0, 4e-7) << x[i];
+    }
+  }
+  std::vector<float> g(x.size());
+  std::vector<float> xs(x.size());
+  for (size_t i = 0; i < x.size(); ++i) xs[i] = x[i] * 0.08f;  // [-8, 8]
+  ops::gelu_forward(xs.data(), g.data(), static_cast<int64_t>(xs.size()), false);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    EXPECT_NEAR(g[i], ref::gelu(xs[i], false), 2e-7 * std::max(1.0f, std::fabs(xs[i]))) << xs[i];
+  }
+  std::vector<float> up(xs.size(), 1.5f), s(xs.size());
+  ops::swiglu_forward(xs.data(), up.data(), s.data(), static_cast<int64_t>(xs.size()));
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_NEAR(s[i], ref::silu(xs[i]) * 1.5f, 1e-6 * std::max(1.0f, std::fabs(xs[i])));
+}
+
+}  // namespace
+}  // namespace mlkv
