@@ -123,8 +123,17 @@ DataFiles find_data_files(const std::string& path) {
     };
     list("train", &f.train);
     list("val", &f.val);
-    if (meta.contains("tokenizer") && meta["tokenizer"].is_string())
-      f.tokenizer = meta["tokenizer"];
+    if (meta.contains("tokenizer") && meta["tokenizer"].is_string()) {
+      // Written as given to `mlkv tokenize`: absolute, or relative to where that ran (often the
+      // data folder's parent).
+      const fs::path t = meta["tokenizer"].get<std::string>();
+      for (const fs::path& cand : {t, dir / t, dir.parent_path() / t}) {
+        if (fs::exists(cand)) {
+          f.tokenizer = cand.string();
+          break;
+        }
+      }
+    }
   } else {
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();

@@ -199,7 +199,11 @@ TrainSummary run_training(const TrainOptions& opt) {
   const DataFiles files = find_data_files(opt.data);
   TokenStream train_stream(files.train);
   std::vector<std::string> val_files = files.val;
-  if (!opt.val.empty()) val_files = find_data_files(opt.val).train;
+  if (!opt.val.empty()) {
+    // A shard file, or a folder: its validation shards when it has any, else its training shards.
+    const DataFiles v = find_data_files(opt.val);
+    val_files = v.val.empty() ? v.train : v.val;
+  }
   std::unique_ptr<TokenStream> val_stream;
   int64_t train_end = train_stream.n_tokens();
   if (opt.val_fraction > 0) {
