@@ -10,18 +10,24 @@ namespace mlkv {
 
 const char* merge_name(MergeStrategy m) {
   switch (m) {
-    case MergeStrategy::kPairwise: return "pairwise";
-    case MergeStrategy::kMean: return "mean";
-    case MergeStrategy::kOwner: return "owner";
+    case MergeStrategy::kPairwise:
+      return "pairwise";
+    case MergeStrategy::kMean:
+      return "mean";
+    case MergeStrategy::kOwner:
+      return "owner";
   }
   return "?";
 }
 
 const char* widen_name(WidenMode w) {
   switch (w) {
-    case WidenMode::kNone: return "none";
-    case WidenMode::kCopy: return "copy";
-    case WidenMode::kZero: return "zero";
+    case WidenMode::kNone:
+      return "none";
+    case WidenMode::kCopy:
+      return "copy";
+    case WidenMode::kZero:
+      return "zero";
   }
   return "?";
 }
@@ -132,32 +138,37 @@ void widen_layer(const ModelConfig& c, int n_ff_new, WidenMode mode, LayerWeight
 
 int widen_neurons_per_layer(const ModelConfig& c, int64_t removed) {
   if (removed <= 0) return 0;
-  const int64_t per_neuron =
-      c.mlp == MlpType::kSwiGlu ? 3 * int64_t{c.n_embd} : 2 * int64_t{c.n_embd} + (c.mlp_bias ? 1 : 0);
+  const int64_t per_neuron = c.mlp == MlpType::kSwiGlu
+                                 ? 3 * int64_t{c.n_embd}
+                                 : 2 * int64_t{c.n_embd} + (c.mlp_bias ? 1 : 0);
   const int64_t per_layer = per_neuron * c.n_layer;
   return static_cast<int>((removed + per_layer / 2) / per_layer);
 }
 
 ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
   src.validate();
-  MLKV_REQUIRE(!src.shares_across_layers(), "the source model already shares K/V across layers (kv_source ",
+  MLKV_REQUIRE(!src.shares_across_layers(),
+               "the source model already shares K/V across layers (kv_source ",
                list_str(src.kv_source), "): convert a model whose every layer owns its K/V");
   ModelConfig c = src;
 
   const int G = opt.kv_heads > 0 ? opt.kv_heads : src.n_head_kv;
   MLKV_REQUIRE(opt.kv_heads >= 0, "--kv-heads must be positive (got ", opt.kv_heads, ")");
-  MLKV_REQUIRE(src.n_head % G == 0, "--kv-heads ", G, " does not divide the number of attention heads (",
-               src.n_head, ")");
-  MLKV_REQUIRE(src.n_head_kv % G == 0, "--kv-heads ", G, " does not divide the source's ", src.n_head_kv,
-               " KV heads per layer (heads can only be pooled, not split)");
+  MLKV_REQUIRE(src.n_head % G == 0, "--kv-heads ", G,
+               " does not divide the number of attention heads (", src.n_head, ")");
+  MLKV_REQUIRE(src.n_head_kv % G == 0, "--kv-heads ", G, " does not divide the source's ",
+               src.n_head_kv, " KV heads per layer (heads can only be pooled, not split)");
   c.n_head_kv = G;
 
-  const int n_choices = (opt.kv_layers != 0 ? 1 : 0) + (opt.owners.empty() ? 0 : 1) + (opt.kv_source.empty() ? 0 : 1);
+  const int n_choices =
+      (opt.kv_layers != 0 ? 1 : 0) + (opt.owners.empty() ? 0 : 1) + (opt.kv_source.empty() ? 0 : 1);
   MLKV_REQUIRE(n_choices <= 1, "give at most one of --kv-layers, --owners and --kv-source");
   if (opt.kv_layers != 0) {
     MLKV_REQUIRE(opt.kv_layers >= 1 && opt.kv_layers <= src.n_layer, "--kv-layers ", opt.kv_layers,
-                 " is out of range: the model has ", src.n_layer, " layers (1 <= M <= ", src.n_layer, ")");
-    c.kv_source = kv_source_from_owners(src.n_layer, owners_by_authors_rule(src.n_layer, opt.kv_layers));
+                 " is out of range: the model has ", src.n_layer,
+                 " layers (1 <= M <= ", src.n_layer, ")");
+    c.kv_source =
+        kv_source_from_owners(src.n_layer, owners_by_authors_rule(src.n_layer, opt.kv_layers));
   } else if (!opt.owners.empty()) {
     MLKV_REQUIRE(opt.owners[0] == 0, "--owners must start at layer 0 (got ", list_str(opt.owners),
                  "): layer 0 has no earlier layer to read K/V from");
@@ -186,7 +197,8 @@ ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
   return c;
 }
 
-LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt, ConvertReport* report) {
+LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt,
+                          ConvertReport* report) {
   const ModelConfig& s = src.config;
   LoadedModel out;
   out.config = plan_conversion(s, opt);

@@ -45,11 +45,11 @@ MergeStrategy parse_merge(const std::string& s);
 WidenMode parse_widen(const std::string& s);
 
 struct ConvertOptions {
-  int kv_heads = 0;              // G, KV heads per KV layer; 0: keep the source's
+  int kv_heads = 0;  // G, KV heads per KV layer; 0: keep the source's
   // Which layers own K/V: at most one of these three (none: every layer stays an owner).
-  int kv_layers = 0;             // M owners by the authors' rule
-  std::vector<int> owners;       // explicit owner list, e.g. {0, 3, 6, 9}
-  std::vector<int> kv_source;    // explicit layer -> owner map
+  int kv_layers = 0;           // M owners by the authors' rule
+  std::vector<int> owners;     // explicit owner list, e.g. {0, 3, 6, 9}
+  std::vector<int> kv_source;  // explicit layer -> owner map
   MergeStrategy merge = kDefaultMerge;
   WidenMode widen = WidenMode::kNone;
   KvShareRope share = KvShareRope::kPost;

@@ -21,7 +21,9 @@ struct Prepared {
   int fed() const { return static_cast<int>(ctx.size() + cont.size()) - 1; }
 };
 
-bool same_context(const Prepared& a, const Prepared& b) { return a.ctx == b.ctx; }
+bool same_context(const Prepared& a, const Prepared& b) {
+  return a.ctx == b.ctx;
+}
 
 struct Group {
   int first, count;  // requests [first, first + count)
@@ -44,12 +46,13 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
   int cache_ctx = 1;
   for (int i = 0; i < n_req; ++i) {
     const LoglikRequest& r = requests[static_cast<size_t>(i)];
-    MLKV_REQUIRE(!r.context.empty(), "request ", i, ": empty context (give at least a prefix token)");
+    MLKV_REQUIRE(!r.context.empty(), "request ", i,
+                 ": empty context (give at least a prefix token)");
     MLKV_REQUIRE(!r.continuation.empty(), "request ", i, ": empty continuation");
     for (const auto* v : {&r.context, &r.continuation}) {
       for (int32_t t : *v) {
-        MLKV_REQUIRE(t >= 0 && t < c.n_vocab, "request ", i, ": token id ", t, " is outside the vocabulary (",
-                     c.n_vocab, " ids)");
+        MLKV_REQUIRE(t >= 0 && t < c.n_vocab, "request ", i, ": token id ", t,
+                     " is outside the vocabulary (", c.n_vocab, " ids)");
       }
     }
     // lm-eval: feed (context + continuation)[-(max_ctx + 1):][:-1]. When even the continuation
@@ -76,7 +79,8 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
   std::vector<Group> groups;
   for (int i = 0; i < n_req; ++i) {
     if (opt.share_context && !groups.empty() &&
-        same_context(prep[static_cast<size_t>(groups.back().first)], prep[static_cast<size_t>(i)])) {
+        same_context(prep[static_cast<size_t>(groups.back().first)],
+                     prep[static_cast<size_t>(i)])) {
       ++groups.back().count;
     } else {
       groups.push_back({i, 1});
@@ -100,8 +104,10 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
     while (g_end < groups.size()) {
       const Group& g = groups[g_end];
       int64_t g_rows = 0;
-      for (int k = 0; k < g.count; ++k) g_rows += static_cast<int64_t>(prep[static_cast<size_t>(g.first + k)].cont.size());
-      const bool fits = slots + g.count <= n_slots && (rows + g_rows) * c.n_vocab <= kMaxLogitFloats;
+      for (int k = 0; k < g.count; ++k)
+        g_rows += static_cast<int64_t>(prep[static_cast<size_t>(g.first + k)].cont.size());
+      const bool fits =
+          slots + g.count <= n_slots && (rows + g_rows) * c.n_vocab <= kMaxLogitFloats;
       if (!fits && g_end > gi) break;
       slots += g.count;
       rows += g_rows;
@@ -116,7 +122,8 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
       first_slot.push_back(slot);
       cache.set_seq_len(slot, 0);
       const Prepared& p = prep[static_cast<size_t>(groups[g].first)];
-      for (int j = 0; j < p.ctx_len() - 1; ++j) b.add(p.ctx[static_cast<size_t>(j)], slot, j, false);
+      for (int j = 0; j < p.ctx_len() - 1; ++j)
+        b.add(p.ctx[static_cast<size_t>(j)], slot, j, false);
       slot += groups[g].count;
     }
     if (b.size() > 0) model.forward(b, cache, nullptr);

@@ -26,17 +26,17 @@ struct LoglikRequest {
 };
 
 struct LoglikResult {
-  double logprob = 0;           // sum over the continuation's tokens
-  bool greedy = true;           // every continuation token was the argmax of its row
-  int n_tokens = 0;             // continuation tokens scored
-  int truncated_tokens = 0;     // leading continuation tokens not scored: the continuation alone
-                                // was longer than max_ctx (they were read as context instead)
+  double logprob = 0;        // sum over the continuation's tokens
+  bool greedy = true;        // every continuation token was the argmax of its row
+  int n_tokens = 0;          // continuation tokens scored
+  int truncated_tokens = 0;  // leading continuation tokens not scored: the continuation alone
+                             // was longer than max_ctx (they were read as context instead)
   std::vector<float> token_logprobs;  // per token, when LoglikOptions::keep_token_logprobs
 };
 
 struct LoglikOptions {
-  int batch = 16;      // sequences (requests) per forward pass; a larger group still goes whole
-  int max_ctx = 0;     // most tokens fed per request; 0: the model's context
+  int batch = 16;   // sequences (requests) per forward pass; a larger group still goes whole
+  int max_ctx = 0;  // most tokens fed per request; 0: the model's context
   bool keep_token_logprobs = false;
   bool share_context = true;  // false: every request runs context + continuation on its own
   // Called after each forward wave with the number of requests finished so far.

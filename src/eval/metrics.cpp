@@ -16,7 +16,8 @@ int argmax_first(const std::vector<double>& v) {
   return best;
 }
 
-ChoiceScores score_choices(const std::vector<double>& loglik, const std::vector<int64_t>& choice_chars) {
+ChoiceScores score_choices(const std::vector<double>& loglik,
+                           const std::vector<int64_t>& choice_chars) {
   MLKV_CHECK(loglik.size() == choice_chars.size() && !loglik.empty());
   std::vector<double> norm(loglik.size());
   for (size_t i = 0; i < loglik.size(); ++i) {
@@ -52,7 +53,9 @@ double mean_stderr(const std::vector<double>& v) {
   return std::sqrt(ss / static_cast<double>(n - 1)) / std::sqrt(static_cast<double>(n));
 }
 
-double perplexity(const std::vector<double>& loglik) { return std::exp(-mean(loglik)); }
+double perplexity(const std::vector<double>& loglik) {
+  return std::exp(-mean(loglik));
+}
 
 double perplexity_bootstrap_stderr(const std::vector<double>& loglik, int iters, uint64_t seed) {
   const size_t n = loglik.size();

@@ -20,7 +20,8 @@ struct ChoiceScores {
   int pred = 0;       // argmax of loglik
   int pred_norm = 0;  // argmax of loglik / chars
 };
-ChoiceScores score_choices(const std::vector<double>& loglik, const std::vector<int64_t>& choice_chars);
+ChoiceScores score_choices(const std::vector<double>& loglik,
+                           const std::vector<int64_t>& choice_chars);
 
 // Unicode code points in UTF-8 text (invalid bytes count one each).
 int64_t utf8_length(std::string_view s);
@@ -33,7 +34,8 @@ double mean_stderr(const std::vector<double>& v);
 // LAMBADA perplexity, exp(-mean(loglik)), and its bootstrap standard error: the standard deviation
 // (ddof = 1) of the perplexity of `iters` resamples with replacement, seeded (deterministic).
 double perplexity(const std::vector<double>& loglik);
-double perplexity_bootstrap_stderr(const std::vector<double>& loglik, int iters = 1000, uint64_t seed = 1234);
+double perplexity_bootstrap_stderr(const std::vector<double>& loglik, int iters = 1000,
+                                   uint64_t seed = 1234);
 
 // Bits per byte of a text: total negative log-likelihood in nats / (ln 2 * bytes).
 double bits_per_byte(double nll_nats, int64_t n_bytes);

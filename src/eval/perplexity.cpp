@@ -24,16 +24,19 @@ std::vector<Window> make_windows(int64_t n, int window, int stride) {
   return out;
 }
 
-double PerplexityResult::token_perplexity() const { return std::exp(loss()); }
+double PerplexityResult::token_perplexity() const {
+  return std::exp(loss());
+}
 
-PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s, const PerplexityOptions& opt,
-                                   bool keep_token_logprobs) {
+PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s,
+                                   const PerplexityOptions& opt, bool keep_token_logprobs) {
   const int window = opt.window > 0 ? opt.window : model.config().n_ctx;
-  MLKV_REQUIRE(window <= model.config().n_ctx, "window ", window, " is longer than the model's context (",
-               model.config().n_ctx, ")");
+  MLKV_REQUIRE(window <= model.config().n_ctx, "window ", window,
+               " is longer than the model's context (", model.config().n_ctx, ")");
   const int stride = opt.stride > 0 ? opt.stride : window;
   std::vector<Window> windows = make_windows(static_cast<int64_t>(s.size()), window, stride);
-  if (opt.limit > 0 && static_cast<int64_t>(windows.size()) > opt.limit) windows.resize(static_cast<size_t>(opt.limit));
+  if (opt.limit > 0 && static_cast<int64_t>(windows.size()) > opt.limit)
+    windows.resize(static_cast<size_t>(opt.limit));
 
   PerplexityResult res;
   res.n_windows = static_cast<int64_t>(windows.size());
@@ -55,14 +58,17 @@ PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s, 
                       std::vector<int32_t>(s.begin() + win.split, s.begin() + win.end)});
     }
     if (opt.on_progress) {
-      lo.on_progress = [&, w0](int64_t done) { opt.on_progress(static_cast<int64_t>(w0) + done, res.n_windows); };
+      lo.on_progress = [&, w0](int64_t done) {
+        opt.on_progress(static_cast<int64_t>(w0) + done, res.n_windows);
+      };
     }
     const std::vector<LoglikResult> out = score_loglik(model, reqs, lo);
     for (const LoglikResult& r : out) {
       res.nll -= r.logprob;
       res.n_tokens += r.n_tokens;
       if (keep_token_logprobs) {
-        res.token_logprobs.insert(res.token_logprobs.end(), r.token_logprobs.begin(), r.token_logprobs.end());
+        res.token_logprobs.insert(res.token_logprobs.end(), r.token_logprobs.begin(),
+                                  r.token_logprobs.end());
       }
     }
   }

@@ -28,17 +28,17 @@ struct Window {
 std::vector<Window> make_windows(int64_t n, int window, int stride);
 
 struct PerplexityOptions {
-  int window = 0;   // tokens fed per window; 0: the model's context
-  int stride = 0;   // new targets per window; 0: the window (disjoint windows)
-  int batch = 16;   // windows per forward pass
+  int window = 0;     // tokens fed per window; 0: the model's context
+  int stride = 0;     // new targets per window; 0: the window (disjoint windows)
+  int batch = 16;     // windows per forward pass
   int64_t limit = 0;  // score only the first `limit` windows (0: all)
   std::function<void(int64_t done, int64_t total)> on_progress;
 };
 
 struct PerplexityResult {
   int64_t n_windows = 0;
-  int64_t n_tokens = 0;   // predicted targets
-  double nll = 0;         // their total negative log-likelihood, nats
+  int64_t n_tokens = 0;  // predicted targets
+  double nll = 0;        // their total negative log-likelihood, nats
   double seconds = 0;
   double loss() const { return n_tokens > 0 ? nll / static_cast<double>(n_tokens) : 0.0; }
   double token_perplexity() const;
@@ -46,7 +46,7 @@ struct PerplexityResult {
 };
 
 // Scores the targets of stream s (s[0] is read but never predicted).
-PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s, const PerplexityOptions& opt,
-                                   bool keep_token_logprobs = false);
+PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s,
+                                   const PerplexityOptions& opt, bool keep_token_logprobs = false);
 
 }  // namespace mlkv::eval

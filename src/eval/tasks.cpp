@@ -25,7 +25,9 @@ std::string_view rstrip(std::string_view s) {
   return s;
 }
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+bool starts_with(std::string_view s, std::string_view p) {
+  return s.substr(0, p.size()) == p;
+}
 bool ends_with(std::string_view s, std::string_view p) {
   return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
 }
@@ -36,7 +38,9 @@ std::string lower(std::string s) {
 }
 
 // Multiple-choice continuation: lm-eval's target_delimiter " " before the choice.
-std::string mc_continuation(const std::string& choice) { return " " + choice; }
+std::string mc_continuation(const std::string& choice) {
+  return " " + choice;
+}
 
 }  // namespace
 
@@ -97,9 +101,11 @@ Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) 
       return rec[key].get<std::string>();
     };
     if (task.docs.empty()) {
-      const std::string q = rec.contains("query") && rec["query"].is_string() ? rec["query"].get<std::string>() : "";
+      const std::string q =
+          rec.contains("query") && rec["query"].is_string() ? rec["query"].get<std::string>() : "";
       task.tmpl = tmpl.empty() ? default_template(task.name, q) : tmpl;
-      if (tmpl.empty() && (rec.contains("text") || rec.contains("continuation")) && !rec.contains("choices")) {
+      if (tmpl.empty() && (rec.contains("text") || rec.contains("continuation")) &&
+          !rec.contains("choices")) {
         task.tmpl = "lambada";
       }
       task.kind = task.tmpl == "lambada" ? TaskKind::kLambada : TaskKind::kMultipleChoice;
@@ -116,7 +122,8 @@ Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) 
         MLKV_REQUIRE(!cont.empty(), path, ":", line_no, ": empty continuation");
         // The target is a word after a space (lm-eval's ' ' + word), unless the split already
         // carries the whitespace.
-        const bool has_space = (!doc.context.empty() && is_space(doc.context.back())) || is_space(cont.front());
+        const bool has_space =
+            (!doc.context.empty() && is_space(doc.context.back())) || is_space(cont.front());
         doc.continuations = {has_space ? cont : " " + cont};
       }
       std::string_view word = doc.continuations[0];
@@ -125,8 +132,8 @@ Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) 
       doc.gold = 0;
     } else {
       doc.context = apply_template(task.tmpl, str("query"));
-      MLKV_REQUIRE(rec.contains("choices") && rec["choices"].is_array() && !rec["choices"].empty(), path, ":",
-                   line_no, ": 'choices' must be a non-empty list of strings");
+      MLKV_REQUIRE(rec.contains("choices") && rec["choices"].is_array() && !rec["choices"].empty(),
+                   path, ":", line_no, ": 'choices' must be a non-empty list of strings");
       for (const auto& ch : rec["choices"]) {
         MLKV_REQUIRE(ch.is_string(), path, ":", line_no, ": 'choices' must be a list of strings");
         doc.choices.push_back(ch.get<std::string>());
@@ -135,8 +142,9 @@ Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) 
       MLKV_REQUIRE(rec.contains("gold") && rec["gold"].is_number_integer(), path, ":", line_no,
                    ": 'gold' must be an integer");
       doc.gold = rec["gold"].get<int>();
-      MLKV_REQUIRE(doc.gold >= 0 && doc.gold < static_cast<int>(doc.choices.size()), path, ":", line_no,
-                   ": gold ", doc.gold, " is not a choice index (", doc.choices.size(), " choices)");
+      MLKV_REQUIRE(doc.gold >= 0 && doc.gold < static_cast<int>(doc.choices.size()), path, ":",
+                   line_no, ": gold ", doc.gold, " is not a choice index (", doc.choices.size(),
+                   " choices)");
     }
     task.docs.push_back(std::move(doc));
   }
@@ -144,12 +152,15 @@ Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) 
   return task;
 }
 
-std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenizer& tok, std::string_view context,
+std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenizer& tok,
+                                                                  std::string_view context,
                                                                   std::string_view continuation,
-                                                                  int32_t prefix_token, bool add_bos) {
+                                                                  int32_t prefix_token,
+                                                                  bool add_bos) {
   std::vector<int32_t> ctx_enc, cont_enc;
   if (context.empty()) {
-    MLKV_REQUIRE(prefix_token >= 0, "an item has an empty context and the tokenizer has no BOS/EOS token to "
+    MLKV_REQUIRE(prefix_token >= 0,
+                 "an item has an empty context and the tokenizer has no BOS/EOS token to "
                  "stand for it");
     return {{prefix_token}, tok.encode(continuation, false)};
   }
@@ -168,7 +179,8 @@ std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenize
     cont_enc = tok.encode(cont, false);
   }
   if (ctx_enc.empty()) {
-    MLKV_REQUIRE(prefix_token >= 0, "an item's context encodes to no tokens and the tokenizer has no BOS/EOS token");
+    MLKV_REQUIRE(prefix_token >= 0,
+                 "an item's context encodes to no tokens and the tokenizer has no BOS/EOS token");
     ctx_enc.push_back(prefix_token);
   }
   if (add_bos && tok.bos_id() >= 0) ctx_enc.insert(ctx_enc.begin(), tok.bos_id());
@@ -189,7 +201,8 @@ TaskResult run_task(Model& model, const Tokenizer& tok, const Task& task, const 
   res.path = task.path;
   res.tmpl = task.tmpl;
   res.n_items = static_cast<int64_t>(task.docs.size());
-  const int32_t prefix = opt.prefix_token >= 0 ? opt.prefix_token : (tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id());
+  const int32_t prefix =
+      opt.prefix_token >= 0 ? opt.prefix_token : (tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id());
 
   // One request per (item, choice), choices of an item adjacent so their contexts are shared.
   std::vector<LoglikRequest> reqs;
@@ -200,7 +213,8 @@ TaskResult run_task(Model& model, const Tokenizer& tok, const Task& task, const 
     first_req[i] = reqs.size();
     for (const std::string& cont : d.continuations) {
       auto [ctx_enc, cont_enc] = encode_pair(tok, d.context, cont, prefix, opt.add_bos);
-      MLKV_REQUIRE(!cont_enc.empty(), task.path, ": item ", i, ": the continuation encodes to no tokens");
+      MLKV_REQUIRE(!cont_enc.empty(), task.path, ": item ", i,
+                   ": the continuation encodes to no tokens");
       reqs.push_back({std::move(ctx_enc), std::move(cont_enc)});
       item_of_req.push_back(static_cast<int64_t>(i));
     }
@@ -214,7 +228,8 @@ TaskResult run_task(Model& model, const Tokenizer& tok, const Task& task, const 
   if (opt.on_progress) {
     lo.on_progress = [&](int64_t done) {
       // Items whose every request is done.
-      const int64_t items = done >= res.n_requests ? res.n_items : item_of_req[static_cast<size_t>(done)];
+      const int64_t items =
+          done >= res.n_requests ? res.n_items : item_of_req[static_cast<size_t>(done)];
       opt.on_progress(items, res.n_items);
     };
   }

@@ -34,9 +34,9 @@ struct TaskDoc {
 };
 
 struct Task {
-  std::string name;      // file stem: "piqa", "lambada_openai_test", ...
+  std::string name;  // file stem: "piqa", "lambada_openai_test", ...
   std::string path;
-  std::string tmpl;      // "qa", "plain" or "lambada"
+  std::string tmpl;  // "qa", "plain" or "lambada"
   TaskKind kind = TaskKind::kMultipleChoice;
   std::vector<TaskDoc> docs;
 };
@@ -58,17 +58,20 @@ std::pair<std::string, std::string> lambada_split(const std::string& text);
 
 // lm-eval's _encode_pair: trailing whitespace of context moves to the front of continuation, the
 // concatenation is encoded whole, and its tokens after the context's own token count are the
-// continuation. An empty context becomes {prefix_token}. add_bos prepends the BOS id to the context.
-std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenizer& tok, std::string_view context,
+// continuation. An empty context becomes {prefix_token}. add_bos prepends the BOS id to the
+// context.
+std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenizer& tok,
+                                                                  std::string_view context,
                                                                   std::string_view continuation,
-                                                                  int32_t prefix_token, bool add_bos = false);
+                                                                  int32_t prefix_token,
+                                                                  bool add_bos = false);
 
 struct TaskOptions {
-  int batch = 16;           // sequences per forward pass
-  bool add_bos = false;     // prepend BOS to every context (lm-eval does not for causal models)
+  int batch = 16;             // sequences per forward pass
+  bool add_bos = false;       // prepend BOS to every context (lm-eval does not for causal models)
   int32_t prefix_token = -1;  // for empty contexts; -1: the tokenizer's BOS, else its EOS
   bool share_context = true;
-  int max_ctx = 0;          // most tokens fed per request (lm-eval's max_length); 0: the model's context
+  int max_ctx = 0;  // most tokens fed per request (lm-eval's max_length); 0: the model's context
   std::function<void(int64_t done, int64_t total)> on_progress;  // items
 };
 

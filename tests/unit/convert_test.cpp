@@ -2,6 +2,8 @@
 // files), pooling and the three merges give the hand-computed weights, MLP widening keeps or
 // changes the function as documented, the parameter report, and every impossible conversion
 // fails with a clear message.
+#include "convert/convert.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -10,7 +12,6 @@
 #include <filesystem>
 #include <random>
 
-#include "convert/convert.h"
 #include "core/check.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -46,7 +47,8 @@ std::vector<float> logprobs(const LoadedModel& m, const std::vector<int32_t>& to
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double d = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, std::fabs(double(a[i]) - b[i]));
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    d = std::max(d, std::fabs(double(a[i]) - b[i]));
   return d;
 }
 
@@ -68,7 +70,8 @@ std::string error_of(const ModelConfig& src, const ConvertOptions& opt) {
 // G = n_head, M = n_layer: every merge reproduces the source bit for bit.
 TEST(Convert, IdentityIsExact) {
   for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
-    for (MergeStrategy merge : {MergeStrategy::kPairwise, MergeStrategy::kMean, MergeStrategy::kOwner}) {
+    for (MergeStrategy merge :
+         {MergeStrategy::kPairwise, MergeStrategy::kMean, MergeStrategy::kOwner}) {
       const ModelConfig c = tiny_config(fam, 4, 32, 4, 4, {}, KvShareRope::kPost);
       const LoadedModel src = make(c, 3);
       ConvertOptions opt;
@@ -77,7 +80,8 @@ TEST(Convert, IdentityIsExact) {
       opt.merge = merge;
       const LoadedModel dst = convert_model(src, opt);
       const auto toks = tokens(40, c.n_vocab, 5);
-      EXPECT_EQ(logprobs(src, toks), logprobs(dst, toks)) << family_name(fam) << " " << merge_name(merge);
+      EXPECT_EQ(logprobs(src, toks), logprobs(dst, toks))
+          << family_name(fam) << " " << merge_name(merge);
     }
   }
 }
@@ -148,8 +152,10 @@ TEST(Convert, PoolingAndMergesByHand) {
     ASSERT_EQ(o.wk.shape(), (std::vector<int64_t>{2 * d, c.n_embd}));
     for (int g = 0; g < 2; ++g) {
       const double pooled_head = 2 * g + 0.5;  // mean of heads 2g, 2g+1
-      const double want_k = k.w0 * (0 + pooled_head) + k.w1 * (10 + pooled_head) + k.w2 * (20 + pooled_head);
-      EXPECT_FLOAT_EQ(o.wk[g * d * c.n_embd + 3], static_cast<float>(want_k)) << merge_name(k.merge);
+      const double want_k =
+          k.w0 * (0 + pooled_head) + k.w1 * (10 + pooled_head) + k.w2 * (20 + pooled_head);
+      EXPECT_FLOAT_EQ(o.wk[g * d * c.n_embd + 3], static_cast<float>(want_k))
+          << merge_name(k.merge);
       EXPECT_FLOAT_EQ(o.bk[g * d + 1], static_cast<float>(want_k));
       EXPECT_FLOAT_EQ(o.wv[g * d * c.n_embd + 7], static_cast<float>(100 + want_k));
       EXPECT_FLOAT_EQ(o.bv[g * d], static_cast<float>(100 + want_k));
@@ -201,7 +207,8 @@ TEST(Convert, ImpossibleConversionsFailClearly) {
   const ModelConfig c = tiny_config(Family::kGptNeoX, 4, 48, 6, 6, {}, KvShareRope::kPost);
   ConvertOptions o;
   o.kv_heads = 4;
-  EXPECT_NE(error_of(c, o).find("--kv-heads 4 does not divide the number of attention heads (6)"), std::string::npos);
+  EXPECT_NE(error_of(c, o).find("--kv-heads 4 does not divide the number of attention heads (6)"),
+            std::string::npos);
   o = {};
   o.kv_layers = 5;
   EXPECT_NE(error_of(c, o).find("--kv-layers 5 is out of range"), std::string::npos);
@@ -230,7 +237,8 @@ TEST(Convert, ImpossibleConversionsFailClearly) {
   o.kv_layers = 2;
   o.owners = {0, 2};
   EXPECT_NE(error_of(c, o).find("at most one of"), std::string::npos);
-  const ModelConfig shared = tiny_config(Family::kGptNeoX, 4, 48, 6, 6, {0, 0, 2, 2}, KvShareRope::kPost);
+  const ModelConfig shared =
+      tiny_config(Family::kGptNeoX, 4, 48, 6, 6, {0, 0, 2, 2}, KvShareRope::kPost);
   EXPECT_NE(error_of(shared, {}).find("already shares K/V across layers"), std::string::npos);
 }
 
@@ -253,7 +261,8 @@ TEST(Convert, WidenMlp) {
     const LoadedModel zero = convert_model(src, opt, &rep);
     const int64_t per_neuron = fam == Family::kLlama ? 3 * c.n_embd : 2 * c.n_embd + 1;
     EXPECT_GT(rep.n_ff_after, rep.n_ff_before);
-    EXPECT_EQ(rep.params_after, rep.params_dropped + int64_t{rep.n_ff_after - rep.n_ff_before} * per_neuron * c.n_layer);
+    EXPECT_EQ(rep.params_after, rep.params_dropped + int64_t{rep.n_ff_after - rep.n_ff_before} *
+                                                         per_neuron * c.n_layer);
     EXPECT_LE(std::llabs(rep.params_after - rep.params_before), per_neuron * c.n_layer / 2);
     EXPECT_EQ(zero.config.n_ff, rep.n_ff_after);
     EXPECT_EQ(zero.config.n_params(), rep.params_after);

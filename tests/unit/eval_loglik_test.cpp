@@ -40,7 +40,8 @@ Model make_model(Family fam, int G, std::vector<int> kv_source, int n_ctx = 64, 
 }
 
 // Sum and per-token log-probs of cont given ctx, from one plain score_tokens pass.
-std::vector<float> reference(Model& m, const std::vector<int32_t>& ctx, const std::vector<int32_t>& cont) {
+std::vector<float> reference(Model& m, const std::vector<int32_t>& ctx,
+                             const std::vector<int32_t>& cont) {
   std::vector<int32_t> all = ctx;
   all.insert(all.end(), cont.begin(), cont.end());
   const std::vector<float> lp = score_tokens(m, all, false);
@@ -57,7 +58,8 @@ TEST(Loglik, MatchesPlainScoring) {
     for (int item = 0; item < 9; ++item) {
       const auto ctx = tokens(1 + static_cast<int>(rng() % 30), m.config().n_vocab, rng);
       const int n_choices = 1 + static_cast<int>(rng() % 4);
-      for (int k = 0; k < n_choices; ++k) reqs.push_back({ctx, tokens(1 + static_cast<int>(rng() % 12), m.config().n_vocab, rng)});
+      for (int k = 0; k < n_choices; ++k)
+        reqs.push_back({ctx, tokens(1 + static_cast<int>(rng() % 12), m.config().n_vocab, rng)});
     }
     std::vector<std::vector<float>> want;
     for (const auto& r : reqs) want.push_back(reference(m, r.context, r.continuation));
@@ -79,7 +81,8 @@ TEST(Loglik, MatchesPlainScoring) {
           ASSERT_EQ(got[i].token_logprobs.size(), want[i].size());
           double sum = 0;
           for (size_t j = 0; j < want[i].size(); ++j) {
-            EXPECT_NEAR(got[i].token_logprobs[j], want[i][j], 2e-5) << family_name(fam) << " batch " << batch;
+            EXPECT_NEAR(got[i].token_logprobs[j], want[i][j], 2e-5)
+                << family_name(fam) << " batch " << batch;
             sum += want[i][j];
           }
           EXPECT_NEAR(got[i].logprob, sum, 1e-4);
@@ -104,9 +107,11 @@ TEST(Loglik, GreedyRule) {
     KVCache cache(m.config(), 1, 64);
     cache.acquire_seq();
     Batch b;
-    for (size_t i = 0; i < seq.size(); ++i) b.add(seq[i], 0, static_cast<int32_t>(i), i + 1 == seq.size());
+    for (size_t i = 0; i < seq.size(); ++i)
+      b.add(seq[i], 0, static_cast<int32_t>(i), i + 1 == seq.size());
     m.forward(b, cache, logits.data());
-    const int32_t best = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int32_t best =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     greedy.push_back(best);
     seq.push_back(best);
   }
@@ -114,7 +119,8 @@ TEST(Loglik, GreedyRule) {
   wrong_last.back() = (wrong_last.back() + 1) % m.config().n_vocab;
   std::vector<int32_t> wrong_first = greedy;
   wrong_first.front() = (wrong_first.front() + 7) % m.config().n_vocab;
-  const auto res = score_loglik(m, {{ctx, greedy}, {ctx, wrong_last}, {ctx, wrong_first}, {ctx, {greedy[0]}}});
+  const auto res =
+      score_loglik(m, {{ctx, greedy}, {ctx, wrong_last}, {ctx, wrong_first}, {ctx, {greedy[0]}}});
   EXPECT_TRUE(res[0].greedy);
   EXPECT_FALSE(res[1].greedy);
   EXPECT_FALSE(res[2].greedy);
@@ -193,7 +199,8 @@ TEST(Perplexity, EqualsScoreOverTheSameWindows) {
   Model m = make_model(Family::kLlama, 2, {0, 0, 2, 2}, 40);
   std::mt19937 rng(99);
   const auto s = tokens(150, m.config().n_vocab, rng);
-  for (auto [window, stride] : std::vector<std::pair<int, int>>{{32, 32}, {32, 12}, {20, 7}, {8, 1}}) {
+  for (auto [window, stride] :
+       std::vector<std::pair<int, int>>{{32, 32}, {32, 12}, {20, 7}, {8, 1}}) {
     eval::PerplexityOptions opt;
     opt.window = window;
     opt.stride = stride;
@@ -202,7 +209,8 @@ TEST(Perplexity, EqualsScoreOverTheSameWindows) {
     double nll = 0;
     int64_t n = 0;
     std::vector<float> per_token;
-    for (const eval::Window& w : eval::make_windows(static_cast<int64_t>(s.size()), window, stride)) {
+    for (const eval::Window& w :
+         eval::make_windows(static_cast<int64_t>(s.size()), window, stride)) {
       const std::vector<int32_t> fed(s.begin() + w.begin, s.begin() + w.end);
       const std::vector<float> lp = score_tokens(m, fed, false);
       for (int64_t j = w.split - w.begin - 1; j < static_cast<int64_t>(lp.size()); ++j) {
@@ -214,7 +222,8 @@ TEST(Perplexity, EqualsScoreOverTheSameWindows) {
     EXPECT_EQ(n, 149);
     EXPECT_EQ(r.n_tokens, n);
     EXPECT_NEAR(r.nll, nll, 1e-3) << window << "/" << stride;
-    EXPECT_NEAR(r.token_perplexity(), std::exp(nll / static_cast<double>(n)), 1e-5 * r.token_perplexity());
+    EXPECT_NEAR(r.token_perplexity(), std::exp(nll / static_cast<double>(n)),
+                1e-5 * r.token_perplexity());
     ASSERT_EQ(r.token_logprobs.size(), per_token.size());
     // Different batch shapes take different f32 paths (GEMM vs row attention, prefill splits):
     // a few ulps of the logits, relative to the log-prob's size.
@@ -335,7 +344,8 @@ TEST(RunTask, MetricsFollowTheScores) {
   eval::Task task;
   task.name = "mini";
   task.tmpl = "qa";
-  const char* questions[] = {"Question: a?\nAnswer:", "Question: bb?\nAnswer:", "Question: ccc?\nAnswer:"};
+  const char* questions[] = {
+      "Question: a?\nAnswer:", "Question: bb?\nAnswer:", "Question: ccc?\nAnswer:"};
   for (int i = 0; i < 3; ++i) {
     eval::TaskDoc d;
     d.context = questions[i];
@@ -355,7 +365,8 @@ TEST(RunTask, MetricsFollowTheScores) {
     std::vector<double> ll;
     std::vector<int64_t> chars;
     for (size_t k = 0; k < 3; ++k) {
-      auto [ctx, cont] = eval::encode_pair(tok, task.docs[i].context, task.docs[i].continuations[k], -1);
+      auto [ctx, cont] =
+          eval::encode_pair(tok, task.docs[i].context, task.docs[i].continuations[k], -1);
       double s = 0;
       for (float v : reference(model, ctx, cont)) s += v;
       ll.push_back(s);

@@ -20,8 +20,8 @@ namespace fs = std::filesystem;
 // A long right answer with a lower total log-likelihood but a higher one per character: acc
 // picks the short wrong answer, acc_norm the long right one.
 TEST(EvalMetrics, AccAndAccNormDifferOnCraftedCase) {
-  const std::vector<double> ll = {-6.0, -9.0};         // choice 0 more likely in total
-  const std::vector<int64_t> chars = {3, 30};          // -2.0 vs -0.3 per character
+  const std::vector<double> ll = {-6.0, -9.0};  // choice 0 more likely in total
+  const std::vector<int64_t> chars = {3, 30};   // -2.0 vs -0.3 per character
   const ChoiceScores s = score_choices(ll, chars);
   EXPECT_EQ(s.pred, 0);
   EXPECT_EQ(s.pred_norm, 1);
@@ -41,9 +41,11 @@ TEST(EvalMetrics, TiesGoToTheFirstChoice) {
 
 TEST(EvalMetrics, Utf8LengthCountsCharacters) {
   EXPECT_EQ(utf8_length("hello"), 5);
-  EXPECT_EQ(utf8_length("h\xC3\xA9llo"), 5);          // é: 2 bytes, 1 character
-  EXPECT_EQ(utf8_length("\xE2\x82\xAC" "5"), 2);       // €5
-  EXPECT_EQ(utf8_length("\xF0\x9F\x98\x80"), 1);       // an emoji, 4 bytes
+  EXPECT_EQ(utf8_length("h\xC3\xA9llo"), 5);  // é: 2 bytes, 1 character
+  EXPECT_EQ(utf8_length("\xE2\x82\xAC"
+                        "5"),
+            2);                                   // €5
+  EXPECT_EQ(utf8_length("\xF0\x9F\x98\x80"), 1);  // an emoji, 4 bytes
   EXPECT_EQ(utf8_length(""), 0);
 }
 
@@ -105,11 +107,14 @@ TEST(EvalWindows, HandWorkedExamples) {
 
 TEST(EvalTasks, Templates) {
   // PIQA's llm-foundry query ends with a newline, ARC's does not; lm-eval's prompt is the same.
-  EXPECT_EQ(apply_template("qa", "Question: How do I boil an egg?\n"), "Question: How do I boil an egg?\nAnswer:");
-  EXPECT_EQ(apply_template("qa", "Question: Which is a gas?"), "Question: Which is a gas?\nAnswer:");
+  EXPECT_EQ(apply_template("qa", "Question: How do I boil an egg?\n"),
+            "Question: How do I boil an egg?\nAnswer:");
+  EXPECT_EQ(apply_template("qa", "Question: Which is a gas?"),
+            "Question: Which is a gas?\nAnswer:");
   EXPECT_EQ(apply_template("qa", "Question: q\nAnswer:"), "Question: q\nAnswer:");
   // SciQ: lm-eval keeps the newline before "Question:" when the support is empty.
-  EXPECT_EQ(apply_template("sciq", "Some support.\nQuestion: q\nAnswer:"), "Some support.\nQuestion: q\nAnswer:");
+  EXPECT_EQ(apply_template("sciq", "Some support.\nQuestion: q\nAnswer:"),
+            "Some support.\nQuestion: q\nAnswer:");
   EXPECT_EQ(apply_template("sciq", "Question: q\nAnswer:"), "\nQuestion: q\nAnswer:");
   EXPECT_EQ(apply_template("plain", "Roof shingle removal: A man is on a roof. he"),
             "Roof shingle removal: A man is on a roof. he");
@@ -125,9 +130,11 @@ TEST(EvalTasks, Templates) {
 }
 
 TEST(EvalTasks, LambadaSplit) {
-  EXPECT_EQ(lambada_split("the cat sat on the mat"), std::make_pair(std::string("the cat sat on the"), std::string(" mat")));
+  EXPECT_EQ(lambada_split("the cat sat on the mat"),
+            std::make_pair(std::string("the cat sat on the"), std::string(" mat")));
   // Only spaces separate words: the newline stays inside the context.
-  EXPECT_EQ(lambada_split("he said\n\"go home"), std::make_pair(std::string("he said\n\"go"), std::string(" home")));
+  EXPECT_EQ(lambada_split("he said\n\"go home"),
+            std::make_pair(std::string("he said\n\"go"), std::string(" home")));
   EXPECT_EQ(lambada_split("word"), std::make_pair(std::string(""), std::string(" word")));
 }
 
@@ -147,10 +154,12 @@ class TaskFiles : public ::testing::Test {
 };
 
 TEST_F(TaskFiles, MultipleChoice) {
-  const std::string p = write("piqa_mini.jsonl",
-                              "{\"query\": \"Question: open a jar\\n\", \"choices\": [\"twist\", \"pull\"], \"gold\": 0}\n"
-                              "\n"
-                              "{\"query\": \"Question: cool tea\", \"choices\": [\"wait\", \"h\\u00e9at\"], \"gold\": 1}\n");
+  const std::string p = write(
+      "piqa_mini.jsonl",
+      "{\"query\": \"Question: open a jar\\n\", \"choices\": [\"twist\", \"pull\"], \"gold\": 0}\n"
+      "\n"
+      "{\"query\": \"Question: cool tea\", \"choices\": [\"wait\", \"h\\u00e9at\"], \"gold\": "
+      "1}\n");
   const Task t = load_task(p);
   EXPECT_EQ(t.name, "piqa_mini");
   EXPECT_EQ(t.tmpl, "qa");
@@ -158,7 +167,9 @@ TEST_F(TaskFiles, MultipleChoice) {
   ASSERT_EQ(t.docs.size(), 2u);
   EXPECT_EQ(t.docs[0].context, "Question: open a jar\nAnswer:");
   EXPECT_EQ(t.docs[0].continuations, (std::vector<std::string>{" twist", " pull"}));
-  EXPECT_EQ(t.docs[1].choices[1], "h\xC3\xA9" "at");
+  EXPECT_EQ(t.docs[1].choices[1],
+            "h\xC3\xA9"
+            "at");
   EXPECT_EQ(t.docs[1].gold, 1);
   EXPECT_EQ(load_task(p, "", 1).docs.size(), 1u);
   EXPECT_EQ(load_task(p, "plain").docs[1].context, "Question: cool tea");
@@ -166,7 +177,8 @@ TEST_F(TaskFiles, MultipleChoice) {
 
 TEST_F(TaskFiles, LambadaBothLayouts) {
   const Task a = load_task(write("lambada_a.jsonl", "{\"text\": \"she opened the door\"}\n"));
-  const Task b = load_task(write("lambada_b.jsonl", "{\"context\": \"she opened the\", \"continuation\": \"door\"}\n"));
+  const Task b = load_task(
+      write("lambada_b.jsonl", "{\"context\": \"she opened the\", \"continuation\": \"door\"}\n"));
   for (const Task* t : {&a, &b}) {
     EXPECT_EQ(t->kind, TaskKind::kLambada);
     EXPECT_EQ(t->docs[0].context, "she opened the");
@@ -174,7 +186,8 @@ TEST_F(TaskFiles, LambadaBothLayouts) {
     EXPECT_EQ(t->docs[0].choices[0], "door");
   }
   // A split that already carries the space keeps it once; the file name does not matter.
-  const Task c = load_task(write("cloze.jsonl", "{\"context\": \"she opened the \", \"continuation\": \"door\"}\n"));
+  const Task c = load_task(
+      write("cloze.jsonl", "{\"context\": \"she opened the \", \"continuation\": \"door\"}\n"));
   EXPECT_EQ(c.kind, TaskKind::kLambada);
   EXPECT_EQ(c.docs[0].continuations[0], "door");
 }
@@ -188,12 +201,17 @@ TEST_F(TaskFiles, BadRecordsNameFileAndLine) {
     }
     return std::string();
   };
-  EXPECT_NE(msg("t1.jsonl", "{\"query\": \"Q\", \"choices\": [\"a\"], \"gold\": 0}\n{oops\n").find("t1.jsonl:2: not valid JSON"),
+  EXPECT_NE(msg("t1.jsonl", "{\"query\": \"Q\", \"choices\": [\"a\"], \"gold\": 0}\n{oops\n")
+                .find("t1.jsonl:2: not valid JSON"),
             std::string::npos);
-  EXPECT_NE(msg("t2.jsonl", "{\"query\": \"Q\", \"choices\": [\"a\", \"b\"], \"gold\": 2}\n").find("gold 2 is not a choice"),
+  EXPECT_NE(msg("t2.jsonl", "{\"query\": \"Q\", \"choices\": [\"a\", \"b\"], \"gold\": 2}\n")
+                .find("gold 2 is not a choice"),
             std::string::npos);
-  EXPECT_NE(msg("t3.jsonl", "{\"query\": \"Q\", \"choices\": [], \"gold\": 0}\n").find("non-empty list"), std::string::npos);
-  EXPECT_NE(msg("t4.jsonl", "{\"query\": 3, \"choices\": [\"a\"], \"gold\": 0}\n").find("'query' must be a string"),
+  EXPECT_NE(
+      msg("t3.jsonl", "{\"query\": \"Q\", \"choices\": [], \"gold\": 0}\n").find("non-empty list"),
+      std::string::npos);
+  EXPECT_NE(msg("t4.jsonl", "{\"query\": 3, \"choices\": [\"a\"], \"gold\": 0}\n")
+                .find("'query' must be a string"),
             std::string::npos);
   EXPECT_NE(msg("t5.jsonl", "\n\n").find("holds no items"), std::string::npos);
   EXPECT_THROW(load_task((dir_ / "missing.jsonl").string()), Error);

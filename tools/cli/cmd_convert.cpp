@@ -25,7 +25,7 @@ namespace {
 
 struct ConvertArgs {
   std::string src, dst, owners, kv_source, merge = merge_name(kDefaultMerge), widen = "none",
-                                          share = "post", dtype = "same", tokenizer;
+                                           share = "post", dtype = "same", tokenizer;
   int kv_heads = 0, kv_layers = 0;
   bool force = false, json_out = false;
 };
@@ -45,13 +45,14 @@ DType parse_dtype(const std::string& s, DType same) {
 }
 
 // Files that travel with the weights so the output is a complete model folder.
-const char* const kSideFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                  "tokenizer.model", "encoder.json", "vocab.bpe", "tokenizer.bin",
-                                  "generation_config.json"};
+const char* const kSideFiles[] = {
+    "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "encoder.json",          "vocab.bpe",
+    "tokenizer.bin",   "generation_config.json"};
 
 bool is_llama2c_tokenizer_name(const std::string& name) {
-  return name == "tokenizer.bin" ||
-         (name.rfind("tok", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".bin") == 0);
+  return name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && name.size() > 4 &&
+                                     name.compare(name.size() - 4, 4, ".bin") == 0);
 }
 
 // The tokenizer files to copy: --tokenizer (a file, or a folder's known files), else the source
@@ -67,7 +68,8 @@ std::vector<fs::path> tokenizer_files(const std::string& src, const std::string&
     MLKV_REQUIRE(fs::exists(tokenizer), "--tokenizer '", tokenizer, "' does not exist");
     if (fs::is_directory(tokenizer)) {
       from_dir(tokenizer);
-    } else if (fs::path(tokenizer).filename() == "encoder.json" || fs::path(tokenizer).extension() == ".bpe") {
+    } else if (fs::path(tokenizer).filename() == "encoder.json" ||
+               fs::path(tokenizer).extension() == ".bpe") {
       const fs::path dir = fs::path(tokenizer).parent_path();
       out = {dir / "encoder.json", dir / "vocab.bpe"};
     } else {
@@ -80,10 +82,12 @@ std::vector<fs::path> tokenizer_files(const std::string& src, const std::string&
     from_dir(src);
     return out;
   }
-  const fs::path dir = fs::path(src).parent_path().empty() ? fs::path(".") : fs::path(src).parent_path();
+  const fs::path dir =
+      fs::path(src).parent_path().empty() ? fs::path(".") : fs::path(src).parent_path();
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file() && is_llama2c_tokenizer_name(e.path().filename().string())) found.push_back(e.path());
+    if (e.is_regular_file() && is_llama2c_tokenizer_name(e.path().filename().string()))
+      found.push_back(e.path());
   }
   if (found.size() == 1) out = found;
   return out;
@@ -99,7 +103,8 @@ bool check_destination(const std::string& src, const std::string& dst, bool forc
   MLKV_REQUIRE(!fs::exists(src, ec) || !fs::equivalent(src, dst, ec), "destination '", dst,
                "' is the source itself");
   if (fs::is_empty(dst, ec)) return true;
-  MLKV_REQUIRE(force, "destination '", dst, "' exists and is not empty (use --force to replace a model folder)");
+  MLKV_REQUIRE(force, "destination '", dst,
+               "' exists and is not empty (use --force to replace a model folder)");
   MLKV_REQUIRE(fs::is_regular_file(fs::path(dst) / "config.json"), "destination '", dst,
                "' is not a model folder (no config.json); refusing to replace it");
   return true;
@@ -115,7 +120,8 @@ std::string list_str(const std::vector<int>& v) {
 }
 
 std::string scheme(const ModelConfig& c) {
-  return cat(c.n_kv_layers(), " KV layers x ", c.n_head_kv, " KV heads (owners ", list_str(c.owner_layers()), ")");
+  return cat(c.n_kv_layers(), " KV layers x ", c.n_head_kv, " KV heads (owners ",
+             list_str(c.owner_layers()), ")");
 }
 
 void run_convert(const ConvertArgs& a) {
@@ -128,7 +134,8 @@ void run_convert(const ConvertArgs& a) {
   MLKV_REQUIRE(a.kv_layers >= 0, "--kv-layers must be positive (got ", a.kv_layers, ")");
   opt.merge = parse_merge(a.merge);
   opt.widen = parse_widen(a.widen);
-  MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '", a.share, "')");
+  MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '", a.share,
+               "')");
   opt.share = a.share == "pre" ? KvShareRope::kPre : KvShareRope::kPost;
 
   const bool replace = check_destination(a.src, a.dst, a.force);
@@ -143,7 +150,8 @@ void run_convert(const ConvertArgs& a) {
   // Write everything under a temporary sibling name, then rename it into place.
   const fs::path dst_abs = fs::absolute(a.dst).lexically_normal();
   const fs::path dst_path = dst_abs.has_filename() ? dst_abs : dst_abs.parent_path();
-  const fs::path tmp = dst_path.parent_path() / cat(".", dst_path.filename().string(), ".tmp.", ::getpid());
+  const fs::path tmp =
+      dst_path.parent_path() / cat(".", dst_path.filename().string(), ".tmp.", ::getpid());
   fs::create_directories(dst_path.parent_path());
   fs::remove_all(tmp);
   try {
@@ -151,7 +159,8 @@ void run_convert(const ConvertArgs& a) {
     so.dtype = dtype;
     so.fuse_qkv_when_possible = false;  // the split layout: the form MLKV models need anyway
     save_model(tmp.string(), out.config, out.weights, so);
-    for (const fs::path& f : side) fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
+    for (const fs::path& f : side)
+      fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
     if (replace) fs::remove_all(dst_path);
     fs::rename(tmp, dst_path);
   } catch (...) {
@@ -193,13 +202,15 @@ void run_convert(const ConvertArgs& a) {
   std::printf("kv cache      %lld -> %lld bytes per token (f32), %.2fx smaller\n",
               static_cast<long long>(rep.kv_bytes_per_token_before),
               static_cast<long long>(rep.kv_bytes_per_token_after),
-              static_cast<double>(rep.kv_bytes_per_token_before) / static_cast<double>(rep.kv_bytes_per_token_after));
-  std::printf("parameters    %lld before, %lld after dropping K/V (-%lld)", static_cast<long long>(rep.params_before),
-              static_cast<long long>(rep.params_dropped),
+              static_cast<double>(rep.kv_bytes_per_token_before) /
+                  static_cast<double>(rep.kv_bytes_per_token_after));
+  std::printf("parameters    %lld before, %lld after dropping K/V (-%lld)",
+              static_cast<long long>(rep.params_before), static_cast<long long>(rep.params_dropped),
               static_cast<long long>(rep.params_before - rep.params_dropped));
   if (opt.widen != WidenMode::kNone) {
-    std::printf(", %lld after widening the MLP %d -> %d (%s)", static_cast<long long>(rep.params_after),
-                rep.n_ff_before, rep.n_ff_after, widen_name(opt.widen));
+    std::printf(", %lld after widening the MLP %d -> %d (%s)",
+                static_cast<long long>(rep.params_after), rep.n_ff_before, rep.n_ff_after,
+                widen_name(opt.widen));
   }
   std::printf("\n");
   std::printf("written       %s (%s, split q/k/v layout%s)\n", a.dst.c_str(), dtype_name(dtype),
@@ -210,22 +221,31 @@ void run_convert(const ConvertArgs& a) {
 
 void add_convert_commands(CLI::App& app) {
   auto a = std::make_shared<ConvertArgs>();
-  auto* cmd = app.add_subcommand("convert",
-                                 "Convert an MHA/GQA model to GQA/MQA/MLKV (pool K/V heads, merge K/V across layers)");
-  cmd->add_option("src", a->src, "Source model folder (config.json + safetensors) or llama2.c .bin")->required();
-  cmd->add_option("dst", a->dst, "Output folder (must not exist, or be empty; --force replaces a model folder)")
+  auto* cmd = app.add_subcommand(
+      "convert",
+      "Convert an MHA/GQA model to GQA/MQA/MLKV (pool K/V heads, merge K/V across layers)");
+  cmd->add_option("src", a->src, "Source model folder (config.json + safetensors) or llama2.c .bin")
       ->required();
-  cmd->add_option("--kv-heads", a->kv_heads, "KV heads per KV layer, G (default: keep the source's)");
-  cmd->add_option("--kv-layers", a->kv_layers, "Number of KV layers, M, owners by the authors' rule");
+  cmd->add_option("dst", a->dst,
+                  "Output folder (must not exist, or be empty; --force replaces a model folder)")
+      ->required();
+  cmd->add_option("--kv-heads", a->kv_heads,
+                  "KV heads per KV layer, G (default: keep the source's)");
+  cmd->add_option("--kv-layers", a->kv_layers,
+                  "Number of KV layers, M, owners by the authors' rule");
   cmd->add_option("--owners", a->owners, "Explicit owner layers, e.g. 0,3,6,9 (must start at 0)");
   cmd->add_option("--kv-source", a->kv_source, "Explicit layer -> owner map, e.g. 0,0,0,3,3,3");
-  cmd->add_option("--merge", a->merge, "Cross-layer K/V merge: pairwise (authors), mean, owner")->capture_default_str();
-  cmd->add_option("--widen-mlp", a->widen,
-                  "Give back the removed parameters by widening every MLP: none, copy (authors: copies of "
-                  "existing neurons), zero (copied inputs, zero outputs: same function)")
+  cmd->add_option("--merge", a->merge, "Cross-layer K/V merge: pairwise (authors), mean, owner")
       ->capture_default_str();
-  cmd->add_option("--share", a->share, "kv_share_rope of the output: post or pre")->capture_default_str();
-  cmd->add_option("--dtype", a->dtype, "Output dtype: same (as the source), f32, f16, bf16")->capture_default_str();
+  cmd->add_option(
+         "--widen-mlp", a->widen,
+         "Give back the removed parameters by widening every MLP: none, copy (authors: copies of "
+         "existing neurons), zero (copied inputs, zero outputs: same function)")
+      ->capture_default_str();
+  cmd->add_option("--share", a->share, "kv_share_rope of the output: post or pre")
+      ->capture_default_str();
+  cmd->add_option("--dtype", a->dtype, "Output dtype: same (as the source), f32, f16, bf16")
+      ->capture_default_str();
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder to copy into the output");
   cmd->add_flag("--force", a->force, "Replace an existing model folder at DST");
   cmd->add_flag("--json", a->json_out, "Print a JSON report");
