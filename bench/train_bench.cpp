@@ -100,7 +100,8 @@ int main(int argc, char** argv) {
   }
   set_num_threads(threads);
   const double sgemm = sgemm_gflops(tokens, 3072, 768, 5);
-  std::printf("threads %d; OpenBLAS sgemm %dx3072x768: %.1f GFLOP/s\n", threads, tokens, sgemm);
+  std::printf("threads %d; OpenBLAS %s kernels; sgemm %dx3072x768: %.1f GFLOP/s\n", threads, openblas_get_corename(),
+              tokens, sgemm);
 
   for (int ctx : ctxs) {
     ModelConfig cfg = geometry_preset(preset);

@@ -27,14 +27,15 @@ constexpr int kRowBlock = 64;
 // Fewer multiply-adds than this (per call) run on one thread: a parallel region costs more.
 constexpr int64_t kParallelWork = int64_t{1} << 18;
 
-// Softmax of row[0, vis) in place (row[vis, len) set to 0); returns the log-normaliser.
+// Unnormalised softmax of row[0, vis) in place: row[j] = exp(row[j] - max), row[vis, len) = 0.
+// Returns the sum; *mx receives the max. The caller scales the (d-wide) output rows by 1 / sum
+// instead of the (len-wide) probability rows.
 template <typename T>
-T softmax_row(T* row, int vis, int len) {
+T exp_row(T* row, int vis, int len, T* mx_out) {
   T mx, sum;
   if constexpr (std::is_same_v<T, float>) {
     mx = vec::max_n(row, vis);
     sum = vec::exp_affine_sum(row, vis, 1.0f, mx);
-    vec::scale_n(row, vis, 1.0f / sum);
   } else {
     mx = row[0];
     for (int j = 1; j < vis; ++j) mx = std::max(mx, row[j]);
@@ -43,10 +44,10 @@ T softmax_row(T* row, int vis, int len) {
       row[j] = std::exp(row[j] - mx);
       sum += row[j];
     }
-    for (int j = 0; j < vis; ++j) row[j] /= sum;
   }
   std::fill(row + vis, row + len, T(0));
-  return mx + std::log(sum);
+  *mx_out = mx;
+  return sum;
 }
 
 // row[j] = exp(row[j] - lse) for j < vis, 0 beyond.
@@ -98,8 +99,20 @@ void attention_forward(const T* q, const T* k, const T* v, T* o, T* lse, const A
     for (int r0 = 0; r0 < S; r0 += kRowBlock) {
       const int rows = std::min(kRowBlock, S - r0), len = r0 + rows;
       gemm<T>(false, true, rows, len, d, scale, Q + int64_t{r0} * ldq, ldq, K, ldk, T(0), P, len);
-      for (int i = 0; i < rows; ++i) L[r0 + i] = softmax_row(P + int64_t{i} * len, r0 + i + 1, len);
-      gemm<T>(false, false, rows, d, len, T(1), P, len, V, ldk, T(0), O + int64_t{r0} * ldq, ldq);
+      T inv_sum[kRowBlock];
+      for (int i = 0; i < rows; ++i) {
+        T mx;
+        const T sum = exp_row(P + int64_t{i} * len, r0 + i + 1, len, &mx);
+        L[r0 + i] = mx + std::log(sum);
+        inv_sum[i] = T(1) / sum;
+      }
+      T* Ob = O + int64_t{r0} * ldq;
+      gemm<T>(false, false, rows, d, len, T(1), P, len, V, ldk, T(0), Ob, ldq);
+      for (int i = 0; i < rows; ++i) {
+        T* orow = Ob + int64_t{i} * ldq;
+#pragma omp simd
+        for (int j = 0; j < d; ++j) orow[j] *= inv_sum[i];
+      }
     }
   }
 }
