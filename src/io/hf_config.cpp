@@ -106,8 +106,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
     MLKV_REQUIRE(pct >= 0 && pct <= 1, where, ": rotary_pct must be in [0, 1]");
     // Same truncation as the reference implementation: int(head_size * rotary_pct).
     c.n_rot = static_cast<int>(static_cast<double>(c.n_embd_head) * pct);
-    c.rope_theta = static_cast<float>(r.get_double("rotary_emb_base", r.get_double("rope_theta", 10000)));
-    c.norm_eps = static_cast<float>(r.get_double("layer_norm_eps", 1e-5));
+    c.rope_theta = r.get_double("rotary_emb_base", r.get_double("rope_theta", 10000));
+    c.norm_eps = r.get_double("layer_norm_eps", 1e-5);
     c.parallel_residual = r.get_bool("use_parallel_residual", true);
     c.tied_embeddings = r.get_bool("tie_word_embeddings", false);
     c.attn_bias = r.get_bool("attention_bias", true);
@@ -123,8 +123,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
   } else {
     const double partial = r.get_double("partial_rotary_factor", 1.0);
     c.n_rot = static_cast<int>(static_cast<double>(c.n_embd_head) * partial);
-    c.rope_theta = static_cast<float>(r.get_double("rope_theta", 10000));
-    c.norm_eps = static_cast<float>(r.get_double("rms_norm_eps", 1e-6));
+    c.rope_theta = r.get_double("rope_theta", 10000);
+    c.norm_eps = r.get_double("rms_norm_eps", 1e-6);
     c.tied_embeddings = r.get_bool("tie_word_embeddings", false);
     c.attn_bias = r.get_bool("attention_bias", false);
     c.mlp_bias = r.get_bool("mlp_bias", false);

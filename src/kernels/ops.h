@@ -36,7 +36,7 @@ struct RopeTable {
   int n_rot = 0;
   int n_pos = 0;
   std::vector<float> cos, sin;
-  void build(int n_rot, int n_pos, float theta);
+  void build(int n_rot, int n_pos, double theta);
 };
 
 // Rotates the first n_rot dims of every head of x[T, n_heads, head_dim] in place, rotate-half

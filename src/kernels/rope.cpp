@@ -8,7 +8,7 @@
 
 namespace mlkv::ops {
 
-void RopeTable::build(int rot, int pos, float theta) {
+void RopeTable::build(int rot, int pos, double theta) {
   n_rot = rot;
   n_pos = pos;
   const int half = rot / 2;
@@ -16,7 +16,7 @@ void RopeTable::build(int rot, int pos, float theta) {
   sin.assign(static_cast<size_t>(pos) * half, 0.0f);
   for (int p = 0; p < pos; ++p) {
     for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(static_cast<double>(theta), -2.0 * i / rot);
+      const double inv_freq = std::pow(theta, -2.0 * i / rot);
       const double a = p * inv_freq;
       cos[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(a));
       sin[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(a));

@@ -31,8 +31,8 @@ struct ModelConfig {
   int n_ff = 0;
   int n_ctx = 2048;     // max_position_embeddings: the longest context the model was made for
   int n_rot = 0;        // rotary dims per head (the first n_rot dims; rotate-half layout)
-  float rope_theta = 10000.0f;
-  float norm_eps = 1e-5f;
+  double rope_theta = 10000.0;  // double: written back to config.json exactly as read
+  double norm_eps = 1e-5;
 
   NormType norm = NormType::kRmsNorm;
   MlpType mlp = MlpType::kSwiGlu;

@@ -100,9 +100,9 @@ namespace {
 
 void norm_rows(const ModelConfig& c, const Tensor& w, const Tensor& b, const float* x, float* y, int T) {
   if (c.norm == NormType::kLayerNorm) {
-    ops::layernorm_forward(x, w.data(), b.data(), y, T, c.n_embd, c.norm_eps);
+    ops::layernorm_forward(x, w.data(), b.data(), y, T, c.n_embd, static_cast<float>(c.norm_eps));
   } else {
-    ops::rmsnorm_forward(x, w.data(), y, T, c.n_embd, c.norm_eps);
+    ops::rmsnorm_forward(x, w.data(), y, T, c.n_embd, static_cast<float>(c.norm_eps));
   }
 }
 

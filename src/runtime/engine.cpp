@@ -20,9 +20,11 @@ std::vector<float> score_tokens(Model& model, const std::vector<int32_t>& tokens
   const ModelConfig& c = model.config();
   const int n = static_cast<int>(tokens.size());
   MLKV_REQUIRE(n >= 2, "scoring needs at least 2 tokens (got ", n, ")");
-  MLKV_REQUIRE(n <= c.n_ctx, "context overflow: ", n, " tokens but the model's context is ", c.n_ctx,
+  // The last token is only a target: n - 1 positions go through the model.
+  MLKV_REQUIRE(n - 1 <= c.n_ctx, "context overflow: scoring ", n, " tokens feeds ", n - 1,
+               " positions but the model's context is ", c.n_ctx,
                " (score longer text with a sliding window: mlkv eval)");
-  KVCache cache(c, 1, n, cache_elem);
+  KVCache cache(c, 1, n - 1, cache_elem);
   cache.acquire_seq();
   std::vector<float> out;
   out.reserve(static_cast<size_t>(n - 1));

@@ -171,7 +171,9 @@ def test_bad_input(mlkv, wd):
 
     expect_error(mlkv, ["score", good, "--tokens", "1 50 2"], "token id 50 is outside the vocabulary", "token id >= vocab")
     expect_error(mlkv, ["generate", good, "--tokens", "1 99", "-n", "2"], "outside the vocabulary", "generate: token id >= vocab")
-    expect_error(mlkv, ["score", good, "--tokens", " ".join(["1"] * 17)], "context overflow", "score: context overflow")
+    expect_error(mlkv, ["score", good, "--tokens", " ".join(["1"] * 18)], "context overflow", "score: context overflow")
+    r = run([mlkv, "score", good, "--tokens", " ".join(["1"] * 17), "--json"])
+    check(r.returncode == 0 and len(json.loads(r.stdout)["logprobs"]) == 16, "score: n_ctx + 1 tokens fit (n_ctx positions)")
     expect_error(mlkv, ["generate", good, "--tokens", " ".join(["1"] * 17), "-n", "2"], "context overflow",
                  "generate: prompt longer than the context")
     expect_error(mlkv, ["score", good, "--tokens", "1 x 2"], "'x' is not a token id", "malformed token list")

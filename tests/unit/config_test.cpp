@@ -92,7 +92,10 @@ TEST(HfConfig, RoundTrip) {
   const ModelConfig e = parse_hf_config(hf_config_to_json(c), "y");
   EXPECT_EQ(e.family, Family::kLlama);
   EXPECT_TRUE(e.tied_embeddings);
-  EXPECT_EQ(e.rope_theta, 500000.0f);
+  EXPECT_EQ(e.rope_theta, 500000.0);
+  // Floats in config.json come back exactly (no f32 rounding on the way through).
+  c.norm_eps = 1e-5;
+  EXPECT_EQ(parse_hf_config(hf_config_to_json(c), "z").norm_eps, 1e-5);
   EXPECT_EQ(e.n_rot, 16);
 }
 

@@ -208,7 +208,9 @@ TEST(ModelErrors, BadBatches) {
   b.add(1, 0, 3, true);  // position does not continue the sequence
   EXPECT_THROW(m.forward(b, cache, logits.data()), Error);
   EXPECT_THROW(score_tokens(m, {1}, false), Error);  // nothing to score
-  const std::vector<int32_t> too_long(static_cast<size_t>(c.n_ctx) + 1, 1);
+  const std::vector<int32_t> longest(static_cast<size_t>(c.n_ctx) + 1, 1);  // n_ctx positions fed
+  EXPECT_EQ(score_tokens(m, longest, false).size(), static_cast<size_t>(c.n_ctx));
+  const std::vector<int32_t> too_long(static_cast<size_t>(c.n_ctx) + 2, 1);
   EXPECT_THROW(score_tokens(m, too_long, false), Error);
 }
 
