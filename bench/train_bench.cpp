@@ -160,8 +160,10 @@ int main(int argc, char** argv) {
     std::printf(
         "JSON {\"ctx\": %d, \"batch\": %d, \"threads\": %d, \"seconds_per_step\": %.5f, "
         "\"tokens_per_s\": %.2f, "
-        "\"gflops\": %.2f, \"sgemm_gflops\": %.2f, \"flops_per_step\": %.6e, \"n_mm\": %.0f}\n",
-        ctx, batch, threads, t, static_cast<double>(n_tok) / t, gf, sgemm, flops, n_mm);
+        "\"gflops\": %.2f, \"sgemm_gflops\": %.2f, \"flops_per_step\": %.6e, \"n_mm\": %.0f, "
+        "\"openblas_core\": \"%s\"}\n",
+        ctx, batch, threads, t, static_cast<double>(n_tok) / t, gf, sgemm, flops, n_mm,
+        openblas_get_corename());
     std::fflush(stdout);
   }
   return 0;
