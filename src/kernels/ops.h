@@ -58,6 +58,15 @@ float dot(const float* a, const float* b, int64_t n);
 float dot_f16(const float* a, const uint16_t* b, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 
+// Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i] =
+// softmax(scale * q_r K^T) V over keys and values [len, d]. scores: scratch of
+// min(n_q, kMaxGroup) * len floats. The f16 form reads an f16 cache directly.
+constexpr int kMaxGroup = 64;
+void attend_shared_kv(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
+                      int d, float scale, float* out, int ldo, float* scores);
+void attend_shared_kv_f16(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
+                          int len, int d, float scale, float* out, int ldo, float* scores);
+
 // Log-softmax of one row, returning logsumexp (so log p(i) = x[i] - lse).
 float logsumexp(const float* x, int n);
 

@@ -25,11 +25,13 @@ TEST(Matmul, MatchesReferenceAcrossPaths) {
   // T <= 8 takes the streaming GEMV, larger T OpenBLAS; odd K and N exercise the tails.
   for (int T : {1, 2, 3, 5, 8, 9, 33}) {
     for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 96}, std::pair{250, 7}}) {
-      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K),
+                 b = randn(size_t(N), 3);
       std::vector<float> y(size_t(T) * N), r(size_t(T) * N);
       ops::matmul(x.data(), w.data(), b.data(), y.data(), T, K, N);
       ref::matmul(x.data(), w.data(), b.data(), r.data(), T, K, N);
-      const double tol = 4.0 * K * 1.2e-7 * 3.0 * std::sqrt(double(K));  // |sum| bound ~ sqrt(K) * 3 sigma
+      const double tol =
+          4.0 * K * 1.2e-7 * 3.0 * std::sqrt(double(K));  // |sum| bound ~ sqrt(K) * 3 sigma
       for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], tol) << "T=" << T << " K=" << K;
       // accumulate adds on top
       std::vector<float> acc(y.size(), 1.0f);
@@ -42,7 +44,8 @@ TEST(Matmul, MatchesReferenceAcrossPaths) {
 TEST(Matmul, F16WeightsMatchReferenceOnRoundedWeights) {
   for (int T : {1, 2, 5, 8, 9, 40}) {
     for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 200}, std::pair{250, 7}}) {
-      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K),
+                 b = randn(size_t(N), 3);
       std::vector<uint16_t> wh(w.size());
       f32_to_f16_n(w.data(), wh.data(), w.size());
       std::vector<float> wr(w.size());
@@ -51,7 +54,8 @@ TEST(Matmul, F16WeightsMatchReferenceOnRoundedWeights) {
       ops::matmul_f16(x.data(), wh.data(), b.data(), y.data(), T, K, N);
       ref::matmul(x.data(), wr.data(), b.data(), r.data(), T, K, N);
       const double tol = 4.0 * K * 1.2e-7 * 3.0 * std::sqrt(double(K));
-      for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], r[i], tol) << "T=" << T << " K=" << K << " i=" << i;
+      for (size_t i = 0; i < y.size(); ++i)
+        ASSERT_NEAR(y[i], r[i], tol) << "T=" << T << " K=" << K << " i=" << i;
     }
   }
 }
@@ -105,6 +109,63 @@ TEST(Rope, RotatesHalvesAndInverts) {
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-5);
 }
 
+// Decode attention of a group of query rows sharing one KV head, against softmax(q K^T) V in
+// double: head sizes on and off the 8-wide path, lengths across the 8-key and value blocks, groups
+// wider than kMaxGroup, f32 and f16 caches.
+TEST(Attend, SharedKvMatchesReference) {
+  for (int d : {64, 128, 20, 8}) {
+    for (int len : {1, 7, 8, 300, 530}) {
+      for (int n_q : {1, 3, 12, 70}) {
+        const int ldq = n_q * d + 5, ldo = n_q * d + 3;  // strides wider than the rows
+        auto qrows = randn(size_t(n_q) * ldq, 2 + len, 1.0f);
+        const auto K = randn(size_t(len) * d, 3 + n_q, 1.0f),
+                   V = randn(size_t(len) * d, 4 + d, 1.0f);
+        std::vector<uint16_t> Kh(K.size()), Vh(V.size());
+        f32_to_f16_n(K.data(), Kh.data(), K.size());
+        f32_to_f16_n(V.data(), Vh.data(), V.size());
+        const float scale = 1.0f / std::sqrt(float(d));
+        std::vector<float> out(size_t(n_q) * ldo, -7.0f), outh(out), scratch(size_t(n_q) * len);
+        ops::attend_shared_kv(qrows.data(), n_q, ldq, K.data(), V.data(), len, d, scale, out.data(),
+                              ldo, scratch.data());
+        ops::attend_shared_kv_f16(qrows.data(), n_q, ldq, Kh.data(), Vh.data(), len, d, scale,
+                                  outh.data(), ldo, scratch.data());
+        for (int half = 0; half < 2; ++half) {
+          double worst = 0;
+          for (int r = 0; r < n_q; ++r) {
+            const float* qr = qrows.data() + size_t(r) * ldq;
+            std::vector<double> p(static_cast<size_t>(len));
+            double mx = -1e300, sum = 0;
+            for (int j = 0; j < len; ++j) {
+              double acc = 0;
+              for (int i = 0; i < d; ++i) {
+                const float k = half ? f16_to_f32(Kh[size_t(j) * d + i]) : K[size_t(j) * d + i];
+                acc += double(qr[i]) * k;
+              }
+              p[size_t(j)] = acc * scale;
+              mx = std::max(mx, p[size_t(j)]);
+            }
+            for (auto& v : p) sum += (v = std::exp(v - mx));
+            for (int i = 0; i < d; ++i) {
+              double o = 0;
+              for (int j = 0; j < len; ++j) {
+                const float v = half ? f16_to_f32(Vh[size_t(j) * d + i]) : V[size_t(j) * d + i];
+                o += p[size_t(j)] / sum * v;
+              }
+              const float got = (half ? outh : out)[size_t(r) * ldo + i];
+              worst = std::max(worst, std::fabs(got - o));
+            }
+            // Padding between rows untouched.
+            for (int i = d; i < ldo && r + 1 < n_q; ++i)
+              EXPECT_EQ((half ? outh : out)[size_t(r) * ldo + i], -7.0f);
+          }
+          EXPECT_LT(worst, 2e-5) << "d " << d << " len " << len << " n_q " << n_q << " f16 "
+                                 << half;
+        }
+      }
+    }
+  }
+}
+
 TEST(Vec, DotAxpyF16) {
   const auto a = randn(77, 10), b = randn(77, 11);
   std::vector<uint16_t> bh(b.size());
@@ -124,7 +185,8 @@ TEST(Vec, DotAxpyF16) {
     EXPECT_FLOAT_EQ(yh[i], 1.0f + 0.5f * f16_to_f32(bh[i]));
   }
   std::vector<float> row = {1.0f, 2.0f, 3.0f};
-  EXPECT_NEAR(ops::logsumexp(row.data(), 3), std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)), 1e-6);
+  EXPECT_NEAR(ops::logsumexp(row.data(), 3),
+              std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)), 1e-6);
 }
 
 }  // namespace
@@ -158,7 +220,8 @@ TEST(VecMath, ExpAndErfAccuracy) {
   }
   std::vector<float> up(xs.size(), 1.5f), s(xs.size());
   ops::swiglu_forward(xs.data(), up.data(), s.data(), static_cast<int64_t>(xs.size()));
-  for (size_t i = 0; i < xs.size(); ++i) EXPECT_NEAR(s[i], ref::silu(xs[i]) * 1.5f, 1e-6 * std::max(1.0f, std::fabs(xs[i])));
+  for (size_t i = 0; i < xs.size(); ++i)
+    EXPECT_NEAR(s[i], ref::silu(xs[i]) * 1.5f, 1e-6 * std::max(1.0f, std::fabs(xs[i])));
 }
 
 }  // namespace
