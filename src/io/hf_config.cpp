@@ -64,6 +64,29 @@ class ConfigReader {
   std::string where_;
 };
 
+// rope_scaling: {"rope_type" (or the older "type"): "linear" | "llama3", "factor", ...}. Scalings
+// that depend on the sequence length at run time (dynamic, yarn, longrope) are refused by name.
+RopeScaling read_rope_scaling(const json& v, const std::string& where) {
+  MLKV_REQUIRE(v.is_object(), where, ": rope_scaling must be an object");
+  const ConfigReader r(v, where + " rope_scaling");
+  const std::string type = r.get_string("rope_type", r.get_string("type", ""));
+  RopeScaling s;
+  if (type == "default") return s;
+  if (type == "linear") {
+    s.type = RopeScaling::Type::kLinear;
+  } else if (type == "llama3") {
+    s.type = RopeScaling::Type::kLlama3;
+    s.low_freq_factor = r.get_double("low_freq_factor", 1.0);
+    s.high_freq_factor = r.get_double("high_freq_factor", 4.0);
+    s.original_max_position_embeddings = r.get_int("original_max_position_embeddings");
+  } else {
+    fail(where, ": rope_scaling type '", type, "' is not supported (linear, llama3)");
+  }
+  MLKV_REQUIRE(r.has("factor"), where, ": rope_scaling needs a 'factor'");
+  s.factor = r.get_double("factor", 1.0);
+  return s;
+}
+
 }  // namespace
 
 ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
@@ -93,14 +116,16 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
   c.n_ff = r.get_int("intermediate_size");
   c.n_ctx = r.get_int("max_position_embeddings", 2048);
   c.n_head_kv = r.get_int("num_key_value_heads", c.n_head);
-  MLKV_REQUIRE(c.n_head > 0 && c.n_embd > 0, where, ": hidden_size and num_attention_heads must be positive");
+  MLKV_REQUIRE(c.n_head > 0 && c.n_embd > 0, where,
+               ": hidden_size and num_attention_heads must be positive");
   c.n_embd_head = r.get_int("head_dim", c.n_embd % c.n_head == 0 ? c.n_embd / c.n_head : 0);
   MLKV_REQUIRE(c.n_embd_head > 0, where, ": hidden_size (", c.n_embd,
                ") is not divisible by num_attention_heads (", c.n_head, ")");
   c.bos_token_id = r.get_token_id("bos_token_id", c.bos_token_id);
   c.eos_token_id = r.get_token_id("eos_token_id", c.eos_token_id);
 
-  const std::string act = r.get_string("hidden_act", c.family == Family::kGptNeoX ? "gelu" : "silu");
+  const std::string act =
+      r.get_string("hidden_act", c.family == Family::kGptNeoX ? "gelu" : "silu");
   if (c.family == Family::kGptNeoX) {
     const double pct = r.get_double("rotary_pct", 0.25);
     MLKV_REQUIRE(pct >= 0 && pct <= 1, where, ": rotary_pct must be in [0, 1]");
@@ -128,11 +153,11 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
     c.tied_embeddings = r.get_bool("tie_word_embeddings", false);
     c.attn_bias = r.get_bool("attention_bias", false);
     c.mlp_bias = r.get_bool("mlp_bias", false);
-    MLKV_REQUIRE(act == "silu", where, ": hidden_act '", act, "' is not supported for llama (silu)");
-    MLKV_REQUIRE(!r.has("rope_scaling"), where,
-                 ": rope_scaling is not supported yet (the model needs scaled rotary positions)");
+    MLKV_REQUIRE(act == "silu", where, ": hidden_act '", act,
+                 "' is not supported for llama (silu)");
   }
   c.n_rot -= c.n_rot % 2;
+  if (r.has("rope_scaling")) c.rope_scaling = read_rope_scaling(r.raw("rope_scaling"), where);
 
   // --- cross-layer sharing ---
   const bool has_layers = r.has("num_key_value_layers");
@@ -168,8 +193,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
   } else {
     // The MLKV authors' gpt_neox checkpoints: num_key_value_layers without kv_share_rope were
     // trained with consumers reading the owner's keys before rotary.
-    c.share_rope = (c.family == Family::kGptNeoX && has_layers) ? KvShareRope::kPre
-                                                                 : KvShareRope::kPost;
+    c.share_rope =
+        (c.family == Family::kGptNeoX && has_layers) ? KvShareRope::kPre : KvShareRope::kPost;
   }
 
   const std::string dt = r.get_string("torch_dtype", "float32");
@@ -229,6 +254,19 @@ std::string hf_config_to_json(const ModelConfig& c) {
     if (c.n_rot != c.n_embd_head) {
       j["partial_rotary_factor"] = static_cast<double>(c.n_rot) / c.n_embd_head;
     }
+  }
+  if (c.rope_scaling.type != RopeScaling::Type::kNone) {
+    const RopeScaling& s = c.rope_scaling;
+    json rs = {{"factor", s.factor}};
+    if (s.type == RopeScaling::Type::kLinear) {
+      rs["rope_type"] = "linear";
+    } else {
+      rs["rope_type"] = "llama3";
+      rs["low_freq_factor"] = s.low_freq_factor;
+      rs["high_freq_factor"] = s.high_freq_factor;
+      rs["original_max_position_embeddings"] = s.original_max_position_embeddings;
+    }
+    j["rope_scaling"] = rs;
   }
   j["num_key_value_layers"] = c.n_kv_layers();
   j["kv_source"] = c.kv_source;

@@ -37,6 +37,8 @@ struct RopeTable {
   int n_pos = 0;
   std::vector<float> cos, sin;
   void build(int n_rot, int n_pos, double theta);
+  // The same with the n_rot / 2 inverse frequencies given (rope scaling applied by the caller).
+  void build(int n_rot, int n_pos, const std::vector<double>& inv_freq);
 };
 
 // Rotates the first n_rot dims of every head of x[T, n_heads, head_dim] in place, rotate-half

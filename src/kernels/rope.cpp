@@ -9,6 +9,13 @@
 namespace mlkv::ops {
 
 void RopeTable::build(int rot, int pos, double theta) {
+  std::vector<double> f(static_cast<size_t>(rot / 2));
+  for (int i = 0; i < rot / 2; ++i) f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * i / rot);
+  build(rot, pos, f);
+}
+
+void RopeTable::build(int rot, int pos, const std::vector<double>& inv_freq) {
+  MLKV_CHECK(static_cast<int>(inv_freq.size()) == rot / 2);
   n_rot = rot;
   n_pos = pos;
   const int half = rot / 2;
@@ -16,8 +23,7 @@ void RopeTable::build(int rot, int pos, double theta) {
   sin.assign(static_cast<size_t>(pos) * half, 0.0f);
   for (int p = 0; p < pos; ++p) {
     for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(theta, -2.0 * i / rot);
-      const double a = p * inv_freq;
+      const double a = p * inv_freq[static_cast<size_t>(i)];
       cos[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(a));
       sin[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(a));
     }

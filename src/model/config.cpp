@@ -1,13 +1,18 @@
 #include "model/config.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/check.h"
 
 namespace mlkv {
 
-const char* family_name(Family f) { return f == Family::kGptNeoX ? "gpt_neox" : "llama"; }
-const char* share_rope_name(KvShareRope s) { return s == KvShareRope::kPost ? "post" : "pre"; }
+const char* family_name(Family f) {
+  return f == Family::kGptNeoX ? "gpt_neox" : "llama";
+}
+const char* share_rope_name(KvShareRope s) {
+  return s == KvShareRope::kPost ? "post" : "pre";
+}
 
 std::vector<int> ModelConfig::owner_layers() const {
   std::vector<int> owners;
@@ -17,7 +22,9 @@ std::vector<int> ModelConfig::owner_layers() const {
   return owners;
 }
 
-int ModelConfig::n_kv_layers() const { return static_cast<int>(owner_layers().size()); }
+int ModelConfig::n_kv_layers() const {
+  return static_cast<int>(owner_layers().size());
+}
 
 int64_t ModelConfig::kv_bytes_per_token(size_t elem_size) const {
   return int64_t{2} * n_kv_layers() * n_head_kv * n_embd_head * static_cast<int64_t>(elem_size);
@@ -30,18 +37,43 @@ bool ModelConfig::shares_across_layers() const {
   return false;
 }
 
+std::vector<double> ModelConfig::rope_inv_freq() const {
+  const int half = n_rot / 2;
+  std::vector<double> f(static_cast<size_t>(half));
+  const RopeScaling& s = rope_scaling;
+  for (int i = 0; i < half; ++i) {
+    double v = std::pow(rope_theta, -2.0 * i / n_rot);
+    if (s.type == RopeScaling::Type::kLinear) {
+      v /= s.factor;
+    } else if (s.type == RopeScaling::Type::kLlama3) {
+      // Wavelengths longer than the original context / low_freq_factor are stretched by factor,
+      // those shorter than original / high_freq_factor kept, the band between interpolated.
+      const double wavelen = 2 * M_PI / v, orig = s.original_max_position_embeddings;
+      if (wavelen > orig / s.low_freq_factor) {
+        v /= s.factor;
+      } else if (wavelen >= orig / s.high_freq_factor) {
+        const double t =
+            (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        v = (1 - t) * v / s.factor + t * v;
+      }
+    }
+    f[static_cast<size_t>(i)] = v;
+  }
+  return f;
+}
+
 int64_t ModelConfig::n_params() const {
   const int64_t E = n_embd, V = n_vocab, F = n_ff, Q = n_embd_q(), KV = n_embd_kv();
   const int64_t norm_params = norm == NormType::kLayerNorm ? 2 * E : E;
-  int64_t total = V * E;                      // token embedding
-  if (!tied_embeddings) total += V * E;       // output matrix
-  total += norm_params;                       // final norm
+  int64_t total = V * E;                 // token embedding
+  if (!tied_embeddings) total += V * E;  // output matrix
+  total += norm_params;                  // final norm
   for (int il = 0; il < n_layer; ++il) {
-    total += 2 * norm_params;                 // attention and MLP norms
-    total += Q * E + E * Q;                   // wq, wo
+    total += 2 * norm_params;  // attention and MLP norms
+    total += Q * E + E * Q;    // wq, wo
     if (attn_bias) total += Q + E;
     if (owns_kv(il)) {
-      total += 2 * KV * E;                    // wk, wv
+      total += 2 * KV * E;  // wk, wv
       if (attn_bias) total += 2 * KV;
     }
     const int64_t n_mats = mlp == MlpType::kSwiGlu ? 3 : 2;
@@ -63,9 +95,20 @@ void ModelConfig::validate() const {
                "config: head size must be a positive even number (got ", n_embd_head, ")");
   MLKV_REQUIRE(n_ff > 0, "config: intermediate_size must be positive (got ", n_ff, ")");
   MLKV_REQUIRE(n_ctx > 0, "config: max_position_embeddings must be positive (got ", n_ctx, ")");
-  MLKV_REQUIRE(n_rot >= 0 && n_rot <= n_embd_head && n_rot % 2 == 0,
-               "config: rotary dims (", n_rot, ") must be even and at most the head size (",
-               n_embd_head, ")");
+  if (rope_scaling.type != RopeScaling::Type::kNone) {
+    const RopeScaling& s = rope_scaling;
+    MLKV_REQUIRE(s.factor > 0 && std::isfinite(s.factor),
+                 "config: rope_scaling.factor must be positive (got ", s.factor, ")");
+    if (s.type == RopeScaling::Type::kLlama3) {
+      MLKV_REQUIRE(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor,
+                   "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got ",
+                   s.low_freq_factor, ", ", s.high_freq_factor, ")");
+      MLKV_REQUIRE(s.original_max_position_embeddings > 0,
+                   "config: rope_scaling.original_max_position_embeddings must be positive");
+    }
+  }
+  MLKV_REQUIRE(n_rot >= 0 && n_rot <= n_embd_head && n_rot % 2 == 0, "config: rotary dims (", n_rot,
+               ") must be even and at most the head size (", n_embd_head, ")");
   MLKV_REQUIRE(rope_theta > 0, "config: rotary base must be positive");
   MLKV_REQUIRE(norm_eps >= 0, "config: norm epsilon must not be negative");
   MLKV_REQUIRE(static_cast<int>(kv_source.size()) == n_layer, "config: kv_source has ",

@@ -14,8 +14,19 @@ namespace mlkv {
 
 enum class Family { kGptNeoX, kLlama };
 enum class NormType { kLayerNorm, kRmsNorm };
-enum class MlpType { kGelu, kSwiGlu };       // GELU: up -> gelu -> down; SwiGLU: silu(gate)*up -> down
-enum class KvShareRope { kPost, kPre };      // which keys consumer layers read from their owner
+enum class MlpType { kGelu, kSwiGlu };   // GELU: up -> gelu -> down; SwiGLU: silu(gate)*up -> down
+enum class KvShareRope { kPost, kPre };  // which keys consumer layers read from their owner
+
+// rope_scaling of config.json. linear: every frequency divided by factor (positions stretched);
+// llama3 (Llama 3.1+): low frequencies divided by factor, high ones kept, a smooth blend between.
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kLlama3 };
+  Type type = Type::kNone;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int original_max_position_embeddings = 8192;
+};
 
 const char* family_name(Family f);           // "gpt_neox", "llama"
 const char* share_rope_name(KvShareRope s);  // "post", "pre"
@@ -29,9 +40,10 @@ struct ModelConfig {
   int n_head_kv = 0;
   int n_embd_head = 0;  // head size; n_embd / n_head unless the config says otherwise
   int n_ff = 0;
-  int n_ctx = 2048;     // max_position_embeddings: the longest context the model was made for
-  int n_rot = 0;        // rotary dims per head (the first n_rot dims; rotate-half layout)
+  int n_ctx = 2048;  // max_position_embeddings: the longest context the model was made for
+  int n_rot = 0;     // rotary dims per head (the first n_rot dims; rotate-half layout)
   double rope_theta = 10000.0;  // double: written back to config.json exactly as read
+  RopeScaling rope_scaling;
   double norm_eps = 1e-5;
 
   NormType norm = NormType::kRmsNorm;
@@ -59,6 +71,8 @@ struct ModelConfig {
   // Bytes of K and V stored per token (all owner layers): 2 * m * g * d_head * elem_size.
   int64_t kv_bytes_per_token(size_t elem_size) const;
   int64_t n_params() const;
+  // Rotary inverse frequencies of the n_rot / 2 dimension pairs, scaling applied.
+  std::vector<double> rope_inv_freq() const;
   // True when some layer reads another layer's K/V.
   bool shares_across_layers() const;
 

@@ -60,7 +60,7 @@ int64_t Model::decode_weight_bytes() const {
 }
 
 const ops::RopeTable& Model::rope(int n_pos) {
-  if (rope_.n_pos < n_pos || rope_.n_rot != cfg_.n_rot) rope_.build(cfg_.n_rot, n_pos, cfg_.rope_theta);
+  if (rope_.n_pos < n_pos || rope_.n_rot != cfg_.n_rot) rope_.build(cfg_.n_rot, n_pos, cfg_.rope_inv_freq());
   return rope_;
 }
 

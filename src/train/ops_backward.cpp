@@ -345,6 +345,13 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
 
 template <typename T>
 void RopeTab<T>::build(int rot, int pos, double theta) {
+  std::vector<double> f(static_cast<size_t>(rot / 2));
+  for (int i = 0; i < rot / 2; ++i) f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * i / rot);
+  build(rot, pos, f);
+}
+
+template <typename T>
+void RopeTab<T>::build(int rot, int pos, const std::vector<double>& inv_freq) {
   n_rot = rot;
   n_pos = pos;
   const int half = rot / 2;
@@ -352,7 +359,7 @@ void RopeTab<T>::build(int rot, int pos, double theta) {
   sin.assign(static_cast<size_t>(pos) * half, T(0));
   for (int p = 0; p < pos; ++p) {
     for (int i = 0; i < half; ++i) {
-      const double a = p * std::pow(theta, -2.0 * i / rot);
+      const double a = p * inv_freq[static_cast<size_t>(i)];
       cos[static_cast<size_t>(p) * half + i] = static_cast<T>(std::cos(a));
       sin[static_cast<size_t>(p) * half + i] = static_cast<T>(std::sin(a));
     }

@@ -73,6 +73,8 @@ struct RopeTab {
   int n_rot = 0, n_pos = 0;
   std::vector<T> cos, sin;  // [n_pos, n_rot / 2]
   void build(int n_rot, int n_pos, double theta);
+  // The same with the inverse frequencies given (n_rot / 2 of them: rope scaling applied).
+  void build(int n_rot, int n_pos, const std::vector<double>& inv_freq);
 };
 // Rotates the first n_rot dims of every head of x[n, n_heads, head_dim] in place; row t is at
 // position t % ctx. inverse rotates by -angle, which is also the backward pass (a rotation's

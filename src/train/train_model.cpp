@@ -97,7 +97,7 @@ TrainGraph<T>::TrainGraph(const ModelConfig& cfg, int batch, int ctx)
   MLKV_REQUIRE(ctx <= cfg.n_ctx, "training context ", ctx, " exceeds the model's context (",
                cfg.n_ctx, " positions)");
   dims_ = AttnDims{batch, ctx, cfg.n_head, cfg.n_head_kv, cfg.n_embd_head};
-  rope_.build(cfg.n_rot, ctx, cfg.rope_theta);
+  rope_.build(cfg.n_rot, ctx, cfg.rope_inv_freq());
   const int64_t n = n_, E = cfg.n_embd, Q = cfg.n_embd_q(), KV = cfg.n_embd_kv(), F = cfg.n_ff;
   const bool swiglu = cfg.mlp == MlpType::kSwiGlu, pre = cfg.share_rope == KvShareRope::kPre;
   head_chunk_ = static_cast<int>(std::clamp<int64_t>(kHeadLogitsBudget / cfg.n_vocab, 1, n));

@@ -64,11 +64,31 @@ def silu(x):
     return x * torch.sigmoid(x)
 
 
+def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """config.json rope_scaling. linear: frequencies / factor. llama3: by wavelength 2 pi / f against
+    the original context L0: longer than L0 / low_freq_factor -> f / factor; shorter than
+    L0 / high_freq_factor -> f; in between a linear blend in s = (L0 / wavelength - low) / (high - low)
+    of f / factor (weight 1 - s) and f (weight s)."""
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        return inv_freq / factor
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    L0 = float(scaling["original_max_position_embeddings"])
+    wavelength = 2 * math.pi / inv_freq
+    s = ((L0 / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    blended = (1 - s) * inv_freq / factor + s * inv_freq
+    return torch.where(wavelength > L0 / low, inv_freq / factor,
+                       torch.where(wavelength < L0 / high, inv_freq, blended))
+
+
 def rope_cos_sin(cfg: Config, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [T, n_rot] for integer positions pos [T]: inv_freq[i] = base^(-2i/n_rot),
     angle = pos * inv_freq[i], duplicated as cat(freqs, freqs) for the rotate-half layout."""
     half = cfg.n_rot // 2
     inv_freq = cfg.rope_base ** (-(2.0 * torch.arange(half, dtype=F64)) / cfg.n_rot)  # [half]
+    inv_freq = scale_inv_freq(inv_freq, cfg.rope_scaling)
     ang = pos.to(F64)[:, None] * inv_freq[None, :]                                    # [T, half]
     ang = torch.cat([ang, ang], dim=-1)                                               # [T, n_rot]
     return torch.cos(ang), torch.sin(ang)
@@ -366,7 +386,7 @@ def make_model(family: str, layers: int, embd: int, heads: int, kv_heads: int, k
                kv_source: list[int] | None = None, share: str | None = None, parallel: bool = True,
                rotary_pct: float = 0.25, tied: bool = False, layout: str | None = None, vocab: int = 97,
                ff: int | None = None, ctx: int = 64, seed: int = 0, authors_format: bool = False,
-               rope_base: float = 10000.0) -> tuple[dict, dict]:
+               rope_base: float = 10000.0, rope_scaling: dict | None = None) -> tuple[dict, dict]:
     """Returns (HF config dict, params). The random draw depends only on the model's shapes and seed,
     never on layout or dtype, so the fused and split files of one seed hold the same model."""
     ff = 4 * embd if ff is None else ff
@@ -382,6 +402,8 @@ def make_model(family: str, layers: int, embd: int, heads: int, kv_heads: int, k
                   attention_bias=False, bos_token_id=1, eos_token_id=2)
     else:
         raise ValueError(f"unknown family {family!r}")
+    if rope_scaling is not None:
+        hf["rope_scaling"] = rope_scaling
     if authors_format:
         if kv_layers is None or kv_source is not None or share is not None:
             raise ValueError("--authors-format takes --kv-layers only (no --kv-source, no --share)")
@@ -452,7 +474,8 @@ def cmd_make(a) -> None:
     hf, params = make_model(a.family, a.layers, a.embd, a.heads, a.kv_heads if a.kv_heads else a.heads,
                             a.kv_layers, _int_list(a.kv_source), a.share, bool(a.parallel_residual),
                             a.rotary_pct, bool(a.tied), a.layout, a.vocab, a.ff, a.ctx, a.seed,
-                            a.authors_format, a.rope_base)
+                            a.authors_format, a.rope_base,
+                            json.loads(a.rope_scaling) if a.rope_scaling else None)
     save_model(a.out, hf, params, a.dtype)
 
 
@@ -512,6 +535,7 @@ def main(argv=None) -> int:
     m.add_argument("--parallel-residual", type=int, choices=[0, 1], default=1)
     m.add_argument("--rotary-pct", type=float, default=0.25)
     m.add_argument("--rope-base", type=float, default=10000.0)
+    m.add_argument("--rope-scaling", default=None, help='config.json rope_scaling as JSON, e.g. {"rope_type": "linear", "factor": 4}')
     m.add_argument("--tied", type=int, choices=[0, 1], default=0)
     m.add_argument("--dtype", choices=["F32", "BF16", "F16"], default="F32")
     m.add_argument("--layout", choices=["fused", "split"], default=None,

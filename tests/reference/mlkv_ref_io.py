@@ -163,6 +163,7 @@ class Config:
     tied: bool              # output projection = token embedding
     kv_source: list[int]    # layer -> owner layer whose K/V it attends with
     share_rope: str         # "post": consumers use rotated owner keys; "pre": unrotated (authors)
+    rope_scaling: dict | None = None  # config.json's rope_scaling ("linear" or "llama3"), None: plain
 
     @property
     def n_embd_head(self) -> int:
@@ -183,8 +184,13 @@ def config_from_hf(d: dict) -> Config:
     hd = n_embd // n_head
     if d.get("head_dim") not in (None, hd):
         raise ValueError(f"head_dim {d['head_dim']} != hidden_size / num_attention_heads = {hd}")
-    if d.get("rope_scaling"):
-        raise ValueError("rope_scaling is not supported")
+    scaling = d.get("rope_scaling") or None
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "default":
+            scaling = None
+        elif kind not in ("linear", "llama3"):
+            raise ValueError(f"rope_scaling type {kind!r} is not supported")
     n_head_kv = int(d.get("num_key_value_heads") or n_head)
     if n_head % n_head_kv:
         raise ValueError(f"num_key_value_heads {n_head_kv} does not divide num_attention_heads {n_head}")
@@ -217,7 +223,7 @@ def config_from_hf(d: dict) -> Config:
     return Config(family=mt, n_vocab=int(d["vocab_size"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                   n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=int(d.get("max_position_embeddings", 2048)),
                   norm_eps=eps, rope_base=base, n_rot=n_rot, parallel_residual=parallel, tied=tied,
-                  kv_source=kv_src, share_rope=share)
+                  kv_source=kv_src, share_rope=share, rope_scaling=scaling)
 
 
 # ==================================================================================================

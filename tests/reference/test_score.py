@@ -95,6 +95,14 @@ def build_matrix() -> list[dict]:
         ("gpt_neox/E64-mha/fused/par-rot0.25", "BF16", dict(neox, embd=64, kv_heads=4, layout="fused")),
         ("gpt_neox/E64-mlkv-half/pre/seq-rot0.5", "F32", dict(neox, embd=64, kv_heads=4, kv_layers=2, share="pre",
                                                               parallel=False, rotary_pct=0.5)),
+        # rope_scaling. llama3 with original context 128: of the 4 frequency pairs of a head of 8, the
+        # wavelengths 6.3, 62.8, 628, 6283 fall in the kept, blended, scaled, scaled bands.
+        ("llama/rope-llama3-m2/post/untied", "F32", dict(llama, kv_heads=2, kv_layers=2, share="post", rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 128})),
+        ("gpt_neox/rope-linear4-m2/pre/par-rot1", "F32", dict(neox, kv_heads=1, kv_layers=2, share="pre",
+                                                              rotary_pct=1.0,
+                                                              rope_scaling={"type": "linear", "factor": 4.0})),
     ]
     cases += [dict(name=n, dtype=dt, kw=kw) for n, dt, kw in extras]
     for i, c in enumerate(cases):
