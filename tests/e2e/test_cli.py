@@ -73,6 +73,13 @@ def test_info_bytes(mlkv, wd):
                   f"info {name} ctx={ctx} batch={batch} {ct}: {j['kv_cache_bytes']} == 2*b*s*m*g*d*e = {want}")
         r = run([mlkv, "info", d])
         check(r.returncode == 0 and "kv_source" in r.stdout, f"info {name} text output")
+        # A memory budget holds floor(budget / (ctx * bytes per token)) sequences.
+        for budget, nbytes in [("1M", 1 << 20), ("2.5MiB", int(2.5 * (1 << 20))), ("3MB", 3_000_000), ("777777", 777777)]:
+            r = run([mlkv, "info", d, "--ctx", "64", "--kv-budget", budget, "--json"])
+            j = json.loads(r.stdout)
+            want = nbytes // (64 * j["kv_bytes_per_token"])
+            check(j["kv_budget_bytes"] == nbytes and j["sequences_in_budget"] == want,
+                  f"info {name} --kv-budget {budget}: {j.get('sequences_in_budget')} sequences == {want}")
 
 
 def test_generate(mlkv, wd):
@@ -179,6 +186,12 @@ def test_bad_input(mlkv, wd):
     expect_error(mlkv, ["score", good, "--tokens", "1 x 2"], "'x' is not a token id", "malformed token list")
     expect_error(mlkv, ["score", os.path.join(wd, "nope"), *tok], "neither a model folder", "missing model")
     expect_error(mlkv, ["generate", good, "--tokens", "1", "--top-p", "1.5"], "top-p", "bad sampling option")
+    expect_error(mlkv, ["info", good, "--kv-budget", "12 parsecs"], "unknown unit", "bad --kv-budget unit")
+    expect_error(mlkv, ["info", good, "--kv-budget", "-1G"], "not a positive size", "negative --kv-budget")
+    expect_error(mlkv, ["serve", good, "--kv-budget", "1K", "--port", "0"], "holds no sequence",
+                 "serve: a budget too small for one sequence")
+    r = run([mlkv, "serve", good, "--kv-budget", "1G", "--parallel", "2"])
+    check(r.returncode == 2, f"serve: --kv-budget with --parallel is a usage error (got {r.returncode})")
     r = run([mlkv, "score"])
     check(r.returncode == 2, f"usage error exits 2 (got {r.returncode})")
     r = run([mlkv, "--help"])

@@ -54,7 +54,9 @@ def main():
                          capture_output=True, text=True, check=True)
     expected = [r["tokens"] for r in json.loads(gen.stdout)["results"]]
 
-    srv = subprocess.Popen([a.mlkv, "serve", model, "--port", "0", "--parallel", "3", "--max-body", "4096"],
+    # Three cache slots, asked for as a memory budget: 2 KV layers x 2 heads x d_head 8 x 2 x 4 bytes =
+    # 256 bytes per token, 16384 per 64-token sequence; 50000 bytes hold 3 (checked at /v1/model).
+    srv = subprocess.Popen([a.mlkv, "serve", model, "--port", "0", "--kv-budget", "50000", "--max-body", "4096"],
                            stderr=subprocess.PIPE, text=True)
     port = None
     deadline = time.time() + 60

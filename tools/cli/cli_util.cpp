@@ -1,4 +1,6 @@
 // Helpers shared by the subcommand files.
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -26,6 +28,36 @@ std::vector<int32_t> parse_id_list(const std::string& s) {
     i = j;
   }
   return ids;
+}
+
+int64_t parse_byte_size(const std::string& s, const char* what) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  MLKV_REQUIRE(end != s.c_str() && std::isfinite(v) && v > 0, what, ": '", s,
+               "' is not a positive size (e.g. 512M, 2GiB, 1000000)");
+  std::string unit(end);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  double scale = 0;
+  const std::string prefixes = "KMGT";
+  if (unit.empty() || unit == "B") {
+    scale = 1;
+  } else if (const size_t p = prefixes.find(unit[0]); p != std::string::npos) {
+    const std::string rest = unit.substr(1);
+    if (rest.empty() || rest == "iB") scale = std::pow(1024.0, double(p + 1));
+    if (rest == "B") scale = std::pow(1000.0, double(p + 1));
+  }
+  MLKV_REQUIRE(scale > 0, what, ": unknown unit '", unit, "' in '", s,
+               "' (K, M, G, T, KiB.., KB.., B)");
+  const double bytes = v * scale;
+  MLKV_REQUIRE(bytes >= 1 && bytes < 9.0e18, what, ": '", s, "' is out of range");
+  return static_cast<int64_t>(bytes);
+}
+
+int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx) {
+  const int64_t per_seq = bytes_per_token * ctx;
+  MLKV_REQUIRE(per_seq > 0 && budget >= per_seq, "--kv-budget of ", budget,
+               " bytes holds no sequence of ", ctx, " tokens (one needs ", per_seq, " bytes)");
+  return static_cast<int>(std::min<int64_t>(budget / per_seq, int64_t{1} << 20));
 }
 
 }  // namespace mlkv::cli

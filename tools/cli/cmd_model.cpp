@@ -40,7 +40,8 @@ ModelOptions parse_weight_type(const std::string& s) {
 }
 
 void add_weights_option(CLI::App* cmd, std::string* w) {
-  cmd->add_option("--weights", *w, "In-memory projection weights: f32, or f16 (half the bytes per decode step)")
+  cmd->add_option("--weights", *w,
+                  "In-memory projection weights: f32, or f16 (half the bytes per decode step)")
       ->capture_default_str();
 }
 
@@ -99,7 +100,7 @@ std::vector<int32_t> tokens_from(const std::string& ids, const std::string& text
 
 // ---------------------------------------------------------------- info
 struct InfoArgs {
-  std::string model;
+  std::string model, kv_budget;
   int ctx = 0, batch = 1;
   std::string cache_type = "f32";
   bool json_out = false;
@@ -112,8 +113,12 @@ void run_info(const InfoArgs& a) {
   MLKV_REQUIRE(a.batch > 0, "--batch must be positive");
   const int64_t per_tok = c.kv_bytes_per_token(dtype_size(elem));
   const int64_t total = KVCache::bytes_needed(c, a.batch, ctx, elem);
+  const int64_t budget = a.kv_budget.empty() ? 0 : parse_byte_size(a.kv_budget, "--kv-budget");
+  const int fit =
+      budget > 0 ? static_cast<int>(std::min<int64_t>(budget / (per_tok * ctx), INT32_MAX)) : 0;
   // The same model without any sharing, for the saving factor l*h / (m*g).
-  const int64_t mha_per_tok = int64_t{2} * c.n_layer * c.n_head * c.n_embd_head * int64_t(dtype_size(elem));
+  const int64_t mha_per_tok =
+      int64_t{2} * c.n_layer * c.n_head * c.n_embd_head * int64_t(dtype_size(elem));
   if (a.json_out) {
     json j = {{"model", a.model},
               {"family", family_name(c.family)},
@@ -138,6 +143,10 @@ void run_info(const InfoArgs& a) {
               {"batch", a.batch},
               {"kv_cache_bytes", total},
               {"kv_reduction_vs_mha", static_cast<double>(mha_per_tok) / per_tok}};
+    if (budget > 0) {
+      j["kv_budget_bytes"] = budget;
+      j["sequences_in_budget"] = fit;
+    }
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
@@ -145,16 +154,26 @@ void run_info(const InfoArgs& a) {
   std::printf("family        %s (%s, %s residual)\n", family_name(c.family),
               c.norm == NormType::kLayerNorm ? "LayerNorm, GELU" : "RMSNorm, SwiGLU",
               c.parallel_residual ? "parallel" : "sequential");
-  std::printf("geometry      %d layers, d_model %d, %d heads of %d, ff %d, vocab %d, ctx %d, rotary dims %d\n",
-              c.n_layer, c.n_embd, c.n_head, c.n_embd_head, c.n_ff, c.n_vocab, c.n_ctx, c.n_rot);
-  std::printf("kv sharing    %s, %s-rotary sharing\n", scheme_name(c).c_str(), share_rope_name(c.share_rope));
+  std::printf(
+      "geometry      %d layers, d_model %d, %d heads of %d, ff %d, vocab %d, ctx %d, rotary dims "
+      "%d\n",
+      c.n_layer, c.n_embd, c.n_head, c.n_embd_head, c.n_ff, c.n_vocab, c.n_ctx, c.n_rot);
+  std::printf("kv sharing    %s, %s-rotary sharing\n", scheme_name(c).c_str(),
+              share_rope_name(c.share_rope));
   std::printf("kv heads      %d per KV layer\n", c.n_head_kv);
   std::printf("owner layers  %s\n", list_str(c.owner_layers()).c_str());
   std::printf("kv_source     %s\n", list_str(c.kv_source).c_str());
   std::printf("parameters    %lld\n", static_cast<long long>(c.n_params()));
-  std::printf("kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",
-              static_cast<long long>(per_tok), a.cache_type.c_str(), human_bytes(static_cast<double>(total)).c_str(),
-              ctx, a.batch, static_cast<double>(mha_per_tok) / per_tok);
+  std::printf(
+      "kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",
+      static_cast<long long>(per_tok), a.cache_type.c_str(),
+      human_bytes(static_cast<double>(total)).c_str(), ctx, a.batch,
+      static_cast<double>(mha_per_tok) / per_tok);
+  if (budget > 0) {
+    std::printf("kv budget     %s holds %d sequences of %d tokens (MHA: %lld)\n",
+                human_bytes(static_cast<double>(budget)).c_str(), fit, ctx,
+                static_cast<long long>(budget / (mha_per_tok * ctx)));
+  }
 }
 
 // ---------------------------------------------------------------- score
@@ -168,12 +187,15 @@ void run_score(const ScoreArgs& a) {
   set_num_threads(a.threads);
   Model model = Model::load(a.model, parse_weight_type(a.weights));
   std::unique_ptr<Tokenizer> tok;
-  const std::vector<int32_t> ids = tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
+  const std::vector<int32_t> ids =
+      tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
   const std::vector<float> lp = score_tokens(model, ids, a.cached, parse_cache_type(a.cache_type));
   double sum = 0;
   for (float v : lp) sum += v;
   if (a.json_out) {
-    json j = {{"logprobs", lp}, {"sum_logprob", sum}, {"n_tokens", ids.size()},
+    json j = {{"logprobs", lp},
+              {"sum_logprob", sum},
+              {"n_tokens", ids.size()},
               {"ppl", std::exp(-sum / static_cast<double>(lp.size()))}};
     if (tok) {
       std::vector<std::string> pieces;
@@ -187,7 +209,9 @@ void run_score(const ScoreArgs& a) {
   for (size_t i = 0; i < lp.size(); ++i) {
     if (tok) {
       std::printf("%6zu %8d %12.6f  %s\n", i + 1, ids[i + 1], lp[i],
-                  json(tok->token_bytes(ids[i + 1])).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+                  json(tok->token_bytes(ids[i + 1]))
+                      .dump(-1, ' ', false, json::error_handler_t::replace)
+                      .c_str());
     } else {
       std::printf("%6zu %8d %12.6f\n", i + 1, ids[i + 1], lp[i]);
     }
@@ -253,7 +277,8 @@ void run_generate(const GenerateArgs& a) {
   if (a.json_out) {
     json out = json::array();
     for (size_t i = 0; i < res.size(); ++i) {
-      json r = {{"prompt_tokens", reqs[i].prompt}, {"tokens", res[i].tokens},
+      json r = {{"prompt_tokens", reqs[i].prompt},
+                {"tokens", res[i].tokens},
                 {"finish_reason", res[i].finish_reason}};
       if (tok) r["text"] = tok->decode(res[i].tokens);
       out.push_back(r);
@@ -265,11 +290,13 @@ void run_generate(const GenerateArgs& a) {
   for (size_t i = 0; i < res.size(); ++i) {
     if (tok && i >= a.tokens.size()) {
       // Text prompts: the prompt, then its continuation.
-      std::printf("[%zu] %s%s\n", i, a.prompts[i - a.tokens.size()].c_str(), tok->decode(res[i].tokens).c_str());
+      std::printf("[%zu] %s%s\n", i, a.prompts[i - a.tokens.size()].c_str(),
+                  tok->decode(res[i].tokens).c_str());
       continue;
     }
     std::string line;
-    for (size_t k = 0; k < res[i].tokens.size(); ++k) line += (k ? " " : "") + std::to_string(res[i].tokens[k]);
+    for (size_t k = 0; k < res[i].tokens.size(); ++k)
+      line += (k ? " " : "") + std::to_string(res[i].tokens[k]);
     std::printf("%s\n", line.c_str());
   }
 }
@@ -290,8 +317,10 @@ void warn_if_busy() {
   }
   const int cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   if (load > 0.5 * cores) {
-    std::fprintf(stderr, "mlkv: warning: load average %.2f on %d cores before the benchmark: other work "
-                 "competes for the cores and the figures will be low\n", load, cores);
+    std::fprintf(stderr,
+                 "mlkv: warning: load average %.2f on %d cores before the benchmark: other work "
+                 "competes for the cores and the figures will be low\n",
+                 load, cores);
   }
 }
 
@@ -350,17 +379,19 @@ void run_bench(const BenchArgs& a) {
   std::printf("model           %s (%s)\n", name.c_str(), c.summary().c_str());
   std::printf("threads         %d\n", num_threads());
   if (!a.synthetic) {
-    std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", r.prefill_tok_s, a.prompt,
-                a.batch, a.reps);
+    std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", r.prefill_tok_s,
+                a.prompt, a.batch, a.reps);
   }
   std::printf("decode          %.1f tok/s (batch %d, context %d..%d, %.2f ms/step, median of %d)\n",
               r.decode_tok_s, a.batch, a.prompt, a.prompt + a.gen, r.decode_step_ms, a.reps);
-  std::printf("kv cache        %s (%s)\n", human_bytes(static_cast<double>(r.kv_cache_bytes)).c_str(),
-              a.cache_type.c_str());
+  std::printf("kv cache        %s (%s)\n",
+              human_bytes(static_cast<double>(r.kv_cache_bytes)).c_str(), a.cache_type.c_str());
   if (bw > 0) {
     std::printf("read bandwidth  %.2f GB/s (measured)\n", bw / 1e9);
-    std::printf("step reads      %.1f MB weights + %.1f MB K/V\n", r.weight_bytes / 1e6, r.kv_read_bytes / 1e6);
-    std::printf("bound           %.1f steps/s; achieved %.1f%% of it\n", bound_steps, 100.0 * steps / bound_steps);
+    std::printf("step reads      %.1f MB weights + %.1f MB K/V\n", r.weight_bytes / 1e6,
+                r.kv_read_bytes / 1e6);
+    std::printf("bound           %.1f steps/s; achieved %.1f%% of it\n", bound_steps,
+                100.0 * steps / bound_steps);
   }
 }
 
@@ -369,11 +400,16 @@ void run_bench(const BenchArgs& a) {
 void add_model_commands(CLI::App& app) {
   {
     auto a = std::make_shared<InfoArgs>();
-    auto* cmd = app.add_subcommand("info", "Describe a model: geometry, KV sharing, parameter count, KV-cache bytes");
-    cmd->add_option("model", a->model, "Model folder (config.json + safetensors) or llama2.c .bin")->required();
+    auto* cmd = app.add_subcommand(
+        "info", "Describe a model: geometry, KV sharing, parameter count, KV-cache bytes");
+    cmd->add_option("model", a->model, "Model folder (config.json + safetensors) or llama2.c .bin")
+        ->required();
     cmd->add_option("--ctx", a->ctx, "Context length for the cache size (default: the model's)");
     cmd->add_option("--batch", a->batch, "Sequences for the cache size")->capture_default_str();
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_option("--kv-budget", a->kv_budget,
+                    "KV-cache memory (e.g. 2G): how many sequences of --ctx tokens fit");
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+        ->capture_default_str();
     cmd->add_flag("--json", a->json_out, "Print JSON");
     cmd->callback([a] { run_info(*a); });
   }
@@ -383,31 +419,39 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
     cmd->add_option("--tokens", a->tokens, "Token ids, e.g. \"1 2 3\"");
     cmd->add_option("--text", a->text, "Text, encoded with the model's tokenizer");
-    cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+    cmd->add_option("--tokenizer", a->tokenizer,
+                    "Tokenizer file or folder (default: the model folder)");
     cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --text");
-    cmd->add_flag("--cached", a->cached, "Score through token-by-token cached decoding instead of one pass");
+    cmd->add_flag("--cached", a->cached,
+                  "Score through token-by-token cached decoding instead of one pass");
     add_weights_option(cmd, &a->weights);
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+        ->capture_default_str();
     cmd->add_flag("--json", a->json_out, "Print {\"logprobs\": [...]} JSON");
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_score(*a); });
   }
   {
     auto a = std::make_shared<GenerateArgs>();
-    auto* cmd = app.add_subcommand("generate", "Generate continuations of one or more prompts together");
+    auto* cmd =
+        app.add_subcommand("generate", "Generate continuations of one or more prompts together");
     cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
     cmd->add_option("--tokens", a->tokens, "A prompt as token ids (repeat for several prompts)");
     cmd->add_option("-p,--prompt", a->prompts, "A text prompt (repeat for several)");
-    cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+    cmd->add_option("--tokenizer", a->tokenizer,
+                    "Tokenizer file or folder (default: the model folder)");
     cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --prompt");
-    cmd->add_option("-n,--max-tokens", a->n, "Tokens to generate per prompt")->capture_default_str();
+    cmd->add_option("-n,--max-tokens", a->n, "Tokens to generate per prompt")
+        ->capture_default_str();
     cmd->add_option("--temp", a->temp, "Sampling temperature (0: greedy)")->capture_default_str();
-    cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: all)")->capture_default_str();
+    cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: all)")
+        ->capture_default_str();
     cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->capture_default_str();
     cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")->capture_default_str();
     cmd->add_option("--parallel", a->parallel, "Sequences decoded together")->capture_default_str();
     cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)");
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+        ->capture_default_str();
     cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");
     add_weights_option(cmd, &a->weights);
     cmd->add_flag("--json", a->json_out, "Print JSON");
@@ -416,20 +460,25 @@ void add_model_commands(CLI::App& app) {
   }
   {
     auto a = std::make_shared<BenchArgs>();
-    auto* cmd = app.add_subcommand("bench", "Prefill and decode tokens/s, and the measured memory bandwidth");
-    cmd->add_option("model", a->model, "Model folder (default: a random model of --random geometry)");
-    cmd->add_option("--random", a->random, "Geometry of a random model when no MODEL is given")->capture_default_str();
+    auto* cmd = app.add_subcommand(
+        "bench", "Prefill and decode tokens/s, and the measured memory bandwidth");
+    cmd->add_option("model", a->model,
+                    "Model folder (default: a random model of --random geometry)");
+    cmd->add_option("--random", a->random, "Geometry of a random model when no MODEL is given")
+        ->capture_default_str();
     cmd->add_option("--kv-heads", a->kv_heads, "Random model: KV heads per layer");
     cmd->add_option("--kv-layers", a->kv_layers, "Random model: KV layers (authors' owner rule)");
     cmd->add_option("--prompt", a->prompt, "Prompt tokens to prefill")->capture_default_str();
     cmd->add_option("--gen", a->gen, "Decode steps")->capture_default_str();
     cmd->add_option("--batch", a->batch, "Sequences decoded together")->capture_default_str();
     cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+        ->capture_default_str();
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
     add_weights_option(cmd, &a->weights);
-    cmd->add_flag("--synthetic-context", a->synthetic,
-                  "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
+    cmd->add_flag(
+        "--synthetic-context", a->synthetic,
+        "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_bench(*a); });

@@ -13,7 +13,7 @@ namespace mlkv::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, tokenizer, cache_type = "f32", weights = "f32";
+  std::string model, tokenizer, cache_type = "f32", weights = "f32", kv_budget;
   ServerOptions opt;
   int threads = 0;
   bool no_tokenizer = false;
@@ -29,6 +29,13 @@ void run_serve(const ServeArgs& a) {
   ModelOptions mo;
   mo.weights = a.weights == "f16" ? WeightType::kF16 : WeightType::kF32;
   Model model = Model::load(a.model, mo);
+  if (!a.kv_budget.empty()) {
+    // As many sequences as the budget holds: a model with a smaller cache per token serves more.
+    const int ctx = opt.n_ctx > 0 ? opt.n_ctx : model.config().n_ctx;
+    opt.n_parallel =
+        sequences_in_budget(parse_byte_size(a.kv_budget, "--kv-budget"),
+                            model.config().kv_bytes_per_token(dtype_size(opt.cache_elem)), ctx);
+  }
   std::unique_ptr<Tokenizer> tok;
   if (!a.no_tokenizer) {
     if (!a.tokenizer.empty()) {
@@ -37,7 +44,9 @@ void run_serve(const ServeArgs& a) {
       try {
         tok = load_tokenizer(a.model);
       } catch (const Error&) {
-        std::fprintf(stderr, "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
+        std::fprintf(
+            stderr,
+            "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
       }
     }
   }
@@ -48,20 +57,31 @@ void run_serve(const ServeArgs& a) {
 
 void add_serve_commands(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
-  auto* cmd = app.add_subcommand("serve", "HTTP completion server with continuous batching over one KV cache");
+  auto* cmd = app.add_subcommand(
+      "serve", "HTTP completion server with continuous batching over one KV cache");
   cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
   cmd->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->opt.port, "Port (0: any free port)")->capture_default_str();
-  cmd->add_option("--parallel", a->opt.n_parallel, "Sequences decoded together")->capture_default_str();
+  auto* par = cmd->add_option("--parallel", a->opt.n_parallel, "Sequences decoded together")
+                  ->capture_default_str();
+  cmd->add_option(
+         "--kv-budget", a->kv_budget,
+         "KV-cache memory (e.g. 1G, 512MiB): as many parallel sequences of --ctx tokens as fit")
+      ->excludes(par);
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)");
-  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")->capture_default_str();
-  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32 or f16")->capture_default_str();
-  cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder (default: the model folder)");
+  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+      ->capture_default_str();
+  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32 or f16")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "Tokenizer file or folder (default: the model folder)");
   cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Accept only token-id prompts");
-  cmd->add_option("--max-queue", a->opt.max_queue, "Waiting requests before 503")->capture_default_str();
+  cmd->add_option("--max-queue", a->opt.max_queue, "Waiting requests before 503")
+      ->capture_default_str();
   cmd->add_option("--max-body", a->opt.max_body_bytes, "Largest request body in bytes (413 beyond)")
       ->capture_default_str();
-  cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")->capture_default_str();
+  cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")
+      ->capture_default_str();
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all cores)");
   cmd->callback([a] { run_serve(*a); });
 }

@@ -1,5 +1,6 @@
 // Subcommand registration for the `mlkv` binary. Each group lives in its own cmd_*.cpp file and
-// adds its subcommands (options + callback) to the app; main.cpp owns error handling and exit codes.
+// adds its subcommands (options + callback) to the app; main.cpp owns error handling and exit
+// codes.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -16,5 +17,11 @@ void add_serve_commands(CLI::App& app);      // serve                           
 // Shared option helpers.
 // Parses "1 2 3" or "1,2,3" into ids; throws mlkv::Error naming the bad item.
 std::vector<int32_t> parse_id_list(const std::string& s);
+// Parses a byte size: a number with an optional unit, K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024),
+// KB/MB/GB/TB (powers of 1000), B; "1.5G", "512MiB", "1000000". Throws mlkv::Error naming the text.
+int64_t parse_byte_size(const std::string& s, const char* what);
+// How many sequences of ctx tokens fit a KV-cache budget of the given bytes per token (at most
+// 1 << 20); throws when not even one fits.
+int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx);
 
 }  // namespace mlkv::cli
