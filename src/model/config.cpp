@@ -168,8 +168,8 @@ ModelConfig preset_gpt_neox() {
   c.attn_bias = true;
   c.mlp_bias = true;
   c.tied_embeddings = false;
-  c.rope_theta = 10000.0f;
-  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0;
+  c.norm_eps = 1e-5;
   c.bos_token_id = 0;
   c.eos_token_id = 0;
   return c;
@@ -184,8 +184,8 @@ ModelConfig preset_llama() {
   c.attn_bias = false;
   c.mlp_bias = false;
   c.tied_embeddings = false;
-  c.rope_theta = 10000.0f;
-  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0;
+  c.norm_eps = 1e-5;
   return c;
 }
 
