@@ -31,12 +31,18 @@ inline float hsum(__m256 v) {
 }
 
 // 8 weights as f32: a plain load, or an f16 load widened with F16C.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
 inline __m256 load8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline float load1(const float* p) { return *p; }
-inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
+inline float load1(const float* p) {
+  return *p;
+}
+inline float load1(const uint16_t* p) {
+  return f16_to_f32(*p);
+}
 
 // Four weight rows against one x row: four independent streams keep the loads in flight.
 template <typename W>
@@ -93,6 +99,47 @@ inline void gemv_rows4(const float* x, const W* w, int64_t K, float out[4]) {
   }
 }
 
+// Four weight rows against two x rows: 8 accumulators, 6 loads per 8 FMAs (one row at a time
+// against T x rows needs T + 1 loads per T FMAs, and the loads are the limit for batched decode).
+template <typename W>
+inline void gemv_rows4_x2(const float* x0, const float* x1, const W* w, int64_t K, float out0[4],
+                          float out1[4], bool prefetch) {
+  const W* wr[4] = {w, w + K, w + 2 * K, w + 3 * K};
+  __m256 a[4], c[4];
+  for (int j = 0; j < 4; ++j) a[j] = c[j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    if (prefetch) {
+      for (int j = 0; j < 4; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[j] + 4 * K + k), _MM_HINT_T0);
+    }
+    for (int h = 0; h < 16; h += 8) {
+      const __m256 u = _mm256_loadu_ps(x0 + k + h), v = _mm256_loadu_ps(x1 + k + h);
+      for (int j = 0; j < 4; ++j) {
+        const __m256 wv = load8(wr[j] + k + h);
+        a[j] = _mm256_fmadd_ps(wv, u, a[j]);
+        c[j] = _mm256_fmadd_ps(wv, v, c[j]);
+      }
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    const __m256 u = _mm256_loadu_ps(x0 + k), v = _mm256_loadu_ps(x1 + k);
+    for (int j = 0; j < 4; ++j) {
+      const __m256 wv = load8(wr[j] + k);
+      a[j] = _mm256_fmadd_ps(wv, u, a[j]);
+      c[j] = _mm256_fmadd_ps(wv, v, c[j]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    out0[j] = hsum(a[j]);
+    out1[j] = hsum(c[j]);
+    for (int64_t kk = k; kk < K; ++kk) {
+      out0[j] += load1(wr[j] + kk) * x0[kk];
+      out1[j] += load1(wr[j] + kk) * x1[kk];
+    }
+  }
+}
+
 // One weight row against T x rows (T <= kMaxGemvRows): the row is loaded once per 8 columns.
 template <typename W>
 inline void gemv_row_multi(const float* x, const W* w, int T, int64_t K, float* out) {
@@ -101,7 +148,8 @@ inline void gemv_row_multi(const float* x, const W* w, int T, int64_t K, float* 
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     const __m256 wv = load8(w + k);
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), acc[t]);
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), acc[t]);
   }
   for (int t = 0; t < T; ++t) {
     float s = hsum(acc[t]);
@@ -111,8 +159,8 @@ inline void gemv_row_multi(const float* x, const W* w, int T, int64_t K, float* 
 }
 
 template <typename W>
-void matmul_streaming(const float* x, const W* w, const float* b, float* y, int T, int K,
-                      int N, bool accumulate) {
+void matmul_streaming(const float* x, const W* w, const float* b, float* y, int T, int K, int N,
+                      bool accumulate) {
   // Blocks of 4 rows; each thread takes a contiguous range so it streams its own part of w.
   const int n_blocks = (N + 3) / 4;
 #pragma omp parallel for schedule(static)
@@ -120,26 +168,36 @@ void matmul_streaming(const float* x, const W* w, const float* b, float* y, int 
     const int n0 = blk * 4;
     const int rows = N - n0 < 4 ? N - n0 : 4;
     float r[kMaxGemvRows * 4];
-    if (T == 1 && rows == 4) {
-      gemv_rows4(x, w + int64_t{n0} * K, K, r);
+    // r[t * 4 + j]: row n0 + j against x row t.
+    if (rows == 4) {
+      int t = 0;
+      for (; t + 2 <= T; t += 2) {
+        // The first pair streams the rows from memory and prefetches the next block; the other
+        // pairs find the rows in L1/L2.
+        gemv_rows4_x2(x + int64_t{t} * K, x + int64_t{t + 1} * K, w + int64_t{n0} * K, K, r + t * 4,
+                      r + (t + 1) * 4, t == 0);
+      }
+      if (t < T) gemv_rows4(x + int64_t{t} * K, w + int64_t{n0} * K, K, r + t * 4);
     } else {
-      for (int j = 0; j < rows; ++j) gemv_row_multi(x, w + int64_t{n0 + j} * K, T, K, r + j * T);
-      // r is [rows, T]; for T == 1 and rows == 4 the layout coincides with gemv_rows4's.
+      float rt[kMaxGemvRows];
+      for (int j = 0; j < rows; ++j) {
+        gemv_row_multi(x, w + int64_t{n0 + j} * K, T, K, rt);
+        for (int t = 0; t < T; ++t) r[t * 4 + j] = rt[t];
+      }
     }
-    for (int j = 0; j < rows; ++j) {
-      const float bias = b ? b[n0 + j] : 0.0f;
-      for (int t = 0; t < T; ++t) {
-        float* dst = y + int64_t{t} * N + n0 + j;
-        const float v = r[j * T + t] + bias;
-        *dst = accumulate ? *dst + v : v;
+    for (int t = 0; t < T; ++t) {
+      float* dst = y + int64_t{t} * N + n0;
+      for (int j = 0; j < rows; ++j) {
+        const float v = r[t * 4 + j] + (b ? b[n0 + j] : 0.0f);
+        dst[j] = accumulate ? dst[j] + v : v;
       }
     }
   }
 }
 
-// Large T with f16 weights: blocks of rows are widened to f32 in per-thread scratch, then multiplied
-// by OpenBLAS single-threaded inside the parallel loop. Widening costs N*K operations against the
-// 2*T*N*K of the product, so it is noise for prefill-sized T.
+// Large T with f16 weights: blocks of rows are widened to f32 in per-thread scratch, then
+// multiplied by OpenBLAS single-threaded inside the parallel loop. Widening costs N*K operations
+// against the 2*T*N*K of the product, so it is noise for prefill-sized T.
 void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float* y, int T, int K,
                         int N, bool accumulate) {
   constexpr int kBlock = 128;
@@ -153,8 +211,8 @@ void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float
       const int n0 = blk * kBlock;
       const int rows = std::min(kBlock, N - n0);
       f16_to_f32_n(w + int64_t{n0} * K, wf.data(), static_cast<size_t>(rows) * K);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, K, 1.0f, x, K, wf.data(), K, 0.0f,
-                  yb.data(), rows);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, K, 1.0f, x, K, wf.data(), K,
+                  0.0f, yb.data(), rows);
       for (int t = 0; t < T; ++t) {
         float* dst = y + int64_t{t} * N + n0;
         const float* src = yb.data() + int64_t{t} * rows;
