@@ -70,6 +70,10 @@ void scores_block8(const float* q, int n_q, int ldq, const E* K, int len, int d,
   int j0 = 0;
   for (; j0 + 8 <= len; j0 += 8) {
     const E* kb = K + int64_t{j0} * d;
+    // The next block of keys (8 rows) while this one is used by every query row of the group.
+    for (int64_t o = 0; o < int64_t{8} * d * int64_t(sizeof(E)); o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(kb + 8 * d) + o, _MM_HINT_T0);
+    }
     for (int r = 0; r < n_q; ++r) {
       const float* qr = q + int64_t{r} * ldq;
       __m256 acc[8];

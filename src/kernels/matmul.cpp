@@ -99,46 +99,50 @@ inline void gemv_rows4(const float* x, const W* w, int64_t K, float out[4]) {
   }
 }
 
-// Four weight rows against two x rows: 8 accumulators, 6 loads per 8 FMAs (one row at a time
-// against T x rows needs T + 1 loads per T FMAs, and the loads are the limit for batched decode).
-template <typename W>
-inline void gemv_rows4_x2(const float* x0, const float* x1, const W* w, int64_t K, float out0[4],
-                          float out1[4], bool prefetch) {
+// Four weight rows against NX x rows (rows x + t * K): 4 * NX accumulators, 4 + NX loads per
+// 4 * NX FMAs (one row at a time against T x rows needs T + 1 loads per T FMAs, and the loads are
+// the limit for batched decode). out[t * 4 + j] = x row t . weight row j.
+template <int NX, typename W>
+inline void gemv_rows4_xn(const float* x, const W* w, int64_t K, float* out, bool prefetch) {
   const W* wr[4] = {w, w + K, w + 2 * K, w + 3 * K};
-  __m256 a[4], c[4];
-  for (int j = 0; j < 4; ++j) a[j] = c[j] = _mm256_setzero_ps();
+  __m256 acc[NX][4];
+  for (int t = 0; t < NX; ++t) {
+    for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_ps();
+  }
+  auto step = [&](int64_t k) {
+    __m256 xv[NX];
+    for (int t = 0; t < NX; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
+    for (int j = 0; j < 4; ++j) {
+      const __m256 wv = load8(wr[j] + k);
+      for (int t = 0; t < NX; ++t) acc[t][j] = _mm256_fmadd_ps(wv, xv[t], acc[t][j]);
+    }
+  };
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     if (prefetch) {
       for (int j = 0; j < 4; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(wr[j] + 4 * K + k), _MM_HINT_T0);
     }
-    for (int h = 0; h < 16; h += 8) {
-      const __m256 u = _mm256_loadu_ps(x0 + k + h), v = _mm256_loadu_ps(x1 + k + h);
-      for (int j = 0; j < 4; ++j) {
-        const __m256 wv = load8(wr[j] + k + h);
-        a[j] = _mm256_fmadd_ps(wv, u, a[j]);
-        c[j] = _mm256_fmadd_ps(wv, v, c[j]);
-      }
-    }
+    step(k);
+    step(k + 8);
   }
-  for (; k + 8 <= K; k += 8) {
-    const __m256 u = _mm256_loadu_ps(x0 + k), v = _mm256_loadu_ps(x1 + k);
+  for (; k + 8 <= K; k += 8) step(k);
+  for (int t = 0; t < NX; ++t) {
     for (int j = 0; j < 4; ++j) {
-      const __m256 wv = load8(wr[j] + k);
-      a[j] = _mm256_fmadd_ps(wv, u, a[j]);
-      c[j] = _mm256_fmadd_ps(wv, v, c[j]);
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    out0[j] = hsum(a[j]);
-    out1[j] = hsum(c[j]);
-    for (int64_t kk = k; kk < K; ++kk) {
-      out0[j] += load1(wr[j] + kk) * x0[kk];
-      out1[j] += load1(wr[j] + kk) * x1[kk];
+      float v = hsum(acc[t][j]);
+      for (int64_t kk = k; kk < K; ++kk) v += load1(wr[j] + kk) * x[t * K + kk];
+      out[t * 4 + j] = v;
     }
   }
 }
+
+// x rows per pass: 4 needs 16 accumulators + 5 operands, which fits AVX-512's 32 vector registers
+// (ymm16-31 with AVX512VL); AVX2's 16 take 2.
+#if defined(__AVX512VL__)
+constexpr int kGemvTile = 4;
+#else
+constexpr int kGemvTile = 2;
+#endif
 
 // One weight row against T x rows (T <= kMaxGemvRows): the row is loaded once per 8 columns.
 template <typename W>
@@ -170,14 +174,18 @@ void matmul_streaming(const float* x, const W* w, const float* b, float* y, int 
     float r[kMaxGemvRows * 4];
     // r[t * 4 + j]: row n0 + j against x row t.
     if (rows == 4) {
+      // The first tile streams the rows from memory and prefetches the next block; the others
+      // find the rows in L1/L2.
+      const W* wb = w + int64_t{n0} * K;
       int t = 0;
-      for (; t + 2 <= T; t += 2) {
-        // The first pair streams the rows from memory and prefetches the next block; the other
-        // pairs find the rows in L1/L2.
-        gemv_rows4_x2(x + int64_t{t} * K, x + int64_t{t + 1} * K, w + int64_t{n0} * K, K, r + t * 4,
-                      r + (t + 1) * 4, t == 0);
+      for (; t + kGemvTile <= T; t += kGemvTile) {
+        gemv_rows4_xn<kGemvTile>(x + int64_t{t} * K, wb, K, r + t * 4, t == 0);
       }
-      if (t < T) gemv_rows4(x + int64_t{t} * K, w + int64_t{n0} * K, K, r + t * 4);
+      if (kGemvTile == 4 && t + 2 <= T) {
+        gemv_rows4_xn<2>(x + int64_t{t} * K, wb, K, r + t * 4, t == 0);
+        t += 2;
+      }
+      if (t < T) gemv_rows4(x + int64_t{t} * K, wb, K, r + t * 4);
     } else {
       float rt[kMaxGemvRows];
       for (int j = 0; j < rows; ++j) {
