@@ -11,7 +11,8 @@
 namespace mlkv::ops {
 
 // y[T, N] = x[T, K] @ w[N, K]^T (+ b[N]). accumulate: y += instead of y =.
-// Small T streams w once (a multi-row GEMV, memory-bound); larger T goes to OpenBLAS sgemm.
+// T <= 32 streams w once (a multi-row GEMV, token rows in register tiles); larger T goes to
+// OpenBLAS sgemm.
 void matmul(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
             bool accumulate = false);
 

@@ -22,8 +22,9 @@ std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
 }
 
 TEST(Matmul, MatchesReferenceAcrossPaths) {
-  // T <= 8 takes the streaming GEMV, larger T OpenBLAS; odd K and N exercise the tails.
-  for (int T : {1, 2, 3, 5, 8, 9, 33}) {
+  // T <= 32 takes the streaming GEMV (tiles of 4 and 2 token rows, single rows), larger T OpenBLAS;
+  // odd K and N exercise the tails.
+  for (int T : {1, 2, 3, 5, 8, 9, 15, 32, 33, 40}) {
     for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 96}, std::pair{250, 7}}) {
       const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K),
                  b = randn(size_t(N), 3);
@@ -42,7 +43,7 @@ TEST(Matmul, MatchesReferenceAcrossPaths) {
 }
 
 TEST(Matmul, F16WeightsMatchReferenceOnRoundedWeights) {
-  for (int T : {1, 2, 5, 8, 9, 40}) {
+  for (int T : {1, 2, 5, 8, 9, 19, 32, 40}) {
     for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 200}, std::pair{250, 7}}) {
       const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K),
                  b = randn(size_t(N), 3);
