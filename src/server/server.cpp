@@ -1,11 +1,14 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -83,7 +86,8 @@ Parsed parse_request(const std::string& body, const Tokenizer* tok, const Schedu
     }
   } else if (j.contains("prompt")) {
     if (!j["prompt"].is_string()) throw HttpError{400, "'prompt' must be a string"};
-    if (tok == nullptr) throw HttpError{400, "this server has no tokenizer: send 'tokens' instead of 'prompt'"};
+    if (tok == nullptr)
+      throw HttpError{400, "this server has no tokenizer: send 'tokens' instead of 'prompt'"};
     p.req.prompt = tok->encode(j["prompt"].get<std::string>(), field<bool>(j, "add_bos", false));
     p.has_text = true;
   } else {
@@ -92,8 +96,9 @@ Parsed parse_request(const std::string& body, const Tokenizer* tok, const Schedu
   p.req.max_new_tokens = field<int>(j, "max_tokens", 16);
   if (p.req.max_new_tokens < 0) throw HttpError{400, "'max_tokens' must not be negative"};
   if (static_cast<int64_t>(p.req.prompt.size()) + p.req.max_new_tokens > sched.n_ctx()) {
-    throw HttpError{400, cat("prompt (", p.req.prompt.size(), " tokens) + max_tokens (", p.req.max_new_tokens,
-                             ") exceed the context of ", sched.n_ctx(), " tokens")};
+    throw HttpError{
+        400, cat("prompt (", p.req.prompt.size(), " tokens) + max_tokens (", p.req.max_new_tokens,
+                 ") exceed the context of ", sched.n_ctx(), " tokens")};
   }
   p.req.sampling.temperature = field<float>(j, "temperature", 0.0f);
   p.req.sampling.top_k = field<int>(j, "top_k", 0);
@@ -106,7 +111,9 @@ Parsed parse_request(const std::string& body, const Tokenizer* tok, const Schedu
 
 }  // namespace
 
-void stop_server() { on_signal(0); }
+void stop_server() {
+  on_signal(0);
+}
 
 void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
   const ModelConfig& c = model.config();
@@ -116,7 +123,9 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
   std::thread engine([&] { sched.serve_forever(); });
 
   httplib::Server srv;
-  srv.new_task_queue = [&] { return new httplib::ThreadPool(static_cast<size_t>(opt.http_threads)); };
+  srv.new_task_queue = [&] {
+    return new httplib::ThreadPool(static_cast<size_t>(opt.http_threads));
+  };
   srv.set_payload_max_length(opt.max_body_bytes);
 
   srv.Get("/health", [](const httplib::Request&, httplib::Response& res) {
@@ -175,7 +184,8 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
       ch->cv.wait(lock, [&] { return ch->done; });
       json j = {{"tokens", ch->result.tokens},
                 {"finish_reason", ch->result.finish_reason},
-                {"usage", {{"prompt_tokens", n_prompt}, {"completion_tokens", ch->result.tokens.size()}}}};
+                {"usage",
+                 {{"prompt_tokens", n_prompt}, {"completion_tokens", ch->result.tokens.size()}}}};
       if (text) j["text"] = tok->decode(ch->result.tokens);
       res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
       return;
@@ -192,17 +202,20 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
             ch->tokens.pop_front();
             json ev = {{"token", t}};
             if (decoder) ev["text"] = decoder->push(t);
-            const std::string line = "data: " + ev.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+            const std::string line =
+                "data: " + ev.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
             if (!sink.write(line.data(), line.size())) {
               cancel->store(true);  // the client went away
               return false;
             }
           }
           if (ch->done) {
-            json ev = {{"finish_reason", ch->result.finish_reason}, {"completion_tokens", ch->result.tokens.size()}};
+            json ev = {{"finish_reason", ch->result.finish_reason},
+                       {"completion_tokens", ch->result.tokens.size()}};
             if (decoder) ev["text"] = decoder->flush();
-            const std::string line = "data: " + ev.dump(-1, ' ', false, json::error_handler_t::replace) +
-                                     "\n\ndata: [DONE]\n\n";
+            const std::string line =
+                "data: " + ev.dump(-1, ' ', false, json::error_handler_t::replace) +
+                "\n\ndata: [DONE]\n\n";
             sink.write(line.data(), line.size());
             sink.done();
           }
@@ -212,14 +225,25 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
           if (!success) cancel->store(true);
         });
   });
-  srv.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      reply_error(res, 500, e.what());
-    } catch (...) {
-      reply_error(res, 500, "internal error");
-    }
+  srv.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          reply_error(res, 500, e.what());
+        } catch (...) {
+          reply_error(res, 500, "internal error");
+        }
+      });
+
+  // Debian's cpp-httplib is a compiled library that listens with a backlog of 5: a burst of
+  // clients overflows the accept queue and, with SYN cookies, some connections are reset (seen
+  // with 32 concurrent requests). Keep the listening socket and listen() on it again with a deep
+  // queue once bound (Linux updates the backlog; the kernel caps it at net.core.somaxconn).
+  std::atomic<int> listen_fd{-1};
+  srv.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd.store(static_cast<int>(sock));
   });
 
   g_server.store(&srv);
@@ -228,15 +252,21 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
   // Port 0: any free port (printed below), for tests and scripts.
   const int port = opt.port == 0 ? srv.bind_to_any_port(opt.host.c_str())
                                  : (srv.bind_to_port(opt.host.c_str(), opt.port) ? opt.port : -1);
+  if (port > 0 && listen_fd.load() >= 0 && ::listen(listen_fd.load(), 1024) != 0) {
+    std::fprintf(stderr, "mlkv: warning: could not deepen the listen queue: %s\n",
+                 std::strerror(errno));
+  }
   if (port <= 0) {
     sched.stop();
     engine.join();
     g_server.store(nullptr);
     fail("cannot listen on ", opt.host, ":", opt.port, " (port in use or not permitted)");
   }
-  std::fprintf(stderr, "mlkv: serving %s on http://%s:%d (%d parallel sequences x %d tokens, KV cache %.1f MiB)\n",
-               c.summary().c_str(), opt.host.c_str(), port, opt.n_parallel, n_ctx,
-               static_cast<double>(sched.cache_bytes()) / (1 << 20));
+  std::fprintf(
+      stderr,
+      "mlkv: serving %s on http://%s:%d (%d parallel sequences x %d tokens, KV cache %.1f MiB)\n",
+      c.summary().c_str(), opt.host.c_str(), port, opt.n_parallel, n_ctx,
+      static_cast<double>(sched.cache_bytes()) / (1 << 20));
   srv.listen_after_bind();
   g_server.store(nullptr);
   sched.stop();

@@ -85,6 +85,23 @@ def main():
             t.join()
         got = [json.loads(body)["tokens"] if status == 200 else None for status, body in results]
         check(got == expected, "concurrent greedy completions equal `mlkv generate`")
+        # A burst of connections at once: every one is accepted and answered (the listen queue is
+        # deep enough; with a queue of 5 some were reset).
+        burst = [None] * 64
+
+        def hit(i):
+            try:
+                burst[i] = post(port, {"tokens": [1 + i % 90], "max_tokens": 2, "ignore_eos": True})[0]
+            except OSError as e:
+                burst[i] = repr(e)
+
+        threads = [threading.Thread(target=hit, args=(i,)) for i in range(len(burst))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = [b for b in burst if b != 200]
+        check(not bad, f"64 simultaneous connections all answered 200 ({len(bad)} not: {bad[:2]})")
         # Streaming: the same tokens, one event each.
         status, body = post(port, {"tokens": prompts[0], "max_tokens": 10, "ignore_eos": True, "stream": True})
         events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
