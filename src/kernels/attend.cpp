@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "kernels/simd.h"
 
 namespace mlkv::ops {
 
@@ -20,18 +21,8 @@ namespace {
 constexpr int kValueBlock =
     128;  // keys per block of the weighted value sum (32 KiB of f32 at d = 64: L1)
 
-inline __m256 load8(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-inline __m256 load8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-inline float load1(const float* p) {
-  return *p;
-}
-inline float load1(const uint16_t* p) {
-  return _cvtsh_ss(*p);
-}
+using simd::load1;
+using simd::load8;
 
 // [sum(a0), sum(a1), ..., sum(a7)]
 inline __m256 reduce8(const __m256* a) {

@@ -12,38 +12,18 @@
 
 #include "core/half.h"
 #include "kernels/ops.h"
+#include "kernels/simd.h"
 
 namespace mlkv::ops {
 
 namespace {
 
-constexpr int kMaxGemvRows = 32;  // T at or below this uses the streaming kernel (sgemm, which packs
-                                  // the weights on every call, only wins beyond; measured)
+constexpr int kMaxGemvRows = 32;  // T at or below this uses the streaming kernel (sgemm, which
+                                  // packs the weights on every call, only wins beyond; measured)
 
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  lo = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, lo);
-  lo = _mm_add_ss(lo, sh);
-  return _mm_cvtss_f32(lo);
-}
-
-// 8 weights as f32: a plain load, or an f16 load widened with F16C.
-inline __m256 load8(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-inline __m256 load8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-inline float load1(const float* p) {
-  return *p;
-}
-inline float load1(const uint16_t* p) {
-  return f16_to_f32(*p);
-}
+using simd::hsum;
+using simd::load1;
+using simd::load8;
 
 // Four weight rows against one x row: four independent streams keep the loads in flight.
 template <typename W>
