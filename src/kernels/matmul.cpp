@@ -25,77 +25,28 @@ using simd::hsum;
 using simd::load1;
 using simd::load8;
 
-// Four weight rows against one x row: four independent streams keep the loads in flight.
-template <typename W>
-inline void gemv_rows4(const float* x, const W* w, int64_t K, float out[4]) {
-  const W* w0 = w;
-  const W* w1 = w + K;
-  const W* w2 = w + 2 * K;
-  const W* w3 = w + 3 * K;
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  int64_t k = 0;
-  {
-    // Two column blocks per iteration (f16 rows would otherwise advance only 16 bytes each), and
-    // the same columns of the next four rows prefetched: the hardware prefetcher alone stalls at
-    // the jump from one block of rows to the next (f16 decode: 70 -> 100 tok/s).
-    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(w0 + 4 * K + k), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w1 + 4 * K + k), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w2 + 4 * K + k), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w3 + 4 * K + k), _MM_HINT_T0);
-      const __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
-      a0 = _mm256_fmadd_ps(load8(w0 + k), xv, a0);
-      a1 = _mm256_fmadd_ps(load8(w1 + k), xv, a1);
-      a2 = _mm256_fmadd_ps(load8(w2 + k), xv, a2);
-      a3 = _mm256_fmadd_ps(load8(w3 + k), xv, a3);
-      b0 = _mm256_fmadd_ps(load8(w0 + k + 8), xw, b0);
-      b1 = _mm256_fmadd_ps(load8(w1 + k + 8), xw, b1);
-      b2 = _mm256_fmadd_ps(load8(w2 + k + 8), xw, b2);
-      b3 = _mm256_fmadd_ps(load8(w3 + k + 8), xw, b3);
-    }
-    a0 = _mm256_add_ps(a0, b0);
-    a1 = _mm256_add_ps(a1, b1);
-    a2 = _mm256_add_ps(a2, b2);
-    a3 = _mm256_add_ps(a3, b3);
-  }
-  for (; k + 8 <= K; k += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + k);
-    a0 = _mm256_fmadd_ps(load8(w0 + k), xv, a0);
-    a1 = _mm256_fmadd_ps(load8(w1 + k), xv, a1);
-    a2 = _mm256_fmadd_ps(load8(w2 + k), xv, a2);
-    a3 = _mm256_fmadd_ps(load8(w3 + k), xv, a3);
-  }
-  out[0] = hsum(a0);
-  out[1] = hsum(a1);
-  out[2] = hsum(a2);
-  out[3] = hsum(a3);
-  for (; k < K; ++k) {
-    out[0] += load1(w0 + k) * x[k];
-    out[1] += load1(w1 + k) * x[k];
-    out[2] += load1(w2 + k) * x[k];
-    out[3] += load1(w3 + k) * x[k];
-  }
-}
-
 // Four weight rows against NX x rows (rows x + t * K): 4 * NX accumulators, 4 + NX loads per
 // 4 * NX FMAs (one row at a time against T x rows needs T + 1 loads per T FMAs, and the loads are
-// the limit for batched decode). out[t * 4 + j] = x row t . weight row j.
+// the limit for batched decode). out[t * 4 + j] = x row t . weight row j. With one x row
+// the two 8-column halves of each 16-column step get their own accumulators (more independent
+// FMA chains while the registers allow). With prefetch, the same columns of the next four rows
+// are fetched ahead: the hardware prefetchers alone stall at every jump to the next block.
 template <int NX, typename W>
 inline void gemv_rows4_xn(const float* x, const W* w, int64_t K, float* out, bool prefetch) {
+  constexpr int S = NX == 1 ? 2 : 1;  // accumulator sets (AVX2 has registers for 2 only at NX 1)
   const W* wr[4] = {w, w + K, w + 2 * K, w + 3 * K};
-  __m256 acc[NX][4];
-  for (int t = 0; t < NX; ++t) {
-    for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_ps();
+  __m256 acc[S][NX][4];
+  for (int s = 0; s < S; ++s) {
+    for (int t = 0; t < NX; ++t) {
+      for (int j = 0; j < 4; ++j) acc[s][t][j] = _mm256_setzero_ps();
+    }
   }
-  auto step = [&](int64_t k) {
+  auto step = [&](int64_t k, int s) {
     __m256 xv[NX];
     for (int t = 0; t < NX; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
     for (int j = 0; j < 4; ++j) {
       const __m256 wv = load8(wr[j] + k);
-      for (int t = 0; t < NX; ++t) acc[t][j] = _mm256_fmadd_ps(wv, xv[t], acc[t][j]);
+      for (int t = 0; t < NX; ++t) acc[s][t][j] = _mm256_fmadd_ps(wv, xv[t], acc[s][t][j]);
     }
   };
   int64_t k = 0;
@@ -104,13 +55,13 @@ inline void gemv_rows4_xn(const float* x, const W* w, int64_t K, float* out, boo
       for (int j = 0; j < 4; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(wr[j] + 4 * K + k), _MM_HINT_T0);
     }
-    step(k);
-    step(k + 8);
+    step(k, 0);
+    step(k + 8, S - 1);
   }
-  for (; k + 8 <= K; k += 8) step(k);
+  for (; k + 8 <= K; k += 8) step(k, 0);
   for (int t = 0; t < NX; ++t) {
     for (int j = 0; j < 4; ++j) {
-      float v = hsum(acc[t][j]);
+      float v = hsum(S == 2 ? _mm256_add_ps(acc[0][t][j], acc[S - 1][t][j]) : acc[0][t][j]);
       for (int64_t kk = k; kk < K; ++kk) v += load1(wr[j] + kk) * x[t * K + kk];
       out[t * 4 + j] = v;
     }
@@ -166,7 +117,7 @@ void matmul_streaming(const float* x, const W* w, const float* b, float* y, int 
         gemv_rows4_xn<2>(x + int64_t{t} * K, wb, K, r + t * 4, t == 0);
         t += 2;
       }
-      if (t < T) gemv_rows4(x + int64_t{t} * K, wb, K, r + t * 4);
+      if (t < T) gemv_rows4_xn<1>(x + int64_t{t} * K, wb, K, r + t * 4, t == 0);
     } else {
       float rt[kMaxGemvRows];
       for (int j = 0; j < rows; ++j) {
