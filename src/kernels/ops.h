@@ -37,10 +37,11 @@ struct RopeTable {
   int n_rot = 0;
   int n_pos = 0;
   std::vector<float> cos, sin;
-  void build(int n_rot, int n_pos, double theta);
-  // The same with the n_rot / 2 inverse frequencies given (rope scaling applied by the caller).
+  // inv_freq: the n_rot / 2 inverse frequencies (rope_inv_freq, scaled by the caller if need be).
   void build(int n_rot, int n_pos, const std::vector<double>& inv_freq);
 };
+// theta^(-2i / n_rot) for i < n_rot / 2, in double.
+std::vector<double> rope_inv_freq(int n_rot, double theta);
 
 // Rotates the first n_rot dims of every head of x[T, n_heads, head_dim] in place, rotate-half
 // layout: pairs (i, i + n_rot/2), angle pos[t] * inv_freq[i]. inverse: rotate by -angle.

@@ -8,10 +8,10 @@
 
 namespace mlkv::ops {
 
-void RopeTable::build(int rot, int pos, double theta) {
-  std::vector<double> f(static_cast<size_t>(rot / 2));
-  for (int i = 0; i < rot / 2; ++i) f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * i / rot);
-  build(rot, pos, f);
+std::vector<double> rope_inv_freq(int n_rot, double theta) {
+  std::vector<double> f(static_cast<size_t>(n_rot / 2));
+  for (int i = 0; i < n_rot / 2; ++i) f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * i / n_rot);
+  return f;
 }
 
 void RopeTable::build(int rot, int pos, const std::vector<double>& inv_freq) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "kernels/ops.h"
 
 namespace mlkv {
 
@@ -38,11 +39,9 @@ bool ModelConfig::shares_across_layers() const {
 }
 
 std::vector<double> ModelConfig::rope_inv_freq() const {
-  const int half = n_rot / 2;
-  std::vector<double> f(static_cast<size_t>(half));
+  std::vector<double> f = ops::rope_inv_freq(n_rot, rope_theta);
   const RopeScaling& s = rope_scaling;
-  for (int i = 0; i < half; ++i) {
-    double v = std::pow(rope_theta, -2.0 * i / n_rot);
+  for (double& v : f) {
     if (s.type == RopeScaling::Type::kLinear) {
       v /= s.factor;
     } else if (s.type == RopeScaling::Type::kLlama3) {
@@ -57,7 +56,6 @@ std::vector<double> ModelConfig::rope_inv_freq() const {
         v = (1 - t) * v / s.factor + t * v;
       }
     }
-    f[static_cast<size_t>(i)] = v;
   }
   return f;
 }

@@ -344,13 +344,6 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
-void RopeTab<T>::build(int rot, int pos, double theta) {
-  std::vector<double> f(static_cast<size_t>(rot / 2));
-  for (int i = 0; i < rot / 2; ++i) f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * i / rot);
-  build(rot, pos, f);
-}
-
-template <typename T>
 void RopeTab<T>::build(int rot, int pos, const std::vector<double>& inv_freq) {
   n_rot = rot;
   n_pos = pos;

@@ -66,14 +66,13 @@ template <typename T>
 void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, T* y, int64_t n);
 
 // ---- rotary position embedding, rotate-half layout ----
-// cos/sin of pos * theta^(-2i / n_rot) for pos in [0, n_pos), i in [0, n_rot / 2), computed in
-// double (the same values as kernels/ops.h RopeTable).
+// cos/sin of pos * inv_freq[i] for pos in [0, n_pos), i in [0, n_rot / 2), computed in double
+// (the same values as kernels/ops.h RopeTable).
 template <typename T>
 struct RopeTab {
   int n_rot = 0, n_pos = 0;
   std::vector<T> cos, sin;  // [n_pos, n_rot / 2]
-  void build(int n_rot, int n_pos, double theta);
-  // The same with the inverse frequencies given (n_rot / 2 of them: rope scaling applied).
+  // inv_freq: the n_rot / 2 inverse frequencies (ModelConfig::rope_inv_freq, scaling applied).
   void build(int n_rot, int n_pos, const std::vector<double>& inv_freq);
 };
 // Rotates the first n_rot dims of every head of x[n, n_heads, head_dim] in place; row t is at

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "kernels/ops.h"
 #include "train/ops_backward.h"
 #include "train_test_util.h"
 
@@ -143,7 +144,7 @@ TEST(GradOps, SwiGlu) {
 TEST(GradOps, Rope) {
   const int ctx = 5, n = 10, H = 3, d = 8, n_rot = 6;
   RopeTab<double> tab;
-  tab.build(n_rot, ctx, 10000.0);
+  tab.build(n_rot, ctx, ops::rope_inv_freq(n_rot, 10000.0));
   auto x = rand_vec(n * H * d, 14), r = rand_vec(n * H * d, 15);
   auto loss = [&] {
     std::vector<double> y = x;

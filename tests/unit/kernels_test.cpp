@@ -86,7 +86,7 @@ TEST(Activations, MatchReference) {
 
 TEST(Rope, RotatesHalvesAndInverts) {
   ops::RopeTable rt;
-  rt.build(8, 64, 10000.0f);
+  rt.build(8, 64, ops::rope_inv_freq(8, 10000.0));
   const int d = 12, H = 2;  // partial rotary: 8 of 12 dims
   auto x = randn(size_t(3) * H * d, 9);
   const auto orig = x;
