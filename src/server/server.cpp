@@ -240,10 +240,10 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
   // clients overflows the accept queue and, with SYN cookies, some connections are reset (seen
   // with 32 concurrent requests). Keep the listening socket and listen() on it again with a deep
   // queue once bound (Linux updates the backlog; the kernel caps it at net.core.somaxconn).
-  std::atomic<int> listen_fd{-1};
+  int listen_fd = -1;  // set by the hook below, which runs inside bind on this thread
   srv.set_socket_options([&listen_fd](socket_t sock) {
     httplib::default_socket_options(sock);
-    listen_fd.store(static_cast<int>(sock));
+    listen_fd = static_cast<int>(sock);
   });
 
   g_server.store(&srv);
@@ -252,7 +252,7 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
   // Port 0: any free port (printed below), for tests and scripts.
   const int port = opt.port == 0 ? srv.bind_to_any_port(opt.host.c_str())
                                  : (srv.bind_to_port(opt.host.c_str(), opt.port) ? opt.port : -1);
-  if (port > 0 && listen_fd.load() >= 0 && ::listen(listen_fd.load(), 1024) != 0) {
+  if (port > 0 && listen_fd >= 0 && ::listen(listen_fd, 1024) != 0) {
     std::fprintf(stderr, "mlkv: warning: could not deepen the listen queue: %s\n",
                  std::strerror(errno));
   }
