@@ -11,8 +11,6 @@
 // embedding lookup, norms or biases), and the second term is causal attention (QK^T and PV, forward
 // 2 * 2 * Q * (ctx + 1) / 2 per token and layer, backward twice that; the backward pass's
 // recomputation of the scores is not counted).
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -21,8 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "core/threads.h"
 #include "core/timer.h"
+#include "kernels/blas/blas.h"
+#include "kernels/threads.h"
 #include "runtime/presets.h"
 #include "train/optimizer.h"
 #include "train/train_model.h"
@@ -38,13 +37,11 @@ double sgemm_gflops(int M, int N, int K, int reps) {
   std::uniform_real_distribution<float> u(-1, 1);
   for (auto& x : a) x = u(rng);
   for (auto& x : b) x = u(rng);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0,
-              c.data(), N);
+  blas::gemm(false, true, M, N, K, 1.0f, a.data(), K, b.data(), K, 0.0f, c.data(), N);
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const double t0 = now_seconds();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a.data(), K, b.data(), K, 0,
-                c.data(), N);
+    blas::gemm(false, true, M, N, K, 1.0f, a.data(), K, b.data(), K, 0.0f, c.data(), N);
     best = std::min(best, now_seconds() - t0);
   }
   return 2.0 * M * N * K / best / 1e9;
@@ -100,7 +97,7 @@ int main(int argc, char** argv) {
   }
   set_num_threads(threads);
   const double sgemm = sgemm_gflops(tokens, 3072, 768, 5);
-  std::printf("threads %d; OpenBLAS %s kernels; sgemm %dx3072x768: %.1f GFLOP/s\n", threads, openblas_get_corename(),
+  std::printf("threads %d; OpenBLAS %s kernels; sgemm %dx3072x768: %.1f GFLOP/s\n", threads, blas::core_name(),
               tokens, sgemm);
 
   for (int ctx : ctxs) {
@@ -163,7 +160,7 @@ int main(int argc, char** argv) {
         "\"gflops\": %.2f, \"sgemm_gflops\": %.2f, \"flops_per_step\": %.6e, \"n_mm\": %.0f, "
         "\"openblas_core\": \"%s\"}\n",
         ctx, batch, threads, t, static_cast<double>(n_tok) / t, gf, sgemm, flops, n_mm,
-        openblas_get_corename());
+        blas::core_name());
     std::fflush(stdout);
   }
   return 0;

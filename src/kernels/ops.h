@@ -1,77 +1,142 @@
-// Op signatures: the forward kernels of the decoder, on raw f32 pointers with explicit sizes.
-// Implementations: kernels/*.cpp (AVX2/FMA where it pays, OpenMP-parallel, BLAS for large GEMMs);
-// kernels/ref.h holds scalar reference versions that the unit tests compare against.
-// Conventions: row-major; a weight matrix is [n_out, n_in] as stored in checkpoints; shapes in
-// comments; outputs never alias inputs unless stated.
+// The op list of mlkv: every computation the decoder does, forward and backward side by side, on
+// raw row-major arrays with explicit sizes. Templated on the float type T:
+//   - float: the CPU kernels (kernels/cpu/), SIMD chosen at run time (kernels/cpu/isa.h) and BLAS
+//     (kernels/blas/) for large products, OpenMP across cores;
+//   - double: the scalar reference (kernels/ref/), the path of the finite-difference gradient
+//     checks.
+// A second device implements the same list behind the backend interface (kernels/backend.h).
+//
+// Conventions: a weight matrix is [n_out, n_in] as stored in checkpoints; "rows" are tokens.
+// Parameter gradients ACCUMULATE (+=), so shared and tied parameters and gradient accumulation
+// need no copies; input gradients accumulate too unless the comment says "writes"; zeroing is the
+// caller's. Outputs never alias inputs unless stated. Reductions have a fixed order (never one that
+// depends on the thread count), so results are reproducible bit for bit on one machine and path.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "kernels/types.h"
+
 namespace mlkv::ops {
 
-// y[T, N] = x[T, K] @ w[N, K]^T (+ b[N]). accumulate: y += instead of y =.
-// T <= 32 streams w once (a multi-row GEMV, token rows in register tiles); larger T goes to
-// OpenBLAS sgemm.
-void matmul(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
-            bool accumulate = false);
+// ---- linear ----
+// y[n, N] (+)= x[n, K] w[N, K]^T + b[N] (b may be null). float: n <= 32 streams w once (the
+// decode GEMV), larger n calls sgemm.
+template <typename T>
+void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N,
+                    bool accumulate = false);
+// The same with w stored as IEEE f16 [N, K] (half the bytes a decode step streams).
+void linear_forward_f16(const float* x, const uint16_t* w, const float* b, float* y, int n, int K,
+                        int N, bool accumulate = false);
+// dx[n, K] (+)= dy[n, N] w (accumulate_dx: += or writes; dx may be null); dw[N, K] += dy^T x
+// (may be null); db[N] += column sums of dy (may be null).
+template <typename T>
+void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db, int n, int K, int N,
+                     bool accumulate_dx = true);
 
-// The same with w stored as IEEE f16 [N, K] (half the bytes to stream in decode).
-void matmul_f16(const float* x, const uint16_t* w, const float* b, float* y, int T, int K, int N,
-                bool accumulate = false);
+// ---- norms, over rows of E values ----
+// y = (x - mean) rstd w + b; mean[n], rstd[n] saved when not null.
+template <typename T>
+void layernorm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int n, int E,
+                       T eps);
+// dx += ..., dw += sum dy xhat, db += sum dy (db may be null).
+template <typename T>
+void layernorm_backward(const T* dy, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                        T* dw, T* db, int n, int E);
+// y = x rstd w, rstd = 1 / sqrt(mean(x^2) + eps); rstd[n] saved when not null.
+template <typename T>
+void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int n, int E, T eps);
+template <typename T>
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int n,
+                      int E);
 
-// y = LayerNorm(x) * w + b per row of x[T, E]. mean/rstd ([T], optional) are saved for backward.
-void layernorm_forward(const float* x, const float* w, const float* b, float* y, int T, int E,
-                       float eps, float* mean = nullptr, float* rstd = nullptr);
-// y = x * rsqrt(mean(x^2) + eps) * w per row. rstd ([T], optional) saved for backward.
-void rmsnorm_forward(const float* x, const float* w, float* y, int T, int E, float eps,
-                     float* rstd = nullptr);
+// ---- rotary position embedding, rotate-half layout (GPT-NeoX / HF Llama) ----
+// Rotates the first n_rot dims of every head of x[n, n_heads, head_dim] in place: pairs
+// (i, i + n_rot / 2) by pos[t] * inv_freq[i]; inverse rotates by -angle. pos[t] < rt.n_pos.
+template <typename T>
+void rope_forward(T* x, int n, int n_heads, int head_dim, const int32_t* pos,
+                  const RopeTable<T>& rt, bool inverse = false);
+// The backward pass: a rotation's transpose is its inverse.
+template <typename T>
+void rope_backward(T* dx, int n, int n_heads, int head_dim, const int32_t* pos,
+                   const RopeTable<T>& rt) {
+  rope_forward(dx, n, n_heads, head_dim, pos, rt, /*inverse=*/true);
+}
 
-// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)); tanh_approx: the tanh form ("gelu_new").
-void gelu_forward(const float* x, float* y, int64_t n, bool tanh_approx);
-// SwiGLU: y = silu(gate) * up.
-void swiglu_forward(const float* gate, const float* up, float* y, int64_t n);
+// ---- activations, element-wise over n values ----
+// Exact GELU 0.5 x (1 + erf(x / sqrt 2)), or the tanh form ("gelu_new").
+template <typename T>
+void gelu_forward(const T* x, T* y, int64_t n, bool tanh_form);
+// Writes dx = dy gelu'(x) (dx may alias dy) and, when y is not null, y = gelu(x): the backward
+// pass recomputes the activation instead of storing it.
+template <typename T>
+void gelu_backward(const T* x, const T* dy, T* dx, T* y, int64_t n, bool tanh_form);
+// y = silu(gate) up
+template <typename T>
+void swiglu_forward(const T* gate, const T* up, T* y, int64_t n);
+// Writes dgate = dy up silu'(gate) (may alias dy), dup = dy silu(gate), y = silu(gate) up when y
+// is not null.
+template <typename T>
+void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, T* y, int64_t n);
 
-// Rotary position embedding tables: cos/sin of pos * theta^(-2i/n_rot), [n_pos, n_rot/2].
-struct RopeTable {
-  int n_rot = 0;
-  int n_pos = 0;
-  std::vector<float> cos, sin;
-  // inv_freq: the n_rot / 2 inverse frequencies (rope_inv_freq, scaled by the caller if need be).
-  void build(int n_rot, int n_pos, const std::vector<double>& inv_freq);
-};
-// theta^(-2i / n_rot) for i < n_rot / 2, in double.
-std::vector<double> rope_inv_freq(int n_rot, double theta);
+// ---- embedding ----
+// Writes x[t] = table[tok[t]] (rows of E).
+template <typename T>
+void embedding_forward(const int32_t* tok, const T* table, T* x, int n, int E);
+// dtable[tok[t]] += dx[t], rows in order.
+template <typename T>
+void embedding_backward(const int32_t* tok, const T* dx, T* dtable, int n, int E);
 
-// Rotates the first n_rot dims of every head of x[T, n_heads, head_dim] in place, rotate-half
-// layout: pairs (i, i + n_rot/2), angle pos[t] * inv_freq[i]. inverse: rotate by -angle.
-void rope_apply(float* x, int T, int n_heads, int head_dim, const int* pos, const RopeTable& rt,
-                bool inverse = false);
-
-// x[i] = exp(x[i] - shift) in place; returns the sum of the results.
-float exp_sub_sum(float* x, int n, float shift);
-
+// ---- softmax, output head ----
+// log(sum exp x) of one row (so log p(i) = x[i] - logsumexp).
+float logsumexp(const float* x, int n);
 // In-place softmax of each row of x[rows, n] (max-subtracted).
 void softmax_rows(float* x, int rows, int n);
+// For each row of logits[n, V]: row_loss[t] = logsumexp - logits[t, target[t]]. With grad, the
+// row is replaced by scale (softmax - onehot(target)) (the logits are consumed). Returns the sum
+// of the row losses, added in row order in double. row_loss: scratch of n values.
+template <typename T>
+double cross_entropy_forward_backward(T* logits, const int32_t* target, int n, int V, T scale,
+                                      bool grad, T* row_loss);
 
-// y[i] += a * x[i]
-void axpy(float a, const float* x, float* y, int64_t n);
-float dot(const float* a, const float* b, int64_t n);
+// ---- attention ----
+// Per-thread and per-head work buffers of the training attention, grown on first use.
+template <typename T>
+struct AttnScratch {
+  std::vector<std::vector<T>> thread_bufs;  // scores and dP blocks, one per thread
+  std::vector<T> dk_heads, dv_heads;        // [B, H, ctx, d] per-query-head dK/dV (GQA only)
+};
+// Causal attention over whole sequences (AttnDims): o [n, H, d] and the softmax log-normaliser
+// lse [B, H, ctx] that the backward pass uses to recompute the probabilities (scores are never
+// stored whole: memory O(n H), not O(B H ctx^2)).
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T* o, T* lse, const AttnDims& a,
+                       AttnScratch<T>& s);
+// Writes dq; accumulates dk and dv (several layers can share one K/V).
+template <typename T>
+void attention_backward(const T* q, const T* k, const T* v, const T* o, const T* lse,
+                        const T* dout, T* dq, T* dk, T* dv, const AttnDims& a, AttnScratch<T>& s);
 
-// Same with f16 (IEEE half) second operand, converted on the fly (F16C): KV caches in f16.
-float dot_f16(const float* a, const uint16_t* b, int64_t n);
-void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
-
-// Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i] =
-// softmax(scale * q_r K^T) V over keys and values [len, d]. scores: scratch of
-// min(n_q, kMaxGroup) * len floats. The f16 form reads an f16 cache directly.
-constexpr int kMaxGroup = 64;
+// Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i]
+// = softmax(scale q_r K^T) V over keys and values [len, d] (f32, or f16 read directly). scores:
+// scratch of min(n_q, kMaxAttendGroup) * len floats.
+inline constexpr int kMaxAttendGroup = 64;
 void attend_shared_kv(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
                       int d, float scale, float* out, int ldo, float* scores);
 void attend_shared_kv_f16(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
                           int len, int d, float scale, float* out, int ldo, float* scores);
 
-// Log-softmax of one row, returning logsumexp (so log p(i) = x[i] - lse).
-float logsumexp(const float* x, int n);
+// ---- optimizer ----
+// One AdamW update of n parameters in place (AdamWStep has the formula); zero_grad also zeroes g.
+template <typename T>
+void adamw_update(T* p, T* g, T* m, T* v, int64_t n, const AdamWStep& h, bool zero_grad);
+
+// ---- small helpers ----
+template <typename T>
+void add_inplace(T* y, const T* x, int64_t n);  // y += x
+template <typename T>
+void zero(T* y, int64_t n);
+float dot(const float* a, const float* b, int64_t n);
 
 }  // namespace mlkv::ops

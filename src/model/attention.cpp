@@ -5,7 +5,6 @@
 // rotates a copy. Long runs (prefill) use two GEMMs per head; short runs (decode) go to
 // ops::attend_shared_kv, one call per group of query heads that share a KV head, reading f32 or f16
 // cache entries directly.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "kernels/blas/blas.h"
 #include "model/model.h"
 
 namespace mlkv {
@@ -34,7 +34,7 @@ struct Scratch {
 // Keys [0, len) of one KV head as f32, rotated if the slot stores raw keys and the reader is the
 // owner. Returns the cache memory itself when no conversion is needed.
 const float* keys_f32(KVCache& cache, int slot, int seq, int kvh, int len, int d, bool rotate,
-                      const ops::RopeTable& rt, Scratch& s) {
+                      const ops::RopeTable<float>& rt, Scratch& s) {
   const bool f16 = cache.elem() == DType::kF16;
   if (!f16 && !rotate) return static_cast<const float*>(cache.k_ptr(slot, seq, kvh));
   float* buf = s.grow(s.keys, size_t(len) * d);
@@ -44,9 +44,9 @@ const float* keys_f32(KVCache& cache, int slot, int seq, int kvh, int len, int d
     std::memcpy(buf, cache.k_ptr(slot, seq, kvh), size_t(len) * d * 4);
   }
   if (rotate) {
-    std::vector<int> pos(static_cast<size_t>(len));
+    std::vector<int32_t> pos(static_cast<size_t>(len));
     for (int j = 0; j < len; ++j) pos[static_cast<size_t>(j)] = j;
-    ops::rope_apply(buf, len, 1, d, pos.data(), rt);
+    ops::rope_forward<float>(buf, len, 1, d, pos.data(), rt);
   }
   return buf;
 }
@@ -65,16 +65,14 @@ void head_gemm(const float* q, int ldq, const float* K, const float* V, int n_ro
     const int rows = std::min(kGemmRowBlock, n_rows - r0);
     const int len = pos0 + r0 + rows;  // keys visible to the last row of the block
     float* S = s.grow(s.scores, size_t(rows) * len);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, len, d, scale, q + int64_t{r0} * ldq,
-                ldq, K, d, 0.0f, S, len);
+    blas::gemm(false, true, rows, len, d, scale, q + int64_t{r0} * ldq, ldq, K, d, 0.0f, S, len);
     for (int t = 0; t < rows; ++t) {
       float* row = S + int64_t{t} * len;
       const int visible = pos0 + r0 + t + 1;
       std::fill(row + visible, row + len, -INFINITY);
     }
     ops::softmax_rows(S, rows, len);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d, len, 1.0f, S, len, V, d, 0.0f,
-                out + int64_t{r0} * ldo, ldo);
+    blas::gemm(false, false, rows, d, len, 1.0f, S, len, V, d, 0.0f, out + int64_t{r0} * ldo, ldo);
   }
 }
 
@@ -87,7 +85,7 @@ struct Item {
   int run, h0, nh;
 };
 
-void attention_forward(const ModelConfig& c, KVCache& cache, int il, const ops::RopeTable& rt,
+void attention_forward(const ModelConfig& c, KVCache& cache, int il, const ops::RopeTable<float>& rt,
                        const float* q, const std::vector<AttnRun>& runs, float* out) {
   const int H = c.n_head, G = c.n_head_kv, d = c.n_embd_head, rep = H / G;
   const int ldq = H * d;
@@ -131,7 +129,7 @@ void attention_forward(const ModelConfig& c, KVCache& cache, int il, const ops::
         head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
         continue;
       }
-      float* sc = s.grow(s.scores, size_t(std::min(it.nh, ops::kMaxGroup)) * len);
+      float* sc = s.grow(s.scores, size_t(std::min(it.nh, ops::kMaxAttendGroup)) * len);
       if (f16 && !rotate) {
         const auto* K = static_cast<const uint16_t*>(cache.k_ptr(slot, r.seq, kvh));
         const auto* V = static_cast<const uint16_t*>(cache.v_ptr(slot, r.seq, kvh));

@@ -59,7 +59,7 @@ int64_t Model::decode_weight_bytes() const {
   return (n - small) * 2 + small * 4;
 }
 
-const ops::RopeTable& Model::rope(int n_pos) {
+const ops::RopeTable<float>& Model::rope(int n_pos) {
   if (rope_.n_pos < n_pos || rope_.n_rot != cfg_.n_rot) rope_.build(cfg_.n_rot, n_pos, cfg_.rope_inv_freq());
   return rope_;
 }
@@ -100,9 +100,10 @@ namespace {
 
 void norm_rows(const ModelConfig& c, const Tensor& w, const Tensor& b, const float* x, float* y, int T) {
   if (c.norm == NormType::kLayerNorm) {
-    ops::layernorm_forward(x, w.data(), b.data(), y, T, c.n_embd, static_cast<float>(c.norm_eps));
+    ops::layernorm_forward<float>(x, w.data(), b.data(), y, nullptr, nullptr, T, c.n_embd,
+                                  static_cast<float>(c.norm_eps));
   } else {
-    ops::rmsnorm_forward(x, w.data(), y, T, c.n_embd, static_cast<float>(c.norm_eps));
+    ops::rmsnorm_forward<float>(x, w.data(), y, nullptr, T, c.n_embd, static_cast<float>(c.norm_eps));
   }
 }
 
@@ -112,9 +113,9 @@ const float* bias_or_null(const Tensor& t) { return t.empty() ? nullptr : t.data
 void linear(const float* x, const Tensor& w32, const std::vector<uint16_t>* w16, const float* b,
             float* y, int T, int K, int N, bool accumulate = false) {
   if (w16 != nullptr && !w16->empty()) {
-    ops::matmul_f16(x, w16->data(), b, y, T, K, N, accumulate);
+    ops::linear_forward_f16(x, w16->data(), b, y, T, K, N, accumulate);
   } else {
-    ops::matmul(x, w32.data(), b, y, T, K, N, accumulate);
+    ops::linear_forward<float>(x, w32.data(), b, y, T, K, N, accumulate);
   }
 }
 
@@ -145,7 +146,7 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
   validate_batch(b, cache, &runs);
   const ModelConfig& c = cfg_;
   const int T = b.size(), E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(), F = c.n_ff;
-  const ops::RopeTable& rt = rope(cache.n_ctx());
+  const ops::RopeTable<float>& rt = rope(cache.n_ctx());
   auto grow = [](std::vector<float>& v, size_t n) {
     if (v.size() < n) v.resize(n);
     return v.data();
@@ -170,12 +171,12 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
     auto p16 = [P](std::vector<uint16_t> PackedLayer::*m) { return P ? &(P->*m) : nullptr; };
     norm_rows(c, L.attn_norm, L.attn_norm_b, x, xn, T);
     linear(xn, L.wq, p16(&PackedLayer::wq), bias_or_null(L.bq), q, T, E, Q);
-    ops::rope_apply(q, T, c.n_head, c.n_embd_head, b.pos.data(), rt);
+    ops::rope_forward<float>(q, T, c.n_head, c.n_embd_head, b.pos.data(), rt);
     if (c.owns_kv(il)) {
       const int slot = cache.slot_of_layer(il);
       linear(xn, L.wk, p16(&PackedLayer::wk), bias_or_null(L.bk), k, T, E, KV);
       linear(xn, L.wv, p16(&PackedLayer::wv), bias_or_null(L.bv), v, T, E, KV);
-      if (cache.slot_keys_rotated(slot)) ops::rope_apply(k, T, c.n_head_kv, c.n_embd_head, b.pos.data(), rt);
+      if (cache.slot_keys_rotated(slot)) ops::rope_forward<float>(k, T, c.n_head_kv, c.n_embd_head, b.pos.data(), rt);
       store_kv(cache, slot, b, k, v, c.n_head_kv, c.n_embd_head);
     }
     attention_forward(c, cache, il, rt, q, runs, att);
@@ -191,10 +192,10 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
     if (c.mlp == MlpType::kSwiGlu) {
       linear(h2, L.w_gate, p16(&PackedLayer::w_gate), nullptr, gate, T, E, F);
       linear(h2, L.w_up, p16(&PackedLayer::w_up), nullptr, up, T, E, F);
-      ops::swiglu_forward(gate, up, up, int64_t{T} * F);
+      ops::swiglu_forward<float>(gate, up, up, int64_t{T} * F);
     } else {
       linear(h2, L.w_up, p16(&PackedLayer::w_up), bias_or_null(L.b_up), up, T, E, F);
-      ops::gelu_forward(up, up, int64_t{T} * F, c.gelu_tanh);
+      ops::gelu_forward<float>(up, up, int64_t{T} * F, c.gelu_tanh);
     }
     linear(up, L.w_down, p16(&PackedLayer::w_down), bias_or_null(L.b_down), x, T, F, E, /*accumulate=*/true);
   }

@@ -77,7 +77,7 @@ class Model {
 
  private:
   void validate_batch(const Batch& b, const KVCache& cache, std::vector<AttnRun>* runs) const;
-  const ops::RopeTable& rope(int n_pos);
+  const ops::RopeTable<float>& rope(int n_pos);
 
   // f16 copies of the projection matrices (WeightType::kF16 only).
   struct PackedLayer {
@@ -90,13 +90,13 @@ class Model {
   ModelWeights w_;
   std::vector<PackedLayer> packed_;
   std::vector<uint16_t> packed_out_;
-  ops::RopeTable rope_;
+  ops::RopeTable<float> rope_;
   // Scratch reused across calls: grown, never shrunk.
   std::vector<float> x_, xn_, q_, k_, v_, att_, h2_, up_, gate_;
 };
 
 // Attention of every run's query rows against the cache slot of layer il (see attention.cpp).
-void attention_forward(const ModelConfig& cfg, KVCache& cache, int il, const ops::RopeTable& rope,
+void attention_forward(const ModelConfig& cfg, KVCache& cache, int il, const ops::RopeTable<float>& rope,
                        const float* q, const std::vector<AttnRun>& runs, float* out);
 
 }  // namespace mlkv

@@ -1,13 +1,12 @@
 // AdamW, schedule, clipping helpers (optimizer.h).
 #include "train/optimizer.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/ops.h"
 
 namespace mlkv::train {
 
@@ -63,45 +62,18 @@ void AdamW::step(ModelWeights& params, ModelWeights& grads, double lr, double gr
   auto m = list_params(cfg_, m_);
   auto v = list_params(cfg_, v_);
   MLKV_CHECK(p.size() == g.size() && p.size() == m.size() && p.size() == v.size());
+  ops::AdamWStep h{};
+  h.beta1 = b1;
+  h.beta2 = b2;
+  h.eps = eps;
+  h.lr = lrf;
+  h.bias_corr1 = bc1;
+  h.bias_corr2 = bc2;
+  h.grad_scale = gs;
   for (size_t i = 0; i < p.size(); ++i) {
-    float* pp = p[i].tensor->data();
-    float* gg = g[i].tensor->data();
-    float* mm = m[i].tensor->data();
-    float* vv = v[i].tensor->data();
-    const float wd = p[i].decay ? static_cast<float>(c_.weight_decay) : 0.0f;
-    const int64_t n = p[i].tensor->numel();
-#pragma omp parallel for schedule(static) if (n > kChunk)
-    for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-      const int64_t c1 = std::min(n, c0 + kChunk);
-      // Memory-bound (28-32 bytes per parameter): one pass, 8 lanes, gradients optionally zeroed in
-      // the same pass for the next step.
-      const __m256 vb1 = _mm256_set1_ps(b1), vb2 = _mm256_set1_ps(b2), v1b1 = _mm256_set1_ps(1.0f - b1),
-                   v1b2 = _mm256_set1_ps(1.0f - b2), vbc1 = _mm256_set1_ps(bc1), vbc2 = _mm256_set1_ps(bc2),
-                   veps = _mm256_set1_ps(eps), vlr = _mm256_set1_ps(lrf), vgs = _mm256_set1_ps(gs),
-                   vwd = _mm256_set1_ps(wd);
-      int64_t j = c0;
-      for (; j + 8 <= c1; j += 8) {
-        const __m256 gj = _mm256_mul_ps(_mm256_loadu_ps(gg + j), vgs);
-        const __m256 mj = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(mm + j)), _mm256_mul_ps(v1b1, gj));
-        const __m256 vj = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(vv + j)),
-                                        _mm256_mul_ps(_mm256_mul_ps(v1b2, gj), gj));
-        const __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vj, vbc2)), veps);
-        const __m256 pj = _mm256_loadu_ps(pp + j);
-        const __m256 upd = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mj, vbc1), denom), _mm256_mul_ps(vwd, pj));
-        _mm256_storeu_ps(mm + j, mj);
-        _mm256_storeu_ps(vv + j, vj);
-        _mm256_storeu_ps(pp + j, _mm256_sub_ps(pj, _mm256_mul_ps(vlr, upd)));
-        if (zero_grads_after) _mm256_storeu_ps(gg + j, _mm256_setzero_ps());
-      }
-      for (; j < c1; ++j) {
-        const float gj = gg[j] * gs;
-        mm[j] = b1 * mm[j] + (1.0f - b1) * gj;
-        vv[j] = b2 * vv[j] + (1.0f - b2) * gj * gj;
-        const float denom = std::sqrt(vv[j] * bc2) + eps;
-        pp[j] = pp[j] - lrf * (mm[j] * bc1 / denom + wd * pp[j]);
-        if (zero_grads_after) gg[j] = 0.0f;
-      }
-    }
+    h.weight_decay = p[i].decay ? static_cast<float>(c_.weight_decay) : 0.0f;
+    ops::adamw_update<float>(p[i].tensor->data(), g[i].tensor->data(), m[i].tensor->data(),
+                             v[i].tensor->data(), p[i].tensor->numel(), h, zero_grads_after);
   }
 }
 

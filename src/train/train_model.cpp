@@ -11,6 +11,10 @@
 #include "core/timer.h"
 
 namespace mlkv::train {
+using namespace mlkv::ops;
+}  // namespace mlkv::train
+
+namespace mlkv::train {
 
 const char* op_name(Op op) {
   switch (op) {
@@ -98,6 +102,8 @@ TrainGraph<T>::TrainGraph(const ModelConfig& cfg, int batch, int ctx)
                cfg.n_ctx, " positions)");
   dims_ = AttnDims{batch, ctx, cfg.n_head, cfg.n_head_kv, cfg.n_embd_head};
   rope_.build(cfg.n_rot, ctx, cfg.rope_inv_freq());
+  pos_.resize(static_cast<size_t>(n_));
+  for (int64_t t = 0; t < n_; ++t) pos_[static_cast<size_t>(t)] = static_cast<int32_t>(t % ctx);
   const int64_t n = n_, E = cfg.n_embd, Q = cfg.n_embd_q(), KV = cfg.n_embd_kv(), F = cfg.n_ff;
   const bool swiglu = cfg.mlp == MlpType::kSwiGlu, pre = cfg.share_rope == KvShareRope::kPre;
   head_chunk_ = static_cast<int>(std::clamp<int64_t>(kHeadLogitsBudget / cfg.n_vocab, 1, n));
@@ -242,10 +248,10 @@ void TrainGraph<T>::layer_forward(int il, const LayerView<T>& L, T* out) {
     linear_forward(A.xn1.data(), L.wv, L.bv, A.v.data(), n, E, KV);
   }
   lap(Op::kQkv, false);
-  rope_forward(A.q.data(), n, H, d, ctx_, rope_);
+  rope_forward(A.q.data(), n, H, d, pos_.data(), rope_);
   if (c.owns_kv(il)) {
     if (!A.k_raw.empty()) std::copy_n(A.k_rot.begin(), n_ * KV, A.k_raw.begin());
-    rope_forward(A.k_rot.data(), n, G, d, ctx_, rope_);
+    rope_forward(A.k_rot.data(), n, G, d, pos_.data(), rope_);
   }
   lap(Op::kRope, false);
 
@@ -370,12 +376,12 @@ void TrainGraph<T>::attn_core_backward(int il, const LayerView<T>& L, const Laye
                      A.o.data(), A.lse.data(), d_o_.data(), dq_.data(), dk_target,
                      dv_acc_[static_cast<size_t>(src)].data(), dims_, attn_scratch_);
   lap(Op::kAttention, true);
-  rope_backward(dq_.data(), n, H, d, ctx_, rope_);
+  rope_backward(dq_.data(), n, H, d, pos_.data(), rope_);
   if (own) {
     if (post) {
-      rope_backward(dk_acc_[static_cast<size_t>(il)].data(), n, G, d, ctx_, rope_);
+      rope_backward(dk_acc_[static_cast<size_t>(il)].data(), n, G, d, pos_.data(), rope_);
     } else {
-      rope_backward(dk_tmp_.data(), n, G, d, ctx_, rope_);
+      rope_backward(dk_tmp_.data(), n, G, d, pos_.data(), rope_);
       add_inplace(dk_acc_[static_cast<size_t>(il)].data(), dk_tmp_.data(), n_ * KV);
     }
   }

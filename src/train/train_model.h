@@ -21,7 +21,7 @@
 
 #include "model/config.h"
 #include "model/weights.h"
-#include "train/ops_backward.h"
+#include "kernels/ops.h"
 
 namespace mlkv::train {
 
@@ -128,9 +128,10 @@ class TrainGraph {
   ModelConfig cfg_;
   int batch_, ctx_;
   int64_t n_;  // batch * ctx rows
-  AttnDims dims_;
-  RopeTab<T> rope_;
-  AttnScratch<T> attn_scratch_;
+  ops::AttnDims dims_;
+  ops::RopeTable<T> rope_;
+  std::vector<int32_t> pos_;  // [batch * ctx] position of each row: t % ctx
+  ops::AttnScratch<T> attn_scratch_;
   int head_chunk_;  // rows of logits materialised at once
   double lap_t_ = 0;
 

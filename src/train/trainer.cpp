@@ -21,7 +21,7 @@
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "core/progress.h"
-#include "core/threads.h"
+#include "kernels/threads.h"
 #include "core/timer.h"
 #include "io/hf_model.h"
 #include "train/checkpoint.h"

@@ -1,6 +1,6 @@
-// Gradient checks of every training op (train/ops_backward.h): the double-precision backward
-// against central finite differences of L = sum(r * forward(inputs)) for a random r, and the float
-// kernels (AVX2 exp/erf, sgemm) against the double ones. Measured errors are printed; bounds sit
+// Gradient checks of every op with a backward pass (kernels/ops.h): the double-precision backward
+// (the scalar reference) against central finite differences of L = sum(r * forward(inputs)) for a
+// random r, and the float kernels (the active SIMD path, sgemm) against the double ones. Measured errors are printed; bounds sit
 // just above them (FD in double: ~1e-9 normalised; float vs double: ~1e-6).
 #include <gtest/gtest.h>
 
@@ -8,10 +8,9 @@
 #include <cstdio>
 
 #include "kernels/ops.h"
-#include "train/ops_backward.h"
 #include "train_test_util.h"
 
-namespace mlkv::train {
+namespace mlkv::ops {
 namespace {
 
 using mlkv::testing::cast_vec;
@@ -143,20 +142,22 @@ TEST(GradOps, SwiGlu) {
 
 TEST(GradOps, Rope) {
   const int ctx = 5, n = 10, H = 3, d = 8, n_rot = 6;
-  RopeTab<double> tab;
-  tab.build(n_rot, ctx, ops::rope_inv_freq(n_rot, 10000.0));
+  RopeTable<double> tab;
+  tab.build(n_rot, ctx, rope_inv_freq(n_rot, 10000.0));
+  std::vector<int32_t> pos(n);
+  for (int t = 0; t < n; ++t) pos[t] = t % ctx;
   auto x = rand_vec(n * H * d, 14), r = rand_vec(n * H * d, 15);
   auto loss = [&] {
     std::vector<double> y = x;
-    rope_forward(y.data(), n, H, d, ctx, tab);
+    rope_forward(y.data(), n, H, d, pos.data(), tab);
     return dotv(y, r);
   };
   std::vector<double> dx = r;
-  rope_backward(dx.data(), n, H, d, ctx, tab);
+  rope_backward(dx.data(), n, H, d, pos.data(), tab);
   expect_fd("rope dx", x, dx, loss);
   // Row t sits at position t % ctx: row 0 and row ctx are both at position 0 (unrotated).
   std::vector<double> y = x;
-  rope_forward(y.data(), n, H, d, ctx, tab);
+  rope_forward(y.data(), n, H, d, pos.data(), tab);
   for (int i = 0; i < H * d; ++i) {
     EXPECT_EQ(y[i], x[i]);
     EXPECT_EQ(y[ctx * H * d + i], x[ctx * H * d + i]);
@@ -276,4 +277,4 @@ TEST_P(GradAttention, MhaGqaMqa) {
 INSTANTIATE_TEST_SUITE_P(KvHeads, GradAttention, ::testing::Values(4, 2, 1));
 
 }  // namespace
-}  // namespace mlkv::train
+}  // namespace mlkv::ops

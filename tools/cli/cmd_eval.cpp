@@ -16,7 +16,7 @@
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "core/progress.h"
-#include "core/threads.h"
+#include "kernels/threads.h"
 #include "core/timer.h"
 #include "eval/metrics.h"
 #include "eval/perplexity.h"

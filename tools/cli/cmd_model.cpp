@@ -11,7 +11,7 @@
 
 #include "commands.h"
 #include "core/check.h"
-#include "core/threads.h"
+#include "kernels/threads.h"
 #include "core/timer.h"
 #include "io/hf_config.h"
 #include "io/hf_model.h"

@@ -4,7 +4,7 @@
 
 #include "commands.h"
 #include "core/check.h"
-#include "core/threads.h"
+#include "kernels/threads.h"
 #include "server/server.h"
 #include "tokenizer/tokenizer.h"
 

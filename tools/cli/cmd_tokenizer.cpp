@@ -12,7 +12,7 @@
 
 #include "commands.h"
 #include "core/check.h"
-#include "core/threads.h"
+#include "kernels/threads.h"
 #include "io/token_shard.h"
 #include "tokenizer/corpus.h"
 #include "tokenizer/tokenizer.h"

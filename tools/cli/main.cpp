@@ -6,11 +6,12 @@
 #include <new>
 
 #include "commands.h"
-#include "core/blas_setup.h"
+#include "kernels/blas/blas.h"
 #include "core/check.h"
+#include "kernels/cpu/isa.h"
 
 int main(int argc, char** argv) {
-  mlkv::ensure_blas_kernels(argc, argv);
+  mlkv::blas::ensure_good_kernels(argc, argv);
   CLI::App app{"mlkv: transformer decoding, training and evaluation with multi-layer KV sharing"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mlkv 0.1.0");
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   mlkv::cli::add_convert_commands(app);
   mlkv::cli::add_serve_commands(app);
   try {
+    mlkv::ops::cpu::active_isa();  // a bad MLKV_ISA is an error here, not in the middle of a kernel
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints help, version or the usage error

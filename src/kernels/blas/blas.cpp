@@ -1,5 +1,6 @@
-#include "core/blas_setup.h"
+#include "kernels/blas/blas.h"
 
+#include <cblas.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -7,10 +8,27 @@
 #include <initializer_list>
 
 extern "C" char* openblas_get_corename(void);
+extern "C" void openblas_set_num_threads(int num_threads);
 
-namespace mlkv {
+namespace mlkv::blas {
 
-const char* blas_core_name() { return openblas_get_corename(); }
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
+          const double* B, int ldb, double beta, double* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void set_num_threads(int n) { openblas_set_num_threads(n); }
+
+const char* core_name() { return openblas_get_corename(); }
 
 namespace {
 
@@ -35,10 +53,12 @@ const char* best_core_for_cpu() {
 
 }  // namespace
 
-void ensure_blas_kernels(int argc, char** argv) {
+void ensure_good_kernels(int argc, char** argv) {
   (void)argc;
-  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("MLKV_NO_BLAS_FIX") != nullptr) return;
-  const char* core = blas_core_name();
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("MLKV_NO_BLAS_FIX") != nullptr) {
+    return;
+  }
+  const char* core = core_name();
   if (core == nullptr || !is_generic_core(core)) return;
   const char* best = best_core_for_cpu();
   if (best == nullptr) return;
@@ -47,4 +67,4 @@ void ensure_blas_kernels(int argc, char** argv) {
   // execv only returns on failure: carry on with the generic kernels.
 }
 
-}  // namespace mlkv
+}  // namespace mlkv::blas

@@ -1,0 +1,29 @@
+#include "kernels/cpu/kernels.h"
+
+#include "core/check.h"
+
+namespace mlkv::ops::cpu {
+
+const Kernels& kernels_for(Isa isa) {
+  MLKV_REQUIRE(cpu_supports(isa), "this CPU cannot run the ", isa_name(isa), " kernels");
+  switch (isa) {
+    case Isa::kAvx512: return avx512_kernels();
+    case Isa::kAvx2: return avx2_kernels();
+    case Isa::kScalar: break;
+  }
+  return scalar_kernels();
+}
+
+const Kernels& kernels() {
+  // active_isa() may change through set_isa() (tests), so it is looked up on each call: a relaxed
+  // atomic load and a switch, next to kernels that run for microseconds at least. It only ever
+  // holds a path the CPU supports.
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512_kernels();
+    case Isa::kAvx2: return avx2_kernels();
+    case Isa::kScalar: break;
+  }
+  return scalar_kernels();
+}
+
+}  // namespace mlkv::ops::cpu

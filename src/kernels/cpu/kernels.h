@@ -1,0 +1,91 @@
+// The per-instruction-set micro-kernels of the CPU backend: one table of function pointers per
+// build (scalar, AVX2, AVX-512; kernels/cpu/isa.h), all built from the same source
+// (kernels/cpu/*-inl.h). Every entry is single-threaded and works on f32 (f16 only where stated);
+// the threading, blocking across cores and BLAS calls are in kernels/cpu/*.cpp, which pick the
+// table with kernels() once per call.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"
+#include "kernels/types.h"
+
+namespace mlkv::ops::cpu {
+
+using ops::AdamWStep;
+
+struct Kernels {
+  Isa isa;
+
+  // ---- matrix-vector products for decode: T <= kMaxGemvRows token rows x of length K ----
+  // out[t * 4 + j] = x_t . w_j for the 4 weight rows w_j = w + j K (row-major [4, K]).
+  void (*gemv4_f32)(const float* x, const float* w, int T, int64_t K, float* out);
+  void (*gemv4_f16)(const float* x, const uint16_t* w, int T, int64_t K, float* out);
+  // out[t * 4 + j] for j < rows < 4 (the last, partial block of a matrix).
+  void (*gemv_tail_f32)(const float* x, const float* w, int rows, int T, int64_t K, float* out);
+  void (*gemv_tail_f16)(const float* x, const uint16_t* w, int rows, int T, int64_t K, float* out);
+
+  // ---- decode attention: n_q (<= kMaxGroup) query rows reading one KV head ----
+  // out[r * ldo + i] = sum_j softmax_j(scale q_r . K_j) V[j, i] over keys/values [len, d];
+  // scores: scratch of n_q * len floats.
+  void (*attend_f32)(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
+                     int d, float scale, float* out, int ldo, float* scores);
+  void (*attend_f16)(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
+                     int len, int d, float scale, float* out, int ldo, float* scores);
+
+  // ---- rows and element-wise ----
+  float (*max_n)(const float* x, int64_t n);                   // max of x[0, n); -inf for n = 0
+  float (*exp_sub_sum)(float* x, int64_t n, float shift);      // x = e^(x - shift); returns sum
+  void (*scale_n)(float* x, int64_t n, float a);               // x *= a
+  void (*add_n)(float* y, const float* x, int64_t n);          // y += x
+  float (*dot_n)(const float* a, const float* b, int64_t n);   // a . b
+
+  // GELU (exact erf, or the tanh form) and SwiGLU, forward and backward. Backward writes
+  // dx = dy * f'(x) (dx may alias dy) and y = f(x) when y is not null.
+  void (*gelu_fwd)(const float* x, float* y, int64_t n, bool tanh_form);
+  void (*gelu_bwd)(const float* x, const float* dy, float* dx, float* y, int64_t n, bool tanh_form);
+  void (*swiglu_fwd)(const float* gate, const float* up, float* y, int64_t n);
+  void (*swiglu_bwd)(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                     float* y, int64_t n);
+
+  // One row of E values: y = (x - mean) rstd w + b (b may be null); *mean, *rstd returned.
+  void (*layernorm_row)(const float* x, const float* w, const float* b, float* y, int E, float eps,
+                        float* mean, float* rstd);
+  // y = x rstd w, rstd = 1 / sqrt(mean(x^2) + eps).
+  void (*rmsnorm_row)(const float* x, const float* w, float* y, int E, float eps, float* rstd);
+  // dx += rstd (g - mean(g) - xhat mean(g xhat)), g = dy w (LayerNorm; mean = 0 and no mean(g)
+  // term for RMSNorm when rms is true).
+  void (*norm_bwd_row)(const float* dy, const float* x, const float* w, float mean, float rstd,
+                       float* dx, int E, bool rms);
+  // Column sums over rows [0, n) for columns [i0, i1) (i1 - i0 <= 64): dw[i] += sum_t dy[t, i]
+  // xhat[t, i], db[i] += sum_t dy[t, i] (db may be null; xhat = (x - mean) rstd).
+  void (*norm_bwd_cols)(const float* dy, const float* x, const float* mean, const float* rstd,
+                        int n, int E, int i0, int i1, float* dw, float* db);
+  // db[i] += sum_t dy[t, i] over rows [0, n), columns [i0, i1) (i1 - i0 <= 64).
+  void (*colsum)(const float* dy, int n, int N, int i0, int i1, float* db);
+
+  // Rotary on one head vector v (rotate-half layout): pairs (i, i + half) rotated by the angle
+  // with cosine c[i] and sine sign * s[i].
+  void (*rope_head)(float* v, const float* c, const float* s, int half, float sign);
+
+  // One AdamW update of n parameters (optimizer.h has the formula); zero_grad also sets g = 0.
+  void (*adamw)(float* p, float* g, float* m, float* v, int64_t n, const AdamWStep& h,
+                bool zero_grad);
+};
+
+// T above this uses sgemm rather than the streaming GEMV (sgemm packs the weights on every call;
+// measured, it only wins beyond 32 rows).
+inline constexpr int kMaxGemvRows = 32;
+// Most query rows one attend call takes.
+inline constexpr int kMaxGroup = 64;
+
+// The table of the active path (isa.h) and of a given one (which must be supported).
+const Kernels& kernels();
+const Kernels& kernels_for(Isa isa);
+
+// Defined by kernels_{scalar,avx2,avx512}.cpp.
+const Kernels& scalar_kernels();
+const Kernels& avx2_kernels();
+const Kernels& avx512_kernels();
+
+}  // namespace mlkv::ops::cpu

@@ -1,0 +1,156 @@
+// Linear layers on the CPU: y = x w^T + b and its backward pass (kernels/ops.h).
+// Decode (n <= 32 token rows) is memory-bound: the streaming GEMV of the active instruction-set
+// path reads every weight row once, blocks of 4 rows split across threads so that each thread
+// streams its own part of w. Larger n is compute-bound and goes to BLAS sgemm. f16 weights at
+// large n are widened block by block into per-thread scratch and multiplied by sgemm inside the
+// parallel loop (widening costs N K operations against the 2 n N K of the product).
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/blas/blas.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/ops.h"
+#include "kernels/ref/linear.h"
+
+namespace mlkv::ops {
+
+namespace {
+
+constexpr int kColBlock = 64;           // columns per work item in column reductions
+constexpr int64_t kElemParallel = 32768;  // fewer elements than this: one thread
+
+template <typename W>
+void matmul_streaming(const float* x, const W* w, const float* b, float* y, int T, int K, int N,
+                      bool accumulate) {
+  const cpu::Kernels& k = cpu::kernels();
+  const int n_blocks = (N + 3) / 4;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < n_blocks; ++blk) {
+    const int n0 = blk * 4;
+    const int rows = std::min(4, N - n0);
+    float r[cpu::kMaxGemvRows * 4];  // r[t * 4 + j]: weight row n0 + j against x row t
+    const W* wb = w + int64_t{n0} * K;
+    if constexpr (std::is_same_v<W, float>) {
+      if (rows == 4) {
+        k.gemv4_f32(x, wb, T, K, r);
+      } else {
+        k.gemv_tail_f32(x, wb, rows, T, K, r);
+      }
+    } else {
+      if (rows == 4) {
+        k.gemv4_f16(x, wb, T, K, r);
+      } else {
+        k.gemv_tail_f16(x, wb, rows, T, K, r);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      float* dst = y + int64_t{t} * N + n0;
+      for (int j = 0; j < rows; ++j) {
+        const float v = r[t * 4 + j] + (b ? b[n0 + j] : 0.0f);
+        dst[j] = accumulate ? dst[j] + v : v;
+      }
+    }
+  }
+}
+
+void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float* y, int T, int K,
+                        int N, bool accumulate) {
+  constexpr int kBlock = 128;
+  const int n_blocks = (N + kBlock - 1) / kBlock;
+#pragma omp parallel
+  {
+    std::vector<float> wf(static_cast<size_t>(kBlock) * K);
+    std::vector<float> yb(static_cast<size_t>(T) * kBlock);
+#pragma omp for schedule(dynamic, 1)
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int n0 = blk * kBlock;
+      const int rows = std::min(kBlock, N - n0);
+      f16_to_f32_n(w + int64_t{n0} * K, wf.data(), static_cast<size_t>(rows) * K);
+      blas::gemm(false, true, T, rows, K, 1.0f, x, K, wf.data(), K, 0.0f, yb.data(), rows);
+      for (int t = 0; t < T; ++t) {
+        float* dst = y + int64_t{t} * N + n0;
+        const float* src = yb.data() + int64_t{t} * rows;
+        for (int j = 0; j < rows; ++j) {
+          const float v = src[j] + (b ? b[n0 + j] : 0.0f);
+          dst[j] = accumulate ? dst[j] + v : v;
+        }
+      }
+    }
+  }
+}
+
+void add_bias_rows(float* y, const float* b, int n, int N) {
+#pragma omp parallel for schedule(static) if (int64_t{n} * N > kElemParallel)
+  for (int t = 0; t < n; ++t) {
+    float* row = y + int64_t{t} * N;
+    for (int i = 0; i < N; ++i) row[i] += b[i];
+  }
+}
+
+// db[N] += column sums of dy[n, N]; columns split across threads, rows summed in order.
+void colsum_add(const float* dy, int n, int N, float* db) {
+  const cpu::Kernels& k = cpu::kernels();
+  const int n_blocks = (N + kColBlock - 1) / kColBlock;
+#pragma omp parallel for schedule(static) if (int64_t{n} * N > kElemParallel)
+  for (int blk = 0; blk < n_blocks; ++blk) {
+    const int i0 = blk * kColBlock;
+    k.colsum(dy, n, N, i0, std::min(N, i0 + kColBlock), db);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N,
+                    bool accumulate) {
+  if constexpr (std::is_same_v<T, double>) {
+    ref::linear_forward(x, w, b, y, n, K, N, accumulate);
+  } else {
+    if (n <= 0 || N <= 0) return;
+    if (n <= cpu::kMaxGemvRows) {
+      matmul_streaming(x, w, b, y, n, K, N, accumulate);
+      return;
+    }
+    blas::gemm(false, true, n, N, K, 1.0f, x, K, w, K, accumulate ? 1.0f : 0.0f, y, N);
+    if (b != nullptr) add_bias_rows(y, b, n, N);
+  }
+}
+
+void linear_forward_f16(const float* x, const uint16_t* w, const float* b, float* y, int n, int K,
+                        int N, bool accumulate) {
+  if (n <= 0 || N <= 0) return;
+  if (n <= cpu::kMaxGemvRows) {
+    matmul_streaming(x, w, b, y, n, K, N, accumulate);
+  } else {
+    matmul_f16_blocked(x, w, b, y, n, K, N, accumulate);
+  }
+}
+
+template <typename T>
+void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* db, int n, int K, int N,
+                     bool accumulate_dx) {
+  if constexpr (std::is_same_v<T, double>) {
+    ref::linear_backward(dy, x, w, dx, dw, db, n, K, N, accumulate_dx);
+  } else {
+    if (dx != nullptr) {
+      blas::gemm(false, false, n, K, N, 1.0f, dy, N, w, K, accumulate_dx ? 1.0f : 0.0f, dx, K);
+    }
+    if (dw != nullptr) blas::gemm(true, false, N, K, n, 1.0f, dy, N, x, K, 1.0f, dw, K);
+    if (db != nullptr) colsum_add(dy, n, N, db);
+  }
+}
+
+template void linear_forward<float>(const float*, const float*, const float*, float*, int, int,
+                                    int, bool);
+template void linear_forward<double>(const double*, const double*, const double*, double*, int,
+                                     int, int, bool);
+template void linear_backward<float>(const float*, const float*, const float*, float*, float*,
+                                     float*, int, int, int, bool);
+template void linear_backward<double>(const double*, const double*, const double*, double*,
+                                      double*, double*, int, int, int, bool);
+
+}  // namespace mlkv::ops

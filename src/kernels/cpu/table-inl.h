@@ -1,0 +1,30 @@
+// The kernel table of one build: every -inl.h kernel instantiated for the build's vector type.
+// Included last by kernels_{scalar,avx2,avx512}.cpp, inside their namespace and target region.
+
+Kernels make_table(Isa isa) {
+  Kernels k{};
+  k.isa = isa;
+  k.gemv4_f32 = &gemv4<float>;
+  k.gemv4_f16 = &gemv4<uint16_t>;
+  k.gemv_tail_f32 = &gemv_tail<float>;
+  k.gemv_tail_f16 = &gemv_tail<uint16_t>;
+  k.attend_f32 = &attend<float>;
+  k.attend_f16 = &attend<uint16_t>;
+  k.max_n = &max_n;
+  k.exp_sub_sum = &exp_sub_sum;
+  k.scale_n = &scale_n;
+  k.add_n = &add_n;
+  k.dot_n = &dot_n;
+  k.gelu_fwd = &gelu_fwd;
+  k.gelu_bwd = &gelu_bwd;
+  k.swiglu_fwd = &swiglu_fwd;
+  k.swiglu_bwd = &swiglu_bwd;
+  k.layernorm_row = &layernorm_row;
+  k.rmsnorm_row = &rmsnorm_row;
+  k.norm_bwd_row = &norm_bwd_row;
+  k.norm_bwd_cols = &norm_bwd_cols;
+  k.colsum = &colsum;
+  k.rope_head = &rope_head;
+  k.adamw = &adamw;
+  return k;
+}
