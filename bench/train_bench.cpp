@@ -110,7 +110,6 @@ int main(int argc, char** argv) {
     ModelWeights w, g;
     init_weights_random(cfg, &w, 1);
     allocate_weights(cfg, &g);
-    auto wv = train::view_of(cfg, w), gv = train::view_of(cfg, g);
     train::TrainGraph<float> graph(cfg, batch, ctx);
     train::AdamW adam(cfg, {});
     std::vector<int32_t> rows(size_t(batch) * (ctx + 1));
@@ -122,7 +121,7 @@ int main(int argc, char** argv) {
       graph.profile = profile ? &prof : nullptr;
       const double t0 = now_seconds();
       // (gradients were zeroed by the previous AdamW pass)
-      graph.forward_backward(wv, rows.data(), &gv, 1.0f / static_cast<float>(n_tok));
+      graph.forward_backward(w, rows.data(), &g, 1.0f / static_cast<float>(n_tok));
       const double t2 = now_seconds();
       const double norm = train::global_grad_norm(cfg, g);
       const double t3 = now_seconds();

@@ -3,12 +3,59 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
+#include <utility>
 
 #include <sys/mman.h>
 
 #include "core/check.h"
+#include "core/half.h"
 
 namespace mlkv {
+
+namespace {
+
+constexpr size_t kMmapThreshold = size_t{1} << 21;
+
+// Host memory: aligned heap blocks, or anonymous mmap for large ones.
+class CpuAllocator final : public DeviceAllocator {
+ public:
+  void* allocate(size_t bytes) override { return aligned_alloc_zeroed(bytes).release(); }
+  void deallocate(void* p, size_t bytes) noexcept override {
+    AlignedFree{bytes >= kMmapThreshold ? bytes : 0}(p);
+  }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void to_host(void* host, const void* src, size_t bytes) override { std::memcpy(host, src, bytes); }
+  void from_host(void* dst, const void* host, size_t bytes) override { std::memcpy(dst, host, bytes); }
+};
+
+CpuAllocator g_cpu_allocator;
+DeviceAllocator* g_allocators[2] = {&g_cpu_allocator, nullptr};
+
+}  // namespace
+
+const char* device_name(Device d) { return d == Device::kCpu ? "cpu" : "cuda"; }
+
+Device parse_device(const std::string& s, int* index) {
+  if (index) *index = 0;
+  if (s == "cpu") return Device::kCpu;
+  if (s == "cuda") return Device::kCuda;
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
+      s.find_first_not_of("0123456789", 5) == std::string::npos) {
+    if (index) *index = std::atoi(s.c_str() + 5);
+    return Device::kCuda;
+  }
+  fail("unknown device '", s, "' (known: cpu, cuda, cuda:N)");
+}
+
+DeviceAllocator& device_allocator(Device d) {
+  DeviceAllocator* a = g_allocators[static_cast<int>(d)];
+  MLKV_REQUIRE(a != nullptr, "device '", device_name(d),
+               "' is not available: this build has no backend for it");
+  return *a;
+}
+
+void register_device_allocator(Device d, DeviceAllocator* a) { g_allocators[static_cast<int>(d)] = a; }
 
 size_t dtype_size(DType t) {
   switch (t) {
@@ -62,7 +109,6 @@ void AlignedFree::operator()(void* p) const noexcept {
 
 std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes) {
   if (n_bytes == 0) return nullptr;
-  constexpr size_t kMmapThreshold = size_t{1} << 21;
   if (n_bytes >= kMmapThreshold) {
     void* p = mmap(nullptr, n_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
@@ -75,30 +121,110 @@ std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes) {
   return std::unique_ptr<void, AlignedFree>(p);
 }
 
-Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
+Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
+    : shape_(std::move(shape)), dtype_(dtype), device_(device) {
   numel_ = 1;
   for (int64_t d : shape_) {
     MLKV_CHECK(d >= 0);
     numel_ *= d;
   }
-  buf_ = aligned_alloc_zeroed(static_cast<size_t>(numel_) * sizeof(float));
+  if (numel_ > 0) buf_ = device_allocator(device_).allocate(nbytes());
 }
 
-Tensor::Tensor(const Tensor& other) : shape_(other.shape_), numel_(other.numel_) {
-  buf_ = aligned_alloc_zeroed(static_cast<size_t>(numel_) * sizeof(float));
-  if (numel_ > 0) std::memcpy(data(), other.data(), static_cast<size_t>(numel_) * sizeof(float));
+Tensor::~Tensor() { release(); }
+
+void Tensor::release() noexcept {
+  if (buf_ != nullptr) device_allocator(device_).deallocate(buf_, nbytes());
+  buf_ = nullptr;
 }
 
-Tensor& Tensor::operator=(const Tensor& other) {
-  if (this != &other) {
-    Tensor copy(other);
+Tensor::Tensor(Tensor&& o) noexcept
+    : shape_(std::move(o.shape_)), numel_(o.numel_), dtype_(o.dtype_), device_(o.device_),
+      buf_(o.buf_) {
+  o.buf_ = nullptr;
+  o.numel_ = 0;
+  o.shape_.clear();
+}
+
+Tensor& Tensor::operator=(Tensor&& o) noexcept {
+  if (this != &o) {
+    release();
+    shape_ = std::move(o.shape_);
+    numel_ = o.numel_;
+    dtype_ = o.dtype_;
+    device_ = o.device_;
+    buf_ = o.buf_;
+    o.buf_ = nullptr;
+    o.numel_ = 0;
+    o.shape_.clear();
+  }
+  return *this;
+}
+
+Tensor::Tensor(const Tensor& o)
+    : shape_(o.shape_), numel_(o.numel_), dtype_(o.dtype_), device_(o.device_) {
+  // numel, not the shape, says whether there is data: a default (empty) tensor has shape {}.
+  if (numel_ > 0) {
+    DeviceAllocator& mem = device_allocator(device_);
+    buf_ = mem.allocate(nbytes());
+    mem.copy(buf_, o.buf_, nbytes());
+  }
+}
+
+Tensor& Tensor::operator=(const Tensor& o) {
+  if (this != &o) {
+    Tensor copy(o);
     *this = std::move(copy);
   }
   return *this;
 }
 
+namespace {
+template <typename T>
+bool dtype_matches(DType d) {
+  if constexpr (std::is_same_v<T, uint16_t>) return d == DType::kF16 || d == DType::kBF16;
+  if constexpr (std::is_same_v<T, uint8_t>) return d == DType::kU8;
+  if constexpr (std::is_same_v<T, int64_t>) return d == DType::kI64;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int32_t>) {
+    return d == dtype_of<T>();
+  }
+  return false;
+}
+}  // namespace
+
+template <typename T>
+T* Tensor::data_as() {
+  MLKV_CHECK(numel_ == 0 || dtype_matches<T>(dtype_));
+  return static_cast<T*>(buf_);
+}
+
+template <typename T>
+const T* Tensor::data_as() const {
+  MLKV_CHECK(numel_ == 0 || dtype_matches<T>(dtype_));
+  return static_cast<const T*>(buf_);
+}
+
+template float* Tensor::data_as<float>();
+template const float* Tensor::data_as<float>() const;
+template double* Tensor::data_as<double>();
+template const double* Tensor::data_as<double>() const;
+template uint16_t* Tensor::data_as<uint16_t>();
+template const uint16_t* Tensor::data_as<uint16_t>() const;
+template int32_t* Tensor::data_as<int32_t>();
+template const int32_t* Tensor::data_as<int32_t>() const;
+template uint8_t* Tensor::data_as<uint8_t>();
+template const uint8_t* Tensor::data_as<uint8_t>() const;
+template int64_t* Tensor::data_as<int64_t>();
+template const int64_t* Tensor::data_as<int64_t>() const;
+
 void Tensor::zero() {
-  if (numel_ > 0) std::memset(data(), 0, static_cast<size_t>(numel_) * sizeof(float));
+  if (numel_ == 0) return;
+  if (device_ == Device::kCpu) {
+    std::memset(buf_, 0, nbytes());
+  } else {
+    std::vector<char> z(nbytes(), 0);
+    device_allocator(device_).from_host(buf_, z.data(), z.size());
+  }
 }
 
 std::string Tensor::shape_str() const {
@@ -108,6 +234,62 @@ std::string Tensor::shape_str() const {
     s += std::to_string(shape_[i]);
   }
   return s + "]";
+}
+
+Tensor Tensor::to(DType dt) const {
+  MLKV_REQUIRE(device_ == Device::kCpu, "converting a ", device_name(device_),
+               " tensor: copy it to the CPU first");
+  if (dt == dtype_ || numel_ == 0) {
+    Tensor same(*this);
+    same.dtype_ = dt;
+    return same;
+  }
+  Tensor out(shape_, dt, Device::kCpu);
+  const size_t n = static_cast<size_t>(numel_);
+  // Through f32 (every conversion here is exact into f32 or rounds once out of it), except
+  // f64 <-> f32 directly.
+  std::vector<float> tmp;
+  const float* src = nullptr;
+  switch (dtype_) {
+    case DType::kF32: src = data_as<float>(); break;
+    case DType::kF16: tmp.resize(n); f16_to_f32_n(data_as<uint16_t>(), tmp.data(), n); src = tmp.data(); break;
+    case DType::kBF16: tmp.resize(n); bf16_to_f32_n(data_as<uint16_t>(), tmp.data(), n); src = tmp.data(); break;
+    case DType::kF64: {
+      tmp.resize(n);
+      const double* d = data_as<double>();
+      for (size_t i = 0; i < n; ++i) tmp[i] = static_cast<float>(d[i]);
+      src = tmp.data();
+      break;
+    }
+    default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
+  }
+  switch (dt) {
+    case DType::kF32: std::memcpy(out.raw(), src, n * 4); break;
+    case DType::kF16: f32_to_f16_n(src, out.data_as<uint16_t>(), n); break;
+    case DType::kBF16: f32_to_bf16_n(src, out.data_as<uint16_t>(), n); break;
+    case DType::kF64: {
+      double* d = out.data_as<double>();
+      for (size_t i = 0; i < n; ++i) d[i] = static_cast<double>(src[i]);
+      break;
+    }
+    default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device dev) const {
+  if (dev == device_ || numel_ == 0) return *this;
+  Tensor out(shape_, dtype_, dev);
+  if (device_ == Device::kCpu) {
+    device_allocator(dev).from_host(out.buf_, buf_, nbytes());
+  } else if (dev == Device::kCpu) {
+    device_allocator(device_).to_host(out.buf_, buf_, nbytes());
+  } else {
+    std::vector<char> host(nbytes());
+    device_allocator(device_).to_host(host.data(), buf_, host.size());
+    device_allocator(dev).from_host(out.buf_, host.data(), host.size());
+  }
+  return out;
 }
 
 }  // namespace mlkv

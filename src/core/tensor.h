@@ -1,6 +1,9 @@
-// Tensor: an owned, 64-byte aligned, row-major f32 array with a shape. Weights, gradients,
-// optimizer moments and activations are all Tensors; kernels take raw pointers plus sizes.
-// This is deliberately not a general n-d array library: no strides, no views, no broadcasting.
+// Tensor: an owned, row-major array with a shape, an element type and a device. Weights, gradients,
+// optimizer moments, activations and KV-cache storage are all Tensors; kernels take raw pointers
+// (data_as<T>()) plus sizes. Memory comes from the device's allocator (core/device.h): on the CPU
+// 64-byte aligned and zero-filled, large blocks straight from mmap (pages committed on first
+// touch). This is deliberately not a general n-d array library: no strides, no views, no
+// broadcasting.
 #pragma once
 
 #include <cstddef>
@@ -9,15 +12,26 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
+
 namespace mlkv {
 
-// Element types of tensors in files and caches. Compute is f32.
+// Element types of tensors in files, caches and compute.
 enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8, kF64 };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);  // safetensors spelling: "F32", "F16", "BF16", ...
 // Parses a safetensors dtype string; returns false for an unknown one.
 bool dtype_from_name(const std::string& name, DType* out);
+// The DType of a C++ element type (float, double, uint16_t is not deducible: F16 vs BF16).
+template <typename T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() { return DType::kF32; }
+template <>
+constexpr DType dtype_of<double>() { return DType::kF64; }
+template <>
+constexpr DType dtype_of<int32_t>() { return DType::kI32; }
 
 // Frees what aligned_alloc_zeroed returned: heap blocks with free(), large blocks with munmap().
 struct AlignedFree {
@@ -25,19 +39,21 @@ struct AlignedFree {
   void operator()(void* p) const noexcept;
 };
 
-// Allocates n bytes aligned to 64 and zero-filled. Large blocks come straight from anonymous
-// mmap, so their pages are committed only when first touched (a big KV cache costs nothing until
-// it is used).
+// Allocates n bytes aligned to 64 and zero-filled (host memory). Large blocks come straight from
+// anonymous mmap, so their pages are committed only when first touched.
 std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes);
 
 class Tensor {
  public:
   Tensor() = default;
-  explicit Tensor(std::vector<int64_t> shape);  // zero-filled
+  // Zero-filled. Throws mlkv::Error for a device without a backend.
+  explicit Tensor(std::vector<int64_t> shape, DType dtype = DType::kF32,
+                  Device device = Device::kCpu);
+  ~Tensor();
 
-  Tensor(Tensor&&) noexcept = default;
-  Tensor& operator=(Tensor&&) noexcept = default;
-  Tensor(const Tensor& other);
+  Tensor(Tensor&& other) noexcept;
+  Tensor& operator=(Tensor&& other) noexcept;
+  Tensor(const Tensor& other);  // a copy on the same device
   Tensor& operator=(const Tensor& other);
 
   const std::vector<int64_t>& shape() const { return shape_; }
@@ -45,19 +61,40 @@ class Tensor {
   int ndim() const { return static_cast<int>(shape_.size()); }
   int64_t numel() const { return numel_; }
   bool empty() const { return numel_ == 0; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  size_t nbytes() const { return static_cast<size_t>(numel_) * dtype_size(dtype_); }
 
-  float* data() { return static_cast<float*>(buf_.get()); }
-  const float* data() const { return static_cast<const float*>(buf_.get()); }
+  // Typed access; checks (MLKV_CHECK) that T matches the element type (uint16_t: F16 or BF16).
+  template <typename T>
+  T* data_as();
+  template <typename T>
+  const T* data_as() const;
+  void* raw() { return buf_; }
+  const void* raw() const { return buf_; }
+
+  // f32 host tensors, the common case.
+  float* data() { return data_as<float>(); }
+  const float* data() const { return data_as<float>(); }
   float& operator[](int64_t i) { return data()[i]; }
   float operator[](int64_t i) const { return data()[i]; }
 
   void zero();
   std::string shape_str() const;  // "[768, 2304]"
 
+  // A copy with another element type (host tensors of F32, F16, BF16, F64; rounding to nearest
+  // even), or on another device.
+  Tensor to(DType dtype) const;
+  Tensor to(Device device) const;
+
  private:
+  void release() noexcept;
+
   std::vector<int64_t> shape_;
   int64_t numel_ = 0;
-  std::unique_ptr<void, AlignedFree> buf_;
+  DType dtype_ = DType::kF32;
+  Device device_ = Device::kCpu;
+  void* buf_ = nullptr;
 };
 
 }  // namespace mlkv

@@ -10,11 +10,6 @@
 
 namespace mlkv {
 
-struct LoadedModel {
-  ModelConfig config;
-  ModelWeights weights;
-};
-
 // Reads a model folder (or a llama2.c .bin file, see io/llama2c.h). Every tensor is checked for
 // presence and shape; tensors the config does not call for are an error (a K/V projection in a
 // layer that kv_source says does not own one, say), except known non-parameter buffers.

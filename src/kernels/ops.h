@@ -119,13 +119,33 @@ void attention_backward(const T* q, const T* k, const T* v, const T* o, const T*
                         const T* dout, T* dq, T* dk, T* dv, const AttnDims& a, AttnScratch<T>& s);
 
 // Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i]
-// = softmax(scale q_r K^T) V over keys and values [len, d] (f32, or f16 read directly). scores:
-// scratch of min(n_q, kMaxAttendGroup) * len floats.
+// = softmax(scale q_r K^T) V over the positions of the chunks in order, keys and values rows of
+// d elements of `dtype` (F32, or F16 read directly). scores: scratch of
+// min(n_q, kMaxAttendGroup) * (sum of the chunks' n) floats.
 inline constexpr int kMaxAttendGroup = 64;
-void attend_shared_kv(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
-                      int d, float scale, float* out, int ldo, float* scores);
-void attend_shared_kv_f16(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
-                          int len, int d, float scale, float* out, int ldo, float* scores);
+void attend_chunks(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks,
+                   DType dtype, int d, float scale, float* out, int ldo, float* scores);
+// The same over one contiguous stretch of keys and values [len, d].
+inline void attend_shared_kv(const float* q, int n_q, int ldq, const void* K, const void* V,
+                             DType dtype, int len, int d, float scale, float* out, int ldo,
+                             float* scores) {
+  const KvChunk c{K, V, len};
+  attend_chunks(q, n_q, ldq, &c, 1, dtype, d, scale, out, ldo, scores);
+}
+
+// ---- KV cache (inference) ----
+// Writes the keys and values of n tokens into a cache slot: token t (sequence seq[t], position
+// pos[t]) gets k[t, h, :] and v[t, h, :] for every KV head h, converted to the slot's element
+// format. k, v: [n, n_head_kv, head_dim].
+void kv_store(const KvSlotView& slot, const int32_t* seq, const int32_t* pos, int n,
+              const float* k, const float* v);
+// Causal attention of every run's query rows q [rows, n_head, head_dim] (row stride n_head *
+// head_dim) against the slot: row i of run r sits at position r.pos0 + i and sees positions
+// 0 ..= that of its sequence; query head h reads KV head h / (n_head / n_head_kv). rotate_keys:
+// the slot holds raw keys and this reader needs them rotated (the owner under pre sharing), so
+// keys are rotated with rt on the way in. out: like q.
+void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, const float* q,
+                      int n_head, bool rotate_keys, const RopeTable<float>& rt, float* out);
 
 // ---- optimizer ----
 // One AdamW update of n parameters in place (AdamWStep has the formula); zero_grad also zeroes g.

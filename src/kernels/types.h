@@ -2,8 +2,12 @@
 // the CPU kernels: rotary tables, attention dimensions, one AdamW step's hyper-parameters.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "core/tensor.h"
 
 namespace mlkv::ops {
 
@@ -38,6 +42,65 @@ struct AdamWStep {
   float bias_corr1;    // 1 / (1 - beta1^t)
   float bias_corr2;    // 1 / (1 - beta2^t)
   float grad_scale;    // gradients are multiplied by this first (clipping)
+};
+
+// The rows of one sequence inside a batch of tokens (inference): attention work of one prefill
+// or decode run.
+struct AttnRun {
+  int seq;     // cache sequence slot
+  int row0;    // first row in the batch
+  int n_rows;  // consecutive rows
+  int pos0;    // position of the first row
+};
+
+// A contiguous stretch of one KV head's cache: n positions of keys and values, rows of d_head
+// elements back to back.
+struct KvChunk {
+  const void* k;
+  const void* v;
+  int n;
+};
+
+// One owner slot of a KV cache as the cache lays it out (kv/kv_cache.h), for the attention and
+// store ops: per KV head a region of blocks of block_size positions, each position a row of
+// head_dim elements of `dtype`; a sequence's logical blocks map to physical blocks through its
+// block table (block_tables[seq][i] holds position i * block_size ...). Pointers are on the
+// device of the cache.
+struct KvSlotView {
+  DType dtype = DType::kF32;  // element format of the rows: F32 or F16
+  int n_head_kv = 0, head_dim = 0, block_size = 0;
+  size_t row_bytes = 0;    // bytes of one position's head_dim values
+  size_t head_stride = 0;  // bytes between consecutive KV heads' regions
+  char* k = nullptr;       // this slot's keys: head h at k + h * head_stride
+  char* v = nullptr;
+  const std::vector<int32_t>* block_tables = nullptr;  // [n_seq]
+  // Keys are stored after rotary (true), or before it (pre sharing: consumers read them raw; a
+  // reader that needs them rotated rotates a copy).
+  bool keys_rotated = true;
+
+  size_t offset(int seq, int head, int pos) const {
+    const int32_t b = block_tables[seq][static_cast<size_t>(pos / block_size)];
+    return static_cast<size_t>(head) * head_stride +
+           (static_cast<size_t>(b) * block_size + static_cast<size_t>(pos % block_size)) * row_bytes;
+  }
+  char* k_row(int seq, int head, int pos) const { return k + offset(seq, head, pos); }
+  char* v_row(int seq, int head, int pos) const { return v + offset(seq, head, pos); }
+  // The contiguous stretches covering positions [0, len) of (seq, head), consecutive physical
+  // blocks merged (a cache whose sequences own consecutive blocks gives one chunk).
+  void chunks(int seq, int head, int len, std::vector<KvChunk>* out) const {
+    out->clear();
+    for (int p = 0; p < len;) {
+      int n = std::min(block_size - p % block_size, len - p);
+      const char* kp = k_row(seq, head, p);
+      if (!out->empty() && static_cast<const char*>(out->back().k) +
+                                   static_cast<size_t>(out->back().n) * row_bytes == kp) {
+        out->back().n += n;
+      } else {
+        out->push_back({kp, v_row(seq, head, p), n});
+      }
+      p += n;
+    }
+  }
 };
 
 }  // namespace mlkv::ops

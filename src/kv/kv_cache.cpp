@@ -1,67 +1,95 @@
 #include "kv/kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/check.h"
 
 namespace mlkv {
 
-int64_t KVCache::bytes_needed(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem) {
-  return int64_t{n_seq} * n_ctx * cfg.kv_bytes_per_token(dtype_size(elem));
+int64_t KvLayout::bytes_per_token(DType elem) const {
+  return int64_t{2} * n_slots() * n_head_kv * static_cast<int64_t>(kv_codec(elem).row_bytes(head_dim));
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem)
-    : n_seq_(n_seq), n_ctx_(n_ctx), n_head_kv_(cfg.n_head_kv), d_head_(cfg.n_embd_head), elem_(elem) {
-  MLKV_REQUIRE(elem == DType::kF32 || elem == DType::kF16, "KV cache elements must be f32 or f16");
+int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DType elem) {
+  return int64_t{n_seq} * n_ctx * layout.bytes_per_token(elem);
+}
+
+KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Device device,
+                 int block_size)
+    : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), codec_(&kv_codec(elem)) {
   MLKV_REQUIRE(n_seq > 0, "KV cache: number of sequences must be positive (got ", n_seq, ")");
   MLKV_REQUIRE(n_ctx > 0, "KV cache: context length must be positive (got ", n_ctx, ")");
-  bytes_ = bytes_needed(cfg, n_seq, n_ctx, elem);
-  MLKV_REQUIRE(bytes_ <= (int64_t{1} << 40), "KV cache of ", bytes_, " bytes is too large");
-
-  // Owner layers get consecutive slots; every layer maps to its owner's slot.
-  std::vector<int> owner_slot(static_cast<size_t>(cfg.n_layer), -1);
-  n_slots_ = 0;
-  for (int il = 0; il < cfg.n_layer; ++il) {
-    if (cfg.owns_kv(il)) owner_slot[static_cast<size_t>(il)] = n_slots_++;
+  MLKV_REQUIRE(block_size >= 0, "KV cache: block size must not be negative");
+  block_size_ = block_size == 0 ? n_ctx : block_size;
+  blocks_per_seq_ = (n_ctx + block_size_ - 1) / block_size_;
+  n_blocks_ = n_seq * blocks_per_seq_;
+  row_bytes_ = codec_->row_bytes(layout.head_dim);
+  head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * row_bytes_;
+  slot_stride_ = 2 * static_cast<size_t>(layout.n_head_kv) * head_stride_;
+  const int64_t total = static_cast<int64_t>(slot_stride_) * layout.n_slots();
+  MLKV_REQUIRE(total <= (int64_t{1} << 40), "KV cache of ", total, " bytes is too large");
+  storage_ = Tensor({total}, DType::kU8, device);
+  block_tables_.resize(static_cast<size_t>(n_seq));
+  for (int s = 0; s < n_seq; ++s) {
+    auto& t = block_tables_[static_cast<size_t>(s)];
+    for (int b = 0; b < blocks_per_seq_; ++b) t.push_back(s * blocks_per_seq_ + b);
   }
-  slot_rotated_.assign(static_cast<size_t>(n_slots_), 1);
-  for (int il = 0; il < cfg.n_layer; ++il) {
-    const int src = cfg.kv_source[static_cast<size_t>(il)];
-    layer_slot_.push_back(owner_slot[static_cast<size_t>(src)]);
-    if (src != il && cfg.share_rope == KvShareRope::kPre) {
-      slot_rotated_[static_cast<size_t>(owner_slot[static_cast<size_t>(src)])] = 0;
-    }
-  }
-  storage_ = aligned_alloc_zeroed(static_cast<size_t>(bytes_));
   len_.assign(static_cast<size_t>(n_seq), 0);
   in_use_.assign(static_cast<size_t>(n_seq), 0);
 }
 
-void* KVCache::k_ptr(int slot, int seq, int head) {
-  const int64_t per_tensor = int64_t{n_seq_} * n_head_kv_ * n_ctx_ * d_head_;
-  const int64_t off = int64_t{slot} * 2 * per_tensor + (int64_t{seq} * n_head_kv_ + head) * n_ctx_ * d_head_;
-  return static_cast<char*>(storage_.get()) + off * static_cast<int64_t>(elem_size());
-}
-
-void* KVCache::v_ptr(int slot, int seq, int head) {
-  const int64_t per_tensor = int64_t{n_seq_} * n_head_kv_ * n_ctx_ * d_head_;
-  const int64_t off = (int64_t{slot} * 2 + 1) * per_tensor + (int64_t{seq} * n_head_kv_ + head) * n_ctx_ * d_head_;
-  return static_cast<char*>(storage_.get()) + off * static_cast<int64_t>(elem_size());
+ops::KvSlotView KVCache::view(int slot) const {
+  MLKV_CHECK(slot >= 0 && slot < n_slots());
+  ops::KvSlotView v;
+  v.dtype = codec_->dtype;
+  v.n_head_kv = layout_.n_head_kv;
+  v.head_dim = layout_.head_dim;
+  v.block_size = block_size_;
+  v.row_bytes = row_bytes_;
+  v.head_stride = head_stride_;
+  char* base = const_cast<char*>(static_cast<const char*>(storage_.raw())) + slot * slot_stride_;
+  v.k = base;
+  v.v = base + slot_stride_ / 2;
+  v.block_tables = block_tables_.data();
+  v.keys_rotated = slot_keys_rotated(slot);
+  return v;
 }
 
 void KVCache::copy_seq(int src, int dst, int n_tokens) {
   MLKV_CHECK(src >= 0 && src < n_seq_ && dst >= 0 && dst < n_seq_);
   MLKV_CHECK(n_tokens >= 0 && n_tokens <= len_[static_cast<size_t>(src)]);
-  if (src != dst) {
-    const size_t n_bytes = static_cast<size_t>(n_tokens) * static_cast<size_t>(d_head_) * elem_size();
-    for (int slot = 0; slot < n_slots_; ++slot) {
-      for (int h = 0; h < n_head_kv_; ++h) {
-        std::memcpy(k_ptr(slot, dst, h), k_ptr(slot, src, h), n_bytes);
-        std::memcpy(v_ptr(slot, dst, h), v_ptr(slot, src, h), n_bytes);
+  if (src != dst && n_tokens > 0) {
+    DeviceAllocator& mem = device_allocator(storage_.device());
+    for (int slot = 0; slot < n_slots(); ++slot) {
+      const ops::KvSlotView v = view(slot);
+      for (int h = 0; h < layout_.n_head_kv; ++h) {
+        // Block by block: the two sequences' tables may differ.
+        for (int p = 0; p < n_tokens;) {
+          const int n = std::min(block_size_ - p % block_size_, n_tokens - p);
+          mem.copy(v.k_row(dst, h, p), v.k_row(src, h, p), static_cast<size_t>(n) * row_bytes_);
+          mem.copy(v.v_row(dst, h, p), v.v_row(src, h, p), static_cast<size_t>(n) * row_bytes_);
+          p += n;
+        }
       }
     }
   }
   len_[static_cast<size_t>(dst)] = n_tokens;
+}
+
+void KVCache::set_block_table(int seq, std::vector<int32_t> blocks) {
+  MLKV_CHECK(seq >= 0 && seq < n_seq_);
+  MLKV_REQUIRE(static_cast<int>(blocks.size()) == blocks_per_seq_, "block table of ", blocks.size(),
+               " blocks for a cache of ", blocks_per_seq_, " blocks per sequence");
+  std::vector<int32_t> sorted = blocks;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    MLKV_REQUIRE(sorted[i] >= 0 && sorted[i] < n_blocks_, "block ", sorted[i],
+                 " is not a block of this cache (", n_blocks_, " blocks)");
+    MLKV_REQUIRE(i == 0 || sorted[i] != sorted[i - 1], "block ", sorted[i],
+                 " appears twice in one block table");
+  }
+  block_tables_[static_cast<size_t>(seq)] = std::move(blocks);
 }
 
 void KVCache::set_seq_len(int seq, int len) {

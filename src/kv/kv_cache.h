@@ -1,46 +1,72 @@
-// The KV cache: storage for owner layers only. A model with m owner layers of g KV heads holds
-// exactly 2 * n_seq * n_ctx * m * g * d_head * sizeof(element) bytes, allocated once up front
-// (pages are committed lazily by the OS as sequences grow) and never grown or copied.
-// Layout per owner slot: K then V, each [n_seq][g][n_ctx][d_head], so one head's keys are
-// contiguous for the attention loops. Layers that share read their owner's slot through
-// slot_of_layer(). Sequence bookkeeping (lengths, free slots) lives here, apart from storage.
+// The KV cache: storage for owner layers only, apart from the bookkeeping of sequences.
+//
+// Storage: for each owner slot (a layer that computes K/V; KvLayout maps every layer to the slot it
+// reads) a K region and a V region, each [n_head_kv][n_blocks][block_size] rows of head_dim values
+// in the cache's element format (kv/kv_codec.h). Allocated once up front on the model's device
+// (pages committed lazily by the OS as sequences grow), never grown or copied.
+// Sequences: lengths, in-use flags and a block table per sequence (logical block i -> physical
+// block) that serves every owner slot. The default gives sequence s the consecutive blocks
+// [s * blocks_per_seq, (s + 1) * blocks_per_seq) with one block of n_ctx positions, so each head
+// of each sequence is one contiguous [n_ctx][head_dim] array and the cache holds exactly
+// 2 * n_seq * n_ctx * m * g * row_bytes bytes (row_bytes = head_dim * element size for f32/f16).
+// A paged cache is the same storage with a smaller block size and a block allocator filling the
+// tables.
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
-#include "model/config.h"
+#include "kernels/types.h"
+#include "kv/kv_codec.h"
 
 namespace mlkv {
 
+// What the model says about its cache (model/layer_spec.h builds it from the config).
+struct KvLayout {
+  int n_head_kv = 0, head_dim = 0;
+  std::vector<int> layer_slot;          // [n_layer] the owner slot each layer attends with
+  std::vector<uint8_t> slot_raw_keys;   // [n_slots] 1: the slot stores keys before rotary
+  int n_slots() const { return static_cast<int>(slot_raw_keys.size()); }
+  // Bytes of one position of one sequence in every owner slot, K and V: 2 m g row_bytes.
+  int64_t bytes_per_token(DType elem) const;
+};
+
 class KVCache {
  public:
-  // elem: DType::kF32 or DType::kF16. Throws mlkv::Error for impossible sizes.
-  KVCache(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem = DType::kF32);
+  // elem: F32 or F16. block_size 0: one block of n_ctx positions per sequence. Throws mlkv::Error
+  // for impossible sizes or a device without a backend.
+  KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem = DType::kF32,
+          Device device = Device::kCpu, int block_size = 0);
 
-  // The formula: 2 * n_seq * n_ctx * m * g * d_head * elem_size.
-  static int64_t bytes_needed(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem);
-  int64_t bytes() const { return bytes_; }
+  // n_seq * n_ctx * layout.bytes_per_token(elem): what the default layout allocates.
+  static int64_t bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DType elem);
+  int64_t bytes() const { return static_cast<int64_t>(storage_.nbytes()); }
 
   int n_seq() const { return n_seq_; }
   int n_ctx() const { return n_ctx_; }
-  int n_slots() const { return n_slots_; }
-  DType elem() const { return elem_; }
-  size_t elem_size() const { return dtype_size(elem_); }
+  int n_slots() const { return layout_.n_slots(); }
+  int block_size() const { return block_size_; }
+  DType elem() const { return codec_->dtype; }
+  const KvCodec& codec() const { return *codec_; }
+  Device device() const { return storage_.device(); }
 
   // Owner slot holding the K/V that layer il attends with.
-  int slot_of_layer(int il) const { return layer_slot_[static_cast<size_t>(il)]; }
+  int slot_of_layer(int il) const { return layout_.layer_slot[static_cast<size_t>(il)]; }
   // Whether a slot stores keys after rotary (post sharing, or an owner nobody shares with) or
-  // before rotary (pre sharing: consumers read raw keys; the owner rotates them when attending).
-  bool slot_keys_rotated(int slot) const { return slot_rotated_[static_cast<size_t>(slot)] != 0; }
-
-  // Base of [n_ctx][d_head] for (slot, sequence, kv head); elements of type elem().
-  void* k_ptr(int slot, int seq, int head);
-  void* v_ptr(int slot, int seq, int head);
+  // before it (pre sharing: consumers read raw keys; the owner rotates them when attending).
+  bool slot_keys_rotated(int slot) const { return layout_.slot_raw_keys[static_cast<size_t>(slot)] == 0; }
+  // The slot as the attention and store ops see it.
+  ops::KvSlotView view(int slot) const;
 
   // --- sequences ---
+  int blocks_per_seq() const { return blocks_per_seq_; }
+  int n_blocks() const { return n_blocks_; }
+  const std::vector<int32_t>& block_table(int seq) const { return block_tables_[static_cast<size_t>(seq)]; }
+  // Points a sequence's logical blocks at other physical blocks (a paged allocator's job; tests
+  // use it to scatter a sequence). blocks: blocks_per_seq() distinct ids in [0, n_blocks()); the
+  // caller keeps different sequences' blocks apart. Throws mlkv::Error otherwise.
+  void set_block_table(int seq, std::vector<int32_t> blocks);
   int seq_len(int seq) const { return len_[static_cast<size_t>(seq)]; }
   void set_seq_len(int seq, int len);
   // Takes a free sequence slot (length 0); -1 when all are in use.
@@ -55,14 +81,15 @@ class KVCache {
   void copy_seq(int src, int dst, int n_tokens);
 
  private:
-  int n_seq_, n_ctx_, n_slots_, n_head_kv_, d_head_;
-  DType elem_;
-  int64_t bytes_ = 0;
-  std::vector<int> layer_slot_;
-  std::vector<uint8_t> slot_rotated_;
+  KvLayout layout_;
+  int n_seq_, n_ctx_, block_size_, blocks_per_seq_, n_blocks_;
+  const KvCodec* codec_;
+  size_t row_bytes_, head_stride_, slot_stride_;  // bytes
+  Tensor storage_;  // U8 [n_slots][K, V][n_head_kv][n_blocks][block_size][row_bytes]
+  // Sequences.
+  std::vector<std::vector<int32_t>> block_tables_;  // [n_seq][blocks_per_seq]
   std::vector<int> len_;
   std::vector<uint8_t> in_use_;
-  std::unique_ptr<void, AlignedFree> storage_;
 };
 
 }  // namespace mlkv

@@ -1,15 +1,18 @@
-// Model: config + weights + rotary tables, and the inference forward pass over a batch of tokens
-// that reads and extends a KVCache. One layer loop serves both families and every sharing scheme
-// (model/forward.cpp); attention over the cache is in model/attention.cpp.
+// Model: config + weights + rotary tables on a backend, and the inference forward pass over a
+// batch of tokens that reads and extends a KVCache. It runs the one layer loop
+// (model/transformer.h) with one scratch set of activations and an attention context that stores
+// each owner layer's K/V into the cache and attends over it (the backend's attention_cached).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "io/hf_model.h"
-#include "kernels/ops.h"
+#include "kernels/backend.h"
 #include "kv/kv_cache.h"
+#include "model/transformer.h"
+#include "model/weights.h"
 
 namespace mlkv {
 
@@ -38,13 +41,7 @@ struct Batch {
   int n_outputs() const;
 };
 
-// Attention work: the rows of one sequence inside a batch.
-struct AttnRun {
-  int seq;     // cache sequence slot
-  int row0;    // first row in the batch
-  int n_rows;  // consecutive rows
-  int pos0;    // position of the first row
-};
+using ops::AttnRun;
 
 // How the forward pass stores its projection matrices. f16 halves the bytes a decode step
 // streams (and the resident size); compute stays f32, the embedding table stays f32.
@@ -52,51 +49,48 @@ enum class WeightType { kF32, kF16 };
 
 struct ModelOptions {
   WeightType weights = WeightType::kF32;
+  Device device = Device::kCpu;
 };
 
 class Model {
  public:
+  // Throws mlkv::Error for an invalid config or a device without a backend.
   explicit Model(LoadedModel m, const ModelOptions& opt = {});
-  static Model load(const std::string& path, const ModelOptions& opt = {}) {
-    return Model(load_model(path), opt);
-  }
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
-  // With WeightType::kF16 the projection matrices live only in packed form and these f32
-  // tensors are empty; norms, biases and the embedding table are always f32.
+  // With WeightType::kF16 the projection matrices (and the output matrix) are F16 tensors; norms,
+  // biases and the embedding table are always f32.
   const ModelWeights& weights() const { return w_; }
   WeightType weight_type() const { return opt_.weights; }
+  Device device() const { return opt_.device; }
   // Bytes of weights one decode step streams (everything but the embedding table).
   int64_t decode_weight_bytes() const;
 
+  // A KV cache for this model on its device: n_seq sequences of n_ctx positions (block_size 0:
+  // one contiguous block per sequence; see kv/kv_cache.h).
+  KVCache new_cache(int n_seq, int n_ctx, DType elem = DType::kF32, int block_size = 0) const;
+
   // Runs the batch through the model, writing each token's K/V into the cache (owner layers
-  // only) and advancing the sequences' lengths. logits: [batch.n_outputs(), n_vocab], one row per
-  // token flagged in batch.logits, in batch order. Throws mlkv::Error for a token id outside the
-  // vocabulary, a position past the cache's context, or a malformed batch.
+  // only) and advancing the sequences' lengths. logits: host [batch.n_outputs(), n_vocab], one row
+  // per token flagged in batch.logits, in batch order. Throws mlkv::Error for a token id outside
+  // the vocabulary, a position past the cache's context, or a malformed batch.
   void forward(const Batch& batch, KVCache& cache, float* logits);
 
  private:
+  struct Scratch;
   void validate_batch(const Batch& b, const KVCache& cache, std::vector<AttnRun>* runs) const;
   const ops::RopeTable<float>& rope(int n_pos);
-
-  // f16 copies of the projection matrices (WeightType::kF16 only).
-  struct PackedLayer {
-    std::vector<uint16_t> wq, wk, wv, wo, w_gate, w_up, w_down;
-  };
-  void pack_f16();
 
   ModelConfig cfg_;
   ModelOptions opt_;
   ModelWeights w_;
-  std::vector<PackedLayer> packed_;
-  std::vector<uint16_t> packed_out_;
+  Tensor output_f16_;  // f16 copy of a tied output matrix (the embedding stays f32 for lookups)
+  std::unique_ptr<Transformer<float>> net_;
   ops::RopeTable<float> rope_;
-  // Scratch reused across calls: grown, never shrunk.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h2_, up_, gate_;
+  std::unique_ptr<Scratch> scratch_;  // activations, grown with the batch, never shrunk
 };
-
-// Attention of every run's query rows against the cache slot of layer il (see attention.cpp).
-void attention_forward(const ModelConfig& cfg, KVCache& cache, int il, const ops::RopeTable<float>& rope,
-                       const float* q, const std::vector<AttnRun>& runs, float* out);
 
 }  // namespace mlkv

@@ -105,9 +105,23 @@ std::vector<std::pair<std::string, const Tensor*>> list_params(const ModelConfig
   return out;
 }
 
-void allocate_weights(const ModelConfig& cfg, ModelWeights* w) {
+void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype) {
   *w = ModelWeights{};
-  for (auto& n : enumerate(cfg, *w)) *n.t = Tensor(n.shape);
+  for (auto& n : enumerate(cfg, *w)) *n.t = Tensor(n.shape, dtype);
+}
+
+ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
+                             bool matrices_only) {
+  ModelWeights out;
+  out.layers.resize(static_cast<size_t>(cfg.n_layer));
+  auto dst = list_params(cfg, out);
+  auto src = list_params(cfg, w);
+  MLKV_CHECK(dst.size() == src.size());
+  for (size_t i = 0; i < src.size(); ++i) {
+    const Tensor& t = *src[i].second;
+    *dst[i].tensor = matrices_only && t.ndim() != 2 ? t : t.to(dtype);
+  }
+  return out;
 }
 
 void init_weights_random(const ModelConfig& cfg, ModelWeights* w, uint64_t seed, float std) {

@@ -1,7 +1,8 @@
-// Model weights as f32 tensors, and the ONE place that knows checkpoint tensor names.
-// ModelWeights is used for parameters, gradients and optimizer moments alike (same shapes),
-// so list_params() is the single enumeration that loading, saving, optimizing, gradient
-// averaging and comparing all walk.
+// Model weights as tensors, and the ONE place that knows checkpoint tensor names.
+// ModelWeights is used for parameters, gradients and optimizer moments alike (same shapes), in
+// f32 (training, loading), f64 (the gradient-check path) or with f16 matrices (inference), so
+// list_params() is the single enumeration that loading, saving, optimizing, gradient averaging,
+// converting and comparing all walk.
 #pragma once
 
 #include <functional>
@@ -39,6 +40,13 @@ struct ModelWeights {
   Tensor output;       // [n_vocab, n_embd]; empty when the embedding is tied
 
   const Tensor& output_matrix() const { return output.empty() ? tok_embd : output; }
+  Tensor& output_matrix() { return output.empty() ? tok_embd : output; }
+};
+
+// A model as loaded: its config and f32 weights.
+struct LoadedModel {
+  ModelConfig config;
+  ModelWeights weights;
 };
 
 // One parameter: its canonical (HF, split-layout) name, the tensor, and whether AdamW decays it
@@ -55,8 +63,13 @@ std::vector<ParamRef> list_params(const ModelConfig& cfg, ModelWeights& w);
 std::vector<std::pair<std::string, const Tensor*>> list_params(const ModelConfig& cfg,
                                                                const ModelWeights& w);
 
-// Allocates every tensor the config calls for, zero-filled.
-void allocate_weights(const ModelConfig& cfg, ModelWeights* w);
+// Allocates every tensor the config calls for, zero-filled, of the given element type.
+void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype = DType::kF32);
+
+// A copy of every parameter converted to dtype (F32, F16, BF16 or F64); with matrices_only, only
+// 2-d tensors are converted and norms and biases keep their type (f16 inference weights).
+ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
+                             bool matrices_only = false);
 
 // Deterministic random initialisation (GPT-2 style: normal(0, 0.02), output projections scaled
 // by 1/sqrt(2 * n_layer), norms 1, biases 0).

@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/half.h"
 #include "core/timer.h"
 
 namespace mlkv {
@@ -17,25 +16,19 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-// Random K/V for positions [0, n) of every sequence and owner slot.
+// Random K/V for positions [0, n) of every sequence and owner slot, written by the backend's store.
 void fill_cache(const ModelConfig& c, KVCache& cache, int n) {
   std::mt19937 rng(7);
   std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> row(static_cast<size_t>(n) * c.n_embd_head);
-  for (auto& x : row) x = d(rng);
-  std::vector<uint16_t> row16(row.size());
-  f32_to_f16_n(row.data(), row16.data(), row.size());
+  std::vector<float> kv(static_cast<size_t>(n) * c.n_head_kv * c.n_embd_head);
+  for (auto& x : kv) x = d(rng);
+  std::vector<int32_t> seq(static_cast<size_t>(n)), pos(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = i;
+  Backend<float>& be = backend<float>(cache.device());
   for (int slot = 0; slot < cache.n_slots(); ++slot) {
     for (int s = 0; s < cache.n_seq(); ++s) {
-      for (int h = 0; h < c.n_head_kv; ++h) {
-        for (void* p : {cache.k_ptr(slot, s, h), cache.v_ptr(slot, s, h)}) {
-          if (cache.elem() == DType::kF16) {
-            std::copy(row16.begin(), row16.end(), static_cast<uint16_t*>(p));
-          } else {
-            std::copy(row.begin(), row.end(), static_cast<float*>(p));
-          }
-        }
-      }
+      std::fill(seq.begin(), seq.end(), s);
+      be.kv_store(cache.view(slot), seq.data(), pos.data(), n, kv.data(), kv.data());
     }
   }
   for (int s = 0; s < cache.n_seq(); ++s) cache.set_seq_len(s, n);
@@ -55,11 +48,11 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
   const int mid = o.prompt + o.gen / 2;
   r.kv_read_bytes = int64_t{o.batch} * c.n_layer * 2 * c.n_head_kv * c.n_embd_head * mid *
                     static_cast<int64_t>(dtype_size(o.cache_elem));
-  r.kv_cache_bytes = KVCache::bytes_needed(c, o.batch, ctx, o.cache_elem);
+  r.kv_cache_bytes = kv_cache_bytes(c, o.batch, ctx, o.cache_elem);
 
   std::vector<double> prefill, decode;
   std::vector<float> logits(static_cast<size_t>(o.batch) * c.n_vocab);
-  KVCache cache(c, o.batch, ctx, o.cache_elem);
+  KVCache cache = model.new_cache(o.batch, ctx, o.cache_elem);
   Batch b;
   for (int rep = 0; rep <= o.reps; ++rep) {  // repetition 0 warms up
     for (int s = 0; s < o.batch; ++s) {

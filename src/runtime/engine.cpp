@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/check.h"
+#include "kernels/ops.h"
 #include "runtime/scheduler.h"
 
 namespace mlkv {
@@ -24,7 +25,7 @@ std::vector<float> score_tokens(Model& model, const std::vector<int32_t>& tokens
   MLKV_REQUIRE(n - 1 <= c.n_ctx, "context overflow: scoring ", n, " tokens feeds ", n - 1,
                " positions but the model's context is ", c.n_ctx,
                " (score longer text with a sliding window: mlkv eval)");
-  KVCache cache(c, 1, n - 1, cache_elem);
+  KVCache cache = model.new_cache(1, n - 1, cache_elem);
   cache.acquire_seq();
   std::vector<float> out;
   out.reserve(static_cast<size_t>(n - 1));

@@ -6,7 +6,7 @@ namespace mlkv {
 
 Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, DType cache_elem)
     : model_(model), n_parallel_(n_parallel), n_ctx_(n_ctx),
-      cache_(model.config(), n_parallel, n_ctx, cache_elem) {}
+      cache_(model.new_cache(n_parallel, n_ctx, cache_elem)) {}
 
 void Scheduler::submit(SeqRequest r) {
   const ModelConfig& c = model_.config();

@@ -273,8 +273,6 @@ TrainSummary run_training(const TrainOptions& opt) {
 
   ModelWeights grads;
   allocate_weights(cfg, &grads);
-  auto pview = view_of(cfg, params);
-  auto gview = view_of(cfg, grads);
   TrainGraph<float> graph(cfg, micro, opt.ctx);
   TrainSummary summary;
   summary.n_params = cfg.n_params();
@@ -325,7 +323,7 @@ TrainSummary run_training(const TrainOptions& opt) {
           static_cast<int>(std::min<size_t>(static_cast<size_t>(micro), mine.size() - i));
       for (int j = 0; j < cnt; ++j)
         val_rows->fetch(mine[i + static_cast<size_t>(j)], buf.data() + int64_t{j} * (opt.ctx + 1));
-      acc[0] += graph.forward_backward(pview, buf.data(), nullptr, 1.0f, cnt);
+      acc[0] += graph.forward_backward(params, buf.data(), nullptr, 1.0f, cnt);
       acc[1] += static_cast<double>(cnt) * opt.ctx;
     }
     dist.allreduce_sum(acc, 2);
@@ -383,7 +381,7 @@ TrainSummary run_training(const TrainOptions& opt) {
     for (int a = 0; a < opt.accum; ++a) {
       const int64_t g0 = step * opt.batch + (int64_t{rank} * opt.accum + a) * micro;
       train_rows.fetch_rows(g0, micro, rows.data());
-      loss_sum += graph.forward_backward(pview, rows.data(), &gview, grad_scale);
+      loss_sum += graph.forward_backward(params, rows.data(), &grads, grad_scale);
     }
     const double t_comm = now_seconds();
     if (world > 1) {

@@ -49,34 +49,16 @@ double run(const ModelConfig& cfg, ModelWeights& w, const std::vector<int32_t>& 
            std::vector<TensorToWrite>* out, std::vector<std::vector<float>>* keep) {
   train::TrainGraph<T> g(cfg, B, S);
   const double N = static_cast<double>(B) * S;
-  if constexpr (std::is_same_v<T, float>) {
-    ModelWeights grads;
-    allocate_weights(cfg, &grads);
-    auto gv = train::view_of(cfg, grads);
-    const double loss =
-        g.forward_backward(train::view_of(cfg, w), flat.data(), &gv, static_cast<float>(1.0 / N)) /
-        N;
-    for (auto& p : list_params(cfg, grads)) {
-      keep->emplace_back(p.tensor->data(), p.tensor->data() + p.tensor->numel());
-      out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
-    }
-    return loss;
-  } else {
-    std::map<const Tensor*, std::vector<double>> pv, gvv;
-    for (auto& p : list_params(cfg, w)) {
-      pv[p.tensor].assign(p.tensor->data(), p.tensor->data() + p.tensor->numel());
-      gvv[p.tensor].assign(static_cast<size_t>(p.tensor->numel()), 0.0);
-    }
-    auto pview = train::make_view<double>(cfg, w, [&](Tensor& t) { return pv.at(&t).data(); });
-    auto gview = train::make_view<double>(cfg, w, [&](Tensor& t) { return gvv.at(&t).data(); });
-    const double loss = g.forward_backward(pview, flat.data(), &gview, 1.0 / N) / N;
-    for (auto& p : list_params(cfg, w)) {
-      const auto& v = gvv.at(p.tensor);
-      keep->emplace_back(v.begin(), v.end());
-      out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
-    }
-    return loss;
+  const ModelWeights params = std::is_same_v<T, float> ? w : convert_weights(cfg, w, dtype_of<T>());
+  ModelWeights grads;
+  allocate_weights(cfg, &grads, dtype_of<T>());
+  const double loss = g.forward_backward(params, flat.data(), &grads, static_cast<T>(1.0 / N)) / N;
+  for (auto& p : list_params(cfg, grads)) {
+    const Tensor f = p.tensor->to(DType::kF32);
+    keep->emplace_back(f.data(), f.data() + f.numel());
+    out->push_back({p.name, p.tensor->shape(), nullptr, DType::kF32});
   }
+  return loss;
 }
 
 }  // namespace

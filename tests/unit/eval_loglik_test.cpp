@@ -104,7 +104,7 @@ TEST(Loglik, GreedyRule) {
   std::vector<int32_t> seq = ctx;
   std::vector<float> logits(static_cast<size_t>(m.config().n_vocab));
   for (int step = 0; step < 4; ++step) {
-    KVCache cache(m.config(), 1, 64);
+    KVCache cache = m.new_cache(1, 64);
     cache.acquire_seq();
     Batch b;
     for (size_t i = 0; i < seq.size(); ++i)
@@ -168,7 +168,7 @@ TEST(KvCopySeq, ForkContinuesLikeOriginal) {
       const auto prefix = tokens(10, m.config().n_vocab, rng);
       const auto next = tokens(3, m.config().n_vocab, rng);
       const int V = m.config().n_vocab;
-      KVCache cache(m.config(), 3, 32, elem);
+      KVCache cache = m.new_cache(3, 32, elem);
       Batch b;
       for (int i = 0; i < 10; ++i) b.add(prefix[static_cast<size_t>(i)], 0, i, false);
       m.forward(b, cache, nullptr);

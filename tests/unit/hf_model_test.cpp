@@ -51,7 +51,7 @@ TEST(HfModel, FusedAndSplitLayoutsAreBitIdentical) {
   save_model(split, c, w, {DType::kF32, false});
   EXPECT_NE(SafeTensorsSet::open_dir(fused).find("gpt_neox.layers.0.attention.query_key_value.weight"), nullptr);
   EXPECT_NE(SafeTensorsSet::open_dir(split).find("gpt_neox.layers.0.attention.key.weight"), nullptr);
-  Model a = Model::load(fused), b = Model::load(split);
+  Model a = Model(load_model(fused)), b = Model(load_model(split));
   LoadedModel lm{c, w};
   Model orig(std::move(lm));
   const auto t = toks(20, c.n_vocab);
@@ -144,7 +144,7 @@ TEST(HfModel, ShardedCheckpoint) {
   write_safetensors(dir + "/m-1.safetensors", a);
   write_safetensors(dir + "/m-2.safetensors", b);
   write_text_file(dir + "/model.safetensors.index.json", "{\"weight_map\":{" + map + "}}");
-  Model m = Model::load(dir);
+  Model m = Model(load_model(dir));
   LoadedModel lm{c, w};
   Model orig(std::move(lm));
   const auto t = toks(12, c.n_vocab);

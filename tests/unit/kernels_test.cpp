@@ -372,8 +372,20 @@ TEST_P(Kernels, DecodeAttention) {
         const float scale = 1.0f / std::sqrt(float(d));
         std::vector<float> out(size_t(n_q) * ldo, -7.0f), outh(out), want(out), wanth(out),
             scratch(size_t(std::min(n_q, kMaxAttendGroup)) * len);
-        attend_shared_kv(qrows.data(), n_q, ldq, K.data(), V.data(), len, d, scale, out.data(), ldo, scratch.data());
-        attend_shared_kv_f16(qrows.data(), n_q, ldq, Kh.data(), Vh.data(), len, d, scale, outh.data(), ldo, scratch.data());
+        attend_shared_kv(qrows.data(), n_q, ldq, K.data(), V.data(), DType::kF32, len, d, scale,
+                         out.data(), ldo, scratch.data());
+        attend_shared_kv(qrows.data(), n_q, ldq, Kh.data(), Vh.data(), DType::kF16, len, d, scale,
+                         outh.data(), ldo, scratch.data());
+        // The same keys and values cut into chunks of 5, 11, then the rest (a paged cache).
+        std::vector<KvChunk> chunks;
+        for (int p = 0; p < len;) {
+          const int n = std::min(len - p, chunks.empty() ? 5 : chunks.size() == 1 ? 11 : len);
+          chunks.push_back({K.data() + size_t(p) * d, V.data() + size_t(p) * d, n});
+          p += n;
+        }
+        std::vector<float> outc(out.size(), -7.0f);
+        attend_chunks(qrows.data(), n_q, ldq, chunks.data(), int(chunks.size()), DType::kF32, d, scale,
+                      outc.data(), ldo, scratch.data());
         ref::attend(qrows.data(), n_q, ldq, K.data(), V.data(), len, d, scale, want.data(), ldo);
         ref::attend(qrows.data(), n_q, ldq, Kr.data(), Vr.data(), len, d, scale, wanth.data(), ldo);
         const double bound = prob_bound(len + d, max_abs(V));
@@ -381,6 +393,7 @@ TEST_P(Kernels, DecodeAttention) {
                                 " n_q=" + std::to_string(n_q);
         expect_close(tag.c_str(), out, want, [&](size_t) { return bound; });
         expect_close((tag + " f16").c_str(), outh, wanth, [&](size_t) { return bound; });
+        expect_close((tag + " chunks").c_str(), outc, want, [&](size_t) { return bound; });
         // Padding between rows untouched.
         for (int r = 0; r + 1 < n_q; ++r) {
           for (int i = d; i < ldo; ++i) EXPECT_EQ(out[size_t(r) * ldo + i], -7.0f);

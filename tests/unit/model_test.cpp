@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/check.h"
+#include "kernels/ops.h"
 #include "core/half.h"
 #include "model/model.h"
 #include "runtime/engine.h"
@@ -93,7 +94,7 @@ TEST(BatchedDecode, MatchesSingleSequences) {
       }
       // Prefill the first 5 tokens of each in one batch, then decode all together one token per
       // step; sequences drop out as they end.
-      KVCache cache(c, n_seq, 32);
+      KVCache cache = m.new_cache(n_seq, 32);
       std::vector<std::vector<float>> together(n_seq);
       std::vector<float> logits(static_cast<size_t>(5 * n_seq) * c.n_vocab);
       Batch b;
@@ -178,19 +179,68 @@ TEST(KVCache, BytesFollowTheFormula) {
     ModelConfig c = tiny_config(Family::kLlama, 4, 32, 4, sc.G, sc.kv_source, KvShareRope::kPost);
     const int m = c.n_kv_layers(), g = c.n_head_kv, d = c.n_embd_head;
     for (DType e : {DType::kF32, DType::kF16}) {
-      KVCache cache(c, 3, 50, e);
+      KVCache cache(kv_layout(c), 3, 50, e);
       const int64_t formula = int64_t{2} * 3 * 50 * m * g * d * int64_t(dtype_size(e));
       EXPECT_EQ(cache.bytes(), formula) << sc.name;
-      EXPECT_EQ(KVCache::bytes_needed(c, 3, 50, e), formula);
+      EXPECT_EQ(kv_cache_bytes(c, 3, 50, e), formula);
       EXPECT_EQ(cache.n_slots(), m);
     }
   }
 }
 
+// The cache's block tables: sequences whose positions live in small, scattered blocks (a paged
+// cache) attend exactly as over one contiguous block, for prefill (GEMM path) and decode, f32 and
+// f16, post and pre sharing (the pre-sharing owner rotates its raw keys chunk by chunk).
+TEST(KVCache, ScatteredBlocksGiveTheSameLogits) {
+  for (KvShareRope share : {KvShareRope::kPost, KvShareRope::kPre}) {
+    ModelConfig c = tiny_config(Family::kLlama, 4, 32, 4, 2, {0, 0, 2, 2}, share);
+    Model m = make_model(c, 8);
+    for (DType e : {DType::kF32, DType::kF16}) {
+      std::vector<std::vector<float>> out;
+      for (int block : {0, 5}) {
+        KVCache cache = m.new_cache(2, 40, e, block);
+        if (block) {  // sequence 0 on the even blocks, sequence 1 on the odd ones, reversed
+          const int bps = cache.blocks_per_seq();
+          for (int s = 0; s < 2; ++s) {
+            std::vector<int32_t> t;
+            for (int i = bps - 1; i >= 0; --i) t.push_back(2 * i + s);
+            cache.set_block_table(s, t);
+          }
+        }
+        ASSERT_EQ(cache.acquire_seq(), 0);
+        ASSERT_EQ(cache.acquire_seq(), 1);
+        std::vector<float> logits(static_cast<size_t>(40) * c.n_vocab);
+        std::vector<float> all;
+        Batch b;
+        const auto t0 = random_tokens(30, c.n_vocab, 1), t1 = random_tokens(30, c.n_vocab, 2);
+        for (int i = 0; i < 18; ++i) b.add(t0[i], 0, i, true);  // >= 16 rows: the GEMM path
+        for (int i = 0; i < 7; ++i) b.add(t1[i], 1, i, true);
+        m.forward(b, cache, logits.data());
+        all.insert(all.end(), logits.begin(), logits.begin() + 25 * c.n_vocab);
+        for (int step = 0; step < 10; ++step) {
+          b.clear();
+          b.add(t0[18 + step], 0, 18 + step, true);
+          b.add(t1[7 + step], 1, 7 + step, true);
+          m.forward(b, cache, logits.data());
+          all.insert(all.end(), logits.begin(), logits.begin() + 2 * c.n_vocab);
+        }
+        out.push_back(all);
+      }
+      EXPECT_LT(max_abs_diff(out[0], out[1]), 1e-4) << share_rope_name(share) << " " << dtype_name(e);
+    }
+  }
+  ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  KVCache cache(kv_layout(c), 2, 10, DType::kF32, Device::kCpu, 4);
+  EXPECT_EQ(cache.blocks_per_seq(), 3);
+  EXPECT_THROW(cache.set_block_table(0, {0, 1}), Error);
+  EXPECT_THROW(cache.set_block_table(0, {0, 1, 1}), Error);
+  EXPECT_THROW(cache.set_block_table(0, {0, 1, 6}), Error);
+}
+
 TEST(ModelErrors, BadBatches) {
   ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
   Model m = make_model(c, 1);
-  KVCache cache(c, 1, 8);
+  KVCache cache = m.new_cache(1, 8);
   cache.acquire_seq();
   std::vector<float> logits(static_cast<size_t>(16) * c.n_vocab);
   Batch b;

@@ -1,5 +1,5 @@
 // Helpers for the training tests: random arrays, central finite differences in double, error
-// metrics, and double copies of model weights (the reference path of TrainGraph<double>).
+// metrics, and double copies of model weights (the f64 path of TrainGraph<double>).
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,6 @@
 
 #include "model/config.h"
 #include "model/weights.h"
-#include "train/train_model.h"
 
 namespace mlkv::testing {
 
@@ -36,12 +35,13 @@ struct FdResult {
   int checked = 0;
 };
 
-// Central differences of loss() w.r.t. x[i] for the given indices (h = 1e-5 scaled to |x|).
-inline FdResult fd_check(std::vector<double>& x, const std::vector<double>& analytic,
+// Central differences of loss() w.r.t. x[i] for the given indices (h = 1e-5 scaled to |x|);
+// x and analytic hold n values.
+inline FdResult fd_check(double* x, const double* analytic, size_t n,
                          const std::function<double()>& loss, const std::vector<size_t>& idx) {
   FdResult r;
   double amax = 1e-12;
-  for (double g : analytic) amax = std::max(amax, std::fabs(g));
+  for (size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(analytic[i]));
   for (size_t i : idx) {
     const double x0 = x[i];
     const double h = 1e-5 * std::max(1.0, std::fabs(x0));
@@ -57,6 +57,11 @@ inline FdResult fd_check(std::vector<double>& x, const std::vector<double>& anal
     ++r.checked;
   }
   return r;
+}
+
+inline FdResult fd_check(std::vector<double>& x, const std::vector<double>& analytic,
+                         const std::function<double()>& loss, const std::vector<size_t>& idx) {
+  return fd_check(x.data(), analytic.data(), x.size(), loss, idx);
 }
 
 // Up to k distinct indices of [0, n), always including 0 and n-1.
@@ -80,38 +85,32 @@ double norm_err(const std::vector<A>& a, const std::vector<B>& b) {
   return e / amax;
 }
 
-// A double copy of every parameter tensor of a ModelWeights, addressable through a
-// WeightsView<double>. `layout` supplies the tensor structure (its values are not used after
-// construction).
+// Every parameter of a model as f64 tensors (what TrainGraph<double> reads and writes), with
+// access to each tensor's values by index in list_params() order.
 class DoubleWeights {
  public:
-  DoubleWeights(const ModelConfig& cfg, ModelWeights& layout, bool copy_values) : cfg_(cfg) {
-    for (auto& p : list_params(cfg, layout)) {
-      auto& v = store_[p.tensor];
-      v.assign(static_cast<size_t>(p.tensor->numel()), 0.0);
-      if (copy_values) {
-        for (int64_t i = 0; i < p.tensor->numel(); ++i) v[static_cast<size_t>(i)] = (*p.tensor)[i];
-      }
-      names_.push_back(p.name);
-      order_.push_back(p.tensor);
+  // copy_values: the values of src rounded to double; else zeros of the same shapes.
+  DoubleWeights(const ModelConfig& cfg, const ModelWeights& src, bool copy_values) : cfg_(cfg) {
+    if (copy_values) {
+      w_ = convert_weights(cfg, src, DType::kF64);
+    } else {
+      allocate_weights(cfg, &w_, DType::kF64);
     }
-    view_ =
-        train::make_view<double>(cfg, layout, [this](Tensor& t) { return store_.at(&t).data(); });
+    params_ = list_params(cfg_, w_);
   }
-  train::WeightsView<double>& view() { return view_; }
-  size_t n_tensors() const { return order_.size(); }
-  const std::string& name(size_t i) const { return names_[i]; }
-  std::vector<double>& values(size_t i) { return store_.at(order_[i]); }
+  ModelWeights& weights() { return w_; }
+  size_t n_tensors() const { return params_.size(); }
+  const std::string& name(size_t i) const { return params_[i].name; }
+  double* values(size_t i) { return params_[i].tensor->data_as<double>(); }
+  size_t size(size_t i) const { return static_cast<size_t>(params_[i].tensor->numel()); }
   void zero() {
-    for (auto& [k, v] : store_) std::fill(v.begin(), v.end(), 0.0);
+    for (auto& p : params_) p.tensor->zero();
   }
 
  private:
   ModelConfig cfg_;
-  std::map<const Tensor*, std::vector<double>> store_;
-  std::vector<const Tensor*> order_;
-  std::vector<std::string> names_;
-  train::WeightsView<double> view_;
+  ModelWeights w_;
+  std::vector<ParamRef> params_;
 };
 
 }  // namespace mlkv::testing

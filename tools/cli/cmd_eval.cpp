@@ -14,6 +14,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "io/hf_model.h"
 #include "core/mmap_file.h"
 #include "core/progress.h"
 #include "kernels/threads.h"
@@ -309,7 +310,7 @@ void run_eval(const EvalArgs& a) {
                "nothing to evaluate: give text files, token shards or tasks (e.g. piqa, "
                "lambada_openai, wikitext2_test.txt)");
 
-  Model model = Model::load(a.model);
+  Model model = Model(load_model(a.model));
   const ModelConfig& c = model.config();
   MLKV_REQUIRE(a.ctx <= c.n_ctx, "--ctx ", a.ctx, " is longer than the model's context (", c.n_ctx,
                ")");

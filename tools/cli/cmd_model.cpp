@@ -112,7 +112,7 @@ void run_info(const InfoArgs& a) {
   const int ctx = a.ctx > 0 ? a.ctx : c.n_ctx;
   MLKV_REQUIRE(a.batch > 0, "--batch must be positive");
   const int64_t per_tok = c.kv_bytes_per_token(dtype_size(elem));
-  const int64_t total = KVCache::bytes_needed(c, a.batch, ctx, elem);
+  const int64_t total = kv_cache_bytes(c, a.batch, ctx, elem);
   const int64_t budget = a.kv_budget.empty() ? 0 : parse_byte_size(a.kv_budget, "--kv-budget");
   const int fit =
       budget > 0 ? static_cast<int>(std::min<int64_t>(budget / (per_tok * ctx), INT32_MAX)) : 0;
@@ -185,7 +185,7 @@ struct ScoreArgs {
 
 void run_score(const ScoreArgs& a) {
   set_num_threads(a.threads);
-  Model model = Model::load(a.model, parse_weight_type(a.weights));
+  Model model = Model(load_model(a.model), parse_weight_type(a.weights));
   std::unique_ptr<Tokenizer> tok;
   const std::vector<int32_t> ids =
       tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
@@ -234,7 +234,7 @@ void run_generate(const GenerateArgs& a) {
   set_num_threads(a.threads);
   MLKV_REQUIRE(!a.tokens.empty() || !a.prompts.empty(), "give at least one --tokens or --prompt");
   MLKV_REQUIRE(a.n >= 0, "-n must not be negative");
-  Model model = Model::load(a.model, parse_weight_type(a.weights));
+  Model model = Model(load_model(a.model), parse_weight_type(a.weights));
   std::unique_ptr<Tokenizer> tok;
   std::vector<GenerateRequest> reqs;
   for (const auto& t : a.tokens) reqs.push_back({parse_id_list(t), a.n, {}});

@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "io/hf_model.h"
 #include "kernels/threads.h"
 #include "server/server.h"
 #include "tokenizer/tokenizer.h"
@@ -28,7 +29,7 @@ void run_serve(const ServeArgs& a) {
   opt.cache_elem = a.cache_type == "f16" ? DType::kF16 : DType::kF32;
   ModelOptions mo;
   mo.weights = a.weights == "f16" ? WeightType::kF16 : WeightType::kF32;
-  Model model = Model::load(a.model, mo);
+  Model model = Model(load_model(a.model), mo);
   if (!a.kv_budget.empty()) {
     // As many sequences as the budget holds: a model with a smaller cache per token serves more.
     const int ctx = opt.n_ctx > 0 ? opt.n_ctx : model.config().n_ctx;

@@ -1,6 +1,7 @@
 // Decode attention (kernels.h: attend_*), written once over the vector type V: a few query rows
 // that read the same KV head (the query heads of one GQA/MQA group at one position) against keys
-// and values [len, d] in the cache, f32 or f16.
+// and values in the cache, f32 or f16, given as contiguous chunks of positions (one chunk when the
+// sequence's cache blocks are consecutive, several for a paged cache).
 //
 // Scores go 8 keys at a time: 8 accumulators of d-wide dot products, reduced together (vsum8, no
 // horizontal sum per key), the 8 keys' rows staying in L1 while every query row of the group uses
@@ -18,10 +19,10 @@ float dot_any(const float* q, const E* k, int d) {
   return s;
 }
 
-// scores[r, j] = scale * q_r . K_j for r < n_q, j < len. d % kLanes == 0.
+// scores[r * lds + j] = scale * q_r . K_j for r < n_q, j < len. d % kLanes == 0.
 template <typename E>
 void scores_block8(const float* q, int n_q, int ldq, const E* K, int len, int d, float scale,
-                   float* scores) {
+                   float* scores, int64_t lds) {
   int j0 = 0;
   for (; j0 + 8 <= len; j0 += 8) {
     const E* kb = K + int64_t{j0} * d;
@@ -36,14 +37,14 @@ void scores_block8(const float* q, int n_q, int ldq, const E* K, int len, int d,
         const V qv = vload(qr + c);
         for (int k = 0; k < 8; ++k) acc[k] = vfma(qv, vload(kb + int64_t{k} * d + c), acc[k]);
       }
-      float* out = scores + int64_t{r} * len + j0;
+      float* out = scores + r * lds + j0;
       vsum8(acc, out);
       for (int k = 0; k < 8; ++k) out[k] *= scale;
     }
   }
   for (; j0 < len; ++j0) {
     for (int r = 0; r < n_q; ++r) {
-      scores[int64_t{r} * len + j0] = scale * dot_any(q + int64_t{r} * ldq, K + int64_t{j0} * d, d);
+      scores[r * lds + j0] = scale * dot_any(q + int64_t{r} * ldq, K + int64_t{j0} * d, d);
     }
   }
 }
@@ -77,34 +78,51 @@ void weighted_sum_any(int nv, const float* p, const E* Vm, int j0, int j1, int d
 }
 
 template <typename E>
-void attend(const float* q, int n_q, int ldq, const E* K, const E* Vm, int len, int d, float scale,
+void attend(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d, float scale,
             float* out, int ldo, float* scores) {
+  int len = 0;
+  for (int c = 0; c < n_ch; ++c) len += ch[c].n;
   if (d % kLanes != 0) {  // head sizes that are not a multiple of the vector width: plain loops
     for (int r = 0; r < n_q; ++r) {
       float* s = scores + int64_t{r} * len;
-      for (int j = 0; j < len; ++j) s[j] = scale * dot_any(q + int64_t{r} * ldq, K + int64_t{j} * d, d);
+      int off = 0;
+      for (int c = 0; c < n_ch; ++c) {
+        const E* K = static_cast<const E*>(ch[c].k);
+        for (int j = 0; j < ch[c].n; ++j) s[off + j] = scale * dot_any(q + int64_t{r} * ldq, K + int64_t{j} * d, d);
+        off += ch[c].n;
+      }
       const float inv = 1.0f / exp_sub_sum(s, len, max_n(s, len));
       float* o = out + int64_t{r} * ldo;
       for (int i = 0; i < d; ++i) o[i] = 0.0f;
-      for (int j = 0; j < len; ++j) {
-        for (int i = 0; i < d; ++i) o[i] += s[j] * inv * load1(Vm + int64_t{j} * d + i);
+      off = 0;
+      for (int c = 0; c < n_ch; ++c) {
+        const E* Vm = static_cast<const E*>(ch[c].v);
+        for (int j = 0; j < ch[c].n; ++j) {
+          for (int i = 0; i < d; ++i) o[i] += s[off + j] * inv * load1(Vm + int64_t{j} * d + i);
+        }
+        off += ch[c].n;
       }
     }
     return;
   }
-  scores_block8(q, n_q, ldq, K, len, d, scale, scores);
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    scores_block8(q, n_q, ldq, static_cast<const E*>(ch[c].k), ch[c].n, d, scale, scores + off, len);
+  }
   float inv[kMaxGroup];
   for (int r = 0; r < n_q; ++r) {
     float* s = scores + int64_t{r} * len;
     inv[r] = 1.0f / exp_sub_sum(s, len, max_n(s, len));
   }
-  for (int j0 = 0; j0 < len; j0 += kValueBlock) {
-    const int j1 = len < j0 + kValueBlock ? len : j0 + kValueBlock;
-    for (int c = 0; c < d; c += 8 * kLanes) {
-      const int nv = (d - c) / kLanes < 8 ? (d - c) / kLanes : 8;
-      for (int r = 0; r < n_q; ++r) {
-        weighted_sum_any(nv, scores + int64_t{r} * len, Vm + c, j0, j1, d, out + int64_t{r} * ldo + c,
-                         j0 == 0);
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    const E* Vm = static_cast<const E*>(ch[c].v);
+    for (int j0 = 0; j0 < ch[c].n; j0 += kValueBlock) {
+      const int j1 = ch[c].n < j0 + kValueBlock ? ch[c].n : j0 + kValueBlock;
+      for (int cc = 0; cc < d; cc += 8 * kLanes) {
+        const int nv = (d - cc) / kLanes < 8 ? (d - cc) / kLanes : 8;
+        for (int r = 0; r < n_q; ++r) {
+          weighted_sum_any(nv, scores + int64_t{r} * len + off, Vm + cc, j0, j1, d,
+                           out + int64_t{r} * ldo + cc, off == 0 && j0 == 0);
+        }
       }
     }
   }

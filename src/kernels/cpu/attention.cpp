@@ -11,7 +11,7 @@
 // Query heads that share a KV head (GQA/MQA) write private dK/dV blocks that are then summed in
 // head order, so the result does not depend on the schedule.
 //
-// Decode (attend_shared_kv): the active path's kernel, in groups of at most kMaxAttendGroup rows.
+// Decode (attend_chunks): the active path's kernel, in groups of at most kMaxAttendGroup rows.
 #include <omp.h>
 
 #include <algorithm>
@@ -210,21 +210,14 @@ template void attention_backward<double>(const double*, const double*, const dou
                                          const double*, const double*, const double*, double*,
                                          double*, double*, const AttnDims&, AttnScratch<double>&);
 
-void attend_shared_kv(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
-                      int d, float scale, float* out, int ldo, float* scores) {
+void attend_chunks(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks,
+                   DType dtype, int d, float scale, float* out, int ldo, float* scores) {
   const cpu::Kernels& k = cpu::kernels();
+  MLKV_CHECK(dtype == DType::kF32 || dtype == DType::kF16);
+  auto fn = dtype == DType::kF16 ? k.attend_f16 : k.attend_f32;
   for (int r0 = 0; r0 < n_q; r0 += kMaxAttendGroup) {
-    k.attend_f32(q + int64_t{r0} * ldq, std::min(kMaxAttendGroup, n_q - r0), ldq, K, V, len, d,
-                 scale, out + int64_t{r0} * ldo, ldo, scores);
-  }
-}
-
-void attend_shared_kv_f16(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
-                          int len, int d, float scale, float* out, int ldo, float* scores) {
-  const cpu::Kernels& k = cpu::kernels();
-  for (int r0 = 0; r0 < n_q; r0 += kMaxAttendGroup) {
-    k.attend_f16(q + int64_t{r0} * ldq, std::min(kMaxAttendGroup, n_q - r0), ldq, K, V, len, d,
-                 scale, out + int64_t{r0} * ldo, ldo, scores);
+    fn(q + int64_t{r0} * ldq, std::min(kMaxAttendGroup, n_q - r0), ldq, chunks, n_chunks, d, scale,
+       out + int64_t{r0} * ldo, ldo, scores);
   }
 }
 

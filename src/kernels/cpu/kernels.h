@@ -13,6 +13,7 @@
 namespace mlkv::ops::cpu {
 
 using ops::AdamWStep;
+using ops::KvChunk;
 
 struct Kernels {
   Isa isa;
@@ -26,12 +27,13 @@ struct Kernels {
   void (*gemv_tail_f16)(const float* x, const uint16_t* w, int rows, int T, int64_t K, float* out);
 
   // ---- decode attention: n_q (<= kMaxGroup) query rows reading one KV head ----
-  // out[r * ldo + i] = sum_j softmax_j(scale q_r . K_j) V[j, i] over keys/values [len, d];
-  // scores: scratch of n_q * len floats.
-  void (*attend_f32)(const float* q, int n_q, int ldq, const float* K, const float* V, int len,
-                     int d, float scale, float* out, int ldo, float* scores);
-  void (*attend_f16)(const float* q, int n_q, int ldq, const uint16_t* K, const uint16_t* V,
-                     int len, int d, float scale, float* out, int ldo, float* scores);
+  // out[r * ldo + i] = sum_j softmax_j(scale q_r . K_j) V[j, i] over the positions of the chunks
+  // in order (len = sum of their n; keys and values f32 or f16 rows of d); scores: scratch of
+  // n_q * len floats.
+  void (*attend_f32)(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks, int d,
+                     float scale, float* out, int ldo, float* scores);
+  void (*attend_f16)(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks, int d,
+                     float scale, float* out, int ldo, float* scores);
 
   // ---- rows and element-wise ----
   float (*max_n)(const float* x, int64_t n);                   // max of x[0, n); -inf for n = 0

@@ -1,0 +1,190 @@
+// Attention against the KV cache on the CPU (kernels/ops.h: kv_store, attention_cached), for
+// every sharing scheme. Work is split over (run, group of query heads) items. Query head h reads
+// KV head h / (n_head / n_head_kv) of the slot. Keys are read as stored, except when a reader
+// needs rotated keys from a slot that stores raw ones (the owner under pre sharing): it rotates a
+// copy. Long runs (prefill) use two GEMMs per head over the keys and values gathered into f32
+// scratch (no copy when the cache is f32, contiguous and needs no rotation); short runs (decode) go
+// to the attend kernel, one call per group of query heads that share a KV head, reading f32 or f16
+// cache rows directly, chunk by chunk.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "core/half.h"
+#include "kernels/blas/blas.h"
+#include "kernels/ops.h"
+
+namespace mlkv::ops {
+
+namespace {
+
+constexpr int kGemmMinRows = 16;    // runs at least this long use the GEMM path
+constexpr int kGemmRowBlock = 128;  // rows per score block (bounds the scratch to block x ctx)
+
+struct Scratch {
+  std::vector<float> keys, values, scores;
+  std::vector<KvChunk> chunks, visible;
+  std::vector<int32_t> pos;
+  float* grow(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+};
+
+// Rows [0, len) of the chunks (keys or values) as one f32 array [len, d]; the cache memory itself
+// when it already is that.
+const float* gather_f32(const std::vector<KvChunk>& ch, bool keys, DType dt, int len, int d,
+                        std::vector<float>& buf_vec, Scratch& s, bool force_copy) {
+  if (!force_copy && dt == DType::kF32 && ch.size() == 1) {
+    return static_cast<const float*>(keys ? ch[0].k : ch[0].v);
+  }
+  float* buf = s.grow(buf_vec, size_t(len) * d);
+  size_t off = 0;
+  for (const KvChunk& c : ch) {
+    const void* src = keys ? c.k : c.v;
+    const size_t n = size_t(c.n) * d;
+    if (dt == DType::kF16) {
+      f16_to_f32_n(static_cast<const uint16_t*>(src), buf + off, n);
+    } else {
+      std::memcpy(buf + off, src, n * 4);
+    }
+    off += n;
+  }
+  return buf;
+}
+
+// Keys [0, len) of one KV head as f32, rotated when asked.
+const float* keys_f32(const std::vector<KvChunk>& ch, DType dt, int len, int d, bool rotate,
+                      const RopeTable<float>& rt, Scratch& s) {
+  const float* K = gather_f32(ch, true, dt, len, d, s.keys, s, rotate);
+  if (rotate) {
+    s.pos.resize(static_cast<size_t>(len));
+    for (int j = 0; j < len; ++j) s.pos[static_cast<size_t>(j)] = j;
+    rope_forward<float>(s.keys.data(), len, 1, d, s.pos.data(), rt);
+  }
+  return K;
+}
+
+// Rows of one run for one head via GEMM: S = Q K^T * scale, causal mask, softmax, O = S V.
+void head_gemm(const float* q, int ldq, const float* K, const float* V, int n_rows, int pos0, int d,
+               float scale, float* out, int ldo, Scratch& s) {
+  for (int r0 = 0; r0 < n_rows; r0 += kGemmRowBlock) {
+    const int rows = std::min(kGemmRowBlock, n_rows - r0);
+    const int len = pos0 + r0 + rows;  // keys visible to the last row of the block
+    float* S = s.grow(s.scores, size_t(rows) * len);
+    blas::gemm(false, true, rows, len, d, scale, q + int64_t{r0} * ldq, ldq, K, d, 0.0f, S, len);
+    for (int t = 0; t < rows; ++t) {
+      float* row = S + int64_t{t} * len;
+      const int visible = pos0 + r0 + t + 1;
+      std::fill(row + visible, row + len, -INFINITY);
+    }
+    softmax_rows(S, rows, len);
+    blas::gemm(false, false, rows, d, len, 1.0f, S, len, V, d, 0.0f, out + int64_t{r0} * ldo, ldo);
+  }
+}
+
+// A unit of work: query heads [h0, h0 + nh) of one run. Decode items group the query heads that
+// read one KV head (split further when there are too few items to keep every thread busy); GEMM
+// items (long runs) are one head each.
+struct Item {
+  int run, h0, nh;
+};
+
+}  // namespace
+
+void kv_store(const KvSlotView& slot, const int32_t* seq, const int32_t* pos, int n, const float* k,
+              const float* v) {
+  const int g = slot.n_head_kv, d = slot.head_dim;
+  MLKV_CHECK(slot.dtype == DType::kF32 || slot.dtype == DType::kF16);
+  for (int i = 0; i < n; ++i) {
+    for (int h = 0; h < g; ++h) {
+      const float* ks = k + (int64_t{i} * g + h) * d;
+      const float* vs = v + (int64_t{i} * g + h) * d;
+      char* kd = slot.k_row(seq[i], h, pos[i]);
+      char* vd = slot.v_row(seq[i], h, pos[i]);
+      if (slot.dtype == DType::kF16) {
+        f32_to_f16_n(ks, reinterpret_cast<uint16_t*>(kd), static_cast<size_t>(d));
+        f32_to_f16_n(vs, reinterpret_cast<uint16_t*>(vd), static_cast<size_t>(d));
+      } else {
+        std::memcpy(kd, ks, size_t(d) * 4);
+        std::memcpy(vd, vs, size_t(d) * 4);
+      }
+    }
+  }
+}
+
+void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, const float* q,
+                      int n_head, bool rotate_keys, const RopeTable<float>& rt, float* out) {
+  const int H = n_head, G = slot.n_head_kv, d = slot.head_dim, rep = H / G;
+  MLKV_CHECK(H % G == 0);
+  const int ldq = H * d;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+
+  int n_decode = 0;
+  for (const AttnRun& r : runs) n_decode += r.n_rows < kGemmMinRows;
+  const int want = 2 * omp_get_max_threads();
+  const int split = n_decode * G >= want
+                        ? 1
+                        : std::min(rep, (want + n_decode * G - 1) / std::max(1, n_decode * G));
+  const int per = (rep + split - 1) / split;
+  std::vector<Item> items;
+  for (int ir = 0; ir < static_cast<int>(runs.size()); ++ir) {
+    const bool gemm = runs[static_cast<size_t>(ir)].n_rows >= kGemmMinRows;
+    for (int g = 0; g < G; ++g) {
+      for (int h = g * rep; h < (g + 1) * rep; h += gemm ? 1 : per) {
+        items.push_back({ir, h, gemm ? 1 : std::min(per, (g + 1) * rep - h)});
+      }
+    }
+  }
+
+#pragma omp parallel
+  {
+    Scratch s;
+#pragma omp for schedule(dynamic, 1)
+    for (size_t ii = 0; ii < items.size(); ++ii) {
+      const Item& it = items[ii];
+      const AttnRun& r = runs[static_cast<size_t>(it.run)];
+      const int kvh = it.h0 / rep;
+      const int len = r.pos0 + r.n_rows;
+      const float* qh = q + int64_t{r.row0} * ldq + int64_t{it.h0} * d;
+      float* oh = out + int64_t{r.row0} * ldq + int64_t{it.h0} * d;
+      slot.chunks(r.seq, kvh, len, &s.chunks);
+      if (r.n_rows >= kGemmMinRows) {
+        const float* K = keys_f32(s.chunks, slot.dtype, len, d, rotate_keys, rt, s);
+        const float* V = gather_f32(s.chunks, false, slot.dtype, len, d, s.values, s, false);
+        head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
+        continue;
+      }
+      float* sc = s.grow(s.scores, size_t(std::min(it.nh, kMaxAttendGroup)) * len);
+      if (rotate_keys) {
+        // Rotated keys in f32 scratch, values as stored.
+        const float* K = keys_f32(s.chunks, slot.dtype, len, d, true, rt, s);
+        const float* V = gather_f32(s.chunks, false, slot.dtype, len, d, s.values, s, false);
+        for (int t = 0; t < r.n_rows; ++t) {
+          attend_shared_kv(qh + int64_t{t} * ldq, it.nh, d, K, V, DType::kF32, r.pos0 + t + 1, d,
+                           scale, oh + int64_t{t} * ldq, d, sc);
+        }
+      } else {
+        std::vector<KvChunk>& vis = s.visible;
+        for (int t = 0; t < r.n_rows; ++t) {
+          // The chunks cut at this row's last visible position.
+          const int n_vis = r.pos0 + t + 1;
+          vis.clear();
+          for (int c = 0, p = 0; c < static_cast<int>(s.chunks.size()) && p < n_vis; ++c) {
+            const KvChunk& ch = s.chunks[static_cast<size_t>(c)];
+            vis.push_back({ch.k, ch.v, std::min(ch.n, n_vis - p)});
+            p += ch.n;
+          }
+          attend_chunks(qh + int64_t{t} * ldq, it.nh, d, vis.data(), static_cast<int>(vis.size()),
+                        slot.dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mlkv::ops

@@ -1,0 +1,202 @@
+// The inference forward pass: embedding -> n_layer x the layer loop (model/transformer.h) with the
+// KV cache as the attention context -> final norm -> logits for the requested rows.
+#include "model/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+
+namespace mlkv {
+
+int Batch::n_outputs() const {
+  int n = 0;
+  for (uint8_t f : logits) n += f;
+  return n;
+}
+
+namespace {
+
+// Stores each owner layer's K/V into its cache slot and attends over the cache, run by run.
+class CacheAttention final : public AttentionContext<float> {
+ public:
+  CacheAttention(Backend<float>& be, const ModelConfig& c, KVCache& cache, const Batch& b,
+                 const std::vector<AttnRun>& runs, const ops::RopeTable<float>& rt)
+      : be_(be), c_(c), cache_(cache), b_(b), runs_(runs), rt_(rt) {}
+
+  void attend(const LayerSpec& s, const LayerActs<float>& a) override {
+    const ops::KvSlotView slot = cache_.view(s.kv_slot);
+    if (s.owns_kv) {
+      // The slot keeps raw keys when the owner shares them before rotary.
+      be_.kv_store(slot, b_.seq.data(), b_.pos.data(), b_.size(), s.shares_raw_keys ? a.k_raw : a.k,
+                   a.v);
+    }
+    // Raw keys in the slot but this layer attends with rotated ones: the pre-sharing owner.
+    const bool rotate = !slot.keys_rotated && s.reads_rotated_keys;
+    be_.attention_cached(slot, runs_, a.q, c_.n_head, rotate, rt_, a.o);
+  }
+
+ private:
+  Backend<float>& be_;
+  const ModelConfig& c_;
+  KVCache& cache_;
+  const Batch& b_;
+  const std::vector<AttnRun>& runs_;
+  const ops::RopeTable<float>& rt_;
+};
+
+}  // namespace
+
+// Activations of one forward pass on the backend's device, for up to `rows` tokens.
+struct Model::Scratch {
+  int rows = 0;
+  Tensor x, xn, q, k, k_raw, v, o, h2, up, gate, sel, logits;
+
+  void grow(Backend<float>& be, const ModelConfig& c, int T) {
+    if (T <= rows) return;
+    rows = T;
+    const int64_t n = T, E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(), F = c.n_ff;
+    x = be.buffer({n, E});
+    xn = be.buffer({n, E});
+    q = be.buffer({n, Q});
+    k = be.buffer({n, KV});
+    k_raw = be.buffer({n, KV});
+    v = be.buffer({n, KV});
+    o = be.buffer({n, Q});
+    h2 = be.buffer({n, E});
+    up = be.buffer({n, F});
+    if (c.mlp == MlpType::kSwiGlu) gate = be.buffer({n, F});
+    sel = be.buffer({n, E});
+  }
+};
+
+Model::Model(LoadedModel m, const ModelOptions& opt)
+    : cfg_(std::move(m.config)), opt_(opt), w_(std::move(m.weights)) {
+  cfg_.validate();
+  Backend<float>& be = backend<float>(opt_.device);
+  if (opt_.weights == WeightType::kF16) {
+    // Matrices in f16; the tied output matrix gets an f16 copy (lookups read the f32 embedding).
+    Tensor embd = std::move(w_.tok_embd);
+    w_.tok_embd = Tensor();
+    w_ = convert_weights(cfg_, w_, DType::kF16, /*matrices_only=*/true);
+    if (cfg_.tied_embeddings) output_f16_ = embd.to(DType::kF16);
+    w_.tok_embd = std::move(embd);
+  }
+  if (opt_.device != Device::kCpu) {
+    for (auto& p : list_params(cfg_, w_)) *p.tensor = p.tensor->to(opt_.device);
+    if (!output_f16_.empty()) output_f16_ = output_f16_.to(opt_.device);
+  }
+  net_ = std::make_unique<Transformer<float>>(cfg_, be);
+  scratch_ = std::make_unique<Scratch>();
+  rope(std::max(cfg_.n_ctx, 1));
+}
+
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+
+int64_t Model::decode_weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : list_params(cfg_, w_)) {
+    if (t != &w_.tok_embd || cfg_.tied_embeddings) n += static_cast<int64_t>(t->nbytes());
+  }
+  // A tied output matrix is the embedding table (f32) unless it has an f16 copy.
+  if (!output_f16_.empty()) {
+    n += static_cast<int64_t>(output_f16_.nbytes()) - static_cast<int64_t>(w_.tok_embd.nbytes());
+  }
+  return n;
+}
+
+KVCache Model::new_cache(int n_seq, int n_ctx, DType elem, int block_size) const {
+  return KVCache(kv_layout(cfg_), n_seq, n_ctx, elem, opt_.device, block_size);
+}
+
+const ops::RopeTable<float>& Model::rope(int n_pos) {
+  if (rope_.n_pos < n_pos || rope_.n_rot != cfg_.n_rot) rope_.build(cfg_.n_rot, n_pos, cfg_.rope_inv_freq());
+  return rope_;
+}
+
+void Model::validate_batch(const Batch& b, const KVCache& cache, std::vector<AttnRun>* runs) const {
+  const int T = b.size();
+  MLKV_REQUIRE(T > 0, "empty batch");
+  MLKV_REQUIRE(b.seq.size() == b.token.size() && b.pos.size() == b.token.size() &&
+                   b.logits.size() == b.token.size(),
+               "malformed batch: token/seq/pos/logits lengths differ");
+  MLKV_REQUIRE(cache.n_slots() == cfg_.n_kv_layers() && cache.device() == opt_.device,
+               "the KV cache was not made for this model (Model::new_cache)");
+  runs->clear();
+  std::vector<uint8_t> seen(static_cast<size_t>(cache.n_seq()), 0);
+  for (int i = 0; i < T; ++i) {
+    const int tok = b.token[i], s = b.seq[i], p = b.pos[i];
+    MLKV_REQUIRE(tok >= 0 && tok < cfg_.n_vocab, "token id ", tok, " is outside the vocabulary (",
+                 cfg_.n_vocab, " ids)");
+    MLKV_REQUIRE(s >= 0 && s < cache.n_seq(), "sequence ", s, " is not a cache slot (the cache has ",
+                 cache.n_seq(), ")");
+    MLKV_REQUIRE(p < cache.n_ctx(), "context overflow: sequence ", s, " would need position ", p,
+                 " but the context holds ", cache.n_ctx(), " tokens");
+    if (!runs->empty() && runs->back().seq == s) {
+      AttnRun& r = runs->back();
+      MLKV_REQUIRE(p == r.pos0 + r.n_rows, "batch positions of sequence ", s,
+                   " are not consecutive (got ", p, ", expected ", r.pos0 + r.n_rows, ")");
+      ++r.n_rows;
+    } else {
+      MLKV_REQUIRE(!seen[static_cast<size_t>(s)], "tokens of sequence ", s,
+                   " are not contiguous in the batch");
+      seen[static_cast<size_t>(s)] = 1;
+      MLKV_REQUIRE(p == cache.seq_len(s), "sequence ", s, " continues at position ", p,
+                   " but its cache holds ", cache.seq_len(s), " tokens");
+      runs->push_back({s, i, 1, p});
+    }
+  }
+}
+
+void Model::forward(const Batch& b, KVCache& cache, float* logits) {
+  std::vector<AttnRun> runs;
+  validate_batch(b, cache, &runs);
+  const ModelConfig& c = cfg_;
+  const int T = b.size(), E = c.n_embd;
+  Backend<float>& be = net_->backend();
+  const ops::RopeTable<float>& rt = rope(cache.n_ctx());
+  Scratch& s = *scratch_;
+  s.grow(be, c, T);
+
+  float* x = s.x.data();
+  LayerActs<float> a;
+  a.x_in = a.x_out = a.x_mid = x;  // the residual stream, updated in place
+  a.xn1 = s.xn.data();
+  a.q = s.q.data();
+  a.k = s.k.data();
+  a.k_raw = s.k_raw.data();
+  a.v = s.v.data();
+  a.o = s.o.data();
+  a.xn2 = s.h2.data();
+  a.u = a.act = s.up.data();
+  a.gate = s.gate.empty() ? nullptr : s.gate.data();
+
+  net_->embed(w_, b.token.data(), T, x);
+  CacheAttention attn(be, c, cache, b, runs, rt);
+  for (int il = 0; il < c.n_layer; ++il) {
+    net_->layer_forward(il, w_.layers[static_cast<size_t>(il)], a, T, b.pos.data(), rt, attn);
+  }
+  for (const AttnRun& r : runs) cache.set_seq_len(r.seq, r.pos0 + r.n_rows);
+
+  // Logits only for the flagged rows.
+  std::vector<int32_t> rows;
+  for (int i = 0; i < T; ++i) {
+    if (b.logits[i]) rows.push_back(i);
+  }
+  const int n_out = static_cast<int>(rows.size());
+  if (n_out == 0) return;
+  be.gather_rows(x, rows.data(), n_out, E, s.sel.data());
+  norm_forward<float>(be, c, w_.out_norm, w_.out_norm_b, s.sel.data(), s.xn.data(), nullptr, nullptr,
+                     n_out);
+  const Tensor& out = output_f16_.empty() ? w_.output_matrix() : output_f16_;
+  if (opt_.device == Device::kCpu) {
+    be.linear_forward(s.xn.data(), out, Tensor(), logits, n_out, E, c.n_vocab, false);
+  } else {
+    if (s.logits.numel() < int64_t{n_out} * c.n_vocab) s.logits = be.buffer({int64_t{n_out}, c.n_vocab});
+    be.linear_forward(s.xn.data(), out, Tensor(), s.logits.data(), n_out, E, c.n_vocab, false);
+    be.to_host(s.logits.data(), logits, int64_t{n_out} * c.n_vocab);
+  }
+}
+
+}  // namespace mlkv
