@@ -66,9 +66,10 @@ struct Kernels {
   // db[i] += sum_t dy[t, i] over rows [0, n), columns [i0, i1) (i1 - i0 <= 64).
   void (*colsum)(const float* dy, int n, int N, int i0, int i1, float* db);
 
-  // Rotary on one head vector v (rotate-half layout): pairs (i, i + half) rotated by the angle
-  // with cosine c[i] and sine sign * s[i].
-  void (*rope_head)(float* v, const float* c, const float* s, int half, float sign);
+  // Rotary on the n_heads head vectors of one row x [n_heads, head_dim] (rotate-half layout):
+  // pairs (i, i + half) of each head rotated by the angle with cosine c[i] and sine sign * s[i].
+  void (*rope_row)(float* x, int n_heads, int head_dim, const float* c, const float* s, int half,
+                   float sign);
 
   // One AdamW update of n parameters (optimizer.h has the formula); zero_grad also sets g = 0.
   void (*adamw)(float* p, float* g, float* m, float* v, int64_t n, const AdamWStep& h,

@@ -1,5 +1,6 @@
 // LayerNorm / RMSNorm rows forward and backward, column reductions for their weight and bias
-// gradients, and the bias-gradient column sum (kernels.h), written once over the vector type V.
+// gradients, the bias-gradient column sum, rotary and the AdamW update (kernels.h), written once
+// over the vector type V.
 // Reductions along a row use vector accumulators (kLanes partial sums); column reductions add
 // rows in order, so results never depend on the number of threads.
 
@@ -126,14 +127,18 @@ void colsum(const float* dy, int n, int N, int i0, int i1, float* db) {
   }
 }
 
-void rope_head(float* v, const float* c, const float* s, int half, float sign) {
+void rope_row(float* x, int n_heads, int head_dim, const float* c, const float* s, int half,
+              float sign) {
   const V sg = vset1(sign);
   for (int i = 0; i < half; i += kLanes) {
     const int r = static_cast<int>(tail_of(half, i));
-    const V a = vload_n(v + i, r), b = vload_n(v + i + half, r);
     const V cv = vload_n(c + i, r), sv = vmul(sg, vload_n(s + i, r));
-    vstore_n(v + i, vfnma(b, sv, vmul(a, cv)), r);       // a c - b s
-    vstore_n(v + i + half, vfma(a, sv, vmul(b, cv)), r);  // b c + a s
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + int64_t{h} * head_dim;
+      const V a = vload_n(v + i, r), b = vload_n(v + i + half, r);
+      vstore_n(v + i, vfnma(b, sv, vmul(a, cv)), r);       // a c - b s
+      vstore_n(v + i + half, vfma(a, sv, vmul(b, cv)), r);  // b c + a s
+    }
   }
 }
 

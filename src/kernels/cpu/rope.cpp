@@ -47,9 +47,7 @@ void rope_forward(T* x, int n, int n_heads, int head_dim, const int32_t* pos,
     for (int t = 0; t < n; ++t) {
       const float* c = rt.cos.data() + int64_t{pos[t]} * half;
       const float* s = rt.sin.data() + int64_t{pos[t]} * half;
-      for (int h = 0; h < n_heads; ++h) {
-        k.rope_head(x + (int64_t{t} * n_heads + h) * head_dim, c, s, half, sign);
-      }
+      k.rope_row(x + int64_t{t} * n_heads * head_dim, n_heads, head_dim, c, s, half, sign);
     }
   }
 }

@@ -24,7 +24,7 @@ Kernels make_table(Isa isa) {
   k.norm_bwd_row = &norm_bwd_row;
   k.norm_bwd_cols = &norm_bwd_cols;
   k.colsum = &colsum;
-  k.rope_head = &rope_head;
+  k.rope_row = &rope_row;
   k.adamw = &adamw;
   return k;
 }

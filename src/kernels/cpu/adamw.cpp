@@ -1,4 +1,4 @@
-// Embedding, AdamW and small helpers on the CPU (kernels/ops.h).
+// The AdamW update and the small array helpers on the CPU (kernels/ops.h).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -6,27 +6,12 @@
 #include "kernels/cpu/kernels.h"
 #include "kernels/ops.h"
 #include "kernels/ref/adamw.h"
-#include "kernels/ref/embedding.h"
 
 namespace mlkv::ops {
 
 namespace {
-constexpr int64_t kElemParallel = 32768;
 constexpr int64_t kAdamChunk = int64_t{1} << 16;  // parameters per AdamW work item
 }  // namespace
-
-template <typename T>
-void embedding_forward(const int32_t* tok, const T* table, T* x, int n, int E) {
-#pragma omp parallel for schedule(static) if (int64_t{n} * E > kElemParallel)
-  for (int t = 0; t < n; ++t) {
-    std::memcpy(x + int64_t{t} * E, table + int64_t{tok[t]} * E, sizeof(T) * static_cast<size_t>(E));
-  }
-}
-
-template <typename T>
-void embedding_backward(const int32_t* tok, const T* dx, T* dtable, int n, int E) {
-  for (int t = 0; t < n; ++t) add_inplace(dtable + int64_t{tok[t]} * E, dx + int64_t{t} * E, E);
-}
 
 template <typename T>
 void adamw_update(T* p, T* g, T* m, T* v, int64_t n, const AdamWStep& h, bool zero_grad) {
@@ -60,11 +45,9 @@ void zero(T* y, int64_t n) {
 
 float dot(const float* a, const float* b, int64_t n) { return cpu::kernels().dot_n(a, b, n); }
 
-#define MLKV_INSTANTIATE(T)                                                                   \
-  template void embedding_forward<T>(const int32_t*, const T*, T*, int, int);                 \
-  template void embedding_backward<T>(const int32_t*, const T*, T*, int, int);                \
-  template void adamw_update<T>(T*, T*, T*, T*, int64_t, const AdamWStep&, bool);             \
-  template void add_inplace<T>(T*, const T*, int64_t);                                        \
+#define MLKV_INSTANTIATE(T)                                                       \
+  template void adamw_update<T>(T*, T*, T*, T*, int64_t, const AdamWStep&, bool); \
+  template void add_inplace<T>(T*, const T*, int64_t);                            \
   template void zero<T>(T*, int64_t);
 MLKV_INSTANTIATE(float)
 MLKV_INSTANTIATE(double)
