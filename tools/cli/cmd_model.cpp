@@ -18,7 +18,7 @@
 #include "runtime/bench.h"
 #include "runtime/engine.h"
 #include "runtime/membw.h"
-#include "runtime/presets.h"
+#include "model/presets.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mlkv::cli {
@@ -51,19 +51,8 @@ DType parse_cache_type(const std::string& s) {
   fail("--cache-type must be f32 or f16 (got '", s, "')");
 }
 
-// "MHA", "GQA-4", "MQA", "MLKV 4x1": how the model shares K/V.
-std::string scheme_name(const ModelConfig& c) {
-  const int m = c.n_kv_layers(), g = c.n_head_kv;
-  if (m < c.n_layer) return cat("MLKV (", m, " KV layers x ", g, " KV heads)");
-  if (g == c.n_head) return "MHA";
-  if (g == 1) return "MQA";
-  return cat("GQA (", g, " KV heads)");
-}
-
 std::string list_str(const std::vector<int>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s + "]";
+  return "[" + layer_list(v) + "]";
 }
 
 std::string human_bytes(double b) {
@@ -117,12 +106,11 @@ void run_info(const InfoArgs& a) {
   const int fit =
       budget > 0 ? static_cast<int>(std::min<int64_t>(budget / (per_tok * ctx), INT32_MAX)) : 0;
   // The same model without any sharing, for the saving factor l*h / (m*g).
-  const int64_t mha_per_tok =
-      int64_t{2} * c.n_layer * c.n_head * c.n_embd_head * int64_t(dtype_size(elem));
+  const int64_t mha_per_tok = c.mha_kv_bytes_per_token(dtype_size(elem));
   if (a.json_out) {
     json j = {{"model", a.model},
               {"family", family_name(c.family)},
-              {"scheme", scheme_name(c)},
+              {"scheme", sharing_scheme_name(c)},
               {"n_layer", c.n_layer},
               {"n_embd", c.n_embd},
               {"n_head", c.n_head},
@@ -142,7 +130,7 @@ void run_info(const InfoArgs& a) {
               {"ctx", ctx},
               {"batch", a.batch},
               {"kv_cache_bytes", total},
-              {"kv_reduction_vs_mha", static_cast<double>(mha_per_tok) / per_tok}};
+              {"kv_reduction_vs_mha", c.kv_reduction_vs_mha()}};
     if (budget > 0) {
       j["kv_budget_bytes"] = budget;
       j["sequences_in_budget"] = fit;
@@ -158,7 +146,7 @@ void run_info(const InfoArgs& a) {
       "geometry      %d layers, d_model %d, %d heads of %d, ff %d, vocab %d, ctx %d, rotary dims "
       "%d\n",
       c.n_layer, c.n_embd, c.n_head, c.n_embd_head, c.n_ff, c.n_vocab, c.n_ctx, c.n_rot);
-  std::printf("kv sharing    %s, %s-rotary sharing\n", scheme_name(c).c_str(),
+  std::printf("kv sharing    %s, %s-rotary sharing\n", sharing_scheme_name(c).c_str(),
               share_rope_name(c.share_rope));
   std::printf("kv heads      %d per KV layer\n", c.n_head_kv);
   std::printf("owner layers  %s\n", list_str(c.owner_layers()).c_str());
@@ -167,8 +155,7 @@ void run_info(const InfoArgs& a) {
   std::printf(
       "kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",
       static_cast<long long>(per_tok), a.cache_type.c_str(),
-      human_bytes(static_cast<double>(total)).c_str(), ctx, a.batch,
-      static_cast<double>(mha_per_tok) / per_tok);
+      human_bytes(static_cast<double>(total)).c_str(), ctx, a.batch, c.kv_reduction_vs_mha());
   if (budget > 0) {
     std::printf("kv budget     %s holds %d sequences of %d tokens (MHA: %lld)\n",
                 human_bytes(static_cast<double>(budget)).c_str(), fit, ctx,
@@ -333,7 +320,7 @@ void run_bench(const BenchArgs& a) {
     lm = load_model(a.model);
   } else {
     lm.config = geometry_preset(a.random);
-    apply_sharing(&lm.config, a.kv_heads, a.kv_layers);
+    apply_sharing(&lm.config, a.kv_heads, {.kv_layers = a.kv_layers});
     init_weights_random(lm.config, &lm.weights, 1234);
     name = "random " + a.random;
   }
