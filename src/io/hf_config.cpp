@@ -188,7 +188,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
                  " but kv_source has ", c.n_kv_layers(), " owner layers");
   }
   if (r.has("kv_share_rope")) {
-    c.share_rope = parse_share_rope(r.get_string("kv_share_rope", "post"), where + ": kv_share_rope");
+    c.share_rope =
+        parse_share_rope(r.get_string("kv_share_rope", "post"), where + ": kv_share_rope");
   } else {
     // The MLKV authors' gpt_neox checkpoints: num_key_value_layers without kv_share_rope were
     // trained with consumers reading the owner's keys before rotary.

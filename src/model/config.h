@@ -112,7 +112,7 @@ enum class KvSpecOrigin { kOptions, kConfig };
 // none means identity (every layer owns its K/V: MHA/GQA/MQA).
 struct KvSharingSpec {
   int n_layer = 0;
-  int kv_layers = 0;           // m owners by the authors' rule, 1 <= m <= n_layer; 0: not given
+  int kv_layers = 0;                // m owners by the authors' rule (1 <= m <= n_layer); 0: none
   std::vector<int> owners = {};     // explicit owner layers, strictly increasing, from 0
   std::vector<int> kv_source = {};  // explicit layer -> owner map: n_layer entries
   KvSpecOrigin origin = KvSpecOrigin::kOptions;

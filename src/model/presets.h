@@ -33,7 +33,7 @@ struct GeometryOverrides {
   int n_ctx = 0;    // 0: the preset's, at least min_ctx
   int min_ctx = 0;  // tokens per training row: the model's context is never shorter
   bool tied_embeddings = false;
-  int kv_heads = 0;  // KV heads per owner layer; 0: n_head (MHA)
+  int kv_heads = 0;       // KV heads per owner layer; 0: n_head (MHA)
   KvSharingSpec sharing;  // which layers own K/V (n_layer is filled in); nothing: every layer
   std::string share;      // kv_share_rope: "post" or "pre"; "": post
   int eos_token_id = -1;  // the data's end-of-text id (-1: none); BOS too for GPT-NeoX

@@ -2,6 +2,7 @@
 // cutting, word counts, bits-per-byte accounting, option checks, and evaluate() on the real tiny
 // model of the shared data (the results document, name de-duplication, errors).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
