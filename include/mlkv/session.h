@@ -31,7 +31,7 @@ struct Request {
   // Set to true (from any thread) to stop the sequence at the next step ("cancelled").
   std::shared_ptr<std::atomic<bool>> cancel;
   // Called on the thread that steps the session: every generated token, then once at the end
-  // (Generation::text is left empty; decode with a StreamDecoder or Tokenizer::decode).
+  // (Generation::text is left empty: decode with a StreamDecoder or Tokenizer::decode).
   std::function<void(int32_t)> on_token;
   std::function<void(const Generation&)> on_done;
 };

@@ -28,19 +28,7 @@ Session::Session(Engine& engine, const SessionOptions& opt) {
 Session::~Session() = default;
 
 void Session::submit(Request r) {
-  SeqRequest s;
-  s.prompt = std::move(r.prompt);
-  s.max_new_tokens = r.max_new_tokens;
-  s.sampling = r.sampling;
-  s.stop_at_eos = r.stop_at_eos;
-  s.cancel = std::move(r.cancel);
-  s.on_token = std::move(r.on_token);
-  if (r.on_done) {
-    s.on_done = [done = std::move(r.on_done)](const SeqResult& res) {
-      done(Generation{res.tokens, "", res.finish_reason});
-    };
-  }
-  impl_->sched.submit(std::move(s));
+  impl_->sched.submit(std::move(r));
 }
 
 bool Session::step() {

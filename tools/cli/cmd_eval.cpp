@@ -25,11 +25,11 @@ using json = nlohmann::json;
 namespace {
 
 struct EvalArgs {
-  std::string model, tokenizer, json_path, eval_dir, tmpl;
+  eval::EvalOptions o;  // --batch, --ctx, --stride, --limit, --max-bytes, --bos, --template
+  std::string model, tokenizer, json_path, eval_dir;
   std::vector<std::string> inputs, texts, shards, tasks;
-  int64_t limit = 0, max_bytes = 0;
-  int batch = 16, ctx = 0, stride = 0, threads = 0;
-  bool bos = false, no_share = false;
+  int threads = 0;
+  bool no_share = false;
 };
 
 void print_row(const std::string& name, const char* metric, double v, double se,
@@ -70,15 +70,8 @@ void print_result(const std::string& name, const json& j) {
 
 void run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
-  eval::EvalOptions o;
-  o.batch = a.batch;
-  o.ctx = a.ctx;
-  o.stride = a.stride;
-  o.limit = a.limit;
-  o.max_bytes = a.max_bytes;
-  o.bos = a.bos;
+  eval::EvalOptions o = a.o;
   o.share_context = !a.no_share;
-  o.tmpl = a.tmpl;
   o.model_name = a.model;
   o.progress = true;
   o.on_warning = [](const std::string& w) {
@@ -139,21 +132,21 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--eval-dir", a->eval_dir,
                   "Where task names are looked up (default $MLKV_EVAL_DIR or ../shared/data/eval)");
   cmd->add_option(
-      "--template", a->tmpl,
+      "--template", a->o.tmpl,
       "Prompt template for every task: qa, sciq, plain, lambada (default: by file name)");
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: next to the model)");
-  cmd->add_option("--limit", a->limit,
+  cmd->add_option("--limit", a->o.limit,
                   "Only the first N items of each task / N windows of each text");
-  cmd->add_option("--max-bytes", a->max_bytes, "Only the first N bytes of each text file");
-  cmd->add_option("--batch", a->batch, "Sequences scored together per forward pass")
+  cmd->add_option("--max-bytes", a->o.max_bytes, "Only the first N bytes of each text file");
+  cmd->add_option("--batch", a->o.batch, "Sequences scored together per forward pass")
       ->capture_default_str();
   cmd->add_option(
-      "--ctx", a->ctx,
+      "--ctx", a->o.ctx,
       "Most tokens fed per perplexity window / per task request (default: the model's context)");
-  cmd->add_option("--stride", a->stride,
+  cmd->add_option("--stride", a->o.stride,
                   "New tokens predicted per window (default: the window, disjoint windows)");
-  cmd->add_flag("--bos", a->bos,
+  cmd->add_flag("--bos", a->o.bos,
                 "Prepend BOS to every task context (lm-eval does not; llama2.c models want it)");
   cmd->add_flag("--no-share", a->no_share,
                 "Run every choice's context separately (for checking the shared pass)");
