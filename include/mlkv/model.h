@@ -75,7 +75,7 @@ struct LoadOptions {
                                 // a decode step reads; compute stays f32)
   int threads = 0;              // compute threads for the whole process; 0: all cores
   std::string device = "cpu";   // only "cpu" in this build
-  std::string tokenizer;        // tokenizer file or folder; "": the model's folder (or, for a
+  std::string tokenizer = "";   // tokenizer file or folder; "": the model's folder (or, for a
                                 // model file, the folder it is in)
   TokenizerMode tokenizer_mode = TokenizerMode::kAuto;
 };
@@ -91,11 +91,12 @@ struct Generation {
 
 struct GenerationOptions {
   int max_new_tokens = 32;  // per prompt, >= 0
-  SamplerParams sampling;   // prompt i samples with seed sampling.seed + i, so results do not
-                            // depend on how prompts are batched
-  int n_parallel = 8;       // sequences decoded together (KV-cache slots), > 0
-  int n_ctx = 0;            // cache context per sequence; 0: the longest prompt + max_new_tokens,
-                            // capped by the model's n_ctx
+  // Prompt i samples with seed sampling.seed + i, so results do not depend on how prompts are
+  // batched.
+  SamplerParams sampling = {};
+  int n_parallel = 8;  // sequences decoded together (KV-cache slots), > 0
+  // Cache context per sequence; 0: the longest prompt + max_new_tokens, capped by the model's.
+  int n_ctx = 0;
   std::string cache_type = "f32";  // "f32" or "f16" (half the cache)
   bool stop_at_eos = true;
 };

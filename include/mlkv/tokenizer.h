@@ -29,7 +29,9 @@ class Tokenizer {
   // (Added.) The bytes id contributes when at_start, i.e. every id before it has empty
   // token_bytes (none, or only BOS / EOS): SentencePiece-style tokenizers drop the dummy-prefix
   // space of that first piece. decode() and StreamDecoder are both built on this, so they agree.
-  virtual std::string token_bytes_at(int32_t id, bool at_start) const { return token_bytes(id); }
+  virtual std::string token_bytes_at(int32_t id, bool /*at_start*/) const {
+    return token_bytes(id);
+  }
 
   virtual int32_t n_vocab() const = 0;
   virtual int32_t bos_id() const { return -1; }  // -1 when absent
