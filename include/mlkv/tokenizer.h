@@ -46,6 +46,8 @@ class Tokenizer {
 // mlkv::Error naming the file and the problem when nothing loadable is found or the file is
 // malformed. docs/TOKENIZERS.md has the details.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+// The same, but null instead of an error when none can be found or read (an optional tokenizer).
+std::unique_ptr<Tokenizer> try_load_tokenizer(const std::string& path);
 
 // Streams decoded text token by token without ever emitting broken UTF-8: bytes of an incomplete
 // multi-byte sequence are held back until the sequence completes. The concatenation of push()

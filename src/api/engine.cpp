@@ -114,11 +114,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& opt) {
   if (opt.tokenizer_mode == TokenizerMode::kRequired) {
     tok = load_tokenizer(tok_path);
   } else if (opt.tokenizer_mode == TokenizerMode::kAuto) {
-    try {
-      tok = load_tokenizer(tok_path);
-    } catch (const Error&) {
-      tok.reset();  // none found or none readable: token ids only
-    }
+    tok = try_load_tokenizer(tok_path);  // none found or none readable: token ids only
   }
   ModelInfo info = info_from_config(model.config());
   return Engine(std::make_unique<Impl>(Impl{std::move(model), std::move(tok), std::move(info)}));

@@ -107,6 +107,9 @@ TEST(PublicApi, Tokenizer) {
   // The same tokenizer on its own.
   const std::unique_ptr<mlkv::Tokenizer> alone = mlkv::load_tokenizer(kTok);
   EXPECT_EQ(alone->encode(text, true), ids);
+  EXPECT_NE(mlkv::try_load_tokenizer(kTok), nullptr);
+  EXPECT_EQ(mlkv::try_load_tokenizer(kDir + "/no_such_tokenizer.bin"), nullptr);
+  EXPECT_THROW(mlkv::load_tokenizer(kDir + "/no_such_tokenizer.bin"), mlkv::Error);
 }
 
 TEST(PublicApi, ScoreLogitsAndCachedScoring) {

@@ -91,17 +91,9 @@ void run_eval(const EvalArgs& a) {
 
   Model model = Model::load(a.model);
   // Text and tasks need a tokenizer; shards use one, when there is one, for bits per byte.
-  std::unique_ptr<Tokenizer> tok;
   const std::string tok_path = a.tokenizer.empty() ? a.model : a.tokenizer;
-  if (eval::needs_tokenizer(inputs)) {
-    tok = load_tokenizer(tok_path);
-  } else {
-    try {
-      tok = load_tokenizer(tok_path);
-    } catch (const Error&) {
-      tok.reset();
-    }
-  }
+  const std::unique_ptr<Tokenizer> tok =
+      eval::needs_tokenizer(inputs) ? load_tokenizer(tok_path) : try_load_tokenizer(tok_path);
   const eval::EvalReport rep = eval::evaluate(model, tok.get(), inputs, o);
 
   const json& d = rep.document;
