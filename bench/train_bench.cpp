@@ -22,7 +22,7 @@
 #include "core/timer.h"
 #include "kernels/blas/blas.h"
 #include "kernels/threads.h"
-#include "runtime/presets.h"
+#include "model/presets.h"
 #include "train/optimizer.h"
 #include "train/train_model.h"
 #include "train/trainer.h"
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
     ModelConfig cfg = geometry_preset(preset);
     cfg.n_vocab = vocab;
     cfg.n_ctx = std::max(cfg.n_ctx, ctx);
-    apply_sharing(&cfg, kv_heads, kv_layers);
+    apply_sharing(&cfg, kv_heads, {.kv_layers = kv_layers});
     const int batch = std::max(1, tokens / ctx);
     const int64_t n_tok = int64_t{batch} * ctx;
     ModelWeights w, g;

@@ -48,15 +48,6 @@ WidenMode parse_widen(const std::string& s) {
 
 namespace {
 
-std::string list_str(const std::vector<int>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i > 0) s += ',';
-    s += std::to_string(v[i]);
-  }
-  return s;
-}
-
 // Mean-pools the heads of a K or V tensor over contiguous groups: [n_src*d, cols] ->
 // [n_dst*d, cols] in double (cols = 1 for a bias).
 std::vector<double> pool_heads(const Tensor& t, int n_src, int n_dst, int d) {
@@ -149,7 +140,7 @@ ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
   src.validate();
   MLKV_REQUIRE(!src.shares_across_layers(),
                "the source model already shares K/V across layers (kv_source ",
-               list_str(src.kv_source), "): convert a model whose every layer owns its K/V");
+               layer_list(src.kv_source), "): convert a model whose every layer owns its K/V");
   ModelConfig c = src;
 
   const int G = opt.kv_heads > 0 ? opt.kv_heads : src.n_head_kv;
@@ -160,30 +151,12 @@ ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
                src.n_head_kv, " KV heads per layer (heads can only be pooled, not split)");
   c.n_head_kv = G;
 
-  const int n_choices =
-      (opt.kv_layers != 0 ? 1 : 0) + (opt.owners.empty() ? 0 : 1) + (opt.kv_source.empty() ? 0 : 1);
-  MLKV_REQUIRE(n_choices <= 1, "give at most one of --kv-layers, --owners and --kv-source");
-  if (opt.kv_layers != 0) {
-    MLKV_REQUIRE(opt.kv_layers >= 1 && opt.kv_layers <= src.n_layer, "--kv-layers ", opt.kv_layers,
-                 " is out of range: the model has ", src.n_layer,
-                 " layers (1 <= M <= ", src.n_layer, ")");
-    c.kv_source =
-        kv_source_from_owners(src.n_layer, owners_by_authors_rule(src.n_layer, opt.kv_layers));
-  } else if (!opt.owners.empty()) {
-    MLKV_REQUIRE(opt.owners[0] == 0, "--owners must start at layer 0 (got ", list_str(opt.owners),
-                 "): layer 0 has no earlier layer to read K/V from");
-    for (size_t i = 1; i < opt.owners.size(); ++i) {
-      MLKV_REQUIRE(opt.owners[i] > opt.owners[i - 1], "--owners must be strictly increasing (got ",
-                   list_str(opt.owners), ")");
-    }
-    MLKV_REQUIRE(opt.owners.back() < src.n_layer, "--owners names layer ", opt.owners.back(),
-                 " but the model has ", src.n_layer, " layers (0..", src.n_layer - 1, ")");
-    c.kv_source = kv_source_from_owners(src.n_layer, opt.owners);
-  } else if (!opt.kv_source.empty()) {
-    MLKV_REQUIRE(static_cast<int>(opt.kv_source.size()) == src.n_layer, "--kv-source has ",
-                 opt.kv_source.size(), " entries but the model has ", src.n_layer, " layers");
-    c.kv_source = opt.kv_source;
-  }
+  KvSharingSpec spec;
+  spec.n_layer = src.n_layer;
+  spec.kv_layers = opt.kv_layers;
+  spec.owners = opt.owners;
+  spec.kv_source = opt.kv_source;
+  c.kv_source = build_kv_source(spec);
   c.share_rope = opt.share;
   try {
     c.validate();

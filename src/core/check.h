@@ -9,16 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
-#include <stdexcept>
 #include <string>
 
-namespace mlkv {
+#include "mlkv/error.h"  // mlkv::Error: a failure the user can act on (public)
 
-// A failure the user can act on: the message names the problem (file, tensor, value).
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace mlkv {
 
 // Concatenates any streamable values into one string: cat("layer ", 3, " has ", 2.5).
 template <typename... Args>

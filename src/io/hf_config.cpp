@@ -160,21 +160,27 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
   if (r.has("rope_scaling")) c.rope_scaling = read_rope_scaling(r.raw("rope_scaling"), where);
 
   // --- cross-layer sharing ---
+  // An explicit kv_source wins; num_key_value_layers next to it must then agree with it.
   const bool has_layers = r.has("num_key_value_layers");
   const int n_kv_layers = r.get_int("num_key_value_layers", c.n_layer);
+  KvSharingSpec spec;
+  spec.n_layer = c.n_layer;
+  spec.origin = KvSpecOrigin::kConfig;
   if (r.has("kv_source")) {
     const json& ks = r.raw("kv_source");
     MLKV_REQUIRE(ks.is_array(), where, ": kv_source must be a list of layer indices");
     for (const auto& v : ks) {
       MLKV_REQUIRE(v.is_number_integer(), where, ": kv_source entries must be integers");
-      c.kv_source.push_back(v.get<int>());
+      spec.kv_source.push_back(v.get<int>());
     }
-    MLKV_REQUIRE(static_cast<int>(c.kv_source.size()) == c.n_layer, where, ": kv_source has ",
-                 c.kv_source.size(), " entries but num_hidden_layers is ", c.n_layer);
+    MLKV_REQUIRE(!spec.kv_source.empty(), where, ": kv_source is empty");
   } else if (has_layers) {
-    c.kv_source = kv_source_from_owners(c.n_layer, owners_by_authors_rule(c.n_layer, n_kv_layers));
-  } else {
-    for (int il = 0; il < c.n_layer; ++il) c.kv_source.push_back(il);
+    spec.kv_layers = n_kv_layers;  // 0 means "not given": the check below refuses it
+  }
+  try {
+    c.kv_source = build_kv_source(spec);
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
   }
   c.validate();
   if (has_layers) {
@@ -182,14 +188,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
                  " but kv_source has ", c.n_kv_layers(), " owner layers");
   }
   if (r.has("kv_share_rope")) {
-    const std::string s = r.get_string("kv_share_rope", "post");
-    if (s == "post") {
-      c.share_rope = KvShareRope::kPost;
-    } else if (s == "pre") {
-      c.share_rope = KvShareRope::kPre;
-    } else {
-      fail(where, ": kv_share_rope must be \"post\" or \"pre\" (got \"", s, "\")");
-    }
+    c.share_rope =
+        parse_share_rope(r.get_string("kv_share_rope", "post"), where + ": kv_share_rope");
   } else {
     // The MLKV authors' gpt_neox checkpoints: num_key_value_layers without kv_share_rope were
     // trained with consumers reading the owner's keys before rotary.

@@ -59,7 +59,7 @@ LoadedModel load_llama2c(const std::string& path) {
   c.tied_embeddings = shared_cls;
   c.bos_token_id = 1;
   c.eos_token_id = 2;
-  for (int il = 0; il < n_layers; ++il) c.kv_source.push_back(il);
+  c.kv_source = build_kv_source({.n_layer = n_layers});  // every layer owns its K/V
   c.validate();
 
   const int64_t head = c.n_embd_head, kv_dim = int64_t{n_kv} * head;

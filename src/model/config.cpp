@@ -15,6 +15,33 @@ const char* share_rope_name(KvShareRope s) {
   return s == KvShareRope::kPost ? "post" : "pre";
 }
 
+KvShareRope parse_share_rope(const std::string& s, const std::string& what) {
+  if (s == "post") return KvShareRope::kPost;
+  if (s == "pre") return KvShareRope::kPre;
+  fail(what, " must be \"post\" or \"pre\" (got \"", s, "\")");
+}
+
+namespace {
+
+// The invariants of a layer -> owner map; `prefix` starts every message ("config: " or ""),
+// `name` is what the map is called where it came from (kv_source, --kv-source).
+void check_kv_map(const std::vector<int>& src, int n_layer, const char* prefix,
+                  const char* name) {
+  MLKV_REQUIRE(static_cast<int>(src.size()) == n_layer, prefix, name, " has ", src.size(),
+               " entries but the model has ", n_layer, " layers");
+  for (int il = 0; il < n_layer; ++il) {
+    const int s = src[static_cast<size_t>(il)];
+    MLKV_REQUIRE(s >= 0, prefix, "kv_source[", il, "] = ", s, " is negative");
+    MLKV_REQUIRE(s <= il, prefix, "kv_source[", il, "] = ", s,
+                 " points forward (a layer can only use K/V of itself or an earlier layer)");
+    MLKV_REQUIRE(src[static_cast<size_t>(s)] == s, prefix, "kv_source[", il, "] = ", s,
+                 " points at layer ", s, ", which does not own K/V (kv_source[", s, "] = ",
+                 src[static_cast<size_t>(s)], ")");
+  }
+}
+
+}  // namespace
+
 std::vector<int> ModelConfig::owner_layers() const {
   std::vector<int> owners;
   for (int il = 0; il < n_layer; ++il) {
@@ -29,6 +56,15 @@ int ModelConfig::n_kv_layers() const {
 
 int64_t ModelConfig::kv_bytes_per_token(size_t elem_size) const {
   return int64_t{2} * n_kv_layers() * n_head_kv * n_embd_head * static_cast<int64_t>(elem_size);
+}
+
+int64_t ModelConfig::mha_kv_bytes_per_token(size_t elem_size) const {
+  return int64_t{2} * n_layer * n_head * n_embd_head * static_cast<int64_t>(elem_size);
+}
+
+double ModelConfig::kv_reduction_vs_mha() const {
+  return static_cast<double>(mha_kv_bytes_per_token(1)) /
+         static_cast<double>(kv_bytes_per_token(1));
 }
 
 bool ModelConfig::shares_across_layers() const {
@@ -109,17 +145,7 @@ void ModelConfig::validate() const {
                ") must be even and at most the head size (", n_embd_head, ")");
   MLKV_REQUIRE(rope_theta > 0, "config: rotary base must be positive");
   MLKV_REQUIRE(norm_eps >= 0, "config: norm epsilon must not be negative");
-  MLKV_REQUIRE(static_cast<int>(kv_source.size()) == n_layer, "config: kv_source has ",
-               kv_source.size(), " entries but the model has ", n_layer, " layers");
-  for (int il = 0; il < n_layer; ++il) {
-    const int src = kv_source[static_cast<size_t>(il)];
-    MLKV_REQUIRE(src >= 0, "config: kv_source[", il, "] = ", src, " is negative");
-    MLKV_REQUIRE(src <= il, "config: kv_source[", il, "] = ", src,
-                 " points forward (a layer can only use K/V of itself or an earlier layer)");
-    MLKV_REQUIRE(kv_source[static_cast<size_t>(src)] == src, "config: kv_source[", il, "] = ", src,
-                 " points at layer ", src, ", which does not own K/V (kv_source[", src,
-                 "] = ", kv_source[static_cast<size_t>(src)], ")");
-  }
+  check_kv_map(kv_source, n_layer, "config: ", "kv_source");
   MLKV_REQUIRE(bos_token_id < n_vocab && eos_token_id < n_vocab,
                "config: bos/eos token id is outside the vocabulary");
 }
@@ -128,6 +154,20 @@ std::string ModelConfig::summary() const {
   return cat(family_name(family), " L=", n_layer, " E=", n_embd, " H=", n_head, " G=", n_head_kv,
              " M=", n_kv_layers(), " d_head=", n_embd_head, " ff=", n_ff, " V=", n_vocab,
              " share=", share_rope_name(share_rope));
+}
+
+std::string layer_list(const std::vector<int>& layers) {
+  std::string s;
+  for (size_t i = 0; i < layers.size(); ++i) s += (i > 0 ? "," : "") + std::to_string(layers[i]);
+  return s;
+}
+
+std::string sharing_scheme_name(const ModelConfig& c) {
+  const int m = c.n_kv_layers(), g = c.n_head_kv;
+  if (m < c.n_layer) return cat("MLKV (", m, " KV layers x ", g, " KV heads)");
+  if (g == c.n_head) return "MHA";
+  if (g == 1) return "MQA";
+  return cat("GQA (", g, " KV heads)");
 }
 
 std::vector<int> owners_by_authors_rule(int n_layer, int n_kv_layers) {
@@ -155,6 +195,44 @@ std::vector<int> kv_source_from_owners(int n_layer, const std::vector<int>& owne
     src[static_cast<size_t>(il)] = owners[k];
   }
   return src;
+}
+
+std::vector<int> build_kv_source(const KvSharingSpec& s) {
+  const bool cfg = s.origin == KvSpecOrigin::kConfig;
+  const char* layers_name = cfg ? "num_key_value_layers" : "--kv-layers";
+  const char* owners_name = cfg ? "owners" : "--owners";
+  const char* map_name = cfg ? "kv_source" : "--kv-source";
+  const int L = s.n_layer;
+  MLKV_REQUIRE(L > 0, "the number of layers must be positive (got ", L, ")");
+  const int n_given =
+      (s.kv_layers != 0 ? 1 : 0) + (s.owners.empty() ? 0 : 1) + (s.kv_source.empty() ? 0 : 1);
+  MLKV_REQUIRE(n_given <= 1, "give at most one of ", layers_name, ", ", owners_name, " and ",
+               map_name);
+  if (s.kv_layers != 0) {
+    // Config keys get owners_by_authors_rule's own message, which names num_key_value_layers.
+    MLKV_REQUIRE(cfg || (s.kv_layers >= 1 && s.kv_layers <= L), layers_name, " ", s.kv_layers,
+                 " is out of range: the model has ", L, " layers (1 <= M <= ", L, ")");
+    return kv_source_from_owners(L, owners_by_authors_rule(L, s.kv_layers));
+  }
+  if (!s.owners.empty()) {
+    const std::vector<int>& o = s.owners;
+    MLKV_REQUIRE(o[0] == 0, owners_name, " must start at layer 0 (got ", layer_list(o),
+                 "): layer 0 has no earlier layer to read K/V from");
+    for (size_t i = 1; i < o.size(); ++i) {
+      MLKV_REQUIRE(o[i] > o[i - 1], owners_name, " must be strictly increasing (got ",
+                   layer_list(o), ")");
+    }
+    MLKV_REQUIRE(o.back() < L, owners_name, " names layer ", o.back(), " but the model has ", L,
+                 " layers (0..", L - 1, ")");
+    return kv_source_from_owners(L, o);
+  }
+  if (!s.kv_source.empty()) {
+    check_kv_map(s.kv_source, L, "", map_name);
+    return s.kv_source;
+  }
+  std::vector<int> identity(static_cast<size_t>(L));
+  for (int il = 0; il < L; ++il) identity[static_cast<size_t>(il)] = il;
+  return identity;
 }
 
 ModelConfig preset_gpt_neox() {

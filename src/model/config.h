@@ -30,6 +30,9 @@ struct RopeScaling {
 
 const char* family_name(Family f);           // "gpt_neox", "llama"
 const char* share_rope_name(KvShareRope s);  // "post", "pre"
+// The one parser of the kv_share_rope spellings "post" and "pre" (config.json, --share). Throws
+// mlkv::Error `<what> must be "post" or "pre" (got "<s>")`; `what` names the key or option.
+KvShareRope parse_share_rope(const std::string& s, const std::string& what = "kv_share_rope");
 
 struct ModelConfig {
   Family family = Family::kLlama;
@@ -70,6 +73,11 @@ struct ModelConfig {
   int n_embd_kv() const { return n_head_kv * n_embd_head; }
   // Bytes of K and V stored per token (all owner layers): 2 * m * g * d_head * elem_size.
   int64_t kv_bytes_per_token(size_t elem_size) const;
+  // The same for this model without any sharing (every layer owns n_head KV heads):
+  // 2 * l * h * d_head * elem_size bytes per token.
+  int64_t mha_kv_bytes_per_token(size_t elem_size) const;
+  // How many times smaller the cache is than MHA's: l * h / (m * g) (independent of the element).
+  double kv_reduction_vs_mha() const;
   int64_t n_params() const;
   // Rotary inverse frequencies of the n_rot / 2 dimension pairs, scaling applied.
   std::vector<double> rope_inv_freq() const;
@@ -83,11 +91,39 @@ struct ModelConfig {
   std::string summary() const;
 };
 
+// "0,3,6": a list of layers as the options spell it (messages; printed in brackets by the CLI).
+std::string layer_list(const std::vector<int>& layers);
+
+// How the model shares K/V, for people: "MHA", "GQA (g KV heads)", "MQA", or
+// "MLKV (m KV layers x g KV heads)" when some layer reads another layer's K/V.
+std::string sharing_scheme_name(const ModelConfig& cfg);
+
 // The MLKV authors' owner rule for m KV layers out of n_layer: [0] + [int((i+1) * (L/m))], with
 // the division in floating point exactly as their code does it.
 std::vector<int> owners_by_authors_rule(int n_layer, int n_kv_layers);
 // kv_source from a sorted owner list: each layer uses the nearest owner at or below it.
 std::vector<int> kv_source_from_owners(int n_layer, const std::vector<int>& owners);
+
+// Where a KvSharingSpec came from, which sets the wording of its errors: command-line options
+// (--kv-layers, --owners, --kv-source) or config.json keys (num_key_value_layers, kv_source).
+enum class KvSpecOrigin { kOptions, kConfig };
+
+// The ways to say which layers own K/V. At most one of kv_layers, owners and kv_source is given;
+// none means identity (every layer owns its K/V: MHA/GQA/MQA).
+struct KvSharingSpec {
+  int n_layer = 0;
+  int kv_layers = 0;                // m owners by the authors' rule (1 <= m <= n_layer); 0: none
+  std::vector<int> owners = {};     // explicit owner layers, strictly increasing, from 0
+  std::vector<int> kv_source = {};  // explicit layer -> owner map: n_layer entries
+  KvSpecOrigin origin = KvSpecOrigin::kOptions;
+};
+
+// The one builder of kv_source (config.json, conversion, presets, training, imports): returns a
+// map of n_layer entries with kv_source[l] <= l and kv_source[kv_source[l]] == kv_source[l].
+// Throws mlkv::Error naming the option or key for two sources at once, m out of range, owners
+// not starting at 0 / not increasing / past the last layer, a map of the wrong length, pointing
+// forward or at a layer that does not own K/V.
+std::vector<int> build_kv_source(const KvSharingSpec& spec);
 
 // Presets with the families' usual defaults (sizes still to be set by the caller).
 ModelConfig preset_gpt_neox();

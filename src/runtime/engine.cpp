@@ -68,13 +68,13 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
   Scheduler sched(model, std::min(opt.n_parallel, n_req), n_ctx, opt.cache_elem);
   for (int i = 0; i < n_req; ++i) {
     const GenerateRequest& g = requests[static_cast<size_t>(i)];
-    SeqRequest r;
+    Request r;
     r.prompt = g.prompt;
     r.max_new_tokens = g.max_new_tokens;
     r.sampling = g.sampling;
     r.stop_at_eos = opt.stop_at_eos;
     if (opt.on_token) r.on_token = [&opt, i](int32_t t) { opt.on_token(i, t); };
-    r.on_done = [&results, i](const SeqResult& s) {
+    r.on_done = [&results, i](const Generation& s) {
       results[static_cast<size_t>(i)] = {s.tokens, s.finish_reason};
     };
     try {

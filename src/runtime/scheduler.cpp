@@ -8,7 +8,7 @@ Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, DType cache_elem)
     : model_(model), n_parallel_(n_parallel), n_ctx_(n_ctx),
       cache_(model.new_cache(n_parallel, n_ctx, cache_elem)) {}
 
-void Scheduler::submit(SeqRequest r) {
+void Scheduler::submit(Request r) {
   const ModelConfig& c = model_.config();
   MLKV_REQUIRE(!r.prompt.empty(), "the prompt is empty");
   MLKV_REQUIRE(r.max_new_tokens >= 0, "the token budget must not be negative");
@@ -40,14 +40,14 @@ bool Scheduler::step() {
     std::lock_guard<std::mutex> lock(mu_);
     while (!pending_.empty()) {
       if (pending_.front().max_new_tokens == 0) {  // nothing to generate: done at once
-        SeqRequest r = std::move(pending_.front());
+        Request r = std::move(pending_.front());
         pending_.pop_front();
-        if (r.on_done) r.on_done({{}, "length"});
+        if (r.on_done) r.on_done({{}, "", "length"});
         continue;
       }
       const int seq = cache_.acquire_seq();
       if (seq < 0) break;
-      SeqRequest r = std::move(pending_.front());
+      Request r = std::move(pending_.front());
       pending_.pop_front();
       Sampler sampler(r.sampling);
       active_.push_back({std::move(r), seq, -1, std::move(sampler), {}});
@@ -114,13 +114,13 @@ void Scheduler::serve_forever() {
   }
   // Cancel whatever is left so waiting clients are answered.
   for (size_t i = active_.size(); i-- > 0;) finish(i, "cancelled");
-  std::deque<SeqRequest> left;
+  std::deque<Request> left;
   {
     std::lock_guard<std::mutex> lock(mu_);
     left.swap(pending_);
   }
   for (auto& r : left) {
-    if (r.on_done) r.on_done({{}, "cancelled"});
+    if (r.on_done) r.on_done({{}, "", "cancelled"});
   }
 }
 

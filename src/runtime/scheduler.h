@@ -1,39 +1,29 @@
 // Continuous batching over one KV cache: requests arrive (from any thread), wait for a free
 // sequence slot, are prefilled together with the decode steps of the sequences already running,
-// and free their slot when they finish. generate() and the HTTP server both run on this.
+// and free their slot when they finish. generate() and mlkv::Session (the HTTP server's engine)
+// both run on this.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
-#include <memory>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "mlkv/session.h"
 #include "model/model.h"
 #include "sampling/sampler.h"
 
 namespace mlkv {
 
-struct SeqResult {
-  std::vector<int32_t> tokens;  // generated ids (prompt excluded)
-  std::string finish_reason;    // "eos", "length", "context" or "cancelled"
-};
-
-struct SeqRequest {
-  std::vector<int32_t> prompt;
-  int max_new_tokens = 32;
-  SamplerParams sampling;
-  bool stop_at_eos = true;
-  // Set to true (from any thread) to stop the sequence at the next step ("cancelled").
-  std::shared_ptr<std::atomic<bool>> cancel;
-  // Called on the scheduler's thread: each generated token, then once at the end.
-  std::function<void(int32_t)> on_token;
-  std::function<void(const SeqResult&)> on_done;
-};
+// Requests and results are the public API's (mlkv/session.h): mlkv::Request (prompt, budget,
+// sampling, stop_at_eos, cancel flag, on_token / on_done callbacks, both called on the
+// scheduler's thread) and mlkv::Generation (tokens and finish reason: "eos", "length", "context"
+// or "cancelled"; its text is left empty here).
 
 class Scheduler {
  public:
@@ -42,7 +32,7 @@ class Scheduler {
 
   // Validates and queues a request (thread-safe). Throws mlkv::Error when it can never run
   // (empty prompt, token ids outside the vocabulary, prompt longer than the context).
-  void submit(SeqRequest r);
+  void submit(Request r);
   // One engine step: admit waiting requests into free slots, run one forward over every prefill
   // and decode token, sample, retire finished sequences. Returns false when there was no work.
   bool step();
@@ -60,11 +50,11 @@ class Scheduler {
 
  private:
   struct Active {
-    SeqRequest req;
+    Request req;
     int seq;
     int32_t next;  // token to feed next step; -1 before the prompt is prefilled
     Sampler sampler;
-    SeqResult result;
+    Generation result;
   };
   void finish(size_t i, const char* reason);
 
@@ -73,10 +63,10 @@ class Scheduler {
   KVCache cache_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<SeqRequest> pending_;  // guarded by mu_
-  bool stopping_ = false;           // guarded by mu_
-  int running_ = 0;                 // guarded by mu_ (mirror of active_.size())
-  std::vector<Active> active_;      // scheduler thread only
+  std::deque<Request> pending_;  // guarded by mu_
+  bool stopping_ = false;        // guarded by mu_
+  int running_ = 0;              // guarded by mu_ (mirror of active_.size())
+  std::vector<Active> active_;   // scheduler thread only
   std::vector<float> logits_;
   Batch batch_;
 };

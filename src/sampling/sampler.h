@@ -6,14 +6,9 @@
 #include <random>
 #include <vector>
 
-namespace mlkv {
+#include "mlkv/sampling.h"  // SamplerParams (public)
 
-struct SamplerParams {
-  float temperature = 0.0f;  // 0: greedy
-  int top_k = 0;             // 0: no top-k cut
-  float top_p = 1.0f;        // 1: no nucleus cut
-  uint64_t seed = 0;
-};
+namespace mlkv {
 
 class Sampler {
  public:

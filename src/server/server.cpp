@@ -1,4 +1,4 @@
-#include "server/server.h"
+#include "server.h"  // (this target sees include/mlkv only, not src/)
 
 #include <httplib.h>
 #include <sys/socket.h>
@@ -15,9 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "core/check.h"
-#include "runtime/scheduler.h"
-#include "tokenizer/tokenizer.h"
+#include "mlkv/session.h"
 
 namespace mlkv {
 
@@ -48,11 +46,11 @@ struct Channel {
   std::condition_variable cv;
   std::deque<int32_t> tokens;
   bool done = false;
-  SeqResult result;
+  Generation result;
 };
 
 struct Parsed {
-  SeqRequest req;
+  Request req;
   bool stream = false;
   bool has_text = false;
 };
@@ -63,16 +61,16 @@ T field(const json& j, const char* key, T def) {
   try {
     return j[key].get<T>();
   } catch (const json::exception&) {
-    throw HttpError{400, cat("field '", key, "' has the wrong type")};
+    throw HttpError{400, "field '" + std::string(key) + "' has the wrong type"};
   }
 }
 
-Parsed parse_request(const std::string& body, const Tokenizer* tok, const Scheduler& sched) {
+Parsed parse_request(const std::string& body, const Tokenizer* tok, const Session& session) {
   json j;
   try {
     j = json::parse(body);
   } catch (const json::exception& e) {
-    throw HttpError{400, cat("body is not valid JSON: ", e.what())};
+    throw HttpError{400, std::string("body is not valid JSON: ") + e.what()};
   }
   if (!j.is_object()) throw HttpError{400, "body must be a JSON object"};
   Parsed p;
@@ -81,7 +79,8 @@ Parsed parse_request(const std::string& body, const Tokenizer* tok, const Schedu
     for (const auto& t : j["tokens"]) {
       if (!t.is_number_integer()) throw HttpError{400, "'tokens' must be a list of token ids"};
       const auto v = t.get<int64_t>();
-      if (v < 0 || v > INT32_MAX) throw HttpError{400, cat("token id ", v, " is out of range")};
+      if (v < 0 || v > INT32_MAX)
+        throw HttpError{400, "token id " + std::to_string(v) + " is out of range"};
       p.req.prompt.push_back(static_cast<int32_t>(v));
     }
   } else if (j.contains("prompt")) {
@@ -95,10 +94,11 @@ Parsed parse_request(const std::string& body, const Tokenizer* tok, const Schedu
   }
   p.req.max_new_tokens = field<int>(j, "max_tokens", 16);
   if (p.req.max_new_tokens < 0) throw HttpError{400, "'max_tokens' must not be negative"};
-  if (static_cast<int64_t>(p.req.prompt.size()) + p.req.max_new_tokens > sched.n_ctx()) {
-    throw HttpError{
-        400, cat("prompt (", p.req.prompt.size(), " tokens) + max_tokens (", p.req.max_new_tokens,
-                 ") exceed the context of ", sched.n_ctx(), " tokens")};
+  if (static_cast<int64_t>(p.req.prompt.size()) + p.req.max_new_tokens > session.n_ctx()) {
+    throw HttpError{400, "prompt (" + std::to_string(p.req.prompt.size()) +
+                             " tokens) + max_tokens (" + std::to_string(p.req.max_new_tokens) +
+                             ") exceed the context of " + std::to_string(session.n_ctx()) +
+                             " tokens"};
   }
   p.req.sampling.temperature = field<float>(j, "temperature", 0.0f);
   p.req.sampling.top_k = field<int>(j, "top_k", 0);
@@ -115,12 +115,17 @@ void stop_server() {
   on_signal(0);
 }
 
-void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
-  const ModelConfig& c = model.config();
-  MLKV_REQUIRE(opt.n_parallel > 0, "--parallel must be positive");
-  const int n_ctx = opt.n_ctx > 0 ? opt.n_ctx : c.n_ctx;
-  Scheduler sched(model, opt.n_parallel, n_ctx, opt.cache_elem);
-  std::thread engine([&] { sched.serve_forever(); });
+void run_server(Engine& engine, const ServerOptions& opt) {
+  const ModelInfo& info = engine.info();
+  const Tokenizer* tok = engine.has_tokenizer() ? &engine.tokenizer() : nullptr;
+  if (opt.n_parallel <= 0) throw Error("--parallel must be positive");
+  SessionOptions so;
+  so.n_parallel = opt.n_parallel;
+  so.n_ctx = opt.n_ctx;
+  so.cache_type = opt.cache_type;
+  Session session(engine, so);
+  const int n_ctx = session.n_ctx();
+  std::thread engine_thread([&] { session.serve_forever(); });
 
   httplib::Server srv;
   srv.new_task_queue = [&] {
@@ -132,27 +137,25 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
     res.set_content(R"({"status":"ok"})", "application/json");
   });
   srv.Get("/v1/model", [&](const httplib::Request&, httplib::Response& res) {
-    int queued = 0, running = 0;
-    sched.load(&queued, &running);
-    json j = {{"config", c.summary()},
-              {"kv_source", c.kv_source},
-              {"kv_share_rope", share_rope_name(c.share_rope)},
+    const SessionLoad load = session.load();
+    json j = {{"config", info.summary},
+              {"kv_source", info.kv_source},
+              {"kv_share_rope", info.kv_share_rope},
               {"n_ctx", n_ctx},
               {"n_parallel", opt.n_parallel},
-              {"kv_cache_bytes", sched.cache_bytes()},
-              {"kv_bytes_per_token", c.kv_bytes_per_token(dtype_size(opt.cache_elem))},
-              {"queued", queued},
-              {"running", running},
+              {"kv_cache_bytes", session.cache_bytes()},
+              {"kv_bytes_per_token", info.kv_bytes_per_token(opt.cache_type)},
+              {"queued", load.queued},
+              {"running", load.running},
               {"tokenizer", tok != nullptr}};
     res.set_content(j.dump(), "application/json");
   });
   srv.Post("/v1/completions", [&](const httplib::Request& http_req, httplib::Response& res) {
     Parsed p;
     try {
-      p = parse_request(http_req.body, tok, sched);
-      int queued = 0, running = 0;
-      sched.load(&queued, &running);
-      if (queued >= opt.max_queue) throw HttpError{503, "the request queue is full; retry later"};
+      p = parse_request(http_req.body, tok, session);
+      if (session.load().queued >= opt.max_queue)
+        throw HttpError{503, "the request queue is full; retry later"};
     } catch (const HttpError& e) {
       return reply_error(res, e.status, e.message);
     } catch (const Error& e) {
@@ -167,14 +170,14 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
       ch->tokens.push_back(t);
       ch->cv.notify_all();
     };
-    p.req.on_done = [ch](const SeqResult& r) {
+    p.req.on_done = [ch](const Generation& r) {
       std::lock_guard<std::mutex> lock(ch->mu);
       ch->done = true;
       ch->result = r;
       ch->cv.notify_all();
     };
     try {
-      sched.submit(std::move(p.req));
+      session.submit(std::move(p.req));
     } catch (const Error& e) {
       return reply_error(res, 400, e.what());
     }
@@ -257,20 +260,21 @@ void run_server(Model& model, const Tokenizer* tok, const ServerOptions& opt) {
                  std::strerror(errno));
   }
   if (port <= 0) {
-    sched.stop();
-    engine.join();
+    session.stop();
+    engine_thread.join();
     g_server.store(nullptr);
-    fail("cannot listen on ", opt.host, ":", opt.port, " (port in use or not permitted)");
+    throw Error("cannot listen on " + opt.host + ":" + std::to_string(opt.port) +
+                " (port in use or not permitted)");
   }
   std::fprintf(
       stderr,
       "mlkv: serving %s on http://%s:%d (%d parallel sequences x %d tokens, KV cache %.1f MiB)\n",
-      c.summary().c_str(), opt.host.c_str(), port, opt.n_parallel, n_ctx,
-      static_cast<double>(sched.cache_bytes()) / (1 << 20));
+      info.summary.c_str(), opt.host.c_str(), port, opt.n_parallel, n_ctx,
+      static_cast<double>(session.cache_bytes()) / (1 << 20));
   srv.listen_after_bind();
   g_server.store(nullptr);
-  sched.stop();
-  engine.join();
+  session.stop();
+  engine_thread.join();
 }
 
 }  // namespace mlkv

@@ -106,6 +106,14 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_from_dir(dir);
 }
 
+std::unique_ptr<Tokenizer> try_load_tokenizer(const std::string& path) {
+  try {
+    return load_tokenizer(path);
+  } catch (const Error&) {
+    return nullptr;
+  }
+}
+
 // ---- StreamDecoder ----
 
 struct StreamDecoder::Impl {

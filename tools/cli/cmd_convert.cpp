@@ -111,12 +111,7 @@ bool check_destination(const std::string& src, const std::string& dst, bool forc
 }
 
 std::string list_str(const std::vector<int>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i > 0) s += ',';
-    s += std::to_string(v[i]);
-  }
-  return s + "]";
+  return "[" + layer_list(v) + "]";
 }
 
 std::string scheme(const ModelConfig& c) {
@@ -134,9 +129,7 @@ void run_convert(const ConvertArgs& a) {
   MLKV_REQUIRE(a.kv_layers >= 0, "--kv-layers must be positive (got ", a.kv_layers, ")");
   opt.merge = parse_merge(a.merge);
   opt.widen = parse_widen(a.widen);
-  MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '", a.share,
-               "')");
-  opt.share = a.share == "pre" ? KvShareRope::kPre : KvShareRope::kPost;
+  opt.share = parse_share_rope(a.share, "--share");
 
   const bool replace = check_destination(a.src, a.dst, a.force);
   const LoadedModel src = load_model(a.src);

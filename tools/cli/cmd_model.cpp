@@ -1,9 +1,11 @@
-// Subcommands that run a model: info, score, generate, bench.
+// Subcommands that run a model: info, score, generate (through the public API, mlkv/model.h) and
+// bench (on the engine directly: random models, bandwidth bound).
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
-#include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,13 +15,12 @@
 #include "core/check.h"
 #include "kernels/threads.h"
 #include "core/timer.h"
-#include "io/hf_config.h"
 #include "io/hf_model.h"
+#include "mlkv/model.h"
+#include "model/presets.h"
 #include "runtime/bench.h"
-#include "runtime/engine.h"
 #include "runtime/membw.h"
-#include "runtime/presets.h"
-#include "tokenizer/tokenizer.h"
+#include "runtime/options.h"
 
 namespace mlkv::cli {
 
@@ -27,43 +28,14 @@ using json = nlohmann::json;
 
 namespace {
 
-ModelOptions parse_weight_type(const std::string& s) {
-  ModelOptions o;
-  if (s == "f32") {
-    o.weights = WeightType::kF32;
-  } else if (s == "f16") {
-    o.weights = WeightType::kF16;
-  } else {
-    fail("--weights must be f32 or f16 (got '", s, "')");
-  }
-  return o;
-}
-
 void add_weights_option(CLI::App* cmd, std::string* w) {
   cmd->add_option("--weights", *w,
                   "In-memory projection weights: f32, or f16 (half the bytes per decode step)")
       ->capture_default_str();
 }
 
-DType parse_cache_type(const std::string& s) {
-  if (s == "f32") return DType::kF32;
-  if (s == "f16") return DType::kF16;
-  fail("--cache-type must be f32 or f16 (got '", s, "')");
-}
-
-// "MHA", "GQA-4", "MQA", "MLKV 4x1": how the model shares K/V.
-std::string scheme_name(const ModelConfig& c) {
-  const int m = c.n_kv_layers(), g = c.n_head_kv;
-  if (m < c.n_layer) return cat("MLKV (", m, " KV layers x ", g, " KV heads)");
-  if (g == c.n_head) return "MHA";
-  if (g == 1) return "MQA";
-  return cat("GQA (", g, " KV heads)");
-}
-
 std::string list_str(const std::vector<int>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s + "]";
+  return "[" + layer_list(v) + "]";
 }
 
 std::string human_bytes(double b) {
@@ -78,24 +50,8 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-// Config only, without reading the weights (fast `info` on big checkpoints).
-ModelConfig load_config_only(const std::string& path) {
-  namespace fs = std::filesystem;
-  if (fs::is_directory(path)) return load_hf_config((fs::path(path) / "config.json").string());
-  return load_model(path).config;
-}
-
 void add_threads_option(CLI::App* cmd, int* threads) {
   cmd->add_option("-t,--threads", *threads, "Threads (default: all cores)");
-}
-
-std::vector<int32_t> tokens_from(const std::string& ids, const std::string& text,
-                                 const std::string& model_path, const std::string& tok_path,
-                                 bool add_bos, std::unique_ptr<Tokenizer>* tok_out) {
-  MLKV_REQUIRE(ids.empty() != text.empty(), "give exactly one of --tokens or --text/--prompt");
-  if (!ids.empty()) return parse_id_list(ids);
-  *tok_out = load_tokenizer(tok_path.empty() ? model_path : tok_path);
-  return (*tok_out)->encode(text, add_bos);
 }
 
 // ---------------------------------------------------------------- info
@@ -107,22 +63,21 @@ struct InfoArgs {
 };
 
 void run_info(const InfoArgs& a) {
-  const ModelConfig c = load_config_only(a.model);
-  const DType elem = parse_cache_type(a.cache_type);
+  const ModelInfo c = read_model_info(a.model);
+  parse_cache_type(a.cache_type, "--cache-type");
   const int ctx = a.ctx > 0 ? a.ctx : c.n_ctx;
   MLKV_REQUIRE(a.batch > 0, "--batch must be positive");
-  const int64_t per_tok = c.kv_bytes_per_token(dtype_size(elem));
-  const int64_t total = kv_cache_bytes(c, a.batch, ctx, elem);
+  const int64_t per_tok = c.kv_bytes_per_token(a.cache_type);
+  const int64_t total = c.kv_cache_bytes(ctx, a.batch, a.cache_type);
   const int64_t budget = a.kv_budget.empty() ? 0 : parse_byte_size(a.kv_budget, "--kv-budget");
   const int fit =
       budget > 0 ? static_cast<int>(std::min<int64_t>(budget / (per_tok * ctx), INT32_MAX)) : 0;
   // The same model without any sharing, for the saving factor l*h / (m*g).
-  const int64_t mha_per_tok =
-      int64_t{2} * c.n_layer * c.n_head * c.n_embd_head * int64_t(dtype_size(elem));
+  const int64_t mha_per_tok = c.mha_kv_bytes_per_token(a.cache_type);
   if (a.json_out) {
     json j = {{"model", a.model},
-              {"family", family_name(c.family)},
-              {"scheme", scheme_name(c)},
+              {"family", c.family},
+              {"scheme", c.scheme},
               {"n_layer", c.n_layer},
               {"n_embd", c.n_embd},
               {"n_head", c.n_head},
@@ -132,17 +87,17 @@ void run_info(const InfoArgs& a) {
               {"n_vocab", c.n_vocab},
               {"n_ctx_train", c.n_ctx},
               {"n_rot", c.n_rot},
-              {"n_kv_layers", c.n_kv_layers()},
-              {"owner_layers", c.owner_layers()},
+              {"n_kv_layers", c.n_kv_layers},
+              {"owner_layers", c.owner_layers},
               {"kv_source", c.kv_source},
-              {"kv_share_rope", share_rope_name(c.share_rope)},
-              {"n_params", c.n_params()},
+              {"kv_share_rope", c.kv_share_rope},
+              {"n_params", c.n_params},
               {"cache_type", a.cache_type},
               {"kv_bytes_per_token", per_tok},
               {"ctx", ctx},
               {"batch", a.batch},
               {"kv_cache_bytes", total},
-              {"kv_reduction_vs_mha", static_cast<double>(mha_per_tok) / per_tok}};
+              {"kv_reduction_vs_mha", c.kv_reduction_vs_mha()}};
     if (budget > 0) {
       j["kv_budget_bytes"] = budget;
       j["sequences_in_budget"] = fit;
@@ -151,24 +106,22 @@ void run_info(const InfoArgs& a) {
     return;
   }
   std::printf("model         %s\n", a.model.c_str());
-  std::printf("family        %s (%s, %s residual)\n", family_name(c.family),
-              c.norm == NormType::kLayerNorm ? "LayerNorm, GELU" : "RMSNorm, SwiGLU",
+  std::printf("family        %s (%s, %s residual)\n", c.family.c_str(),
+              c.norm == "layernorm" ? "LayerNorm, GELU" : "RMSNorm, SwiGLU",
               c.parallel_residual ? "parallel" : "sequential");
   std::printf(
       "geometry      %d layers, d_model %d, %d heads of %d, ff %d, vocab %d, ctx %d, rotary dims "
       "%d\n",
       c.n_layer, c.n_embd, c.n_head, c.n_embd_head, c.n_ff, c.n_vocab, c.n_ctx, c.n_rot);
-  std::printf("kv sharing    %s, %s-rotary sharing\n", scheme_name(c).c_str(),
-              share_rope_name(c.share_rope));
+  std::printf("kv sharing    %s, %s-rotary sharing\n", c.scheme.c_str(), c.kv_share_rope.c_str());
   std::printf("kv heads      %d per KV layer\n", c.n_head_kv);
-  std::printf("owner layers  %s\n", list_str(c.owner_layers()).c_str());
+  std::printf("owner layers  %s\n", list_str(c.owner_layers).c_str());
   std::printf("kv_source     %s\n", list_str(c.kv_source).c_str());
-  std::printf("parameters    %lld\n", static_cast<long long>(c.n_params()));
+  std::printf("parameters    %lld\n", static_cast<long long>(c.n_params));
   std::printf(
       "kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",
       static_cast<long long>(per_tok), a.cache_type.c_str(),
-      human_bytes(static_cast<double>(total)).c_str(), ctx, a.batch,
-      static_cast<double>(mha_per_tok) / per_tok);
+      human_bytes(static_cast<double>(total)).c_str(), ctx, a.batch, c.kv_reduction_vs_mha());
   if (budget > 0) {
     std::printf("kv budget     %s holds %d sequences of %d tokens (MHA: %lld)\n",
                 human_bytes(static_cast<double>(budget)).c_str(), fit, ctx,
@@ -183,13 +136,27 @@ struct ScoreArgs {
   int threads = 0;
 };
 
+// Loads the engine for score and generate: the tokenizer only when there is text to encode.
+Engine load_engine(const std::string& model, const std::string& tokenizer,
+                   const std::string& weights, int threads, bool need_tokenizer) {
+  LoadOptions lo;
+  lo.weights = weights;
+  lo.threads = threads;
+  lo.tokenizer = tokenizer;
+  lo.tokenizer_mode = need_tokenizer ? TokenizerMode::kRequired : TokenizerMode::kNone;
+  return Engine::load(model, lo);
+}
+
 void run_score(const ScoreArgs& a) {
-  set_num_threads(a.threads);
-  Model model = Model(load_model(a.model), parse_weight_type(a.weights));
-  std::unique_ptr<Tokenizer> tok;
+  parse_weight_type(a.weights, "--weights");
+  parse_cache_type(a.cache_type, "--cache-type");
+  MLKV_REQUIRE(a.tokens.empty() != a.text.empty(),
+               "give exactly one of --tokens or --text/--prompt");
+  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.threads, !a.text.empty());
+  const Tokenizer* tok = engine.has_tokenizer() ? &engine.tokenizer() : nullptr;
   const std::vector<int32_t> ids =
-      tokens_from(a.tokens, a.text, a.model, a.tokenizer, a.add_bos, &tok);
-  const std::vector<float> lp = score_tokens(model, ids, a.cached, parse_cache_type(a.cache_type));
+      tok != nullptr ? tok->encode(a.text, a.add_bos) : parse_id_list(a.tokens);
+  const std::vector<float> lp = engine.score(ids, a.cached, a.cache_type);
   double sum = 0;
   for (float v : lp) sum += v;
   if (a.json_out) {
@@ -231,39 +198,37 @@ struct GenerateArgs {
 };
 
 void run_generate(const GenerateArgs& a) {
-  set_num_threads(a.threads);
   MLKV_REQUIRE(!a.tokens.empty() || !a.prompts.empty(), "give at least one --tokens or --prompt");
   MLKV_REQUIRE(a.n >= 0, "-n must not be negative");
-  Model model = Model(load_model(a.model), parse_weight_type(a.weights));
-  std::unique_ptr<Tokenizer> tok;
-  std::vector<GenerateRequest> reqs;
-  for (const auto& t : a.tokens) reqs.push_back({parse_id_list(t), a.n, {}});
-  if (!a.prompts.empty()) {
-    tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
-    for (const auto& p : a.prompts) reqs.push_back({tok->encode(p, a.add_bos), a.n, {}});
-  }
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    reqs[i].sampling = {a.temp, a.top_k, a.top_p, a.seed + i};
-  }
-  GenerateOptions opt;
+  parse_weight_type(a.weights, "--weights");
+  parse_cache_type(a.cache_type, "--cache-type");
+  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.threads, !a.prompts.empty());
+  const Tokenizer* tok = engine.has_tokenizer() ? &engine.tokenizer() : nullptr;
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& t : a.tokens) prompts.push_back(parse_id_list(t));
+  for (const auto& p : a.prompts) prompts.push_back(tok->encode(p, a.add_bos));
+  GenerationOptions opt;
+  opt.max_new_tokens = a.n;
+  opt.sampling = {a.temp, a.top_k, a.top_p, a.seed};  // prompt i: seed + i
   opt.n_parallel = a.parallel;
   opt.n_ctx = a.ctx;
-  opt.cache_elem = parse_cache_type(a.cache_type);
+  opt.cache_type = a.cache_type;
   opt.stop_at_eos = !a.ignore_eos;
   // Text of a single prompt streams as it is generated.
   std::unique_ptr<StreamDecoder> stream;
-  const bool streaming = tok && reqs.size() == 1 && !a.json_out;
+  std::function<void(int, int32_t)> on_token;
+  const bool streaming = tok != nullptr && prompts.size() == 1 && !a.json_out;
   if (streaming) {
     stream = std::make_unique<StreamDecoder>(*tok);
     std::fputs(a.prompts[0].c_str(), stdout);
     std::fflush(stdout);
-    opt.on_token = [&](int, int32_t id) {
+    on_token = [&](int, int32_t id) {
       std::fputs(stream->push(id).c_str(), stdout);
       std::fflush(stdout);
     };
   }
   Timer timer;
-  const std::vector<GenerateResult> res = generate(model, reqs, opt);
+  const std::vector<Generation> res = engine.generate(prompts, opt, on_token);
   const double secs = timer.seconds();
   size_t n_gen = 0;
   for (const auto& r : res) n_gen += r.tokens.size();
@@ -277,10 +242,10 @@ void run_generate(const GenerateArgs& a) {
   if (a.json_out) {
     json out = json::array();
     for (size_t i = 0; i < res.size(); ++i) {
-      json r = {{"prompt_tokens", reqs[i].prompt},
+      json r = {{"prompt_tokens", prompts[i]},
                 {"tokens", res[i].tokens},
                 {"finish_reason", res[i].finish_reason}};
-      if (tok) r["text"] = tok->decode(res[i].tokens);
+      if (tok) r["text"] = res[i].text;
       out.push_back(r);
     }
     json j = {{"results", out}, {"seconds", secs}, {"generated_tokens", n_gen}};
@@ -290,8 +255,7 @@ void run_generate(const GenerateArgs& a) {
   for (size_t i = 0; i < res.size(); ++i) {
     if (tok && i >= a.tokens.size()) {
       // Text prompts: the prompt, then its continuation.
-      std::printf("[%zu] %s%s\n", i, a.prompts[i - a.tokens.size()].c_str(),
-                  tok->decode(res[i].tokens).c_str());
+      std::printf("[%zu] %s%s\n", i, a.prompts[i - a.tokens.size()].c_str(), res[i].text.c_str());
       continue;
     }
     std::string line;
@@ -333,18 +297,20 @@ void run_bench(const BenchArgs& a) {
     lm = load_model(a.model);
   } else {
     lm.config = geometry_preset(a.random);
-    apply_sharing(&lm.config, a.kv_heads, a.kv_layers);
+    apply_sharing(&lm.config, a.kv_heads, {.kv_layers = a.kv_layers});
     init_weights_random(lm.config, &lm.weights, 1234);
     name = "random " + a.random;
   }
-  Model model(std::move(lm), parse_weight_type(a.weights));
+  ModelOptions mo;
+  mo.weights = parse_weight_type(a.weights, "--weights");
+  Model model(std::move(lm), mo);
   const ModelConfig& c = model.config();
   BenchOptions o;
   o.prompt = a.prompt;
   o.gen = a.gen;
   o.batch = a.batch;
   o.reps = a.reps;
-  o.cache_elem = parse_cache_type(a.cache_type);
+  o.cache_elem = parse_cache_type(a.cache_type, "--cache-type");
   o.synthetic_context = a.synthetic;
   const BenchResult r = bench_model(model, o);
   const double bw = a.skip_bandwidth ? 0.0 : measure_read_bandwidth();

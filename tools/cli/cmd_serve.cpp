@@ -1,13 +1,13 @@
-// `mlkv serve`: the HTTP completion server (src/server).
+// `mlkv serve`: the HTTP completion server (src/server) over an mlkv::Engine.
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include "commands.h"
 #include "core/check.h"
-#include "io/hf_model.h"
-#include "kernels/threads.h"
+#include "mlkv/model.h"
+#include "runtime/options.h"
 #include "server/server.h"
-#include "tokenizer/tokenizer.h"
 
 namespace mlkv::cli {
 
@@ -21,37 +21,32 @@ struct ServeArgs {
 };
 
 void run_serve(const ServeArgs& a) {
-  set_num_threads(a.threads);
   ServerOptions opt = a.opt;
-  MLKV_REQUIRE(a.cache_type == "f32" || a.cache_type == "f16", "--cache-type must be f32 or f16");
-  MLKV_REQUIRE(a.weights == "f32" || a.weights == "f16", "--weights must be f32 or f16");
+  parse_cache_type(a.cache_type, "--cache-type");
+  parse_weight_type(a.weights, "--weights");
   MLKV_REQUIRE(opt.port >= 0 && opt.port <= 65535, "--port must be in [0, 65535]");
-  opt.cache_elem = a.cache_type == "f16" ? DType::kF16 : DType::kF32;
-  ModelOptions mo;
-  mo.weights = a.weights == "f16" ? WeightType::kF16 : WeightType::kF32;
-  Model model = Model(load_model(a.model), mo);
+  opt.cache_type = a.cache_type;
+  // A tokenizer named with --tokenizer must load; one next to a model folder is optional.
+  LoadOptions lo;
+  lo.weights = a.weights;
+  lo.threads = a.threads;
+  lo.tokenizer = a.tokenizer;
+  lo.tokenizer_mode = a.no_tokenizer                           ? TokenizerMode::kNone
+                      : !a.tokenizer.empty()                   ? TokenizerMode::kRequired
+                      : std::filesystem::is_directory(a.model) ? TokenizerMode::kAuto
+                                                               : TokenizerMode::kNone;
+  Engine engine = Engine::load(a.model, lo);
   if (!a.kv_budget.empty()) {
     // As many sequences as the budget holds: a model with a smaller cache per token serves more.
-    const int ctx = opt.n_ctx > 0 ? opt.n_ctx : model.config().n_ctx;
-    opt.n_parallel =
-        sequences_in_budget(parse_byte_size(a.kv_budget, "--kv-budget"),
-                            model.config().kv_bytes_per_token(dtype_size(opt.cache_elem)), ctx);
+    const int ctx = opt.n_ctx > 0 ? opt.n_ctx : engine.info().n_ctx;
+    opt.n_parallel = sequences_in_budget(parse_byte_size(a.kv_budget, "--kv-budget"),
+                                         engine.info().kv_bytes_per_token(a.cache_type), ctx);
   }
-  std::unique_ptr<Tokenizer> tok;
-  if (!a.no_tokenizer) {
-    if (!a.tokenizer.empty()) {
-      tok = load_tokenizer(a.tokenizer);
-    } else if (std::filesystem::is_directory(a.model)) {
-      try {
-        tok = load_tokenizer(a.model);
-      } catch (const Error&) {
-        std::fprintf(
-            stderr,
-            "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
-      }
-    }
+  if (lo.tokenizer_mode == TokenizerMode::kAuto && !engine.has_tokenizer()) {
+    std::fprintf(stderr,
+                 "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
   }
-  run_server(model, tok.get(), opt);
+  run_server(engine, opt);
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 // `mlkv train` (from scratch or uptraining, single process or `mpirun -np N`) and `mlkv plot` (loss
 // curves of one or more runs as SVG). The loop itself is src/train/trainer.cpp; this file turns
-// options into a TrainOptions and a ModelConfig (preset + overrides). docs/TRAINING.md.
-#include <algorithm>
+// options into a TrainOptions and geometry overrides (model/presets.h). docs/TRAINING.md.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,7 +12,7 @@
 #include "commands.h"
 #include "core/check.h"
 #include "core/mmap_file.h"
-#include "runtime/presets.h"
+#include "model/presets.h"
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/plot.h"
@@ -35,44 +34,26 @@ struct TrainArgs {
   bool tied = false, no_shuffle = false, json_out = false;
 };
 
+// The from-scratch geometry: the preset plus the options given, the vocabulary and end-of-text id
+// of the data unless --vocab says otherwise (policy: model/presets.h).
 ModelConfig build_config(const TrainArgs& a, uint32_t data_vocab, int32_t data_eos) {
-  ModelConfig c = geometry_preset(a.preset);
-  const int preset_head = c.n_embd_head;
-  const int preset_rot = c.n_rot;
-  if (a.layers > 0) c.n_layer = a.layers;
-  if (a.embd > 0) c.n_embd = a.embd;
-  if (a.heads > 0) c.n_head = a.heads;
-  MLKV_REQUIRE(c.n_embd % c.n_head == 0, "--embd ", c.n_embd, " is not divisible by --heads ",
-               c.n_head);
-  c.n_embd_head = c.n_embd / c.n_head;
-  // Keep the preset's rotary fraction (Pythia: a quarter of each head; Llama: all of it).
-  c.n_rot = std::max(2, (c.n_embd_head * preset_rot / preset_head) / 2 * 2);
-  if (a.ff > 0) {
-    c.n_ff = a.ff;
-  } else if (a.embd > 0) {
-    c.n_ff = c.mlp == MlpType::kSwiGlu ? (8 * c.n_embd / 3 + 7) / 8 * 8 : 4 * c.n_embd;
-  }
-  c.n_head_kv = c.n_head;
-  c.n_vocab = a.vocab > 0 ? a.vocab : static_cast<int>(data_vocab);
-  c.n_ctx = a.model_ctx > 0 ? a.model_ctx : std::max(c.n_ctx, a.o.ctx);
-  c.tied_embeddings = a.tied;
-  c.eos_token_id = data_eos >= 0 && data_eos < c.n_vocab ? data_eos : -1;
-  c.bos_token_id = c.family == Family::kGptNeoX ? c.eos_token_id : -1;
-  c.kv_source.clear();
-  for (int il = 0; il < c.n_layer; ++il) c.kv_source.push_back(il);
-  apply_sharing(&c, a.kv_heads, a.kv_layers);
+  GeometryOverrides g;
+  g.n_layer = a.layers;
+  g.n_embd = a.embd;
+  g.n_head = a.heads;
+  g.n_ff = a.ff;
+  g.n_vocab = a.vocab > 0 ? a.vocab : static_cast<int>(data_vocab);
+  g.n_ctx = a.model_ctx;
+  g.min_ctx = a.o.ctx;
+  g.tied_embeddings = a.tied;
+  g.kv_heads = a.kv_heads;
+  g.sharing.kv_layers = a.kv_layers;
   if (!a.kv_source.empty()) {
-    std::vector<int> src;
-    for (int32_t v : parse_id_list(a.kv_source)) src.push_back(v);
-    c.kv_source = src;
+    for (int32_t v : parse_id_list(a.kv_source)) g.sharing.kv_source.push_back(v);
   }
-  if (!a.share.empty()) {
-    MLKV_REQUIRE(a.share == "post" || a.share == "pre", "--share must be post or pre (got '",
-                 a.share, "')");
-    c.share_rope = a.share == "pre" ? KvShareRope::kPre : KvShareRope::kPost;
-  }
-  c.validate();
-  return c;
+  g.share = a.share;
+  g.eos_token_id = data_eos;
+  return geometry_from_overrides(a.preset, g);
 }
 
 void run_train(TrainArgs& a) {
