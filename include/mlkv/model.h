@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "mlkv/error.h"
+#include "mlkv/generation.h"
 #include "mlkv/sampling.h"
 #include "mlkv/tokenizer.h"
 
@@ -78,27 +79,6 @@ struct LoadOptions {
   std::string tokenizer = "";   // tokenizer file or folder; "": the model's folder (or, for a
                                 // model file, the folder it is in)
   TokenizerMode tokenizer_mode = TokenizerMode::kAuto;
-};
-
-// One finished generation.
-struct Generation {
-  std::vector<int32_t> tokens;  // generated ids, prompt excluded
-  std::string text;             // tokens decoded, when the engine has a tokenizer (else "")
-  std::string finish_reason;    // "eos" (stop_at_eos and the model's EOS came), "length"
-                                // (max_new_tokens reached), "context" (the sequence filled n_ctx)
-                                // or, in a Session only, "cancelled"
-};
-
-struct GenerationOptions {
-  int max_new_tokens = 32;  // per prompt, >= 0
-  // Prompt i samples with seed sampling.seed + i, so results do not depend on how prompts are
-  // batched.
-  SamplerParams sampling = {};
-  int n_parallel = 8;  // sequences decoded together (KV-cache slots), > 0
-  // Cache context per sequence; 0: the longest prompt + max_new_tokens, capped by the model's.
-  int n_ctx = 0;
-  std::string cache_type = "f32";  // "f32" or "f16" (half the cache)
-  bool stop_at_eos = true;
 };
 
 class Session;

@@ -17,31 +17,6 @@
 
 namespace mlkv {
 
-struct SessionOptions {
-  int n_parallel = 8;              // sequences decoding together (cache slots), > 0
-  int n_ctx = 0;                   // tokens per sequence (prompt + generated); 0: the model's
-  std::string cache_type = "f32";  // "f32" or "f16"
-};
-
-struct Request {
-  std::vector<int32_t> prompt;  // token ids, at least one, at most n_ctx
-  int max_new_tokens = 32;      // >= 0; 0 finishes at once with "length"
-  SamplerParams sampling = {};
-  bool stop_at_eos = true;
-  // Set to true (from any thread) to stop the sequence at the next step ("cancelled").
-  std::shared_ptr<std::atomic<bool>> cancel = nullptr;
-  // Called on the thread that steps the session: every generated token, then once at the end
-  // (Generation::text is left empty: decode with a StreamDecoder or Tokenizer::decode).
-  std::function<void(int32_t)> on_token = nullptr;
-  std::function<void(const Generation&)> on_done = nullptr;
-};
-
-// The requests waiting for a slot and the sequences decoding, at one moment.
-struct SessionLoad {
-  int queued = 0;
-  int running = 0;
-};
-
 class Session {
  public:
   // A session over engine's model; the engine must outlive it and not be used for anything else

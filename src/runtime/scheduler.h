@@ -14,13 +14,13 @@
 #include <string>
 #include <vector>
 
-#include "mlkv/session.h"
+#include "mlkv/generation.h"
 #include "model/model.h"
 #include "sampling/sampler.h"
 
 namespace mlkv {
 
-// Requests and results are the public API's (mlkv/session.h): mlkv::Request (prompt, budget,
+// Requests and results are the public API's (mlkv/generation.h): mlkv::Request (prompt, budget,
 // sampling, stop_at_eos, cancel flag, on_token / on_done callbacks, both called on the
 // scheduler's thread) and mlkv::Generation (tokens and finish reason: "eos", "length", "context"
 // or "cancelled"; its text is left empty here).

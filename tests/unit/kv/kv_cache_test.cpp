@@ -1,0 +1,120 @@
+// The KV cache on its own (kv/kv_cache.h), with layouts written by hand rather than from a model:
+// exact bytes for every element format, the slot map, the default block tables, scattered block
+// tables, copy_seq across them, and the bookkeeping of sequences.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "kv/kv_cache.h"
+
+namespace mlkv {
+namespace {
+
+// 4 layers, owners 0 and 2 (layer 1 reads 0, layer 3 reads 2); slot 1 stores raw keys.
+KvLayout layout() {
+  KvLayout k;
+  k.n_head_kv = 2;
+  k.head_dim = 8;
+  k.layer_slot = {0, 0, 1, 1};
+  k.slot_raw_keys = {0, 1};
+  return k;
+}
+
+TEST(KvCache, BytesAreTwoTokensOwnersHeadsRowBytes) {
+  const KvLayout l = layout();
+  for (DType e : {DType::kF32, DType::kF16}) {
+    const int64_t per_token = int64_t{2} * 2 * 2 * 8 * static_cast<int64_t>(dtype_size(e));
+    EXPECT_EQ(l.bytes_per_token(e), per_token);
+    KVCache c(l, 3, 50, e);
+    EXPECT_EQ(c.bytes(), 3 * 50 * per_token);
+    EXPECT_EQ(KVCache::bytes_needed(l, 3, 50, e), c.bytes());
+    EXPECT_EQ(c.n_slots(), 2);
+    EXPECT_EQ(c.slot_of_layer(3), 1);
+    EXPECT_TRUE(c.slot_keys_rotated(0));
+    EXPECT_FALSE(c.slot_keys_rotated(1));
+    EXPECT_EQ(c.codec().row_bytes(8), 8 * dtype_size(e));
+  }
+  EXPECT_THROW(KVCache(l, 0, 10), Error);
+  EXPECT_THROW(KVCache(l, 1, 0), Error);
+  EXPECT_THROW(KVCache(l, 1, 10, DType::kBF16), Error);
+  EXPECT_THROW(kv_codec("q4_1"), Error);
+  EXPECT_EQ(kv_codec("f16").dtype, DType::kF16);
+}
+
+TEST(KvCache, DefaultLayoutIsOneContiguousBlockPerSequence) {
+  KVCache c(layout(), 3, 10);
+  EXPECT_EQ(c.block_size(), 10);
+  EXPECT_EQ(c.blocks_per_seq(), 1);
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(c.block_table(s), std::vector<int32_t>{s});
+  const ops::KvSlotView v = c.view(1);
+  std::vector<ops::KvChunk> ch;
+  v.chunks(2, 1, 7, &ch);
+  ASSERT_EQ(ch.size(), 1u);
+  EXPECT_EQ(ch[0].n, 7);
+  EXPECT_EQ(ch[0].k, v.k_row(2, 1, 0));
+  EXPECT_EQ(static_cast<const char*>(ch[0].v) - static_cast<const char*>(ch[0].k),
+            static_cast<std::ptrdiff_t>(v.v - v.k));
+  EXPECT_FALSE(v.keys_rotated);
+}
+
+// Rows written through the view of one block layout are read back through another's chunks,
+// and copy_seq copies block by block between sequences with different tables.
+TEST(KvCache, ScatteredBlockTablesAndCopy) {
+  KVCache c(layout(), 2, 10, DType::kF32, Device::kCpu, 4);
+  ASSERT_EQ(c.blocks_per_seq(), 3);
+  c.set_block_table(0, {5, 0, 3});
+  c.set_block_table(1, {1, 4, 2});
+  ASSERT_EQ(c.acquire_seq(), 0);
+  ASSERT_EQ(c.acquire_seq(), 1);
+  const ops::KvSlotView v = c.view(0);
+  for (int p = 0; p < 10; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      float* k = reinterpret_cast<float*>(v.k_row(0, h, p));
+      float* val = reinterpret_cast<float*>(v.v_row(0, h, p));
+      for (int i = 0; i < 8; ++i) {
+        k[i] = static_cast<float>(100 * p + 10 * h + i);
+        val[i] = -k[i];
+      }
+    }
+  }
+  c.set_seq_len(0, 10);
+  std::vector<ops::KvChunk> ch;
+  v.chunks(0, 1, 10, &ch);
+  ASSERT_EQ(ch.size(), 3u);  // blocks 5, 0, 3 are not adjacent
+  EXPECT_EQ(ch[0].n + ch[1].n + ch[2].n, 10);
+  int p = 0;
+  for (const auto& x : ch) {
+    for (int j = 0; j < x.n; ++j, ++p) {
+      EXPECT_EQ(static_cast<const float*>(x.k)[j * 8 + 3], static_cast<float>(100 * p + 10 + 3));
+      EXPECT_EQ(static_cast<const float*>(x.v)[j * 8 + 3], -static_cast<float>(100 * p + 10 + 3));
+    }
+  }
+  c.copy_seq(0, 1, 9);
+  EXPECT_EQ(c.seq_len(1), 9);
+  for (int q = 0; q < 9; ++q) {
+    EXPECT_EQ(std::memcmp(v.k_row(1, 1, q), v.k_row(0, 1, q), 32), 0) << q;
+    EXPECT_EQ(std::memcmp(v.v_row(1, 0, q), v.v_row(0, 0, q), 32), 0) << q;
+  }
+  EXPECT_NE(std::memcmp(c.view(1).k_row(1, 0, 0), v.k_row(0, 0, 0), 32), 0);  // slot 1 untouched
+  EXPECT_THROW(c.set_block_table(0, {0, 1}), Error);
+  EXPECT_THROW(c.set_block_table(0, {0, 1, 1}), Error);
+  EXPECT_THROW(c.set_block_table(0, {0, 1, 6}), Error);
+}
+
+TEST(KvCache, Sequences) {
+  KVCache c(layout(), 2, 10);
+  EXPECT_EQ(c.acquire_seq(), 0);
+  EXPECT_EQ(c.acquire_seq(), 1);
+  EXPECT_EQ(c.acquire_seq(), -1);
+  c.set_seq_len(1, 4);
+  c.release_seq(0);
+  EXPECT_FALSE(c.seq_in_use(0));
+  EXPECT_EQ(c.acquire_seq(), 0);
+  EXPECT_EQ(c.seq_len(0), 0);
+  EXPECT_EQ(c.seq_len(1), 4);
+}
+
+}  // namespace
+}  // namespace mlkv
