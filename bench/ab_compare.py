@@ -6,7 +6,7 @@ their ratio (new / old) are printed as a markdown table (and JSON with --json). 
 
   decode b1 f32 / f16   `mlkv bench --random pythia-160m --weights W --gen 64 --reps 5`: decode tok/s
   prefill 128           the same runs' prefill tok/s
-  decode b16 ctx 2048   `--batch 16 --prompt 2048 --synthetic-context --gen 16 --reps 3`: decode tok/s
+  decode b16 ctx 2048   `--batch 16 --prompt 2032 --synthetic-context --gen 16 --reps 3` (context 2032..2048): decode tok/s
   prefill 512           `--prompt 512 --gen 1 --reps 3`: prefill tok/s
   train step            `bench/train_bench --ctx 256 --steps 3`: training tokens/s (Pythia-160M geometry)
   eval items/s          `mlkv eval MODEL piqa --limit N`: items/s (needs --eval-model, a model folder)
@@ -76,7 +76,7 @@ def main():
         measures.append(("decode b1 f32 (tok/s)", b1("f32"), ["decode_tok_s", "prefill_tok_s"]))
         measures.append(("decode b1 f16 (tok/s)", b1("f16"), ["decode_tok_s"]))
     if "b16" in groups:
-        measures.append(("decode b16 ctx 2048 (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt", "2048",
+        measures.append(("decode b16 ctx 2048 (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt", "2032",
                          "--synthetic-context", "--gen", "16", "--reps", "3"], env), ["decode_tok_s"]))
     if "prefill" in groups:
         measures.append(("prefill 512 (tok/s)", lambda b: bench(b, ["--prompt", "512", "--gen", "1", "--reps", "3"],

@@ -105,6 +105,7 @@ Engine::~Engine() = default;
 Engine Engine::load(const std::string& path, const LoadOptions& opt) {
   check_device(opt.device);
   ModelOptions mo;
+  mo.device = parse_device(opt.device);
   mo.weights = parse_weight_type(opt.weights, "weights");
   MLKV_REQUIRE(opt.threads >= 0, "threads must not be negative (got ", opt.threads, ")");
   set_num_threads(opt.threads);

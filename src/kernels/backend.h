@@ -86,6 +86,12 @@ class Backend {
                                 const T* q, int n_head, bool rotate_keys,
                                 const ops::RopeTable<T>& rt, T* out) = 0;
 
+  // ---- optimizer (parameters, gradients and moments as f32 tensors on this device) ----
+  virtual void adamw_update(Tensor& p, Tensor& g, Tensor& m, Tensor& v, const ops::AdamWStep& h,
+                            bool zero_grad) = 0;
+  // sum of squares of a gradient tensor, accumulated in double in a fixed order.
+  virtual double sum_squares(const Tensor& g) = 0;
+
   // ---- memory helpers on device arrays ----
   virtual void add(T* y, const T* x, int64_t n) = 0;  // y += x
   virtual void copy(T* dst, const T* src, int64_t n) = 0;

@@ -155,6 +155,8 @@ void adamw_update(T* p, T* g, T* m, T* v, int64_t n, const AdamWStep& h, bool ze
 // ---- small helpers ----
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n);  // y += x
+// sum of x[i]^2 in double, over chunks in a fixed order (the same for any thread count).
+double sum_squares(const float* x, int64_t n);
 template <typename T>
 void zero(T* y, int64_t n);
 float dot(const float* a, const float* b, int64_t n);

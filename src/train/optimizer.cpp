@@ -6,13 +6,12 @@
 #include <vector>
 
 #include "core/check.h"
-#include "kernels/ops.h"
+#include "kernels/backend.h"
 
 namespace mlkv::train {
 
 namespace {
 constexpr double kPi = 3.14159265358979323846;
-constexpr int64_t kChunk = int64_t{1} << 16;  // elements per work item (update, norm)
 }  // namespace
 
 double LrSchedule::at(int64_t step) const {
@@ -70,31 +69,17 @@ void AdamW::step(ModelWeights& params, ModelWeights& grads, double lr, double gr
   h.bias_corr1 = bc1;
   h.bias_corr2 = bc2;
   h.grad_scale = gs;
+  Backend<float>& be = backend<float>(params.tok_embd.device());
   for (size_t i = 0; i < p.size(); ++i) {
     h.weight_decay = p[i].decay ? static_cast<float>(c_.weight_decay) : 0.0f;
-    ops::adamw_update<float>(p[i].tensor->data(), g[i].tensor->data(), m[i].tensor->data(),
-                             v[i].tensor->data(), p[i].tensor->numel(), h, zero_grads_after);
+    be.adamw_update(*p[i].tensor, *g[i].tensor, *m[i].tensor, *v[i].tensor, h, zero_grads_after);
   }
 }
 
 double global_grad_norm(const ModelConfig& cfg, ModelWeights& grads) {
+  Backend<float>& be = backend<float>(grads.tok_embd.device());
   double total = 0;
-  std::vector<double> part;
-  for (auto& r : list_params(cfg, grads)) {
-    const float* g = r.tensor->data();
-    const int64_t n = r.tensor->numel();
-    const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-    part.assign(static_cast<size_t>(n_chunks), 0.0);
-#pragma omp parallel for schedule(static) if (n_chunks > 1)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t c0 = c * kChunk, c1 = std::min(n, c0 + kChunk);
-      double s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = c0; j < c1; ++j) s += static_cast<double>(g[j]) * g[j];
-      part[static_cast<size_t>(c)] = s;
-    }
-    for (double s : part) total += s;
-  }
+  for (auto& r : list_params(cfg, grads)) total += be.sum_squares(*r.tensor);
   return std::sqrt(total);
 }
 

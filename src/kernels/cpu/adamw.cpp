@@ -1,7 +1,9 @@
-// The AdamW update and the small array helpers on the CPU (kernels/ops.h).
+// The AdamW update, the gradient norm's sum of squares and the small array helpers on the CPU
+// (kernels/ops.h).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/ops.h"
@@ -44,6 +46,22 @@ void zero(T* y, int64_t n) {
 }
 
 float dot(const float* a, const float* b, int64_t n) { return cpu::kernels().dot_n(a, b, n); }
+
+double sum_squares(const float* x, int64_t n) {
+  const int64_t n_chunks = (n + kAdamChunk - 1) / kAdamChunk;
+  std::vector<double> part(static_cast<size_t>(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t c0 = c * kAdamChunk, c1 = std::min(n, c0 + kAdamChunk);
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = c0; j < c1; ++j) s += static_cast<double>(x[j]) * x[j];
+    part[static_cast<size_t>(c)] = s;
+  }
+  double total = 0;
+  for (double s : part) total += s;
+  return total;
+}
 
 #define MLKV_INSTANTIATE(T)                                                       \
   template void adamw_update<T>(T*, T*, T*, T*, int64_t, const AdamWStep&, bool); \

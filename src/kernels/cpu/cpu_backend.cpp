@@ -130,6 +130,13 @@ class CpuBackend final : public Backend<T> {
     }
   }
 
+  void adamw_update(Tensor& p, Tensor& g, Tensor& m, Tensor& v, const ops::AdamWStep& h,
+                    bool zero_grad) override {
+    MLKV_CHECK(g.numel() == p.numel() && m.numel() == p.numel() && v.numel() == p.numel());
+    ops::adamw_update<float>(p.data(), g.data(), m.data(), v.data(), p.numel(), h, zero_grad);
+  }
+  double sum_squares(const Tensor& g) override { return ops::sum_squares(g.data(), g.numel()); }
+
   void add(T* y, const T* x, int64_t n) override { ops::add_inplace<T>(y, x, n); }
   void copy(T* dst, const T* src, int64_t n) override {
     if (dst != src) std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(n));
