@@ -61,12 +61,17 @@ size_t cache_elem_size(const std::string& cache_type) {
   return dtype_size(parse_cache_type(cache_type, "cache_type"));
 }
 
-void check_device(const std::string& device) {
-  if (device == "cpu") return;
-  if (device.rfind("cuda", 0) == 0) {
-    fail("device '", device, "' is not available: this build has no CUDA backend");
+// The device named by LoadOptions::device, when this build has a backend for it.
+Device check_device(const std::string& device) {
+  Device d = Device::kCpu;
+  try {
+    d = parse_device(device);
+  } catch (const Error&) {
+    fail("unknown device '", device, "' (this build has: cpu", has_backend(Device::kCuda) ? ", cuda" : "",
+         ")");
   }
-  fail("unknown device '", device, "' (this build has: cpu)");
+  MLKV_REQUIRE(has_backend(d), "device '", device, "' is not available: this build has no CUDA backend");
+  return d;
 }
 
 }  // namespace
@@ -103,9 +108,8 @@ Engine& Engine::operator=(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
 Engine Engine::load(const std::string& path, const LoadOptions& opt) {
-  check_device(opt.device);
   ModelOptions mo;
-  mo.device = parse_device(opt.device);
+  mo.device = check_device(opt.device);
   mo.weights = parse_weight_type(opt.weights, "weights");
   MLKV_REQUIRE(opt.threads >= 0, "threads must not be negative (got ", opt.threads, ")");
   set_num_threads(opt.threads);

@@ -128,7 +128,8 @@ Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
     MLKV_CHECK(d >= 0);
     numel_ *= d;
   }
-  if (numel_ > 0) buf_ = device_allocator(device_).allocate(nbytes());
+  DeviceAllocator& mem = device_allocator(device_);  // even for no elements: the device must exist
+  if (numel_ > 0) buf_ = mem.allocate(nbytes());
 }
 
 Tensor::~Tensor() { release(); }
@@ -239,7 +240,13 @@ std::string Tensor::shape_str() const {
 Tensor Tensor::to(DType dt) const {
   MLKV_REQUIRE(device_ == Device::kCpu, "converting a ", device_name(device_),
                " tensor: copy it to the CPU first");
-  if (dt == dtype_ || numel_ == 0) {
+  auto convertible = [](DType t) {
+    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64;
+  };
+  if (dt == dtype_) return *this;
+  MLKV_REQUIRE(convertible(dtype_) && convertible(dt), "cannot convert a ", dtype_name(dtype_),
+               " tensor to ", dtype_name(dt));
+  if (numel_ == 0) {
     Tensor same(*this);
     same.dtype_ = dt;
     return same;
@@ -278,7 +285,13 @@ Tensor Tensor::to(DType dt) const {
 }
 
 Tensor Tensor::to(Device dev) const {
-  if (dev == device_ || numel_ == 0) return *this;
+  if (dev == device_) return *this;
+  if (numel_ == 0) {
+    device_allocator(dev);  // throws for a device without a backend
+    Tensor out(*this);
+    out.device_ = dev;
+    return out;
+  }
   Tensor out(shape_, dtype_, dev);
   if (device_ == Device::kCpu) {
     device_allocator(dev).from_host(out.buf_, buf_, nbytes());

@@ -108,5 +108,7 @@ template <typename T>
 Backend<T>& backend(Device device = Device::kCpu);
 // Installs a device's float backend (a CUDA build does this at startup).
 void register_backend(Device device, Backend<float>* b);
+// Whether a float backend exists for the device (the CPU's always does).
+bool has_backend(Device device);
 
 }  // namespace mlkv

@@ -16,14 +16,16 @@ int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DTyp
 }
 
 KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Device device,
-                 int block_size)
+                 int block_size, int n_blocks)
     : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), codec_(&kv_codec(elem)) {
   MLKV_REQUIRE(n_seq > 0, "KV cache: number of sequences must be positive (got ", n_seq, ")");
   MLKV_REQUIRE(n_ctx > 0, "KV cache: context length must be positive (got ", n_ctx, ")");
-  MLKV_REQUIRE(block_size >= 0, "KV cache: block size must not be negative");
+  MLKV_REQUIRE(block_size >= 0, "KV cache: block size must not be negative (got ", block_size, ")");
+  MLKV_REQUIRE(n_blocks >= 0, "KV cache: number of blocks must not be negative (got ", n_blocks, ")");
   block_size_ = block_size == 0 ? n_ctx : block_size;
   blocks_per_seq_ = (n_ctx + block_size_ - 1) / block_size_;
-  n_blocks_ = n_seq * blocks_per_seq_;
+  const bool paged = n_blocks > 0 && n_blocks < n_seq * blocks_per_seq_;
+  n_blocks_ = n_blocks > 0 ? n_blocks : n_seq * blocks_per_seq_;
   row_bytes_ = codec_->row_bytes(layout.head_dim);
   head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * row_bytes_;
   slot_stride_ = 2 * static_cast<size_t>(layout.n_head_kv) * head_stride_;
@@ -31,7 +33,7 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Devic
   MLKV_REQUIRE(total <= (int64_t{1} << 40), "KV cache of ", total, " bytes is too large");
   storage_ = Tensor({total}, DType::kU8, device);
   block_tables_.resize(static_cast<size_t>(n_seq));
-  for (int s = 0; s < n_seq; ++s) {
+  for (int s = 0; s < n_seq && !paged; ++s) {
     auto& t = block_tables_[static_cast<size_t>(s)];
     for (int b = 0; b < blocks_per_seq_; ++b) t.push_back(s * blocks_per_seq_ + b);
   }
@@ -59,6 +61,8 @@ ops::KvSlotView KVCache::view(int slot) const {
 void KVCache::copy_seq(int src, int dst, int n_tokens) {
   MLKV_CHECK(src >= 0 && src < n_seq_ && dst >= 0 && dst < n_seq_);
   MLKV_CHECK(n_tokens >= 0 && n_tokens <= len_[static_cast<size_t>(src)]);
+  MLKV_REQUIRE(n_tokens <= mapped_positions(dst), "KV cache: sequence ", dst, " maps ",
+               mapped_positions(dst), " positions, too few to copy ", n_tokens, " into");
   if (src != dst && n_tokens > 0) {
     DeviceAllocator& mem = device_allocator(storage_.device());
     for (int slot = 0; slot < n_slots(); ++slot) {
@@ -79,7 +83,7 @@ void KVCache::copy_seq(int src, int dst, int n_tokens) {
 
 void KVCache::set_block_table(int seq, std::vector<int32_t> blocks) {
   MLKV_CHECK(seq >= 0 && seq < n_seq_);
-  MLKV_REQUIRE(static_cast<int>(blocks.size()) == blocks_per_seq_, "block table of ", blocks.size(),
+  MLKV_REQUIRE(static_cast<int>(blocks.size()) <= blocks_per_seq_, "block table of ", blocks.size(),
                " blocks for a cache of ", blocks_per_seq_, " blocks per sequence");
   std::vector<int32_t> sorted = blocks;
   std::sort(sorted.begin(), sorted.end());
@@ -90,6 +94,10 @@ void KVCache::set_block_table(int seq, std::vector<int32_t> blocks) {
                  " appears twice in one block table");
   }
   block_tables_[static_cast<size_t>(seq)] = std::move(blocks);
+}
+
+int KVCache::mapped_positions(int seq) const {
+  return std::min(n_ctx_, static_cast<int>(block_tables_[static_cast<size_t>(seq)].size()) * block_size_);
 }
 
 void KVCache::set_seq_len(int seq, int len) {

@@ -9,8 +9,10 @@
 // [s * blocks_per_seq, (s + 1) * blocks_per_seq) with one block of n_ctx positions, so each head
 // of each sequence is one contiguous [n_ctx][head_dim] array and the cache holds exactly
 // 2 * n_seq * n_ctx * m * g * row_bytes bytes (row_bytes = head_dim * element size for f32/f16).
-// A paged cache is the same storage with a smaller block size and a block allocator filling the
-// tables.
+// A paged cache is the same storage with a smaller block size and a pool of n_blocks blocks (fewer
+// than n_seq * blocks_per_seq: memory is promised to sequences as they grow), whose tables a block
+// allocator fills (set_block_table); then the cache holds 2 * n_blocks * block_size * m * g *
+// row_bytes bytes, and a sequence can only be written at positions its table maps.
 #pragma once
 
 #include <cstdint>
@@ -34,10 +36,12 @@ struct KvLayout {
 
 class KVCache {
  public:
-  // elem: F32 or F16. block_size 0: one block of n_ctx positions per sequence. Throws mlkv::Error
-  // for impossible sizes or a device without a backend.
+  // elem: F32 or F16. block_size 0: one block of n_ctx positions per sequence. n_blocks 0: a
+  // block for every position of every sequence, mapped in order; fewer: a paged pool, every table
+  // empty until set_block_table maps blocks. Throws mlkv::Error for impossible sizes or a device
+  // without a backend.
   KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem = DType::kF32,
-          Device device = Device::kCpu, int block_size = 0);
+          Device device = Device::kCpu, int block_size = 0, int n_blocks = 0);
 
   // n_seq * n_ctx * layout.bytes_per_token(elem): what the default layout allocates.
   static int64_t bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DType elem);
@@ -63,10 +67,12 @@ class KVCache {
   int blocks_per_seq() const { return blocks_per_seq_; }
   int n_blocks() const { return n_blocks_; }
   const std::vector<int32_t>& block_table(int seq) const { return block_tables_[static_cast<size_t>(seq)]; }
-  // Points a sequence's logical blocks at other physical blocks (a paged allocator's job; tests
-  // use it to scatter a sequence). blocks: blocks_per_seq() distinct ids in [0, n_blocks()); the
-  // caller keeps different sequences' blocks apart. Throws mlkv::Error otherwise.
+  // Points a sequence's logical blocks at physical blocks (a paged allocator's job; tests use it
+  // to scatter a sequence): at most blocks_per_seq() distinct ids in [0, n_blocks()); the caller
+  // keeps different sequences' blocks apart. Throws mlkv::Error otherwise.
   void set_block_table(int seq, std::vector<int32_t> blocks);
+  // Positions of a sequence its block table maps: [0, mapped_positions(seq)) may be written.
+  int mapped_positions(int seq) const;
   int seq_len(int seq) const { return len_[static_cast<size_t>(seq)]; }
   void set_seq_len(int seq, int len);
   // Takes a free sequence slot (length 0); -1 when all are in use.

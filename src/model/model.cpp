@@ -106,8 +106,8 @@ int64_t Model::decode_weight_bytes() const {
   return n;
 }
 
-KVCache Model::new_cache(int n_seq, int n_ctx, DType elem, int block_size) const {
-  return KVCache(kv_layout(cfg_), n_seq, n_ctx, elem, opt_.device, block_size);
+KVCache Model::new_cache(int n_seq, int n_ctx, DType elem, int block_size, int n_blocks) const {
+  return KVCache(kv_layout(cfg_), n_seq, n_ctx, elem, opt_.device, block_size, n_blocks);
 }
 
 const ops::RopeTable<float>& Model::rope(int n_pos) {
@@ -133,6 +133,8 @@ void Model::validate_batch(const Batch& b, const KVCache& cache, std::vector<Att
                  cache.n_seq(), ")");
     MLKV_REQUIRE(p < cache.n_ctx(), "context overflow: sequence ", s, " would need position ", p,
                  " but the context holds ", cache.n_ctx(), " tokens");
+    MLKV_REQUIRE(p < cache.mapped_positions(s), "sequence ", s, " has no cache block for position ",
+                 p, " (its block table maps ", cache.mapped_positions(s), " positions)");
     if (!runs->empty() && runs->back().seq == s) {
       AttnRun& r = runs->back();
       MLKV_REQUIRE(p == r.pos0 + r.n_rows, "batch positions of sequence ", s,

@@ -105,9 +105,9 @@ std::vector<std::pair<std::string, const Tensor*>> list_params(const ModelConfig
   return out;
 }
 
-void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype) {
+void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype, Device device) {
   *w = ModelWeights{};
-  for (auto& n : enumerate(cfg, *w)) *n.t = Tensor(n.shape, dtype);
+  for (auto& n : enumerate(cfg, *w)) *n.t = Tensor(n.shape, dtype, device);
 }
 
 ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,

@@ -63,8 +63,10 @@ std::vector<ParamRef> list_params(const ModelConfig& cfg, ModelWeights& w);
 std::vector<std::pair<std::string, const Tensor*>> list_params(const ModelConfig& cfg,
                                                                const ModelWeights& w);
 
-// Allocates every tensor the config calls for, zero-filled, of the given element type.
-void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype = DType::kF32);
+// Allocates every tensor the config calls for, zero-filled, of the given element type, on the
+// given device.
+void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype = DType::kF32,
+                      Device device = Device::kCpu);
 
 // A copy of every parameter converted to dtype (F32, F16, BF16 or F64); with matrices_only, only
 // 2-d tensors are converted and norms and biases keep their type (f16 inference weights).

@@ -4,9 +4,22 @@
 
 namespace mlkv {
 
+namespace {
+
+// The context a scheduler may use: positive and within the model's (positions past
+// max_position_embeddings were never trained; score and logits refuse them too).
+int checked_ctx(const ModelConfig& c, int n_ctx) {
+  MLKV_REQUIRE(n_ctx > 0, "the context must be positive (got ", n_ctx, ")");
+  MLKV_REQUIRE(n_ctx <= c.n_ctx, "a context of ", n_ctx, " tokens exceeds the model's context (",
+               c.n_ctx, " positions)");
+  return n_ctx;
+}
+
+}  // namespace
+
 Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, DType cache_elem)
-    : model_(model), n_parallel_(n_parallel), n_ctx_(n_ctx),
-      cache_(model.new_cache(n_parallel, n_ctx, cache_elem)) {}
+    : model_(model), n_parallel_(n_parallel), n_ctx_(checked_ctx(model.config(), n_ctx)),
+      cache_(model.new_cache(n_parallel, n_ctx_, cache_elem)) {}
 
 void Scheduler::submit(Request r) {
   const ModelConfig& c = model_.config();

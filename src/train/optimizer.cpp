@@ -43,9 +43,9 @@ const char* LrSchedule::name(Kind k) {
   return "?";
 }
 
-AdamW::AdamW(const ModelConfig& cfg, AdamWConfig c) : cfg_(cfg), c_(c) {
-  allocate_weights(cfg, &m_);
-  allocate_weights(cfg, &v_);
+AdamW::AdamW(const ModelConfig& cfg, AdamWConfig c, Device device) : cfg_(cfg), c_(c) {
+  allocate_weights(cfg, &m_, DType::kF32, device);
+  allocate_weights(cfg, &v_, DType::kF32, device);
 }
 
 void AdamW::step(ModelWeights& params, ModelWeights& grads, double lr, double grad_scale,

@@ -40,8 +40,8 @@ struct LrSchedule {
 
 class AdamW {
  public:
-  // Allocates zero moments shaped like the parameters of cfg.
-  AdamW(const ModelConfig& cfg, AdamWConfig c);
+  // Allocates zero moments shaped like the parameters of cfg, on the parameters' device.
+  AdamW(const ModelConfig& cfg, AdamWConfig c, Device device = Device::kCpu);
 
   // One update at step t = steps() + 1 with learning rate lr; the gradients are multiplied by
   // grad_scale first (clipping). Parameters and moments change in place; with zero_grads_after the

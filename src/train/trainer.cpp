@@ -21,6 +21,7 @@
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "core/progress.h"
+#include "kernels/backend.h"
 #include "kernels/threads.h"
 #include "core/timer.h"
 #include "io/hf_model.h"
@@ -242,7 +243,7 @@ TrainSummary run_training(const TrainOptions& opt) {
                  "train: --resume needs the checkpoint's batch (", state.global_batch, "), ctx (",
                  state.ctx, "), seed (", state.seed, ") and shuffle (",
                  state.shuffle ? "on" : "off", ") so that the data continues where it stopped");
-    adam = std::make_unique<AdamW>(cfg, opt.adam);
+    adam = std::make_unique<AdamW>(cfg, opt.adam, params.tok_embd.device());
     adam->m() = std::move(ck.adam_m);
     adam->v() = std::move(ck.adam_v);
     adam->set_steps(state.step);
@@ -257,7 +258,7 @@ TrainSummary run_training(const TrainOptions& opt) {
       cfg.validate();
       init_weights_random(cfg, &params, opt.init_seed ? opt.init_seed : opt.seed, opt.init_std);
     }
-    adam = std::make_unique<AdamW>(cfg, opt.adam);
+    adam = std::make_unique<AdamW>(cfg, opt.adam, params.tok_embd.device());
     state.global_batch = opt.batch;
     state.ctx = opt.ctx;
     state.seed = opt.seed;
@@ -271,9 +272,11 @@ TrainSummary run_training(const TrainOptions& opt) {
   state.total_steps = total_steps;
   state.options_json = options_to_json(opt, total_steps, warmup, world);
 
+  // Gradients, moments and the graph's activations live where the parameters are.
+  const Device device = params.tok_embd.device();
   ModelWeights grads;
-  allocate_weights(cfg, &grads);
-  TrainGraph<float> graph(cfg, micro, opt.ctx);
+  allocate_weights(cfg, &grads, DType::kF32, device);
+  TrainGraph<float> graph(cfg, micro, opt.ctx, backend<float>(device));
   TrainSummary summary;
   summary.n_params = cfg.n_params();
   if (opt.profile) graph.profile = &summary.profile;
@@ -291,6 +294,7 @@ TrainSummary run_training(const TrainOptions& opt) {
         {"world", world},
         {"micro_batch", micro},
         {"threads", num_threads()},
+        {"backend", backend<float>().name()},
         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
         {"options", json::parse(state.options_json)}};
     if (opt.resume) {
@@ -366,9 +370,10 @@ TrainSummary run_training(const TrainOptions& opt) {
   if (show) {
     std::fprintf(
         stderr,
-        "train: %s, %.2fM params, %d rank(s) x %d thread(s), %lld rows x %d tokens per step "
+        "train: %s, %.2fM params, %d rank(s) x %d thread(s) on %s, %lld rows x %d tokens per step "
         "(micro-batch %d x %d accum), %lld steps, activations %.1f MiB per rank\n",
         cfg.summary().c_str(), static_cast<double>(cfg.n_params()) / 1e6, world, num_threads(),
+        backend<float>().name().c_str(),
         static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum,
         static_cast<long long>(total_steps),
         static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));

@@ -1,10 +1,14 @@
-// Shared helpers for the unit tests: tiny random model configurations of every flavour.
+// Shared helpers for the unit tests: tiny random model configurations of every flavour, random
+// weights and tokens, a model built from them.
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include <random>
+
 #include "model/config.h"
+#include "model/model.h"
 #include "model/weights.h"
 
 namespace mlkv::testing {
@@ -50,6 +54,21 @@ inline ModelWeights random_weights(const ModelConfig& c, uint64_t seed) {
     }
   }
   return w;
+}
+
+inline std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return t;
+}
+
+// An inference model of config c with random_weights(c, seed).
+inline Model make_model(const ModelConfig& c, uint64_t seed) {
+  LoadedModel lm;
+  lm.config = c;
+  lm.weights = random_weights(c, seed);
+  return Model(std::move(lm));
 }
 
 }  // namespace mlkv::testing

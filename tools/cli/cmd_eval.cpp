@@ -5,6 +5,7 @@
 // resolution, lm-eval's rules, the results document) and prints the table. See docs/EVAL.md.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -144,7 +145,8 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_flag("--no-share", a->no_share,
                 "Run every choice's context separately (for checking the shared pass)");
   cmd->add_option("--json", a->json_path, "Write the results as JSON to this file");
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_eval(*a); });
 }
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -13,6 +14,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "kernels/backend.h"
 #include "kernels/threads.h"
 #include "core/timer.h"
 #include "io/hf_model.h"
@@ -51,7 +53,8 @@ std::string human_bytes(double b) {
 }
 
 void add_threads_option(CLI::App* cmd, int* threads) {
-  cmd->add_option("-t,--threads", *threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", *threads, "Threads (default: all cores)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
 }
 
 // ---------------------------------------------------------------- info
@@ -322,6 +325,7 @@ void run_bench(const BenchArgs& a) {
     json j = {{"model", name},
               {"config", c.summary()},
               {"threads", num_threads()},
+              {"backend", backend<float>().name()},
               {"prompt", a.prompt},
               {"gen", a.gen},
               {"batch", a.batch},
@@ -344,6 +348,7 @@ void run_bench(const BenchArgs& a) {
   }
   std::printf("model           %s (%s)\n", name.c_str(), c.summary().c_str());
   std::printf("threads         %d\n", num_threads());
+  std::printf("backend         %s\n", backend<float>().name().c_str());
   if (!a.synthetic) {
     std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", r.prefill_tok_s,
                 a.prompt, a.batch, a.reps);
@@ -370,7 +375,8 @@ void add_model_commands(CLI::App& app) {
         "info", "Describe a model: geometry, KV sharing, parameter count, KV-cache bytes");
     cmd->add_option("model", a->model, "Model folder (config.json + safetensors) or llama2.c .bin")
         ->required();
-    cmd->add_option("--ctx", a->ctx, "Context length for the cache size (default: the model's)");
+    cmd->add_option("--ctx", a->ctx, "Context length for the cache size (default: the model's)")
+        ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     cmd->add_option("--batch", a->batch, "Sequences for the cache size")->capture_default_str();
     cmd->add_option("--kv-budget", a->kv_budget,
                     "KV-cache memory (e.g. 2G): how many sequences of --ctx tokens fit");
@@ -415,7 +421,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->capture_default_str();
     cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")->capture_default_str();
     cmd->add_option("--parallel", a->parallel, "Sequences decoded together")->capture_default_str();
-    cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)");
+    cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)")
+        ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
         ->capture_default_str();
     cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");

@@ -1,5 +1,6 @@
 // `mlkv serve`: the HTTP completion server (src/server) over an mlkv::Engine.
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <memory>
 
@@ -64,7 +65,8 @@ void add_serve_commands(CLI::App& app) {
          "--kv-budget", a->kv_budget,
          "KV-cache memory (e.g. 1G, 512MiB): as many parallel sequences of --ctx tokens as fit")
       ->excludes(par);
-  cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)");
+  cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
       ->capture_default_str();
   cmd->add_option("--weights", a->weights, "In-memory projection weights: f32 or f16")
@@ -78,7 +80,8 @@ void add_serve_commands(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all cores)");
+  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all cores)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_serve(*a); });
 }
 

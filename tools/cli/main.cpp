@@ -8,7 +8,6 @@
 #include "commands.h"
 #include "kernels/blas/blas.h"
 #include "core/check.h"
-#include "kernels/cpu/isa.h"
 
 int main(int argc, char** argv) {
   mlkv::blas::ensure_good_kernels(argc, argv);
@@ -22,7 +21,6 @@ int main(int argc, char** argv) {
   mlkv::cli::add_convert_commands(app);
   mlkv::cli::add_serve_commands(app);
   try {
-    mlkv::ops::cpu::active_isa();  // a bad MLKV_ISA is an error here, not in the middle of a kernel
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints help, version or the usage error

@@ -158,6 +158,9 @@ Backend<float>* g_float_backends[2] = {&g_cpu_f32, nullptr};
 
 template <>
 Backend<float>& backend<float>(Device device) {
+  // A bad MLKV_ISA is reported here, when something is about to compute, rather than from inside
+  // a kernel (or for commands that never compute).
+  if (device == Device::kCpu) ops::cpu::active_isa();
   Backend<float>* b = g_float_backends[static_cast<int>(device)];
   MLKV_REQUIRE(b != nullptr, "device '", device_name(device),
                "' is not available: this build has no backend for it");
@@ -167,8 +170,11 @@ Backend<float>& backend<float>(Device device) {
 template <>
 Backend<double>& backend<double>(Device device) {
   MLKV_REQUIRE(device == Device::kCpu, "f64 compute (gradient checks) exists on the CPU only");
+  ops::cpu::active_isa();
   return g_cpu_f64;
 }
+
+bool has_backend(Device device) { return g_float_backends[static_cast<int>(device)] != nullptr; }
 
 void register_backend(Device device, Backend<float>* b) {
   g_float_backends[static_cast<int>(device)] = b;

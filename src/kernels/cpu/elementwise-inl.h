@@ -9,19 +9,25 @@
 
 inline int64_t tail_of(int64_t n, int64_t i) { return n - i < kLanes ? n - i : kLanes; }
 
+// max of x[0, n); NaN when any x is NaN (so a NaN logit gives a NaN loss on every path).
 float max_n(const float* x, int64_t n) {
   float m = -__builtin_inff();
   int64_t i = 0;
   if (n >= kLanes) {
     V a = vload(x), b = a;
     for (i = kLanes; i + 2 * kLanes <= n; i += 2 * kLanes) {
-      a = vmax(a, vload(x + i));
-      b = vmax(b, vload(x + i + kLanes));
+      a = vmax_nan(a, vload(x + i));
+      b = vmax_nan(b, vload(x + i + kLanes));
     }
-    for (; i + kLanes <= n; i += kLanes) a = vmax(a, vload(x + i));
-    m = vmaxall(vmax(a, b));
+    for (; i + kLanes <= n; i += kLanes) a = vmax_nan(a, vload(x + i));
+    a = vmax_nan(a, b);
+    if (vany_nan(a)) return __builtin_nanf("");
+    m = vmaxall(a);
   }
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (; i < n; ++i) {
+    if (x[i] != x[i]) return x[i];
+    m = x[i] > m ? x[i] : m;
+  }
   return m;
 }
 

@@ -2,7 +2,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cctype>
 #include <cstring>
+#include <string>
 
 #include "core/check.h"
 
@@ -25,8 +27,13 @@ const char* isa_name(Isa isa) {
 }
 
 Isa parse_isa(const char* name) {
+  // Case and surrounding blanks do not matter: "AVX2", " avx2 ".
+  std::string s(name);
+  const size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  s = b == std::string::npos ? "" : s.substr(b, e - b + 1);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (int i = 0; i < kNumIsas; ++i) {
-    if (std::strcmp(name, isa_name(static_cast<Isa>(i))) == 0) return static_cast<Isa>(i);
+    if (s == isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
   }
   fail("unknown instruction-set path '", name, "' (known: scalar, avx2, avx512)");
 }
@@ -63,7 +70,7 @@ Isa active_isa() {
   const int v = g_isa.load(std::memory_order_relaxed);
   if (v >= 0) return static_cast<Isa>(v);
   const char* env = std::getenv("MLKV_ISA");
-  const Isa isa = env != nullptr && *env ? parse_isa(env) : best_isa();
+  const Isa isa = env != nullptr && *env ? parse_isa(env) : best_isa();  // empty: the best
   MLKV_REQUIRE(cpu_supports(isa), "MLKV_ISA=", env ? env : "", ": this CPU cannot run the ",
                isa_name(isa), " kernels (it supports up to ", isa_name(best_isa()), ")");
   g_isa.store(static_cast<int>(isa));

@@ -16,13 +16,14 @@ const char* isa_name(Isa isa);  // "scalar", "avx2", "avx512"
 // Parses an isa_name() spelling; throws mlkv::Error listing the valid names otherwise.
 Isa parse_isa(const char* name);
 
-// Whether this CPU can run the path (scalar: always).
+// Whether this CPU can run the path's kernels (scalar: always; the rest of the binary needs AVX2).
 bool cpu_supports(Isa isa);
 // The best path this CPU supports.
 Isa best_isa();
 
-// The path in use: MLKV_ISA when set (an unknown name, or a path this CPU cannot run, is an
-// mlkv::Error on first use), else best_isa().
+// The path in use: MLKV_ISA when set (case-insensitive; an unknown name, or a path this CPU
+// cannot run, is an mlkv::Error on first use: backend() asks before anything computes), else
+// best_isa().
 Isa active_isa();
 // Forces a path for the rest of the process (tests); throws mlkv::Error when the CPU lacks it.
 void set_isa(Isa isa);

@@ -33,6 +33,11 @@ inline V vmul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline V vdiv(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
 inline V vmax(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
 inline V vmin(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }
+inline bool vany_nan(V a) { return _mm256_movemask_ps(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q)) != 0; }
+// max that keeps a NaN of either operand (vmax returns b when a is NaN).
+inline V vmax_nan(V a, V b) {
+  return {_mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q))};
+}
 inline V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }    // a b + c
 inline V vfnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a b
 inline V vsqrt(V a) { return {_mm256_sqrt_ps(a.v)}; }
@@ -67,9 +72,10 @@ inline void vsum8(const V* a, float* out) {
 
 // e^x: x = n ln2 + r (ln2 in two parts), e^r by the Cephes expf polynomial (relative error
 // ~1e-7), 2^n scaled in two halves so that n = 128 does not overflow the exponent; 0 below
-// -87.34, +inf above 88.72.
+// -87.34, +inf above 88.72, NaN for NaN.
 inline V vexp(V xv) {
   __m256 x = xv.v;
+  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
   const __m256 hi = _mm256_set1_ps(88.7228391f), lo = _mm256_set1_ps(-87.3365448f);
   const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
@@ -92,7 +98,8 @@ inline V vexp(V xv) {
   const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h2, bias), 23));
   __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
   y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), over);
-  return {_mm256_blendv_ps(y, _mm256_setzero_ps(), under)};
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+  return {_mm256_blendv_ps(y, xv.v, nan)};
 }
 
 inline void vprefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }

@@ -28,6 +28,11 @@ inline V vmul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline V vdiv(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline V vmax(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline V vmin(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
+inline bool vany_nan(V a) { return _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q) != 0; }
+// max that keeps a NaN of either operand.
+inline V vmax_nan(V a, V b) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_max_ps(a.v, b.v), a.v)};
+}
 inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline V vfnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }
 inline V vsqrt(V a) { return {_mm512_sqrt_ps(a.v)}; }
@@ -65,9 +70,10 @@ inline void vsum8(const V* a, float* out) {
                                       _mm256_permute2f128_ps(u0, u1, 0x31)));
 }
 
-// e^x, the same algorithm and constants as vec_avx2.h.
+// e^x, the same algorithm and constants as vec_avx2.h (NaN for NaN).
 inline V vexp(V xv) {
   __m512 x = xv.v;
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
   const __m512 hi = _mm512_set1_ps(88.7228391f), lo = _mm512_set1_ps(-87.3365448f);
   const __mmask16 over = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
   const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
@@ -90,7 +96,8 @@ inline V vexp(V xv) {
   const __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h2, bias), 23));
   __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
   y = _mm512_mask_blend_ps(over, y, _mm512_set1_ps(__builtin_inff()));
-  return {_mm512_mask_blend_ps(under, y, _mm512_setzero_ps())};
+  y = _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
+  return {_mm512_mask_blend_ps(nan, y, xv.v)};
 }
 
 inline void vprefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }

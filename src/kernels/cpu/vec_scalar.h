@@ -29,6 +29,8 @@ inline V vmul(V a, V b) { return {a.v * b.v}; }
 inline V vdiv(V a, V b) { return {a.v / b.v}; }
 inline V vmax(V a, V b) { return {a.v > b.v ? a.v : b.v}; }
 inline V vmin(V a, V b) { return {a.v < b.v ? a.v : b.v}; }
+inline bool vany_nan(V a) { return a.v != a.v; }
+inline V vmax_nan(V a, V b) { return {a.v != a.v ? a.v : b.v != b.v ? b.v : a.v > b.v ? a.v : b.v}; }
 inline V vfma(V a, V b, V c) { return {std::fma(a.v, b.v, c.v)}; }
 inline V vfnma(V a, V b, V c) { return {std::fma(-a.v, b.v, c.v)}; }
 inline V vsqrt(V a) { return {std::sqrt(a.v)}; }

@@ -98,9 +98,27 @@ TEST(KvCache, ScatteredBlockTablesAndCopy) {
     EXPECT_EQ(std::memcmp(v.v_row(1, 0, q), v.v_row(0, 0, q), 32), 0) << q;
   }
   EXPECT_NE(std::memcmp(c.view(1).k_row(1, 0, 0), v.k_row(0, 0, 0), 32), 0);  // slot 1 untouched
-  EXPECT_THROW(c.set_block_table(0, {0, 1}), Error);
+  EXPECT_THROW(c.set_block_table(0, {0, 1, 2, 3}), Error);  // more blocks than positions
   EXPECT_THROW(c.set_block_table(0, {0, 1, 1}), Error);
   EXPECT_THROW(c.set_block_table(0, {0, 1, 6}), Error);
+}
+
+// A paged pool: fewer blocks than sequences x positions, tables mapped as sequences grow.
+TEST(KvCache, PagedPoolMapsOnlyWhatItHolds) {
+  KVCache c(layout(), 3, 10, DType::kF32, Device::kCpu, 4, 5);  // 5 blocks of 4 for 3 x 10
+  EXPECT_EQ(c.n_blocks(), 5);
+  EXPECT_EQ(c.bytes(), int64_t{5} * 4 * layout().bytes_per_token(DType::kF32));
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(c.mapped_positions(s), 0);
+  c.set_block_table(0, {4, 1, 0});
+  c.set_block_table(1, {2});
+  EXPECT_EQ(c.mapped_positions(0), 10);  // 3 blocks of 4, capped at the context
+  EXPECT_EQ(c.mapped_positions(1), 4);
+  ASSERT_EQ(c.acquire_seq(), 0);
+  ASSERT_EQ(c.acquire_seq(), 1);
+  c.set_seq_len(0, 6);
+  EXPECT_THROW(c.copy_seq(0, 1, 6), Error);  // sequence 1 maps 4 positions
+  c.copy_seq(0, 1, 4);
+  EXPECT_EQ(c.seq_len(1), 4);
 }
 
 TEST(KvCache, Sequences) {

@@ -34,19 +34,8 @@ std::vector<Scheme> schemes() {
           {"irregular", 4, {0, 1, 1, 3}}};
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
-  return t;
-}
-
-Model make_model(const ModelConfig& c, uint64_t seed) {
-  LoadedModel lm;
-  lm.config = c;
-  lm.weights = random_weights(c, seed);
-  return Model(std::move(lm));
-}
+using testing::make_model;
+using testing::random_tokens;
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -232,9 +221,48 @@ TEST(KVCache, ScatteredBlocksGiveTheSameLogits) {
   ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
   KVCache cache(kv_layout(c), 2, 10, DType::kF32, Device::kCpu, 4);
   EXPECT_EQ(cache.blocks_per_seq(), 3);
-  EXPECT_THROW(cache.set_block_table(0, {0, 1}), Error);
+  EXPECT_THROW(cache.set_block_table(0, {0, 1, 2, 3}), Error);
   EXPECT_THROW(cache.set_block_table(0, {0, 1, 1}), Error);
   EXPECT_THROW(cache.set_block_table(0, {0, 1, 6}), Error);
+}
+
+// A paged pool smaller than every sequence's full context: sequences decode through the blocks
+// they were given, as a contiguous cache would, and a position without a block is refused.
+TEST(KVCache, PagedPoolDecodesAndRefusesUnmappedPositions) {
+  ModelConfig c = tiny_config(Family::kGptNeoX, 3, 32, 4, 2, {0, 0, 2}, KvShareRope::kPre);
+  Model m = make_model(c, 12);
+  const auto t0 = random_tokens(12, c.n_vocab, 5), t1 = random_tokens(12, c.n_vocab, 6);
+  std::vector<std::vector<float>> out;
+  for (int paged = 0; paged < 2; ++paged) {
+    KVCache cache = paged ? m.new_cache(2, 16, DType::kF32, 4, 6) : m.new_cache(2, 16);
+    if (paged) {
+      cache.set_block_table(0, {5, 2, 0});  // 12 positions
+      cache.set_block_table(1, {1, 4, 3});
+    }
+    ASSERT_EQ(cache.acquire_seq(), 0);
+    ASSERT_EQ(cache.acquire_seq(), 1);
+    std::vector<float> logits(static_cast<size_t>(24) * c.n_vocab), all;
+    Batch b;
+    for (int step = 0; step < 12; ++step) {
+      b.clear();
+      b.add(t0[step], 0, step, true);
+      b.add(t1[step], 1, step, true);
+      m.forward(b, cache, logits.data());
+      all.insert(all.end(), logits.begin(), logits.begin() + 2 * c.n_vocab);
+    }
+    out.push_back(all);
+    if (paged) {
+      b.clear();
+      b.add(1, 0, 12, true);  // position 12 has no block
+      try {
+        m.forward(b, cache, logits.data());
+        FAIL() << "a write past the mapped blocks was accepted";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("no cache block"), std::string::npos) << e.what();
+      }
+    }
+  }
+  EXPECT_LT(max_abs_diff(out[0], out[1]), 1e-5);
 }
 
 TEST(ModelErrors, BadBatches) {

@@ -1,0 +1,88 @@
+// Tensor (core/tensor.h): shapes, element types and devices, copies and moves, conversions between
+// float formats, and the edge cases of tensors without elements.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/check.h"
+#include "core/half.h"
+#include "core/tensor.h"
+
+namespace mlkv {
+namespace {
+
+TEST(Tensor, ShapeTypeDeviceAndZeroFill) {
+  Tensor t({3, 4}, DType::kF16);
+  EXPECT_EQ(t.numel(), 12);
+  EXPECT_EQ(t.nbytes(), 24u);
+  EXPECT_EQ(t.dtype(), DType::kF16);
+  EXPECT_EQ(t.device(), Device::kCpu);
+  EXPECT_EQ(t.shape_str(), "[3, 4]");
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(t.data_as<uint16_t>()[i], 0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % 64, 0u);
+  Tensor d({5}, DType::kF64);
+  EXPECT_EQ(d.nbytes(), 40u);
+  d.data_as<double>()[4] = 2.5;
+  EXPECT_EQ(d.data_as<double>()[4], 2.5);
+}
+
+TEST(Tensor, CopiesMovesAndEmptyTensors) {
+  Tensor a({4});
+  for (int i = 0; i < 4; ++i) a[i] = float(i) + 0.5f;
+  Tensor b = a;  // a deep copy
+  b[0] = 9.0f;
+  EXPECT_EQ(a[0], 0.5f);
+  Tensor c = std::move(b);
+  EXPECT_EQ(c[0], 9.0f);
+  EXPECT_TRUE(b.empty());  // NOLINT: moved-from is empty by contract
+  const Tensor none;
+  const Tensor copy = none;  // a default tensor copies as empty, not as a one-element scalar
+  EXPECT_TRUE(copy.empty());
+  EXPECT_EQ(copy.raw(), nullptr);
+  const Tensor zero_rows({0, 4});
+  EXPECT_TRUE(zero_rows.empty());
+  EXPECT_EQ(zero_rows.to(DType::kF16).dtype(), DType::kF16);
+  EXPECT_EQ(zero_rows.to(DType::kF16).shape(), zero_rows.shape());
+}
+
+TEST(Tensor, ConversionsRoundOnceToNearestEven) {
+  Tensor f({3});
+  f[0] = 1.0f;
+  f[1] = 1.0f + 1.0f / 4096;  // between two f16 values: ties to even
+  f[2] = -65504.0f;
+  const Tensor h = f.to(DType::kF16);
+  EXPECT_EQ(h.dtype(), DType::kF16);
+  EXPECT_EQ(f16_to_f32(h.data_as<uint16_t>()[1]), 1.0f);
+  EXPECT_EQ(f16_to_f32(h.data_as<uint16_t>()[2]), -65504.0f);
+  const Tensor back = h.to(DType::kF32);
+  EXPECT_EQ(back[2], -65504.0f);
+  const Tensor d = f.to(DType::kF64);
+  EXPECT_EQ(d.data_as<double>()[1], static_cast<double>(f[1]));
+  EXPECT_EQ(d.to(DType::kF32)[1], f[1]);
+  EXPECT_EQ(f.to(DType::kBF16).to(DType::kF32)[0], 1.0f);
+  EXPECT_THROW(Tensor({2}, DType::kI32).to(DType::kF16), Error);
+  EXPECT_THROW(Tensor({0}, DType::kI32).to(DType::kF16), Error);  // no elements: the same rule
+}
+
+TEST(Tensor, DevicesWithoutABackendAreErrors) {
+  EXPECT_EQ(parse_device("cpu"), Device::kCpu);
+  int index = -1;
+  EXPECT_EQ(parse_device("cuda:3", &index), Device::kCuda);
+  EXPECT_EQ(index, 3);
+  EXPECT_THROW(parse_device("tpu"), Error);
+  EXPECT_THROW(parse_device("cuda:x"), Error);
+  // This build registers no CUDA allocator: creating or moving a tensor there fails, elements or
+  // not, naming the device.
+  try {
+    Tensor t({3}, DType::kF32, Device::kCuda);
+    FAIL() << "a CUDA tensor without a CUDA backend";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Tensor({0}, DType::kF32, Device::kCuda), Error);
+  EXPECT_THROW(Tensor().to(Device::kCuda), Error);
+  EXPECT_THROW(Tensor({2}).to(Device::kCuda), Error);
+}
+
+}  // namespace
+}  // namespace mlkv
