@@ -20,8 +20,10 @@ struct Generation {
   std::vector<int32_t> tokens;  // generated ids, prompt excluded
   std::string text;             // tokens decoded, when the engine has a tokenizer (else "")
   std::string finish_reason;    // "eos" (stop_at_eos and the model's EOS came), "length"
-                                // (max_new_tokens reached), "context" (the sequence filled n_ctx)
-                                // or, in a Session only, "cancelled"
+                                // (max_new_tokens reached), "context" (the sequence filled n_ctx),
+                                // "error" (see error) or, in a Session only, "cancelled"
+  std::string error;            // with finish_reason "error": what went wrong (the model produced
+                                // non-finite logits, say); tokens holds what came before
 };
 
 struct GenerationOptions {

@@ -119,6 +119,7 @@ Tensor widen_cols(const Tensor& t, int64_t n_new, bool zero_new) {
 void widen_layer(const ModelConfig& c, int n_ff_new, WidenMode mode, LayerWeights* l) {
   // Input side: always copies (new neurons see inputs like existing ones, so they are alive).
   if (c.mlp == MlpType::kSwiGlu) l->w_gate = widen_rows(l->w_gate, n_ff_new, false);
+  if (!l->b_gate.empty()) l->b_gate = widen_rows(l->b_gate, n_ff_new, false);
   l->w_up = widen_rows(l->w_up, n_ff_new, false);
   if (!l->b_up.empty()) l->b_up = widen_rows(l->b_up, n_ff_new, false);
   // Output side: copies (authors) or zeros (function preserved).
@@ -129,9 +130,8 @@ void widen_layer(const ModelConfig& c, int n_ff_new, WidenMode mode, LayerWeight
 
 int widen_neurons_per_layer(const ModelConfig& c, int64_t removed) {
   if (removed <= 0) return 0;
-  const int64_t per_neuron = c.mlp == MlpType::kSwiGlu
-                                 ? 3 * int64_t{c.n_embd}
-                                 : 2 * int64_t{c.n_embd} + (c.mlp_bias ? 1 : 0);
+  const int64_t per_neuron = (c.mlp == MlpType::kSwiGlu ? 3 : 2) * int64_t{c.n_embd} +
+                             (c.mlp_bias ? (c.mlp == MlpType::kSwiGlu ? 2 : 1) : 0);
   const int64_t per_layer = per_neuron * c.n_layer;
   return static_cast<int>((removed + per_layer / 2) / per_layer);
 }

@@ -77,7 +77,7 @@ LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt,
 
 // MLP neurons to add per layer so that widening gives back `removed` parameters (rounded to the
 // nearest whole neuron per layer): a neuron costs 2 n_embd (+1 with biases) for GELU, 3 n_embd
-// for SwiGLU.
+// (+2 with biases) for SwiGLU.
 int widen_neurons_per_layer(const ModelConfig& cfg, int64_t removed);
 
 }  // namespace mlkv

@@ -66,8 +66,8 @@ void mlp_forward(Backend<T>& be, const ModelConfig& c, const LayerWeights& w, co
                  int n, T* out) {
   const int E = c.n_embd, F = c.n_ff;
   if (c.mlp == MlpType::kSwiGlu) {
-    be.linear_forward(a.xn2, w.w_gate, Tensor(), a.gate, n, E, F, false);
-    be.linear_forward(a.xn2, w.w_up, Tensor(), a.u, n, E, F, false);
+    be.linear_forward(a.xn2, w.w_gate, w.b_gate, a.gate, n, E, F, false);
+    be.linear_forward(a.xn2, w.w_up, w.b_up, a.u, n, E, F, false);
     be.swiglu_forward(a.gate, a.u, a.act, int64_t{n} * F);
   } else {
     be.linear_forward(a.xn2, w.w_up, w.b_up, a.u, n, E, F, false);
@@ -89,8 +89,8 @@ void mlp_backward(Backend<T>& be, const ModelConfig& c, const LayerWeights& w, L
   }
   be.linear_backward(dy, act, w.w_down, nullptr, &g.w_down, &g.b_down, n, F, E, false);
   if (c.mlp == MlpType::kSwiGlu) {
-    be.linear_backward(d_act, a.xn2, w.w_gate, dxn, &g.w_gate, nullptr, n, E, F, false);
-    be.linear_backward(d_up, a.xn2, w.w_up, dxn, &g.w_up, nullptr, n, E, F, true);
+    be.linear_backward(d_act, a.xn2, w.w_gate, dxn, &g.w_gate, &g.b_gate, n, E, F, false);
+    be.linear_backward(d_up, a.xn2, w.w_up, dxn, &g.w_up, &g.b_up, n, E, F, true);
   } else {
     be.linear_backward(d_act, a.xn2, w.w_up, dxn, &g.w_up, &g.b_up, n, E, F, false);
   }

@@ -66,6 +66,8 @@ void attention_in_backward(Backend<T>& be, const ModelConfig& c, const LayerSpec
                            const T* dk_raw, const T* dv, T* dk_tmp, T* dxn);
 
 // MLP: act = f(xn2 ...) into a.act (and a.u, a.gate), then out += act W_down^T (+ b_down).
+// SwiGLU: act = silu(xn2 W_gate^T + b_gate) * (xn2 W_up^T + b_up); GELU: act = gelu(xn2 W_up^T +
+// b_up); biases where the config has mlp_bias (always for GPT-NeoX).
 template <typename T>
 void mlp_forward(Backend<T>& be, const ModelConfig& c, const LayerWeights& w, const LayerActs<T>& a,
                  int n, T* out);

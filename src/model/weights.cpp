@@ -73,11 +73,9 @@ std::vector<Named> enumerate(const ModelConfig& c, ModelWeights& w) {
       add(p + "post_attention_layernorm.weight", l.ffn_norm, false, {E});
       if (ln) add(p + "post_attention_layernorm.bias", l.ffn_norm_b, false, {E});
       if (c.mlp == MlpType::kSwiGlu) add(p + "mlp.gate_proj.weight", l.w_gate, true, {F, E});
+      if (c.mlp == MlpType::kSwiGlu && c.mlp_bias) add(p + "mlp.gate_proj.bias", l.b_gate, false, {F});
       add(p + "mlp.up_proj.weight", l.w_up, true, {F, E});
-      if (c.mlp_bias) {
-        if (c.mlp == MlpType::kSwiGlu) fail("llama: mlp_bias with SwiGLU is not supported");
-        add(p + "mlp.up_proj.bias", l.b_up, false, {F});
-      }
+      if (c.mlp_bias) add(p + "mlp.up_proj.bias", l.b_up, false, {F});
       add(p + "mlp.down_proj.weight", l.w_down, true, {E, F});
       if (c.mlp_bias) add(p + "mlp.down_proj.bias", l.b_down, false, {E});
     }

@@ -26,6 +26,7 @@ struct LayerWeights {
   Tensor ffn_norm;     // [n_embd]
   Tensor ffn_norm_b;   // [n_embd]        LayerNorm only
   Tensor w_gate;       // [n_ff, n_embd]  SwiGLU only
+  Tensor b_gate;       // [n_ff]          SwiGLU with mlp_bias only
   Tensor w_up;         // [n_ff, n_embd]
   Tensor b_up;         // [n_ff]          mlp_bias only
   Tensor w_down;       // [n_embd, n_ff]

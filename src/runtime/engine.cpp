@@ -66,6 +66,7 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
     n_ctx = std::min(n_ctx, c.n_ctx);
   }
   Scheduler sched(model, std::min(opt.n_parallel, n_req), n_ctx, opt.cache_elem);
+  std::string first_error;  // a sequence that could not go on (non-finite logits)
   for (int i = 0; i < n_req; ++i) {
     const GenerateRequest& g = requests[static_cast<size_t>(i)];
     Request r;
@@ -74,8 +75,9 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
     r.sampling = g.sampling;
     r.stop_at_eos = opt.stop_at_eos;
     if (opt.on_token) r.on_token = [&opt, i](int32_t t) { opt.on_token(i, t); };
-    r.on_done = [&results, i](const Generation& s) {
+    r.on_done = [&results, &first_error, i](const Generation& s) {
       results[static_cast<size_t>(i)] = {s.tokens, s.finish_reason};
+      if (s.finish_reason == "error" && first_error.empty()) first_error = cat("prompt ", i, ": ", s.error);
     };
     try {
       sched.submit(std::move(r));
@@ -84,6 +86,7 @@ std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateReq
     }
   }
   sched.run_until_idle();
+  MLKV_REQUIRE(first_error.empty(), first_error);
   return results;
 }
 

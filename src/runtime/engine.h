@@ -38,6 +38,10 @@ struct GenerateOptions {
   std::function<void(int, int32_t)> on_token;
 };
 
+// Generates every request to the end (continuous batching over opt.n_parallel cache slots) and
+// returns the results in request order. Throws mlkv::Error for a request that can never run
+// (naming its index), a context beyond the model's, or a sequence whose logits became
+// non-finite.
 std::vector<GenerateResult> generate(Model& model, const std::vector<GenerateRequest>& requests,
                                      const GenerateOptions& opt);
 

@@ -55,7 +55,7 @@ bool Scheduler::step() {
       if (pending_.front().max_new_tokens == 0) {  // nothing to generate: done at once
         Request r = std::move(pending_.front());
         pending_.pop_front();
-        if (r.on_done) r.on_done({{}, "", "length"});
+        if (r.on_done) r.on_done({{}, "", "length", ""});
         continue;
       }
       const int seq = cache_.acquire_seq();
@@ -91,7 +91,14 @@ bool Scheduler::step() {
   // One logits row per active sequence, in order; walk backwards so retiring keeps indices valid.
   for (size_t i = active_.size(); i-- > 0;) {
     Active& a = active_[i];
-    const int32_t tok = a.sampler.sample(logits_.data() + i * static_cast<size_t>(c.n_vocab), c.n_vocab);
+    int32_t tok;
+    try {
+      tok = a.sampler.sample(logits_.data() + i * static_cast<size_t>(c.n_vocab), c.n_vocab);
+    } catch (const Error& e) {  // this sequence cannot go on; the others can
+      a.result.error = e.what();
+      finish(i, "error");
+      continue;
+    }
     a.result.tokens.push_back(tok);
     a.next = tok;
     if (a.req.on_token) a.req.on_token(tok);
@@ -133,7 +140,7 @@ void Scheduler::serve_forever() {
     left.swap(pending_);
   }
   for (auto& r : left) {
-    if (r.on_done) r.on_done({{}, "", "cancelled"});
+    if (r.on_done) r.on_done({{}, "", "cancelled", ""});
   }
 }
 

@@ -16,15 +16,29 @@ int32_t argmax(const float* x, int n) {
 }
 
 Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
-  MLKV_REQUIRE(p.temperature >= 0, "temperature must not be negative (got ", p.temperature, ")");
+  MLKV_REQUIRE(p.temperature >= 0 && std::isfinite(p.temperature),
+               "temperature must be a finite number >= 0 (got ", p.temperature, ")");
   MLKV_REQUIRE(p.top_k >= 0, "top-k must not be negative (got ", p.top_k, ")");
   MLKV_REQUIRE(p.top_p > 0 && p.top_p <= 1, "top-p must be in (0, 1] (got ", p.top_p, ")");
 }
 
 int32_t Sampler::sample(const float* logits, int n_vocab) {
+  // A non-finite logit means the model's arithmetic broke down: no token drawn from such a row
+  // would mean anything, so say so instead of picking one.
+  for (int i = 0; i < n_vocab; ++i) {
+    MLKV_REQUIRE(std::isfinite(logits[i]), "the model produced a non-finite logit (",
+                 logits[i], " for token id ", i, "): its weights or inputs overflow");
+  }
   if (p_.temperature == 0.0f) return argmax(logits, n_vocab);
+  // (logit - max) / T in double: 0 for the most likely token, finite or -inf below it. Dividing
+  // first would overflow for a tiny T (1e-38 makes logit / T infinite and the softmax NaN);
+  // this way a tiny T converges to greedy and no T > 0 gives NaN probabilities.
+  const float mx = logits[argmax(logits, n_vocab)];
   cand_.resize(static_cast<size_t>(n_vocab));
-  for (int i = 0; i < n_vocab; ++i) cand_[static_cast<size_t>(i)] = {logits[i] / p_.temperature, i};
+  for (int i = 0; i < n_vocab; ++i) {
+    const double z = (static_cast<double>(logits[i]) - mx) / p_.temperature;
+    cand_[static_cast<size_t>(i)] = {z, i};
+  }
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
@@ -35,12 +49,11 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
   } else {
     std::sort(cand_.begin(), cand_.end(), by_logit);
   }
-  // Softmax over the survivors (sorted descending).
-  const float mx = cand_[0].first;
+  // Softmax over the survivors (sorted descending; the first has z = 0, so total >= 1).
   double total = 0;
   std::vector<double> prob(n);
   for (size_t i = 0; i < n; ++i) {
-    prob[i] = std::exp(static_cast<double>(cand_[i].first - mx));
+    prob[i] = std::exp(cand_[i].first);
     total += prob[i];
   }
   if (p_.top_p < 1.0f) {

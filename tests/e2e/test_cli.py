@@ -15,6 +15,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
+SHARED = os.environ.get("MLKV_SHARED_DIR", os.path.join(HERE, "..", "..", "..", "shared"))
 FAILURES = []
 
 
@@ -104,6 +105,20 @@ def test_generate(mlkv, wd):
     seq = [1, 2, 3] + g1["results"][0]["tokens"]
     s = json.loads(run([mlkv, "score", d, "--tokens", " ".join(map(str, seq)), "--json"]).stdout)
     check(len(s["logprobs"]) == len(seq) - 1, "score: n-1 log-probs")
+
+
+def test_tiny_temperature(mlkv, wd):
+    """A temperature so small that logit / T overflows a float still samples: the greedy tokens."""
+    m = os.path.join(SHARED, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if not os.path.exists(m):
+        print("skip tiny temperature: shared model missing")
+        return
+    base = [mlkv, "generate", m, "--tokens", "1 403 407", "-n", "16", "--json", "--ignore-eos"]
+    greedy = json.loads(run(base).stdout)["results"][0]["tokens"]
+    for t in ("1e-38", "1e-40", "1e-45"):
+        got = json.loads(run(base + ["--temp", t, "--seed", "3"]).stdout)["results"][0]["tokens"]
+        check(got == greedy, f"generate --temp {t}: the greedy tokens (got {got[:6]}..., want {greedy[:6]}...)")
+    expect_error(mlkv, ["generate", m, "--tokens", "1", "--temp", "nan"], "temperature", "--temp nan")
 
 
 def test_bad_input(mlkv, wd):
@@ -207,6 +222,7 @@ def main():
     test_info_bytes(a.mlkv, a.workdir)
     test_generate(a.mlkv, a.workdir)
     test_bad_input(a.mlkv, a.workdir)
+    test_tiny_temperature(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)

@@ -128,8 +128,10 @@ def _norm(cfg: Config, params: dict, prefix: str, x):
 def _mlp(cfg: Config, params: dict, layer: int, x):
     if cfg.family == "llama":
         p = f"model.layers.{layer}.mlp."
-        return linear(silu(linear(x, params[p + "gate_proj.weight"])) * linear(x, params[p + "up_proj.weight"]),
-                      params[p + "down_proj.weight"])
+        b = params.get if cfg.mlp_bias else (lambda name: None)  # biases with mlp_bias
+        gate = linear(x, params[p + "gate_proj.weight"], b(p + "gate_proj.bias"))
+        up = linear(x, params[p + "up_proj.weight"], b(p + "up_proj.bias"))
+        return linear(silu(gate) * up, params[p + "down_proj.weight"], b(p + "down_proj.bias"))
     p = f"gpt_neox.layers.{layer}.mlp."
     h = gelu(linear(x, params[p + "dense_h_to_4h.weight"], params[p + "dense_h_to_4h.bias"]))
     return linear(h, params[p + "dense_4h_to_h.weight"], params[p + "dense_4h_to_h.bias"])
@@ -340,7 +342,7 @@ def convert(cfg: Config, hf: dict, params: dict, kv_heads: int | None, kv_layers
         raise ValueError("--share must be pre or post")
 
     # 1-2: split (if fused) and mean-pool heads, per layer, for weights and biases.
-    pooled = []  # per layer: {"wk","bk","wv","bv"} (biases None for llama)
+    pooled = []  # per layer: {"wk","bk","wv","bv"} (biases None for llama without attention_bias)
     for layer in range(cfg.n_layer):
         a = attn_params(cfg, params, layer)
         pooled.append({n: None if a[n] is None else pool_heads(a[n], cfg.n_head_kv, G)
@@ -363,6 +365,8 @@ def convert(cfg: Config, hf: dict, params: dict, kv_heads: int | None, kv_layers
         if cfg.family == "llama":
             p = f"model.layers.{layer}.self_attn."
             names = {"wq": p + "q_proj.weight", "wk": p + "k_proj.weight", "wv": p + "v_proj.weight"}
+            if cfg.attn_bias:
+                names.update(bq=p + "q_proj.bias", bk=p + "k_proj.bias", bv=p + "v_proj.bias")
         else:
             p = _neox_attn(layer)
             names = {"wq": p + "query.weight", "bq": p + "query.bias", "wk": p + "key.weight",
@@ -386,7 +390,8 @@ def make_model(family: str, layers: int, embd: int, heads: int, kv_heads: int, k
                kv_source: list[int] | None = None, share: str | None = None, parallel: bool = True,
                rotary_pct: float = 0.25, tied: bool = False, layout: str | None = None, vocab: int = 97,
                ff: int | None = None, ctx: int = 64, seed: int = 0, authors_format: bool = False,
-               rope_base: float = 10000.0, rope_scaling: dict | None = None) -> tuple[dict, dict]:
+               rope_base: float = 10000.0, rope_scaling: dict | None = None, attention_bias: bool = False,
+               mlp_bias: bool = False) -> tuple[dict, dict]:
     """Returns (HF config dict, params). The random draw depends only on the model's shapes and seed,
     never on layout or dtype, so the fused and split files of one seed hold the same model."""
     ff = 4 * embd if ff is None else ff
@@ -399,7 +404,7 @@ def make_model(family: str, layers: int, embd: int, heads: int, kv_heads: int, k
                   bos_token_id=0, eos_token_id=0)
     elif family == "llama":
         hf.update(architectures=["LlamaForCausalLM"], rms_norm_eps=1e-6, rope_theta=rope_base, hidden_act="silu",
-                  attention_bias=False, bos_token_id=1, eos_token_id=2)
+                  attention_bias=attention_bias, mlp_bias=mlp_bias, bos_token_id=1, eos_token_id=2)
     else:
         raise ValueError(f"unknown family {family!r}")
     if rope_scaling is not None:
@@ -475,7 +480,8 @@ def cmd_make(a) -> None:
                             a.kv_layers, _int_list(a.kv_source), a.share, bool(a.parallel_residual),
                             a.rotary_pct, bool(a.tied), a.layout, a.vocab, a.ff, a.ctx, a.seed,
                             a.authors_format, a.rope_base,
-                            json.loads(a.rope_scaling) if a.rope_scaling else None)
+                            json.loads(a.rope_scaling) if a.rope_scaling else None,
+                            bool(a.attention_bias), bool(a.mlp_bias))
     save_model(a.out, hf, params, a.dtype)
 
 
@@ -537,6 +543,8 @@ def main(argv=None) -> int:
     m.add_argument("--rope-base", type=float, default=10000.0)
     m.add_argument("--rope-scaling", default=None, help='config.json rope_scaling as JSON, e.g. {"rope_type": "linear", "factor": 4}')
     m.add_argument("--tied", type=int, choices=[0, 1], default=0)
+    m.add_argument("--attention-bias", type=int, choices=[0, 1], default=0, help="llama: q/k/v/o biases")
+    m.add_argument("--mlp-bias", type=int, choices=[0, 1], default=0, help="llama: gate/up/down biases")
     m.add_argument("--dtype", choices=["F32", "BF16", "F16"], default="F32")
     m.add_argument("--layout", choices=["fused", "split"], default=None,
                    help="gpt_neox qkv layout (default: fused when legal, else split)")

@@ -164,6 +164,8 @@ class Config:
     kv_source: list[int]    # layer -> owner layer whose K/V it attends with
     share_rope: str         # "post": consumers use rotated owner keys; "pre": unrotated (authors)
     rope_scaling: dict | None = None  # config.json's rope_scaling ("linear" or "llama3"), None: plain
+    attn_bias: bool = False  # llama attention_bias: biases on q/k/v/o (GPT-NeoX always has them)
+    mlp_bias: bool = False   # llama mlp_bias: biases on gate/up/down (GPT-NeoX always has them)
 
     @property
     def n_embd_head(self) -> int:
@@ -212,8 +214,6 @@ def config_from_hf(d: dict) -> Config:
     else:
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"llama hidden_act {d['hidden_act']!r} unsupported (only 'silu')")
-        if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("llama with attention/mlp biases is not supported")
         n_rot = hd
         eps, base = float(d.get("rms_norm_eps", 1e-6)), float(d.get("rope_theta", 10000.0))
         parallel, tied = False, bool(d.get("tie_word_embeddings", False))
@@ -223,7 +223,9 @@ def config_from_hf(d: dict) -> Config:
     return Config(family=mt, n_vocab=int(d["vocab_size"]), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                   n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=int(d.get("max_position_embeddings", 2048)),
                   norm_eps=eps, rope_base=base, n_rot=n_rot, parallel_residual=parallel, tied=tied,
-                  kv_source=kv_src, share_rope=share, rope_scaling=scaling)
+                  kv_source=kv_src, share_rope=share, rope_scaling=scaling,
+                  attn_bias=mt == "llama" and bool(d.get("attention_bias", False)),
+                  mlp_bias=mt == "llama" and bool(d.get("mlp_bias", False)))
 
 
 # ==================================================================================================
@@ -277,12 +279,21 @@ def expected_shapes(cfg: Config, fused: bool) -> dict[str, tuple[int, ...]]:
             p = f"model.layers.{layer}."
             s[p + "input_layernorm.weight"] = (E,)
             s[p + "self_attn.q_proj.weight"] = (nq, E)
+            if cfg.attn_bias:
+                s[p + "self_attn.q_proj.bias"] = (nq,)
             if cfg.owns_kv(layer):
                 s[p + "self_attn.k_proj.weight"] = s[p + "self_attn.v_proj.weight"] = (nkv, E)
+                if cfg.attn_bias:
+                    s[p + "self_attn.k_proj.bias"] = s[p + "self_attn.v_proj.bias"] = (nkv,)
             s[p + "self_attn.o_proj.weight"] = (E, nq)
+            if cfg.attn_bias:
+                s[p + "self_attn.o_proj.bias"] = (E,)
             s[p + "post_attention_layernorm.weight"] = (E,)
             s[p + "mlp.gate_proj.weight"] = s[p + "mlp.up_proj.weight"] = (F, E)
             s[p + "mlp.down_proj.weight"] = (E, F)
+            if cfg.mlp_bias:
+                s[p + "mlp.gate_proj.bias"] = s[p + "mlp.up_proj.bias"] = (F,)
+                s[p + "mlp.down_proj.bias"] = (E,)
         s["model.norm.weight"] = (E,)
         if not cfg.tied:
             s["lm_head.weight"] = (V, E)
@@ -343,15 +354,16 @@ def split_qkv(cfg: Config, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def attn_params(cfg: Config, params: dict, layer: int) -> dict:
-    """The layer's attention weights as {wq,bq,wk,bk,wv,bv,wo,bo}: biases None for llama, wk/bk/wv/bv
-    None in layers that do not own KV. Reads either GPT-NeoX layout."""
+    """The layer's attention weights as {wq,bq,wk,bk,wv,bv,wo,bo}: biases None for llama without
+    attention_bias, wk/bk/wv/bv None in layers that do not own KV. Reads either GPT-NeoX layout."""
     if cfg.family == "llama":
         p = f"model.layers.{layer}.self_attn."
         own = cfg.owns_kv(layer)
-        return dict(wq=params[p + "q_proj.weight"], bq=None,
-                    wk=params[p + "k_proj.weight"] if own else None, bk=None,
-                    wv=params[p + "v_proj.weight"] if own else None, bv=None,
-                    wo=params[p + "o_proj.weight"], bo=None)
+        b = (lambda n: params[p + n + ".bias"]) if cfg.attn_bias else (lambda n: None)
+        return dict(wq=params[p + "q_proj.weight"], bq=b("q_proj"),
+                    wk=params[p + "k_proj.weight"] if own else None, bk=b("k_proj") if own else None,
+                    wv=params[p + "v_proj.weight"] if own else None, bv=b("v_proj") if own else None,
+                    wo=params[p + "o_proj.weight"], bo=b("o_proj"))
     a = _neox_attn(layer)
     out = dict(wo=params[a + "dense.weight"], bo=params[a + "dense.bias"])
     if a + "query_key_value.weight" in params:

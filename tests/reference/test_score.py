@@ -103,6 +103,11 @@ def build_matrix() -> list[dict]:
         ("gpt_neox/rope-linear4-m2/pre/par-rot1", "F32", dict(neox, kv_heads=1, kv_layers=2, share="pre",
                                                               rotary_pct=1.0,
                                                               rope_scaling={"type": "linear", "factor": 4.0})),
+        # Llama with biases: mlp_bias (gate, up, down) and attention_bias (q, k, v, o), alone and both.
+        ("llama/mlp-bias-m2/pre/untied", "F32", dict(llama, kv_heads=2, kv_layers=2, share="pre", mlp_bias=True)),
+        ("llama/attn-bias-gqa/post/tied", "BF16", dict(llama, kv_heads=2, tied=True, attention_bias=True)),
+        ("llama/both-bias-mlkv1/pre/untied", "F32", dict(llama, kv_heads=1, kv_layers=1, share="pre",
+                                                          attention_bias=True, mlp_bias=True)),
     ]
     cases += [dict(name=n, dtype=dt, kw=kw) for n, dt, kw in extras]
     for i, c in enumerate(cases):

@@ -49,6 +49,9 @@ GRAD_CASES = [
     ("llama/gqa-g2/post", dict(family="llama", kv_heads=2)),
     ("llama/E48-h6-g3-m3/post/tied", dict(family="llama", embd=48, heads=6, kv_heads=3, kv_layers=3, share="post",
                                           tied=True)),
+    # Llama biases: gate/up/down (mlp_bias) and q/k/v/o (attention_bias).
+    ("llama/mlp-attn-bias-m2/pre/untied", dict(family="llama", kv_heads=2, kv_layers=2, share="pre",
+                                              mlp_bias=True, attention_bias=True)),
 ]
 
 TRAIN_CASES = [
@@ -56,6 +59,7 @@ TRAIN_CASES = [
     ("gpt_neox/mlkv-1-g1/post/seq", dict(family="gpt_neox", kv_heads=1, kv_layers=1, share="post", parallel=False)),
     ("llama/mlkv-half-g2/post/tied", dict(family="llama", kv_heads=2, kv_layers=2, share="post", tied=True)),
     ("llama/mlkv-1-g2/pre/untied", dict(family="llama", kv_heads=2, kv_layers=1, share="pre")),
+    ("llama/mlp-bias-gqa/post/tied", dict(family="llama", kv_heads=2, share="post", tied=True, mlp_bias=True)),
 ]
 
 

@@ -245,8 +245,11 @@ TEST(Convert, ImpossibleConversionsFailClearly) {
 // Widening with zero output weights keeps the function; copying (the authors') changes it. Both
 // give back the removed parameters to within one neuron per layer.
 TEST(Convert, WidenMlp) {
-  for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
-    const ModelConfig c = tiny_config(fam, 4, 32, 4, 4, {}, KvShareRope::kPost);
+  // GPT-NeoX (GELU, biases), Llama (SwiGLU), Llama with mlp_bias (gate, up and down biases).
+  for (int variant = 0; variant < 3; ++variant) {
+    const Family fam = variant == 0 ? Family::kGptNeoX : Family::kLlama;
+    ModelConfig c = tiny_config(fam, 4, 32, 4, 4, {}, KvShareRope::kPost);
+    c.mlp_bias = variant != 1;
     const LoadedModel src = make(c, 21);
     ConvertOptions opt;
     opt.kv_heads = 1;
@@ -259,7 +262,8 @@ TEST(Convert, WidenMlp) {
     opt.widen = WidenMode::kZero;
     ConvertReport rep;
     const LoadedModel zero = convert_model(src, opt, &rep);
-    const int64_t per_neuron = fam == Family::kLlama ? 3 * c.n_embd : 2 * c.n_embd + 1;
+    const int64_t per_neuron =
+        fam == Family::kLlama ? 3 * c.n_embd + (c.mlp_bias ? 2 : 0) : 2 * c.n_embd + 1;
     EXPECT_GT(rep.n_ff_after, rep.n_ff_before);
     EXPECT_EQ(rep.params_after, rep.params_dropped + int64_t{rep.n_ff_after - rep.n_ff_before} *
                                                          per_neuron * c.n_layer);
@@ -282,6 +286,10 @@ TEST(Convert, WidenMlp) {
     const LayerWeights& z = zero.weights.layers[1];
     EXPECT_EQ(z.w_up[int64_t{F} * c.n_embd + 5], z.w_up[5]);
     EXPECT_EQ(z.w_down[int64_t{3} * zero.config.n_ff + F], 0.0f);
+    if (c.mlp_bias) {  // a new neuron's input biases are its model neuron's
+      EXPECT_EQ(z.b_up[F], z.b_up[0]);
+      if (fam == Family::kLlama) EXPECT_EQ(z.b_gate[F], z.b_gate[0]);
+    }
   }
 }
 

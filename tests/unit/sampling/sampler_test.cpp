@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -63,6 +65,53 @@ TEST(Sampler, BadParametersAreErrors) {
   EXPECT_THROW(Sampler({1.0f, -2, 1.0f, 0}), Error);
   EXPECT_THROW(Sampler({1.0f, 0, 0.0f, 0}), Error);
   EXPECT_THROW(Sampler({1.0f, 0, 1.5f, 0}), Error);
+}
+
+}  // namespace
+}  // namespace mlkv
+
+namespace mlkv {
+namespace {
+
+// Any finite temperature > 0 is stable: a tiny one (where logit / T overflows a float) picks the
+// greedy token, never a NaN-driven arbitrary one; a huge one is near uniform.
+TEST(Sampler, TinyAndHugeTemperatures) {
+  std::vector<float> x(512);
+  for (int i = 0; i < 512; ++i) x[static_cast<size_t>(i)] = std::cos(0.37f * static_cast<float>(i)) * 5;
+  const int32_t best = argmax(x.data(), 512);
+  for (float t : {1e-38f, 1e-40f, 1e-45f, 1e-30f, 1e-6f}) {
+    Sampler s({t, 0, 1.0f, 9});
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(s.sample(x.data(), 512), best) << t;
+  }
+  for (float t : {1e-38f, 1e-6f}) {  // with top-k and top-p too
+    Sampler s({t, 40, 0.9f, 9});
+    EXPECT_EQ(s.sample(x.data(), 512), best) << t;
+  }
+  Sampler hot({1e30f, 0, 1.0f, 1});
+  std::vector<int> seen(512, 0);
+  for (int i = 0; i < 5000; ++i) ++seen[static_cast<size_t>(hot.sample(x.data(), 512))];
+  int distinct = 0;
+  for (int c : seen) distinct += c > 0;
+  EXPECT_GT(distinct, 400);
+  EXPECT_THROW(Sampler({std::numeric_limits<float>::infinity(), 0, 1.0f, 0}), Error);
+  EXPECT_THROW(Sampler({std::nanf(""), 0, 1.0f, 0}), Error);
+}
+
+TEST(Sampler, NonFiniteLogitsAreAClearError) {
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    std::vector<float> x = {0.5f, 1.0f, bad, 0.2f};
+    for (float t : {0.0f, 1.0f}) {
+      Sampler s({t, 0, 1.0f, 0});
+      try {
+        s.sample(x.data(), 4);
+        FAIL() << "sampled from logits holding " << bad;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("non-finite logit"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("token id 2"), std::string::npos) << e.what();
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -60,6 +60,8 @@ std::vector<Case> cases() {
       }
     }
   }
+  // Llama with attention_bias and mlp_bias (q/k/v/o and gate/up/down biases).
+  out.push_back({"llama_mlkv_half_pre_biases", Family::kLlama, 2, {0, 0, 2, 2}, KvShareRope::kPre, 3});
   return out;
 }
 
@@ -68,6 +70,7 @@ ModelConfig config_of(const Case& c) {
   if (c.variant == 1 && c.fam == Family::kGptNeoX) cfg.parallel_residual = false;
   if (c.variant == 1 && c.fam == Family::kLlama) cfg.tied_embeddings = true;
   if (c.variant == 2 && c.fam == Family::kGptNeoX) cfg.gelu_tanh = true;
+  if (c.variant == 3) cfg.attn_bias = cfg.mlp_bias = true;
   cfg.validate();
   return cfg;
 }
