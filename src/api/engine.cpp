@@ -57,8 +57,8 @@ ModelConfig cache_shape(const ModelInfo& i) {
   return c;
 }
 
-size_t cache_elem_size(const std::string& cache_type) {
-  return dtype_size(parse_cache_type(cache_type, "cache_type"));
+KvCacheType cache_type_of(const std::string& cache_type) {
+  return parse_cache_type(cache_type, "cache_type");
 }
 
 // The device named by LoadOptions::device, when this build has a backend for it.
@@ -77,11 +77,11 @@ Device check_device(const std::string& device) {
 }  // namespace
 
 int64_t ModelInfo::kv_bytes_per_token(const std::string& cache_type) const {
-  return cache_shape(*this).kv_bytes_per_token(cache_elem_size(cache_type));
+  return cache_shape(*this).kv_bytes_per_token(cache_type_of(cache_type));
 }
 
 int64_t ModelInfo::mha_kv_bytes_per_token(const std::string& cache_type) const {
-  return cache_shape(*this).mha_kv_bytes_per_token(cache_elem_size(cache_type));
+  return cache_shape(*this).mha_kv_bytes_per_token(cache_type_of(cache_type));
 }
 
 double ModelInfo::kv_reduction_vs_mha() const {

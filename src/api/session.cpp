@@ -11,14 +11,14 @@
 namespace mlkv {
 
 struct Session::Impl {
-  Impl(Model& model, int n_parallel, int n_ctx, DType elem)
+  Impl(Model& model, int n_parallel, int n_ctx, KvCacheType elem)
       : sched(model, n_parallel, n_ctx, elem) {}
   Scheduler sched;
 };
 
 Session::Session(Engine& engine, const SessionOptions& opt) {
   Model& model = engine.impl_->model;
-  const DType elem = parse_cache_type(opt.cache_type, "cache_type");
+  const KvCacheType elem = parse_cache_type(opt.cache_type, "cache_type");
   MLKV_REQUIRE(opt.n_parallel > 0, "n_parallel must be positive (got ", opt.n_parallel, ")");
   MLKV_REQUIRE(opt.n_ctx >= 0, "n_ctx must not be negative (got ", opt.n_ctx, ")");
   const int n_ctx = opt.n_ctx > 0 ? opt.n_ctx : model.config().n_ctx;

@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/half.h"
+#include "core/quant.h"
 
 namespace mlkv {
 
@@ -66,8 +67,27 @@ size_t dtype_size(DType t) {
     case DType::kI64: return 8;
     case DType::kU8: return 1;
     case DType::kF64: return 8;
+    case DType::kQ8_0: return 0;
+    case DType::kQ4_0: return 0;
   }
   return 0;
+}
+
+int dtype_block_values(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ4_0 ? kQuantBlock : 1;
+}
+
+size_t dtype_row_bytes(DType t, int64_t n) {
+  switch (t) {
+    case DType::kQ8_0: return static_cast<size_t>(n / kQuantBlock) * kQ8_0BlockBytes;
+    case DType::kQ4_0: return static_cast<size_t>(n / kQuantBlock) * kQ4_0BlockBytes;
+    default: return static_cast<size_t>(n) * dtype_size(t);
+  }
+}
+
+bool dtype_is_float(DType t) {
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64 ||
+         t == DType::kQ8_0 || t == DType::kQ4_0;
 }
 
 const char* dtype_name(DType t) {
@@ -79,6 +99,8 @@ const char* dtype_name(DType t) {
     case DType::kI64: return "I64";
     case DType::kU8: return "U8";
     case DType::kF64: return "F64";
+    case DType::kQ8_0: return "Q8_0";
+    case DType::kQ4_0: return "Q4_0";
   }
   return "?";
 }
@@ -89,7 +111,7 @@ bool dtype_from_name(const std::string& name, DType* out) {
     DType t;
   } kTable[] = {{"F32", DType::kF32}, {"F16", DType::kF16}, {"BF16", DType::kBF16},
                 {"I32", DType::kI32}, {"I64", DType::kI64}, {"U8", DType::kU8},
-                {"F64", DType::kF64}};
+                {"F64", DType::kF64}, {"Q8_0", DType::kQ8_0}, {"Q4_0", DType::kQ4_0}};
   for (const auto& e : kTable) {
     if (name == e.name) {
       *out = e.t;
@@ -128,6 +150,10 @@ Tensor::Tensor(std::vector<int64_t> shape, DType dtype, Device device)
     MLKV_CHECK(d >= 0);
     numel_ *= d;
   }
+  MLKV_REQUIRE(dtype_block_values(dtype_) == 1 ||
+                   (!shape_.empty() && shape_.back() % dtype_block_values(dtype_) == 0),
+               "a ", dtype_name(dtype_), " tensor needs a last dimension that is a multiple of ",
+               dtype_block_values(dtype_), " (shape ", shape_str(), ")");
   DeviceAllocator& mem = device_allocator(device_);  // even for no elements: the device must exist
   if (numel_ > 0) buf_ = mem.allocate(nbytes());
 }
@@ -184,7 +210,9 @@ namespace {
 template <typename T>
 bool dtype_matches(DType d) {
   if constexpr (std::is_same_v<T, uint16_t>) return d == DType::kF16 || d == DType::kBF16;
-  if constexpr (std::is_same_v<T, uint8_t>) return d == DType::kU8;
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return d == DType::kU8 || d == DType::kQ8_0 || d == DType::kQ4_0;  // raw bytes of blocks
+  }
   if constexpr (std::is_same_v<T, int64_t>) return d == DType::kI64;
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int32_t>) {
     return d == dtype_of<T>();
@@ -240,11 +268,8 @@ std::string Tensor::shape_str() const {
 Tensor Tensor::to(DType dt) const {
   MLKV_REQUIRE(device_ == Device::kCpu, "converting a ", device_name(device_),
                " tensor: copy it to the CPU first");
-  auto convertible = [](DType t) {
-    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64;
-  };
   if (dt == dtype_) return *this;
-  MLKV_REQUIRE(convertible(dtype_) && convertible(dt), "cannot convert a ", dtype_name(dtype_),
+  MLKV_REQUIRE(dtype_is_float(dtype_) && dtype_is_float(dt), "cannot convert a ", dtype_name(dtype_),
                " tensor to ", dtype_name(dt));
   if (numel_ == 0) {
     Tensor same(*this);
@@ -268,6 +293,8 @@ Tensor Tensor::to(DType dt) const {
       src = tmp.data();
       break;
     }
+    case DType::kQ8_0: tmp.resize(n); dequantize_row_q8_0(raw(), tmp.data(), numel_); src = tmp.data(); break;
+    case DType::kQ4_0: tmp.resize(n); dequantize_row_q4_0(raw(), tmp.data(), numel_); src = tmp.data(); break;
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   switch (dt) {
@@ -279,6 +306,8 @@ Tensor Tensor::to(DType dt) const {
       for (size_t i = 0; i < n; ++i) d[i] = static_cast<double>(src[i]);
       break;
     }
+    case DType::kQ8_0: quantize_row_q8_0(src, out.raw(), numel_); break;  // blocks run along rows
+    case DType::kQ4_0: quantize_row_q4_0(src, out.raw(), numel_); break;
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   return out;

@@ -16,10 +16,19 @@
 
 namespace mlkv {
 
-// Element types of tensors in files, caches and compute.
-enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8, kF64 };
+// Element types of tensors in files, caches and compute. Q8_0 and Q4_0 are block formats
+// (core/quant.h: 32 values per block with a shared scale); the rest hold one value per element.
+enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8, kF64, kQ8_0, kQ4_0 };
 
+// Bytes of one element; for a block format, 0 (use dtype_row_bytes).
 size_t dtype_size(DType t);
+// Values per block: 32 for Q8_0 / Q4_0, 1 otherwise.
+int dtype_block_values(DType t);
+// Bytes of n values (n a multiple of dtype_block_values): n * size, or n / 32 blocks.
+size_t dtype_row_bytes(DType t, int64_t n);
+// Whether t is a floating format values can be converted to and from (F32, F16, BF16, F64, Q8_0,
+// Q4_0).
+bool dtype_is_float(DType t);
 const char* dtype_name(DType t);  // safetensors spelling: "F32", "F16", "BF16", ...
 // Parses a safetensors dtype string; returns false for an unknown one.
 bool dtype_from_name(const std::string& name, DType* out);
@@ -46,7 +55,8 @@ std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes);
 class Tensor {
  public:
   Tensor() = default;
-  // Zero-filled. Throws mlkv::Error for a device without a backend.
+  // Zero-filled. Throws mlkv::Error for a device without a backend, or a block-format tensor
+  // whose last dimension is not a multiple of the block.
   explicit Tensor(std::vector<int64_t> shape, DType dtype = DType::kF32,
                   Device device = Device::kCpu);
   ~Tensor();
@@ -63,7 +73,7 @@ class Tensor {
   bool empty() const { return numel_ == 0; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
-  size_t nbytes() const { return static_cast<size_t>(numel_) * dtype_size(dtype_); }
+  size_t nbytes() const { return dtype_row_bytes(dtype_, numel_); }
 
   // Typed access; checks (MLKV_CHECK) that T matches the element type (uint16_t: F16 or BF16).
   template <typename T>
@@ -82,8 +92,9 @@ class Tensor {
   void zero();
   std::string shape_str() const;  // "[768, 2304]"
 
-  // A copy with another element type (host tensors of F32, F16, BF16, F64; rounding to nearest
-  // even), or on another device.
+  // A copy with another element type (host tensors of F32, F16, BF16, F64, Q8_0, Q4_0; rounding
+  // to nearest even, or core/quant.h's rule; a block format needs a last dimension that is a
+  // multiple of 32), or on another device.
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
 

@@ -119,24 +119,27 @@ void attention_backward(const T* q, const T* k, const T* v, const T* o, const T*
                         const T* dout, T* dq, T* dk, T* dv, const AttnDims& a, AttnScratch<T>& s);
 
 // Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i]
-// = softmax(scale q_r K^T) V over the positions of the chunks in order, keys and values rows of
-// d elements of `dtype` (F32, or F16 read directly). scores: scratch of
-// min(n_q, kMaxAttendGroup) * (sum of the chunks' n) floats.
+// = softmax(scale q_r K^T) V over the positions of the chunks in order, key and value rows of d
+// values in their element formats (F32, F16, BF16, Q8_0, Q4_0: read directly, quantized blocks
+// widened in registers). scores: scratch of min(n_q, kMaxAttendGroup) * (sum of the chunks' n)
+// floats.
 inline constexpr int kMaxAttendGroup = 64;
 void attend_chunks(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks,
-                   DType dtype, int d, float scale, float* out, int ldo, float* scores);
-// The same over one contiguous stretch of keys and values [len, d].
+                   DType k_dtype, DType v_dtype, int d, float scale, float* out, int ldo,
+                   float* scores);
+// The same over one contiguous stretch of keys and values [len, d] of one format.
 inline void attend_shared_kv(const float* q, int n_q, int ldq, const void* K, const void* V,
                              DType dtype, int len, int d, float scale, float* out, int ldo,
                              float* scores) {
   const KvChunk c{K, V, len};
-  attend_chunks(q, n_q, ldq, &c, 1, dtype, d, scale, out, ldo, scores);
+  attend_chunks(q, n_q, ldq, &c, 1, dtype, dtype, d, scale, out, ldo, scores);
 }
 
 // ---- KV cache (inference) ----
 // Writes the keys and values of n tokens into a cache slot: token t (sequence seq[t], position
 // pos[t]) gets k[t, h, :] and v[t, h, :] for every KV head h, converted to the slot's element
-// format. k, v: [n, n_head_kv, head_dim].
+// formats (rounded to nearest even, or quantized by core/quant.h's rule). k, v: [n, n_head_kv,
+// head_dim].
 void kv_store(const KvSlotView& slot, const int32_t* seq, const int32_t* pos, int n,
               const float* k, const float* v);
 // Causal attention of every run's query rows q [rows, n_head, head_dim] (row stride n_head *

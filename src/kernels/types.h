@@ -63,28 +63,32 @@ struct KvChunk {
 
 // One owner slot of a KV cache as the cache lays it out (kv/kv_cache.h), for the attention and
 // store ops: per KV head a region of blocks of block_size positions, each position a row of
-// head_dim elements of `dtype`; a sequence's logical blocks map to physical blocks through its
-// block table (block_tables[seq][i] holds position i * block_size ...). Pointers are on the
-// device of the cache.
+// head_dim values in the keys' or the values' element format (F32, F16, BF16, Q8_0, Q4_0; keys and
+// values may differ); a sequence's logical blocks map to physical blocks through its block table
+// (block_tables[seq][i] holds positions i * block_size ...). Pointers are on the cache's device.
 struct KvSlotView {
-  DType dtype = DType::kF32;  // element format of the rows: F32 or F16
+  DType k_dtype = DType::kF32, v_dtype = DType::kF32;
   int n_head_kv = 0, head_dim = 0, block_size = 0;
-  size_t row_bytes = 0;    // bytes of one position's head_dim values
-  size_t head_stride = 0;  // bytes between consecutive KV heads' regions
-  char* k = nullptr;       // this slot's keys: head h at k + h * head_stride
+  size_t k_row_bytes = 0, v_row_bytes = 0;      // bytes of one position's head_dim values
+  size_t k_head_stride = 0, v_head_stride = 0;  // bytes between consecutive KV heads' regions
+  char* k = nullptr;  // this slot's keys: head h at k + h * k_head_stride
   char* v = nullptr;
   const std::vector<int32_t>* block_tables = nullptr;  // [n_seq]
   // Keys are stored after rotary (true), or before it (pre sharing: consumers read them raw; a
   // reader that needs them rotated rotates a copy).
   bool keys_rotated = true;
 
-  size_t offset(int seq, int head, int pos) const {
+  // Row index of (seq, pos) within a head's region.
+  size_t row(int seq, int pos) const {
     const int32_t b = block_tables[seq][static_cast<size_t>(pos / block_size)];
-    return static_cast<size_t>(head) * head_stride +
-           (static_cast<size_t>(b) * block_size + static_cast<size_t>(pos % block_size)) * row_bytes;
+    return static_cast<size_t>(b) * block_size + static_cast<size_t>(pos % block_size);
   }
-  char* k_row(int seq, int head, int pos) const { return k + offset(seq, head, pos); }
-  char* v_row(int seq, int head, int pos) const { return v + offset(seq, head, pos); }
+  char* k_row(int seq, int head, int pos) const {
+    return k + static_cast<size_t>(head) * k_head_stride + row(seq, pos) * k_row_bytes;
+  }
+  char* v_row(int seq, int head, int pos) const {
+    return v + static_cast<size_t>(head) * v_head_stride + row(seq, pos) * v_row_bytes;
+  }
   // The contiguous stretches covering positions [0, len) of (seq, head), consecutive physical
   // blocks merged (a cache whose sequences own consecutive blocks gives one chunk).
   void chunks(int seq, int head, int len, std::vector<KvChunk>* out) const {
@@ -93,7 +97,7 @@ struct KvSlotView {
       int n = std::min(block_size - p % block_size, len - p);
       const char* kp = k_row(seq, head, p);
       if (!out->empty() && static_cast<const char*>(out->back().k) +
-                                   static_cast<size_t>(out->back().n) * row_bytes == kp) {
+                                   static_cast<size_t>(out->back().n) * k_row_bytes == kp) {
         out->back().n += n;
       } else {
         out->push_back({kp, v_row(seq, head, p), n});

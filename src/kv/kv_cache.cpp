@@ -7,17 +7,24 @@
 
 namespace mlkv {
 
-int64_t KvLayout::bytes_per_token(DType elem) const {
-  return int64_t{2} * n_slots() * n_head_kv * static_cast<int64_t>(kv_codec(elem).row_bytes(head_dim));
+int64_t KvLayout::bytes_per_token(KvCacheType type) const {
+  return int64_t{n_slots()} * n_head_kv * static_cast<int64_t>(type.pair_bytes(head_dim));
 }
 
-int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DType elem) {
-  return int64_t{n_seq} * n_ctx * layout.bytes_per_token(elem);
+int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type) {
+  return int64_t{n_seq} * n_ctx * layout.bytes_per_token(type);
 }
 
-KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Device device,
+KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type, Device device,
                  int block_size, int n_blocks)
-    : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), codec_(&kv_codec(elem)) {
+    : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), k_codec_(&kv_codec(type.k)),
+      v_codec_(&kv_codec(type.v)) {
+  for (const KvCodec* c : {k_codec_, v_codec_}) {
+    MLKV_REQUIRE(c->fits(layout.head_dim), "KV cache type ", c->name,
+                 " stores blocks of 32 values along the head: it needs a head size that is a "
+                 "multiple of 32 (this model's is ",
+                 layout.head_dim, ")");
+  }
   MLKV_REQUIRE(n_seq > 0, "KV cache: number of sequences must be positive (got ", n_seq, ")");
   MLKV_REQUIRE(n_ctx > 0, "KV cache: context length must be positive (got ", n_ctx, ")");
   MLKV_REQUIRE(block_size >= 0, "KV cache: block size must not be negative (got ", block_size, ")");
@@ -26,9 +33,11 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Devic
   blocks_per_seq_ = (n_ctx + block_size_ - 1) / block_size_;
   const bool paged = n_blocks > 0 && n_blocks < n_seq * blocks_per_seq_;
   n_blocks_ = n_blocks > 0 ? n_blocks : n_seq * blocks_per_seq_;
-  row_bytes_ = codec_->row_bytes(layout.head_dim);
-  head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * row_bytes_;
-  slot_stride_ = 2 * static_cast<size_t>(layout.n_head_kv) * head_stride_;
+  k_row_bytes_ = k_codec_->row_bytes(layout.head_dim);
+  v_row_bytes_ = v_codec_->row_bytes(layout.head_dim);
+  k_head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * k_row_bytes_;
+  v_head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * v_row_bytes_;
+  slot_stride_ = static_cast<size_t>(layout.n_head_kv) * (k_head_stride_ + v_head_stride_);
   const int64_t total = static_cast<int64_t>(slot_stride_) * layout.n_slots();
   MLKV_REQUIRE(total <= (int64_t{1} << 40), "KV cache of ", total, " bytes is too large");
   storage_ = Tensor({total}, DType::kU8, device);
@@ -44,15 +53,18 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem, Devic
 ops::KvSlotView KVCache::view(int slot) const {
   MLKV_CHECK(slot >= 0 && slot < n_slots());
   ops::KvSlotView v;
-  v.dtype = codec_->dtype;
+  v.k_dtype = k_codec_->dtype;
+  v.v_dtype = v_codec_->dtype;
   v.n_head_kv = layout_.n_head_kv;
   v.head_dim = layout_.head_dim;
   v.block_size = block_size_;
-  v.row_bytes = row_bytes_;
-  v.head_stride = head_stride_;
+  v.k_row_bytes = k_row_bytes_;
+  v.v_row_bytes = v_row_bytes_;
+  v.k_head_stride = k_head_stride_;
+  v.v_head_stride = v_head_stride_;
   char* base = const_cast<char*>(static_cast<const char*>(storage_.raw())) + slot * slot_stride_;
   v.k = base;
-  v.v = base + slot_stride_ / 2;
+  v.v = base + static_cast<size_t>(layout_.n_head_kv) * k_head_stride_;
   v.block_tables = block_tables_.data();
   v.keys_rotated = slot_keys_rotated(slot);
   return v;
@@ -71,8 +83,8 @@ void KVCache::copy_seq(int src, int dst, int n_tokens) {
         // Block by block: the two sequences' tables may differ.
         for (int p = 0; p < n_tokens;) {
           const int n = std::min(block_size_ - p % block_size_, n_tokens - p);
-          mem.copy(v.k_row(dst, h, p), v.k_row(src, h, p), static_cast<size_t>(n) * row_bytes_);
-          mem.copy(v.v_row(dst, h, p), v.v_row(src, h, p), static_cast<size_t>(n) * row_bytes_);
+          mem.copy(v.k_row(dst, h, p), v.k_row(src, h, p), static_cast<size_t>(n) * k_row_bytes_);
+          mem.copy(v.v_row(dst, h, p), v.v_row(src, h, p), static_cast<size_t>(n) * v_row_bytes_);
           p += n;
         }
       }

@@ -2,13 +2,16 @@
 //
 // Storage: for each owner slot (a layer that computes K/V; KvLayout maps every layer to the slot it
 // reads) a K region and a V region, each [n_head_kv][n_blocks][block_size] rows of head_dim values
-// in the cache's element format (kv/kv_codec.h). Allocated once up front on the model's device
-// (pages committed lazily by the OS as sequences grow), never grown or copied.
+// in the keys' and the values' element formats (kv/kv_codec.h; q8_0 and q4_0 rows carry their
+// scales). Allocated once up front on the model's device (pages committed lazily by the OS as
+// sequences grow), never grown or copied.
 // Sequences: lengths, in-use flags and a block table per sequence (logical block i -> physical
 // block) that serves every owner slot. The default gives sequence s the consecutive blocks
 // [s * blocks_per_seq, (s + 1) * blocks_per_seq) with one block of n_ctx positions, so each head
 // of each sequence is one contiguous [n_ctx][head_dim] array and the cache holds exactly
-// 2 * n_seq * n_ctx * m * g * row_bytes bytes (row_bytes = head_dim * element size for f32/f16).
+// n_seq * n_ctx * m * g * (k_row_bytes + v_row_bytes) bytes (row_bytes = head_dim * element size,
+// or head_dim / 32 blocks of 34 (q8_0) or 18 (q4_0) bytes): 2 x tokens x m x g x d_head x element
+// size when keys and values share a format.
 // A paged cache is the same storage with a smaller block size and a pool of n_blocks blocks (fewer
 // than n_seq * blocks_per_seq: memory is promised to sequences as they grow), whose tables a block
 // allocator fills (set_block_table); then the cache holds 2 * n_blocks * block_size * m * g *
@@ -30,29 +33,29 @@ struct KvLayout {
   std::vector<int> layer_slot;          // [n_layer] the owner slot each layer attends with
   std::vector<uint8_t> slot_raw_keys;   // [n_slots] 1: the slot stores keys before rotary
   int n_slots() const { return static_cast<int>(slot_raw_keys.size()); }
-  // Bytes of one position of one sequence in every owner slot, K and V: 2 m g row_bytes.
-  int64_t bytes_per_token(DType elem) const;
+  // Bytes of one position of one sequence in every owner slot, K and V: m g (k_row + v_row).
+  int64_t bytes_per_token(KvCacheType type) const;
 };
 
 class KVCache {
  public:
-  // elem: F32 or F16. block_size 0: one block of n_ctx positions per sequence. n_blocks 0: a
-  // block for every position of every sequence, mapped in order; fewer: a paged pool, every table
-  // empty until set_block_table maps blocks. Throws mlkv::Error for impossible sizes or a device
-  // without a backend.
-  KVCache(const KvLayout& layout, int n_seq, int n_ctx, DType elem = DType::kF32,
+  // type: the keys' and values' formats (kv/kv_codec.h). block_size 0: one block of n_ctx
+  // positions per sequence. n_blocks 0: a block for every position of every sequence, mapped in
+  // order; fewer: a paged pool, every table empty until set_block_table maps blocks. Throws
+  // mlkv::Error for impossible sizes, a format the head size does not fit (q8_0 / q4_0 need a
+  // multiple of 32) or a device without a backend.
+  KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type = {},
           Device device = Device::kCpu, int block_size = 0, int n_blocks = 0);
 
-  // n_seq * n_ctx * layout.bytes_per_token(elem): what the default layout allocates.
-  static int64_t bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, DType elem);
+  // n_seq * n_ctx * layout.bytes_per_token(type): what the default layout allocates.
+  static int64_t bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type);
   int64_t bytes() const { return static_cast<int64_t>(storage_.nbytes()); }
 
   int n_seq() const { return n_seq_; }
   int n_ctx() const { return n_ctx_; }
   int n_slots() const { return layout_.n_slots(); }
   int block_size() const { return block_size_; }
-  DType elem() const { return codec_->dtype; }
-  const KvCodec& codec() const { return *codec_; }
+  KvCacheType type() const { return {k_codec_->dtype, v_codec_->dtype}; }
   Device device() const { return storage_.device(); }
 
   // Owner slot holding the K/V that layer il attends with.
@@ -89,8 +92,9 @@ class KVCache {
  private:
   KvLayout layout_;
   int n_seq_, n_ctx_, block_size_, blocks_per_seq_, n_blocks_;
-  const KvCodec* codec_;
-  size_t row_bytes_, head_stride_, slot_stride_;  // bytes
+  const KvCodec* k_codec_;
+  const KvCodec* v_codec_;
+  size_t k_row_bytes_, v_row_bytes_, k_head_stride_, v_head_stride_, slot_stride_;  // bytes
   Tensor storage_;  // U8 [n_slots][K, V][n_head_kv][n_blocks][block_size][row_bytes]
   // Sequences.
   std::vector<std::vector<int32_t>> block_tables_;  // [n_seq][blocks_per_seq]

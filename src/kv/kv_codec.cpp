@@ -5,21 +5,48 @@
 namespace mlkv {
 
 namespace {
-const KvCodec kCodecs[] = {{DType::kF32, "f32"}, {DType::kF16, "f16"}};
+const KvCodec kCodecs[] = {{DType::kF32, "f32"},
+                           {DType::kF16, "f16"},
+                           {DType::kBF16, "bf16"},
+                           {DType::kQ8_0, "q8_0"},
+                           {DType::kQ4_0, "q4_0"}};
 }  // namespace
+
+const char* kv_codec_names() { return "f32, f16, bf16, q8_0, q4_0"; }
 
 const KvCodec& kv_codec(DType dtype) {
   for (const KvCodec& c : kCodecs) {
     if (c.dtype == dtype) return c;
   }
-  fail("KV cache elements must be f32 or f16 (got ", dtype_name(dtype), ")");
+  fail("KV cache elements must be one of ", kv_codec_names(), " (got ", dtype_name(dtype), ")");
 }
 
 const KvCodec& kv_codec(const std::string& name) {
   for (const KvCodec& c : kCodecs) {
     if (name == c.name) return c;
   }
-  fail("KV cache type must be f32 or f16 (got '", name, "')");
+  fail("KV cache type must be one of ", kv_codec_names(), " (got '", name, "')");
+}
+
+std::string KvCacheType::name() const {
+  if (k == v) return kv_codec(k).name;
+  return std::string("k ") + kv_codec(k).name + " / v " + kv_codec(v).name;
+}
+
+size_t KvCacheType::pair_bytes(int head_dim) const {
+  return kv_codec(k).row_bytes(head_dim) + kv_codec(v).row_bytes(head_dim);
+}
+
+KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k,
+                                const std::string& v) {
+  auto one = [](const std::string& s, const char* option) {
+    for (const KvCodec& c : kCodecs) {
+      if (s == c.name) return c.dtype;
+    }
+    fail(option, " must be one of ", kv_codec_names(), " (got '", s, "')");
+  };
+  const DType base = both.empty() ? DType::kF32 : one(both, "--cache-type");
+  return {k.empty() ? base : one(k, "--cache-type-k"), v.empty() ? base : one(v, "--cache-type-v")};
 }
 
 }  // namespace mlkv

@@ -1,7 +1,9 @@
 // Element formats of the KV cache ("codecs"): how one position's head_dim values of one KV head
-// are stored. f32 and f16 now; block-quantized formats (a scale per block of values along
-// head_dim) plug in here with their own row size. The conversions themselves are the backend's
-// (ops::kv_store writes rows, the attention ops read them); this file owns the names and sizes.
+// are stored. f32, f16, bf16, and the block-quantized q8_0 and q4_0 (core/quant.h: 32 values with
+// one f16 scale per block along head_dim, llama.cpp's layouts). Keys and values may use different
+// formats (KvCacheType). The conversions are the backend's (ops::kv_store writes rows, the
+// attention ops read them); this file owns the names, the sizes and which head sizes a format can
+// hold.
 #pragma once
 
 #include <cstddef>
@@ -12,15 +14,38 @@
 namespace mlkv {
 
 struct KvCodec {
-  DType dtype;       // F32 or F16
-  const char* name;  // "f32", "f16": the --cache-type spelling
-  // Bytes of one row of head_dim values (element bytes + scales where a format has them).
-  size_t row_bytes(int head_dim) const { return static_cast<size_t>(head_dim) * dtype_size(dtype); }
+  DType dtype;       // F32, F16, BF16, Q8_0 or Q4_0
+  const char* name;  // "f32", "f16", "bf16", "q8_0", "q4_0": the --cache-type spelling
+  // Bytes of one row of head_dim values (element bytes + scales where the format has them).
+  size_t row_bytes(int head_dim) const { return dtype_row_bytes(dtype, head_dim); }
+  // Whether rows of head_dim values fit the format (blocks of 32 for q8_0 / q4_0).
+  bool fits(int head_dim) const { return head_dim % dtype_block_values(dtype) == 0; }
 };
 
 // The codec of a cache element type; throws mlkv::Error for one the cache cannot store.
 const KvCodec& kv_codec(DType dtype);
-// The codec named by a --cache-type value ("f32", "f16"); throws mlkv::Error listing the names.
+// The codec named by a --cache-type value; throws mlkv::Error listing the names.
 const KvCodec& kv_codec(const std::string& name);
+// "f32, f16, bf16, q8_0, q4_0"
+const char* kv_codec_names();
+
+// The formats of a cache's keys and of its values (--cache-type-k / --cache-type-v); one DType
+// gives both.
+struct KvCacheType {
+  DType k = DType::kF32, v = DType::kF32;
+  KvCacheType() = default;
+  KvCacheType(DType both) : k(both), v(both) {}  // NOLINT: implicit on purpose
+  KvCacheType(DType k_, DType v_) : k(k_), v(v_) {}
+  bool operator==(const KvCacheType& o) const { return k == o.k && v == o.v; }
+  // "f16", or "k q8_0 / v f16" when they differ.
+  std::string name() const;
+  // Bytes of one position of one KV head, K and V: row_bytes(k) + row_bytes(v).
+  size_t pair_bytes(int head_dim) const;
+};
+
+// Parses --cache-type style values: "f16" for both, or the two of --cache-type-k / -v (empty:
+// the other's, or f32). Throws mlkv::Error naming the option and the valid names.
+KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k = "",
+                                const std::string& v = "");
 
 }  // namespace mlkv

@@ -58,6 +58,14 @@ int64_t ModelConfig::kv_bytes_per_token(size_t elem_size) const {
   return int64_t{2} * n_kv_layers() * n_head_kv * n_embd_head * static_cast<int64_t>(elem_size);
 }
 
+int64_t ModelConfig::kv_bytes_per_token(KvCacheType type) const {
+  return int64_t{n_kv_layers()} * n_head_kv * static_cast<int64_t>(type.pair_bytes(n_embd_head));
+}
+
+int64_t ModelConfig::mha_kv_bytes_per_token(KvCacheType type) const {
+  return int64_t{n_layer} * n_head * static_cast<int64_t>(type.pair_bytes(n_embd_head));
+}
+
 int64_t ModelConfig::mha_kv_bytes_per_token(size_t elem_size) const {
   return int64_t{2} * n_layer * n_head * n_embd_head * static_cast<int64_t>(elem_size);
 }

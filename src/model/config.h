@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kv/kv_codec.h"
 
 namespace mlkv {
 
@@ -73,9 +74,13 @@ struct ModelConfig {
   int n_embd_kv() const { return n_head_kv * n_embd_head; }
   // Bytes of K and V stored per token (all owner layers): 2 * m * g * d_head * elem_size.
   int64_t kv_bytes_per_token(size_t elem_size) const;
+  // The same for keys and values in cache formats (quantized rows include their scales):
+  // m * g * (k_row_bytes + v_row_bytes).
+  int64_t kv_bytes_per_token(KvCacheType type) const;
   // The same for this model without any sharing (every layer owns n_head KV heads):
   // 2 * l * h * d_head * elem_size bytes per token.
   int64_t mha_kv_bytes_per_token(size_t elem_size) const;
+  int64_t mha_kv_bytes_per_token(KvCacheType type) const;  // l * h * (k_row_bytes + v_row_bytes)
   // How many times smaller the cache is than MHA's: l * h / (m * g) (independent of the element).
   double kv_reduction_vs_mha() const;
   int64_t n_params() const;

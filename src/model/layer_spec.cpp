@@ -36,8 +36,8 @@ KvLayout kv_layout(const ModelConfig& cfg) {
   return k;
 }
 
-int64_t kv_cache_bytes(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem) {
-  return KVCache::bytes_needed(kv_layout(cfg), n_seq, n_ctx, elem);
+int64_t kv_cache_bytes(const ModelConfig& cfg, int n_seq, int n_ctx, KvCacheType type) {
+  return KVCache::bytes_needed(kv_layout(cfg), n_seq, n_ctx, type);
 }
 
 }  // namespace mlkv

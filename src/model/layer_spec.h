@@ -38,6 +38,6 @@ std::vector<LayerSpec> layer_specs(const ModelConfig& cfg);
 KvLayout kv_layout(const ModelConfig& cfg);
 
 // Bytes of a default-layout cache of n_seq sequences of n_ctx positions (kv/kv_cache.h).
-int64_t kv_cache_bytes(const ModelConfig& cfg, int n_seq, int n_ctx, DType elem);
+int64_t kv_cache_bytes(const ModelConfig& cfg, int n_seq, int n_ctx, KvCacheType type);
 
 }  // namespace mlkv

@@ -106,8 +106,8 @@ int64_t Model::decode_weight_bytes() const {
   return n;
 }
 
-KVCache Model::new_cache(int n_seq, int n_ctx, DType elem, int block_size, int n_blocks) const {
-  return KVCache(kv_layout(cfg_), n_seq, n_ctx, elem, opt_.device, block_size, n_blocks);
+KVCache Model::new_cache(int n_seq, int n_ctx, KvCacheType type, int block_size, int n_blocks) const {
+  return KVCache(kv_layout(cfg_), n_seq, n_ctx, type, opt_.device, block_size, n_blocks);
 }
 
 const ops::RopeTable<float>& Model::rope(int n_pos) {

@@ -71,7 +71,7 @@ class Model {
 
   // A KV cache for this model on its device: n_seq sequences of n_ctx positions (block_size 0:
   // one contiguous block per sequence; see kv/kv_cache.h).
-  KVCache new_cache(int n_seq, int n_ctx, DType elem = DType::kF32, int block_size = 0,
+  KVCache new_cache(int n_seq, int n_ctx, KvCacheType type = {}, int block_size = 0,
                     int n_blocks = 0) const;
 
   // Runs the batch through the model, writing each token's K/V into the cache (owner layers

@@ -44,10 +44,10 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
   MLKV_REQUIRE(ctx <= c.n_ctx, "bench: prompt + gen (", ctx, ") exceeds the model context ", c.n_ctx);
   BenchResult r;
   r.weight_bytes = model.decode_weight_bytes();
-  // Every layer reads its owner's K and V for the visible context: l * 2 * g * d * ctx * elem.
+  // Every layer reads its owner's K and V for the visible context: l * g * ctx * (k_row + v_row).
   const int mid = o.prompt + o.gen / 2;
-  r.kv_read_bytes = int64_t{o.batch} * c.n_layer * 2 * c.n_head_kv * c.n_embd_head * mid *
-                    static_cast<int64_t>(dtype_size(o.cache_elem));
+  r.kv_read_bytes = int64_t{o.batch} * c.n_layer * c.n_head_kv * mid *
+                    static_cast<int64_t>(o.cache_elem.pair_bytes(c.n_embd_head));
   r.kv_cache_bytes = kv_cache_bytes(c, o.batch, ctx, o.cache_elem);
 
   std::vector<double> prefill, decode;

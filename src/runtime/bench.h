@@ -14,7 +14,7 @@ struct BenchOptions {
   int gen = 32;           // decode steps
   int batch = 1;          // sequences decoded together
   int reps = 3;           // timed repetitions after one warm-up (median reported)
-  DType cache_elem = DType::kF32;
+  KvCacheType cache_elem;  // keys' and values' formats
   // Skip the prefill: fill the cache with random K/V up to `prompt` tokens and only time decoding.
   // Attention cost does not depend on the values, so this measures decode at long contexts without
   // spending minutes on prefill.

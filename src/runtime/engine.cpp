@@ -17,7 +17,7 @@ constexpr int64_t kMaxLogitFloats = int64_t{64} << 20;
 }  // namespace
 
 std::vector<float> score_tokens(Model& model, const std::vector<int32_t>& tokens, bool cached,
-                                DType cache_elem) {
+                                KvCacheType cache_elem) {
   const ModelConfig& c = model.config();
   const int n = static_cast<int>(tokens.size());
   MLKV_REQUIRE(n >= 2, "scoring needs at least 2 tokens (got ", n, ")");

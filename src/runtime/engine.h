@@ -16,7 +16,7 @@ namespace mlkv {
 // log p(tokens[i+1] | tokens[0..i]) for i in [0, n-1): n-1 values.
 // cached = false: one full-sequence pass (prefill); true: token-by-token cached decoding.
 std::vector<float> score_tokens(Model& model, const std::vector<int32_t>& tokens, bool cached,
-                                DType cache_elem = DType::kF32);
+                                KvCacheType cache_elem = {});
 
 struct GenerateRequest {
   std::vector<int32_t> prompt;
@@ -32,7 +32,7 @@ struct GenerateResult {
 struct GenerateOptions {
   int n_parallel = 8;          // sequences decoding together (cache slots)
   int n_ctx = 0;               // cache context per sequence; 0: the longest request, capped by the model's
-  DType cache_elem = DType::kF32;
+  KvCacheType cache_elem;
   bool stop_at_eos = true;
   // Called for every generated token: (request index, token id).
   std::function<void(int, int32_t)> on_token;

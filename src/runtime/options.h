@@ -1,6 +1,7 @@
 // The spellings of the run-time element types, shared by the command line and the public API:
-// "f32" / "f16" for the KV cache and for the in-memory projection weights. `what` names the
-// option or field in the error ("--cache-type", "cache_type").
+// the KV cache's (f32, f16, bf16, q8_0, q4_0: kv/kv_codec.h) and the in-memory projection
+// weights' ("f32" / "f16"). `what` names the option or field in the error ("--cache-type",
+// "cache_type").
 #pragma once
 
 #include <string>
@@ -10,8 +11,9 @@
 
 namespace mlkv {
 
-// Throws mlkv::Error "<what> must be f32 or f16 (got '<s>')".
-DType parse_cache_type(const std::string& s, const std::string& what);
+// One format for keys and values. Throws mlkv::Error "<what> must be one of f32, f16, bf16, q8_0,
+// q4_0 (got '<s>')".
+KvCacheType parse_cache_type(const std::string& s, const std::string& what);
 WeightType parse_weight_type(const std::string& s, const std::string& what);
 
 }  // namespace mlkv

@@ -17,7 +17,7 @@ int checked_ctx(const ModelConfig& c, int n_ctx) {
 
 }  // namespace
 
-Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, DType cache_elem)
+Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_elem)
     : model_(model), n_parallel_(n_parallel), n_ctx_(checked_ctx(model.config(), n_ctx)),
       cache_(model.new_cache(n_parallel, n_ctx_, cache_elem)) {}
 

@@ -28,7 +28,7 @@ namespace mlkv {
 class Scheduler {
  public:
   // n_parallel sequences decode together, each with room for n_ctx tokens.
-  Scheduler(Model& model, int n_parallel, int n_ctx, DType cache_elem = DType::kF32);
+  Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_elem = {});
 
   // Validates and queues a request (thread-safe). Throws mlkv::Error when it can never run
   // (empty prompt, token ids outside the vocabulary, prompt longer than the context).

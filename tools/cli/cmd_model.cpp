@@ -339,7 +339,7 @@ void run_bench(const BenchArgs& a) {
               {"weight_bytes_per_step", r.weight_bytes},
               {"kv_read_bytes_per_step", r.kv_read_bytes},
               {"kv_cache_bytes", r.kv_cache_bytes},
-              {"kv_bytes_per_token", c.kv_bytes_per_token(dtype_size(o.cache_elem))},
+              {"kv_bytes_per_token", c.kv_bytes_per_token(o.cache_elem)},
               {"read_bandwidth_gb_s", bw / 1e9},
               {"bound_steps_s", bound_steps},
               {"fraction_of_bound", bound_steps > 0 ? steps / bound_steps : 0}};

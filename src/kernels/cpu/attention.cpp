@@ -211,13 +211,24 @@ template void attention_backward<double>(const double*, const double*, const dou
                                          double*, double*, const AttnDims&, AttnScratch<double>&);
 
 void attend_chunks(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks,
-                   DType dtype, int d, float scale, float* out, int ldo, float* scores) {
+                   DType k_dtype, DType v_dtype, int d, float scale, float* out, int ldo,
+                   float* scores) {
   const cpu::Kernels& k = cpu::kernels();
-  MLKV_CHECK(dtype == DType::kF32 || dtype == DType::kF16);
-  auto fn = dtype == DType::kF16 ? k.attend_f16 : k.attend_f32;
+  const int kf = cpu::kv_format_index(k_dtype), vf = cpu::kv_format_index(v_dtype);
+  const size_t krb = dtype_row_bytes(k_dtype, d), vrb = dtype_row_bytes(v_dtype, d);
+  int len = 0;
+  for (int c = 0; c < n_chunks; ++c) len += chunks[c].n;
   for (int r0 = 0; r0 < n_q; r0 += kMaxAttendGroup) {
-    fn(q + int64_t{r0} * ldq, std::min(kMaxAttendGroup, n_q - r0), ldq, chunks, n_chunks, d, scale,
-       out + int64_t{r0} * ldo, ldo, scores);
+    const int nq = std::min(kMaxAttendGroup, n_q - r0);
+    k.attn_scores[kf](q + int64_t{r0} * ldq, nq, ldq, chunks, n_chunks, d, krb, scale, scores, len);
+    float inv[kMaxAttendGroup];
+    for (int r = 0; r < nq; ++r) {
+      float* s = scores + int64_t{r} * len;
+      inv[r] = 1.0f / k.exp_sub_sum(s, len, k.max_n(s, len));
+    }
+    float* o = out + int64_t{r0} * ldo;
+    k.attn_values[vf](scores, nq, len, chunks, n_chunks, d, vrb, o, ldo);
+    for (int r = 0; r < nq; ++r) k.scale_n(o + int64_t{r} * ldo, d, inv[r]);
   }
 }
 

@@ -15,7 +15,9 @@
 
 #include "core/check.h"
 #include "core/half.h"
+#include "core/quant.h"
 #include "kernels/blas/blas.h"
+#include "kernels/cpu/kernels.h"
 #include "kernels/ops.h"
 
 namespace mlkv::ops {
@@ -35,24 +37,21 @@ struct Scratch {
   }
 };
 
-// Rows [0, len) of the chunks (keys or values) as one f32 array [len, d]; the cache memory itself
-// when it already is that.
+// Rows [0, len) of the chunks (keys or values) as one f32 array [len, d], widened from the rows'
+// format (this head's rows only, for the prefill GEMMs); the cache memory itself when it already
+// is that.
 const float* gather_f32(const std::vector<KvChunk>& ch, bool keys, DType dt, int len, int d,
                         std::vector<float>& buf_vec, Scratch& s, bool force_copy) {
   if (!force_copy && dt == DType::kF32 && ch.size() == 1) {
     return static_cast<const float*>(keys ? ch[0].k : ch[0].v);
   }
   float* buf = s.grow(buf_vec, size_t(len) * d);
+  const auto widen = cpu::kernels().rows_to_f32[cpu::kv_format_index(dt)];
+  const size_t rb = dtype_row_bytes(dt, d);
   size_t off = 0;
   for (const KvChunk& c : ch) {
-    const void* src = keys ? c.k : c.v;
-    const size_t n = size_t(c.n) * d;
-    if (dt == DType::kF16) {
-      f16_to_f32_n(static_cast<const uint16_t*>(src), buf + off, n);
-    } else {
-      std::memcpy(buf + off, src, n * 4);
-    }
-    off += n;
+    widen(static_cast<const char*>(keys ? c.k : c.v), rb, c.n, d, buf + off);
+    off += size_t(c.n) * d;
   }
   return buf;
 }
@@ -96,23 +95,30 @@ struct Item {
 
 }  // namespace
 
+namespace {
+
+// One row of d values from f32 into a cache format: the format's definition (core/half.h,
+// core/quant.h), the same on every instruction-set path.
+void encode_row(DType dt, const float* src, char* dst, int d) {
+  switch (dt) {
+    case DType::kF32: std::memcpy(dst, src, size_t(d) * 4); return;
+    case DType::kF16: f32_to_f16_n(src, reinterpret_cast<uint16_t*>(dst), static_cast<size_t>(d)); return;
+    case DType::kBF16: f32_to_bf16_n(src, reinterpret_cast<uint16_t*>(dst), static_cast<size_t>(d)); return;
+    case DType::kQ8_0: quantize_row_q8_0(src, dst, d); return;
+    case DType::kQ4_0: quantize_row_q4_0(src, dst, d); return;
+    default: MLKV_CHECK(false && "not a KV-cache element format");
+  }
+}
+
+}  // namespace
+
 void kv_store(const KvSlotView& slot, const int32_t* seq, const int32_t* pos, int n, const float* k,
               const float* v) {
   const int g = slot.n_head_kv, d = slot.head_dim;
-  MLKV_CHECK(slot.dtype == DType::kF32 || slot.dtype == DType::kF16);
   for (int i = 0; i < n; ++i) {
     for (int h = 0; h < g; ++h) {
-      const float* ks = k + (int64_t{i} * g + h) * d;
-      const float* vs = v + (int64_t{i} * g + h) * d;
-      char* kd = slot.k_row(seq[i], h, pos[i]);
-      char* vd = slot.v_row(seq[i], h, pos[i]);
-      if (slot.dtype == DType::kF16) {
-        f32_to_f16_n(ks, reinterpret_cast<uint16_t*>(kd), static_cast<size_t>(d));
-        f32_to_f16_n(vs, reinterpret_cast<uint16_t*>(vd), static_cast<size_t>(d));
-      } else {
-        std::memcpy(kd, ks, size_t(d) * 4);
-        std::memcpy(vd, vs, size_t(d) * 4);
-      }
+      encode_row(slot.k_dtype, k + (int64_t{i} * g + h) * d, slot.k_row(seq[i], h, pos[i]), d);
+      encode_row(slot.v_dtype, v + (int64_t{i} * g + h) * d, slot.v_row(seq[i], h, pos[i]), d);
     }
   }
 }
@@ -154,19 +160,26 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
       float* oh = out + int64_t{r.row0} * ldq + int64_t{it.h0} * d;
       slot.chunks(r.seq, kvh, len, &s.chunks);
       if (r.n_rows >= kGemmMinRows) {
-        const float* K = keys_f32(s.chunks, slot.dtype, len, d, rotate_keys, rt, s);
-        const float* V = gather_f32(s.chunks, false, slot.dtype, len, d, s.values, s, false);
+        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, rotate_keys, rt, s);
+        const float* V = gather_f32(s.chunks, false, slot.v_dtype, len, d, s.values, s, false);
         head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
         continue;
       }
       float* sc = s.grow(s.scores, size_t(std::min(it.nh, kMaxAttendGroup)) * len);
       if (rotate_keys) {
-        // Rotated keys in f32 scratch, values as stored.
-        const float* K = keys_f32(s.chunks, slot.dtype, len, d, true, rt, s);
-        const float* V = gather_f32(s.chunks, false, slot.dtype, len, d, s.values, s, false);
+        // Rotated keys in f32 scratch; values read as stored, chunk by chunk.
+        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, true, rt, s);
+        std::vector<KvChunk>& vis = s.visible;
         for (int t = 0; t < r.n_rows; ++t) {
-          attend_shared_kv(qh + int64_t{t} * ldq, it.nh, d, K, V, DType::kF32, r.pos0 + t + 1, d,
-                           scale, oh + int64_t{t} * ldq, d, sc);
+          const int n_vis = r.pos0 + t + 1;
+          vis.clear();
+          for (int c = 0, p = 0; c < static_cast<int>(s.chunks.size()) && p < n_vis; ++c) {
+            const KvChunk& ch = s.chunks[static_cast<size_t>(c)];
+            vis.push_back({K + int64_t{p} * d, ch.v, std::min(ch.n, n_vis - p)});
+            p += ch.n;
+          }
+          attend_chunks(qh + int64_t{t} * ldq, it.nh, d, vis.data(), static_cast<int>(vis.size()),
+                        DType::kF32, slot.v_dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
         }
       } else {
         std::vector<KvChunk>& vis = s.visible;
@@ -180,7 +193,7 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
             p += ch.n;
           }
           attend_chunks(qh + int64_t{t} * ldq, it.nh, d, vis.data(), static_cast<int>(vis.size()),
-                        slot.dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
+                        slot.k_dtype, slot.v_dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
         }
       }
     }

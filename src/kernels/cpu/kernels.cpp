@@ -4,6 +4,19 @@
 
 namespace mlkv::ops::cpu {
 
+int kv_format_index(DType t) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kBF16: return 2;
+    case DType::kQ8_0: return 3;
+    case DType::kQ4_0: return 4;
+    default: break;
+  }
+  MLKV_CHECK(false && "not a KV-cache element format");
+  return 0;
+}
+
 const Kernels& kernels_for(Isa isa) {
   MLKV_REQUIRE(cpu_supports(isa), "this CPU cannot run the ", isa_name(isa), " kernels");
   switch (isa) {

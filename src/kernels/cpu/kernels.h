@@ -15,6 +15,11 @@ namespace mlkv::ops::cpu {
 using ops::AdamWStep;
 using ops::KvChunk;
 
+// The element formats of KV-cache rows the kernels read: f32, f16, bf16, q8_0, q4_0.
+inline constexpr int kNumKvFormats = 5;
+// The index of a format in the kernel tables; MLKV_CHECK-fails for another type.
+int kv_format_index(DType t);
+
 struct Kernels {
   Isa isa;
 
@@ -26,14 +31,18 @@ struct Kernels {
   void (*gemv_tail_f32)(const float* x, const float* w, int rows, int T, int64_t K, float* out);
   void (*gemv_tail_f16)(const float* x, const uint16_t* w, int rows, int T, int64_t K, float* out);
 
-  // ---- decode attention: n_q (<= kMaxGroup) query rows reading one KV head ----
-  // out[r * ldo + i] = sum_j softmax_j(scale q_r . K_j) V[j, i] over the positions of the chunks
-  // in order (len = sum of their n; keys and values f32 or f16 rows of d); scores: scratch of
-  // n_q * len floats.
-  void (*attend_f32)(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks, int d,
-                     float scale, float* out, int ldo, float* scores);
-  void (*attend_f16)(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks, int d,
-                     float scale, float* out, int ldo, float* scores);
+  // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
+  // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d
+  // values, row_bytes apart, in the format).
+  void (*attn_scores[kNumKvFormats])(const float* q, int n_q, int ldq, const KvChunk* chunks,
+                                     int n_chunks, int d, size_t row_bytes, float scale,
+                                     float* scores, int64_t lds);
+  // out[r * ldo + i] = sum_j p[r * ldp + j] V_j[i] (writes).
+  void (*attn_values[kNumKvFormats])(const float* p, int n_q, int64_t ldp, const KvChunk* chunks,
+                                     int n_chunks, int d, size_t row_bytes, float* out, int ldo);
+  // n_rows rows of d values in the format, row_bytes apart, widened to f32 [n_rows, d].
+  void (*rows_to_f32[kNumKvFormats])(const char* src, size_t row_bytes, int n_rows, int d,
+                                     float* dst);
 
   // ---- rows and element-wise ----
   float (*max_n)(const float* x, int64_t n);                   // max of x[0, n); -inf for n = 0

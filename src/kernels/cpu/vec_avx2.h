@@ -21,6 +21,22 @@ inline __m256i lane_mask(int n) {
 }
 // The first n lanes from p (0 <= n <= kLanes), the others 0; reads nothing past p + n.
 inline V vload_partial(const float* p, int n) { return {_mm256_maskload_ps(p, lane_mask(n))}; }
+// 8 bfloat16 values (the high halves of f32).
+inline V vload_bf16(const uint16_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+}
+// 8 int8 values as f32.
+inline V vload_i8(const int8_t* p) {
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
+// 8 nibbles as f32 minus 8: the low nibbles of bytes p[0..8), or their high nibbles.
+inline V vload_u4(const uint8_t* p, bool high) {
+  __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  if (high) w = _mm256_srli_epi32(w, 4);
+  w = _mm256_sub_epi32(_mm256_and_si256(w, _mm256_set1_epi32(15)), _mm256_set1_epi32(8));
+  return {_mm256_cvtepi32_ps(w)};
+}
 // One element as f32 (tails).
 inline float load1(const float* p) { return *p; }
 inline float load1(const uint16_t* p) { return _cvtsh_ss(*p); }

@@ -14,6 +14,19 @@ inline V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline V vload(const uint16_t* p) {
   return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
 }
+inline V vload_bf16(const uint16_t* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+}
+inline V vload_i8(const int8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
+}
+inline V vload_u4(const uint8_t* p, bool high) {
+  __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  if (high) w = _mm512_srli_epi32(w, 4);
+  w = _mm512_sub_epi32(_mm512_and_si512(w, _mm512_set1_epi32(15)), _mm512_set1_epi32(8));
+  return {_mm512_cvtepi32_ps(w)};
+}
 inline __mmask16 lane_mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
 inline V vload_partial(const float* p, int n) { return {_mm512_maskz_loadu_ps(lane_mask(n), p)}; }
 // One element as f32 (tails).

@@ -14,6 +14,11 @@ inline V vzero() { return {0.0f}; }
 inline V vset1(float a) { return {a}; }
 inline V vload(const float* p) { return {*p}; }
 inline V vload(const uint16_t* p) { return {f16_to_f32(*p)}; }
+inline V vload_bf16(const uint16_t* p) { return {bf16_to_f32(*p)}; }
+inline V vload_i8(const int8_t* p) { return {static_cast<float>(*p)}; }
+inline V vload_u4(const uint8_t* p, bool high) {
+  return {static_cast<float>(((high ? *p >> 4 : *p) & 15) - 8)};
+}
 inline V vload_partial(const float* p, int n) { return {n > 0 ? *p : 0.0f}; }
 // One element as f32 (tails).
 inline float load1(const float* p) { return *p; }

@@ -21,6 +21,7 @@
 
 #include "core/check.h"
 #include "core/half.h"
+#include "core/tensor.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/ops.h"
@@ -386,9 +387,27 @@ TEST_P(Kernels, TrainingAttention) {
   }
 }
 
+// Rows of d values in a cache format, and the values they hold (the reference reads those).
+struct Encoded {
+  std::vector<char> bytes;
+  std::vector<float> values;
+};
+Encoded encode_rows(const std::vector<float>& x, int d, DType dt) {
+  Tensor t({static_cast<int64_t>(x.size()) / d, d});
+  std::copy(x.begin(), x.end(), t.data());
+  const Tensor e = t.to(dt), back = e.to(DType::kF32);
+  Encoded r;
+  r.bytes.assign(static_cast<const char*>(e.raw()), static_cast<const char*>(e.raw()) + e.nbytes());
+  r.values.assign(back.data(), back.data() + back.numel());
+  return r;
+}
+
+constexpr DType kKvFormats[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
+
 // Decode attention of a group of query rows sharing one KV head: head sizes on and off the vector
-// width, lengths across the 8-key and value blocks, groups wider than kMaxAttendGroup, f32 and f16
-// caches (the f16 result against the reference on the rounded keys and values).
+// width, lengths across the 8-key and value blocks, groups wider than kMaxAttendGroup, every cache
+// format for keys and values (the result against the reference on the values the rows hold:
+// quantized rows are widened in registers, never beforehand), and keys and values cut into chunks.
 TEST_P(Kernels, DecodeAttention) {
   for (int d : {64, 128, 20, 8, 80}) {
     for (int len : {1, 7, 8, 300, 530}) {
@@ -396,40 +415,36 @@ TEST_P(Kernels, DecodeAttention) {
         const int ldq = n_q * d + 5, ldo = n_q * d + 3;  // strides wider than the rows
         const auto qrows = randn(size_t(n_q) * ldq, 2 + len);
         const auto K = randn(size_t(len) * d, 3 + n_q), V = randn(size_t(len) * d, 4 + d);
-        std::vector<uint16_t> Kh(K.size()), Vh(V.size());
-        f32_to_f16_n(K.data(), Kh.data(), K.size());
-        f32_to_f16_n(V.data(), Vh.data(), V.size());
-        std::vector<float> Kr(K.size()), Vr(V.size());
-        f16_to_f32_n(Kh.data(), Kr.data(), K.size());
-        f16_to_f32_n(Vh.data(), Vr.data(), V.size());
         const float scale = 1.0f / std::sqrt(float(d));
-        std::vector<float> out(size_t(n_q) * ldo, -7.0f), outh(out), want(out), wanth(out),
-            scratch(size_t(std::min(n_q, kMaxAttendGroup)) * len);
-        attend_shared_kv(qrows.data(), n_q, ldq, K.data(), V.data(), DType::kF32, len, d, scale,
-                         out.data(), ldo, scratch.data());
-        attend_shared_kv(qrows.data(), n_q, ldq, Kh.data(), Vh.data(), DType::kF16, len, d, scale,
-                         outh.data(), ldo, scratch.data());
-        // The same keys and values cut into chunks of 5, 11, then the rest (a paged cache).
-        std::vector<KvChunk> chunks;
-        for (int p = 0; p < len;) {
-          const int n = std::min(len - p, chunks.empty() ? 5 : chunks.size() == 1 ? 11 : len);
-          chunks.push_back({K.data() + size_t(p) * d, V.data() + size_t(p) * d, n});
-          p += n;
-        }
-        std::vector<float> outc(out.size(), -7.0f);
-        attend_chunks(qrows.data(), n_q, ldq, chunks.data(), int(chunks.size()), DType::kF32, d, scale,
-                      outc.data(), ldo, scratch.data());
-        ref::attend(qrows.data(), n_q, ldq, K.data(), V.data(), len, d, scale, want.data(), ldo);
-        ref::attend(qrows.data(), n_q, ldq, Kr.data(), Vr.data(), len, d, scale, wanth.data(), ldo);
-        const double bound = prob_bound(len + d, max_abs(V));
+        std::vector<float> scratch(size_t(std::min(n_q, kMaxAttendGroup)) * len);
         const std::string tag = "attend d=" + std::to_string(d) + " len=" + std::to_string(len) +
                                 " n_q=" + std::to_string(n_q);
-        expect_close(tag.c_str(), out, want, [&](size_t) { return bound; });
-        expect_close((tag + " f16").c_str(), outh, wanth, [&](size_t) { return bound; });
-        expect_close((tag + " chunks").c_str(), outc, want, [&](size_t) { return bound; });
-        // Padding between rows untouched.
-        for (int r = 0; r + 1 < n_q; ++r) {
-          for (int i = d; i < ldo; ++i) EXPECT_EQ(out[size_t(r) * ldo + i], -7.0f);
+        for (DType kt : kKvFormats) {
+          for (DType vt : kKvFormats) {
+            if (d % dtype_block_values(kt) || d % dtype_block_values(vt)) continue;
+            if (kt != vt && !(len == 300 && n_q == 3)) continue;  // mixed pairs: one shape
+            const Encoded ke = encode_rows(K, d, kt), ve = encode_rows(V, d, vt);
+            std::vector<float> out(size_t(n_q) * ldo, -7.0f), want(out);
+            const size_t krb = dtype_row_bytes(kt, d), vrb = dtype_row_bytes(vt, d);
+            // Chunks of 5, 11, then the rest (a paged cache) for one shape, else one chunk.
+            std::vector<KvChunk> chunks;
+            for (int p = 0; p < len;) {
+              const int n = len == 300 ? std::min(len - p, chunks.empty() ? 5 : chunks.size() == 1 ? 11 : len)
+                                       : len;
+              chunks.push_back({ke.bytes.data() + size_t(p) * krb, ve.bytes.data() + size_t(p) * vrb, n});
+              p += n;
+            }
+            attend_chunks(qrows.data(), n_q, ldq, chunks.data(), int(chunks.size()), kt, vt, d, scale,
+                          out.data(), ldo, scratch.data());
+            ref::attend(qrows.data(), n_q, ldq, ke.values.data(), ve.values.data(), len, d, scale,
+                        want.data(), ldo);
+            const double bound = prob_bound(len + d, max_abs(ve.values));
+            expect_close((tag + " k " + dtype_name(kt) + " v " + dtype_name(vt)).c_str(), out, want,
+                         [&](size_t) { return bound; });
+            for (int r = 0; r + 1 < n_q; ++r) {  // padding between rows untouched
+              for (int i = d; i < ldo; ++i) ASSERT_EQ(out[size_t(r) * ldo + i], -7.0f);
+            }
+          }
         }
       }
     }
@@ -438,23 +453,32 @@ TEST_P(Kernels, DecodeAttention) {
 
 // The KV-cache ops on their own: rows stored through a slot whose sequences live in scattered
 // blocks, then causal attention of prefill runs (the GEMM path) and decode runs (the attend
-// kernel, chunk by chunk) against the reference over the same keys (rounded to f16 for an f16
-// slot; rotated first when the reader needs rotated keys from a raw-key slot).
+// kernel, chunk by chunk) against the reference over the values the slot holds (rounded or
+// quantized by the format; rotated first when the reader needs rotated keys from a raw-key slot),
+// for every format of keys and values.
 TEST_P(Kernels, CacheStoreAndAttention) {
-  for (int d : {16, 20}) {
-    for (DType dt : {DType::kF32, DType::kF16}) {
+  const std::pair<DType, DType> formats[] = {
+      {DType::kF32, DType::kF32},   {DType::kF16, DType::kF16},   {DType::kBF16, DType::kBF16},
+      {DType::kQ8_0, DType::kQ8_0}, {DType::kQ4_0, DType::kQ4_0}, {DType::kQ8_0, DType::kF16},
+      {DType::kF16, DType::kQ4_0}};
+  for (int d : {32, 20}) {
+    for (auto [kt, vt] : formats) {
+      if (d % dtype_block_values(kt) || d % dtype_block_values(vt)) continue;
       for (bool rotate : {false, true}) {
         const int G = 2, H = 4, bs = 4, n_seq = 2, n_ctx = 24, bps = n_ctx / bs;
-        const size_t row = static_cast<size_t>(d) * dtype_size(dt);
+        const size_t krb = dtype_row_bytes(kt, d), vrb = dtype_row_bytes(vt, d);
         std::vector<std::vector<int32_t>> tables = {{5, 0, 9, 2, 7, 11}, {1, 3, 4, 6, 8, 10}};
-        std::vector<char> kbuf(size_t(G) * n_seq * bps * bs * row), vbuf(kbuf.size());
+        std::vector<char> kbuf(size_t(G) * n_seq * bps * bs * krb), vbuf(size_t(G) * n_seq * bps * bs * vrb);
         KvSlotView slot;
-        slot.dtype = dt;
+        slot.k_dtype = kt;
+        slot.v_dtype = vt;
         slot.n_head_kv = G;
         slot.head_dim = d;
         slot.block_size = bs;
-        slot.row_bytes = row;
-        slot.head_stride = size_t(n_seq) * bps * bs * row;
+        slot.k_row_bytes = krb;
+        slot.v_row_bytes = vrb;
+        slot.k_head_stride = size_t(n_seq) * bps * bs * krb;
+        slot.v_head_stride = size_t(n_seq) * bps * bs * vrb;
         slot.k = kbuf.data();
         slot.v = vbuf.data();
         slot.block_tables = tables.data();
@@ -468,6 +492,8 @@ TEST_P(Kernels, CacheStoreAndAttention) {
         const int n = len0 + len1;
         const auto k = randn(size_t(n) * G * d, 40 + d), v = randn(size_t(n) * G * d, 41 + d);
         kv_store(slot, seq.data(), pos.data(), n, k.data(), v.data());
+        // What the slot holds: the same rows through the format's definition.
+        const auto kq = encode_rows(k, d, kt).values, vq = encode_rows(v, d, vt).values;
         RopeTable<float> rt;
         rt.build(d, n_ctx, rope_inv_freq(d, 10000.0));
         const auto q = randn(size_t(len0 + 1) * H * d, 42 + d);
@@ -477,11 +503,7 @@ TEST_P(Kernels, CacheStoreAndAttention) {
         // Reference: per row and head, the visible keys and values as the slot stores them.
         auto stored = [&](const std::vector<float>& src, int s, int h, int p) {
           const int i = s == 0 ? p : len0 + p;
-          std::vector<float> r(src.begin() + (int64_t(i) * G + h) * d, src.begin() + (int64_t(i) * G + h + 1) * d);
-          if (dt == DType::kF16) {
-            for (auto& x : r) x = f16_to_f32(f32_to_f16(x));
-          }
-          return r;
+          return std::vector<float>(src.begin() + (int64_t(i) * G + h) * d, src.begin() + (int64_t(i) * G + h + 1) * d);
         };
         for (const AttnRun& r : runs) {
           for (int t = 0; t < r.n_rows; ++t) {
@@ -490,7 +512,7 @@ TEST_P(Kernels, CacheStoreAndAttention) {
               const int g = h / (H / G);
               std::vector<float> K, V;
               for (int j = 0; j < nvis; ++j) {
-                auto kr = stored(k, r.seq, g, j), vr = stored(v, r.seq, g, j);
+                auto kr = stored(kq, r.seq, g, j), vr = stored(vq, r.seq, g, j);
                 if (rotate) {
                   const int32_t pj = j;
                   ref::rope_forward(kr.data(), 1, 1, d, &pj, rt);
@@ -504,9 +526,9 @@ TEST_P(Kernels, CacheStoreAndAttention) {
             }
           }
         }
-        const std::string tag = std::string("cache attention d=") + std::to_string(d) + " " +
-                                dtype_name(dt) + (rotate ? " rotated" : "");
-        expect_close(tag.c_str(), out, want, [&](size_t) { return prob_bound(n_ctx + d, 4.5); });
+        const std::string tag = std::string("cache attention d=") + std::to_string(d) + " k " +
+                                dtype_name(kt) + " v " + dtype_name(vt) + (rotate ? " rotated" : "");
+        expect_close(tag.c_str(), out, want, [&](size_t) { return prob_bound(n_ctx + d, max_abs(vq)); });
       }
     }
   }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -34,11 +35,32 @@ TEST(KvCache, BytesAreTwoTokensOwnersHeadsRowBytes) {
     EXPECT_EQ(c.slot_of_layer(3), 1);
     EXPECT_TRUE(c.slot_keys_rotated(0));
     EXPECT_FALSE(c.slot_keys_rotated(1));
-    EXPECT_EQ(c.codec().row_bytes(8), 8 * dtype_size(e));
+    EXPECT_EQ(kv_codec(e).row_bytes(8), 8 * dtype_size(e));
+    EXPECT_EQ(c.type(), KvCacheType(e));
   }
+  // Block formats: 34 (q8_0) and 18 (q4_0) bytes per 32 values, scales included; keys and values
+  // may differ; a head size that is not a multiple of 32 cannot hold them.
+  KvLayout w = l;
+  w.head_dim = 64;
+  EXPECT_EQ(w.bytes_per_token(DType::kQ8_0), int64_t{2} * 2 * 2 * 2 * 34);
+  EXPECT_EQ(w.bytes_per_token(DType::kQ4_0), int64_t{2} * 2 * 2 * 2 * 18);
+  EXPECT_EQ(w.bytes_per_token({DType::kQ8_0, DType::kF16}), int64_t{2} * 2 * (2 * 34 + 64 * 2));
+  EXPECT_EQ(KVCache(w, 3, 50, {DType::kQ4_0, DType::kBF16}).bytes(), 3 * 50 * w.bytes_per_token({DType::kQ4_0, DType::kBF16}));
+  try {
+    KVCache bad(l, 1, 10, DType::kQ8_0);
+    FAIL() << "a q8_0 cache for head size 8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 32"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(parse_kv_cache_type("q8_0"), KvCacheType(DType::kQ8_0));
+  EXPECT_EQ(parse_kv_cache_type("f16", "q4_0"), KvCacheType(DType::kQ4_0, DType::kF16));
+  EXPECT_EQ(parse_kv_cache_type("", "", "bf16"), KvCacheType(DType::kF32, DType::kBF16));
+  EXPECT_EQ(KvCacheType(DType::kQ8_0, DType::kF16).name(), "k q8_0 / v f16");
+  EXPECT_THROW(parse_kv_cache_type("q5_1"), Error);
+  EXPECT_THROW(parse_kv_cache_type("f32", "int4"), Error);
   EXPECT_THROW(KVCache(l, 0, 10), Error);
   EXPECT_THROW(KVCache(l, 1, 0), Error);
-  EXPECT_THROW(KVCache(l, 1, 10, DType::kBF16), Error);
+  EXPECT_THROW(KVCache(l, 1, 10, DType::kF64), Error);  // not a cache format
   EXPECT_THROW(kv_codec("q4_1"), Error);
   EXPECT_EQ(kv_codec("f16").dtype, DType::kF16);
 }

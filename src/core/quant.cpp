@@ -1,0 +1,76 @@
+#include "core/quant.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/half.h"
+
+namespace mlkv {
+
+void quantize_row_q8_0(const float* x, void* dst, int64_t n) {
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQ8_0BlockBytes) {
+    const float* xb = x + b * kQuantBlock;
+    float amax = 0.0f;
+    for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t dh = f32_to_f16(d);
+    std::memcpy(out, &dh, 2);
+    for (int i = 0; i < kQuantBlock; ++i) {
+      out[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(std::lround(xb[i] * id)));
+    }
+  }
+}
+
+void dequantize_row_q8_0(const void* src, float* y, int64_t n) {
+  const auto* in = static_cast<const uint8_t*>(src);
+  for (int64_t b = 0; b < n / kQuantBlock; ++b, in += kQ8_0BlockBytes) {
+    uint16_t dh;
+    std::memcpy(&dh, in, 2);
+    const float d = f16_to_f32(dh);
+    for (int i = 0; i < kQuantBlock; ++i) {
+      y[b * kQuantBlock + i] = d * static_cast<float>(static_cast<int8_t>(in[2 + i]));
+    }
+  }
+}
+
+void quantize_row_q4_0(const float* x, void* dst, int64_t n) {
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQ4_0BlockBytes) {
+    const float* xb = x + b * kQuantBlock;
+    float amax = 0.0f, m = 0.0f;
+    for (int i = 0; i < kQuantBlock; ++i) {
+      if (std::fabs(xb[i]) > amax) {
+        amax = std::fabs(xb[i]);
+        m = xb[i];
+      }
+    }
+    const float d = m / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t dh = f32_to_f16(d);
+    std::memcpy(out, &dh, 2);
+    for (int j = 0; j < kQuantBlock / 2; ++j) {
+      // Clamped in float first, so a NaN becomes a defined nibble rather than undefined behaviour.
+      const int q0 = static_cast<int>(std::fmax(0.0f, std::fmin(15.0f, xb[j] * id + 8.5f)));
+      const int q1 =
+          static_cast<int>(std::fmax(0.0f, std::fmin(15.0f, xb[j + kQuantBlock / 2] * id + 8.5f)));
+      out[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    }
+  }
+}
+
+void dequantize_row_q4_0(const void* src, float* y, int64_t n) {
+  const auto* in = static_cast<const uint8_t*>(src);
+  for (int64_t b = 0; b < n / kQuantBlock; ++b, in += kQ4_0BlockBytes) {
+    uint16_t dh;
+    std::memcpy(&dh, in, 2);
+    const float d = f16_to_f32(dh);
+    for (int j = 0; j < kQuantBlock / 2; ++j) {
+      y[b * kQuantBlock + j] = d * static_cast<float>((in[2 + j] & 0x0F) - 8);
+      y[b * kQuantBlock + j + kQuantBlock / 2] = d * static_cast<float>((in[2 + j] >> 4) - 8);
+    }
+  }
+}
+
+}  // namespace mlkv
