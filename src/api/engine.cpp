@@ -64,13 +64,16 @@ KvCacheType cache_type_of(const std::string& cache_type) {
 // The device named by LoadOptions::device, when this build has a backend for it.
 Device check_device(const std::string& device) {
   Device d = Device::kCpu;
+  int index = 0;
   try {
-    d = parse_device(device);
+    d = parse_device(device, &index);
   } catch (const Error&) {
     fail("unknown device '", device, "' (this build has: cpu", has_backend(Device::kCuda) ? ", cuda" : "",
          ")");
   }
   MLKV_REQUIRE(has_backend(d), "device '", device, "' is not available: this build has no CUDA backend");
+  set_device_index(d, index);
+  backend<float>(d);  // starts it (finds the GPU, registers its allocator) or says why it cannot
   return d;
 }
 

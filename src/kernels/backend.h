@@ -108,7 +108,10 @@ template <typename T>
 Backend<T>& backend(Device device = Device::kCpu);
 // Installs a device's float backend (a CUDA build does this at startup).
 void register_backend(Device device, Backend<float>* b);
-// Whether a float backend exists for the device (the CPU's always does).
+// Whether a float backend exists for the device (the CPU's always does; a CUDA build's CUDA
+// backend is created on first use, which throws when no GPU can be used).
 bool has_backend(Device device);
+// Which GPU the device's backend uses ("cuda:N"); only before its first use (throws after).
+void set_device_index(Device device, int index);
 
 }  // namespace mlkv

@@ -74,12 +74,15 @@ Model::Model(LoadedModel m, const ModelOptions& opt)
     : cfg_(std::move(m.config)), opt_(opt), w_(std::move(m.weights)) {
   cfg_.validate();
   Backend<float>& be = backend<float>(opt_.device);
-  if (opt_.weights == WeightType::kF16) {
-    // Matrices in f16; the tied output matrix gets an f16 copy (lookups read the f32 embedding).
+  MLKV_REQUIRE(opt_.weights != WeightType::kBF16 || opt_.device != Device::kCpu,
+               "bf16 weights run on the GPU (--device cuda); on the CPU use f32 or f16");
+  if (opt_.weights != WeightType::kF32) {
+    // Matrices in f16/bf16; the tied output matrix gets a copy (lookups read the f32 embedding).
+    const DType dt = opt_.weights == WeightType::kF16 ? DType::kF16 : DType::kBF16;
     Tensor embd = std::move(w_.tok_embd);
     w_.tok_embd = Tensor();
-    w_ = convert_weights(cfg_, w_, DType::kF16, /*matrices_only=*/true);
-    if (cfg_.tied_embeddings) output_f16_ = embd.to(DType::kF16);
+    w_ = convert_weights(cfg_, w_, dt, /*matrices_only=*/true);
+    if (cfg_.tied_embeddings) output_f16_ = embd.to(dt);
     w_.tok_embd = std::move(embd);
   }
   if (opt_.device != Device::kCpu) {

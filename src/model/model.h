@@ -43,9 +43,10 @@ struct Batch {
 
 using ops::AttnRun;
 
-// How the forward pass stores its projection matrices. f16 halves the bytes a decode step
-// streams (and the resident size); compute stays f32, the embedding table stays f32.
-enum class WeightType { kF32, kF16 };
+// How the forward pass stores its projection matrices. f16 and bf16 halve the bytes a decode step
+// streams (and the resident size); accumulation stays f32, the embedding table stays f32. bf16
+// runs on the GPU only (its products round the activations to bf16 too).
+enum class WeightType { kF32, kF16, kBF16 };
 
 struct ModelOptions {
   WeightType weights = WeightType::kF32;
@@ -88,7 +89,7 @@ class Model {
   ModelConfig cfg_;
   ModelOptions opt_;
   ModelWeights w_;
-  Tensor output_f16_;  // f16 copy of a tied output matrix (the embedding stays f32 for lookups)
+  Tensor output_f16_;  // f16/bf16 copy of a tied output matrix (the embedding stays f32 for lookups)
   std::unique_ptr<Transformer<float>> net_;
   ops::RopeTable<float> rope_;
   std::unique_ptr<Scratch> scratch_;  // activations, grown with the batch, never shrunk

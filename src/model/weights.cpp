@@ -108,6 +108,12 @@ void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype, Devi
   for (auto& n : enumerate(cfg, *w)) *n.t = Tensor(n.shape, dtype, device);
 }
 
+void move_weights(const ModelConfig& cfg, ModelWeights* w, Device device) {
+  for (auto& p : list_params(cfg, *w)) {
+    if (p.tensor->device() != device) *p.tensor = p.tensor->to(device);
+  }
+}
+
 ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
                              bool matrices_only) {
   ModelWeights out;

@@ -71,6 +71,9 @@ void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype = DTy
 
 // A copy of every parameter converted to dtype (F32, F16, BF16 or F64); with matrices_only, only
 // 2-d tensors are converted and norms and biases keep their type (f16 inference weights).
+// Moves every tensor of w to `device` (a no-op for tensors already there).
+void move_weights(const ModelConfig& cfg, ModelWeights* w, Device device);
+
 ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
                              bool matrices_only = false);
 

@@ -20,15 +20,17 @@ double median(std::vector<double> v) {
 void fill_cache(const ModelConfig& c, KVCache& cache, int n) {
   std::mt19937 rng(7);
   std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> kv(static_cast<size_t>(n) * c.n_head_kv * c.n_embd_head);
-  for (auto& x : kv) x = d(rng);
+  Tensor kv({int64_t{n} * c.n_head_kv * c.n_embd_head});
+  for (int64_t i = 0; i < kv.numel(); ++i) kv[i] = d(rng);
+  kv = kv.to(cache.device());  // the store reads keys and values on the cache's device
   std::vector<int32_t> seq(static_cast<size_t>(n)), pos(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = i;
   Backend<float>& be = backend<float>(cache.device());
   for (int slot = 0; slot < cache.n_slots(); ++slot) {
     for (int s = 0; s < cache.n_seq(); ++s) {
       std::fill(seq.begin(), seq.end(), s);
-      be.kv_store(cache.view(slot), seq.data(), pos.data(), n, kv.data(), kv.data());
+      const float* p = kv.data_as<float>();
+      be.kv_store(cache.view(slot), seq.data(), pos.data(), n, p, p);
     }
   }
   for (int s = 0; s < cache.n_seq(); ++s) cache.set_seq_len(s, n);

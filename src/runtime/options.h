@@ -15,5 +15,8 @@ namespace mlkv {
 // q4_0 (got '<s>')".
 KvCacheType parse_cache_type(const std::string& s, const std::string& what);
 WeightType parse_weight_type(const std::string& s, const std::string& what);
+// A --device value ("cpu", "cuda", "cuda:N"): parsed, checked against this build's backends and
+// selected (the GPU index). Throws mlkv::Error naming `what` and the value otherwise.
+Device parse_device_option(const std::string& s, const std::string& what);
 
 }  // namespace mlkv

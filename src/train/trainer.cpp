@@ -264,6 +264,20 @@ TrainSummary run_training(const TrainOptions& opt) {
     state.seed = opt.seed;
     state.shuffle = opt.shuffle;
   }
+  if (opt.device != params.tok_embd.device()) {
+    // Parameters and moments move to the training device once; the data stays on the host.
+    MLKV_REQUIRE(world == 1, "train: data-parallel training over MPI runs on the CPU (one GPU per "
+                 "run for now)");
+    const int64_t steps_done = adam->steps();
+    ModelWeights m = std::move(adam->m()), v = std::move(adam->v());
+    move_weights(cfg, &params, opt.device);
+    adam = std::make_unique<AdamW>(cfg, opt.adam, opt.device);
+    move_weights(cfg, &m, opt.device);
+    move_weights(cfg, &v, opt.device);
+    adam->m() = std::move(m);
+    adam->v() = std::move(v);
+    adam->set_steps(steps_done);
+  }
   MLKV_REQUIRE(opt.ctx <= cfg.n_ctx, "train: --ctx ", opt.ctx, " exceeds the model's context of ",
                cfg.n_ctx, " positions");
   MLKV_REQUIRE(train_stream.n_vocab() <= static_cast<uint32_t>(cfg.n_vocab),
@@ -294,7 +308,7 @@ TrainSummary run_training(const TrainOptions& opt) {
         {"world", world},
         {"micro_batch", micro},
         {"threads", num_threads()},
-        {"backend", backend<float>().name()},
+        {"backend", backend<float>(device).name()},
         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
         {"options", json::parse(state.options_json)}};
     if (opt.resume) {
@@ -350,10 +364,25 @@ TrainSummary run_training(const TrainOptions& opt) {
         }
       };
     }
-    save_checkpoint(ckpt_path, cfg, params, adam->m(), adam->v(), st, hook);
+    if (device == Device::kCpu) {
+      save_checkpoint(ckpt_path, cfg, params, adam->m(), adam->v(), st, hook);
+    } else {
+      // Host copies: the checkpoint is the same file whatever device trained it.
+      ModelWeights hp = params, hm = adam->m(), hv = adam->v();
+      move_weights(cfg, &hp, Device::kCpu);
+      move_weights(cfg, &hm, Device::kCpu);
+      move_weights(cfg, &hv, Device::kCpu);
+      save_checkpoint(ckpt_path, cfg, hp, hm, hv, st, hook);
+    }
     SaveOptions so;
     so.dtype = opt.out_dtype;
-    save_model(opt.out_dir, cfg, params, so);
+    if (device == Device::kCpu) {
+      save_model(opt.out_dir, cfg, params, so);
+    } else {
+      ModelWeights hp = params;
+      move_weights(cfg, &hp, Device::kCpu);
+      save_model(opt.out_dir, cfg, hp, so);
+    }
     copy_tokenizer(tokenizer_src, opt.out_dir);
     write_text_file((out / kPlotFile).string(),
                     loss_plot_svg({read_train_log(log_path, out.filename().string())},
@@ -373,7 +402,7 @@ TrainSummary run_training(const TrainOptions& opt) {
         "train: %s, %.2fM params, %d rank(s) x %d thread(s) on %s, %lld rows x %d tokens per step "
         "(micro-batch %d x %d accum), %lld steps, activations %.1f MiB per rank\n",
         cfg.summary().c_str(), static_cast<double>(cfg.n_params()) / 1e6, world, num_threads(),
-        backend<float>().name().c_str(),
+        backend<float>(device).name().c_str(),
         static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum,
         static_cast<long long>(total_steps),
         static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));

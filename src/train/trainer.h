@@ -54,6 +54,9 @@ struct TrainOptions {
   DType out_dtype = DType::kF32;
   bool quiet = false;    // no progress bar or progress lines
   bool profile = false;  // print the per-op time breakdown at the end
+  // Where parameters, gradients, moments and activations live (a CUDA build: Device::kCuda).
+  // Checkpoints and the model are written from host copies, in the same format on every device.
+  Device device = Device::kCpu;
 };
 
 struct TrainSummary {

@@ -18,6 +18,7 @@
 #include "kernels/threads.h"
 #include "eval/evaluate.h"
 #include "model/model.h"
+#include "runtime/options.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mlkv::cli {
@@ -28,7 +29,7 @@ namespace {
 
 struct EvalArgs {
   eval::EvalOptions o;  // --batch, --ctx, --stride, --limit, --max-bytes, --bos, --template
-  std::string model, tokenizer, json_path, eval_dir;
+  std::string model, tokenizer, json_path, eval_dir, device = "cpu", weights = "f32";
   std::vector<std::string> inputs, texts, shards, tasks;
   int threads = 0;
   bool no_share = false;
@@ -91,7 +92,10 @@ void run_eval(const EvalArgs& a) {
                "nothing to evaluate: give text files, token shards or tasks (e.g. piqa, "
                "lambada_openai, wikitext2_test.txt)");
 
-  Model model = Model(load_model(a.model));
+  ModelOptions mo;
+  mo.device = parse_device_option(a.device, "--device");
+  mo.weights = parse_weight_type(a.weights, "--weights");
+  Model model = Model(load_model(a.model), mo);
   // Text and tasks need a tokenizer; shards use one, when there is one, for bits per byte.
   const std::string tok_path = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::unique_ptr<Tokenizer> tok =
@@ -145,6 +149,11 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_flag("--no-share", a->no_share,
                 "Run every choice's context separately (for checking the shared pass)");
   cmd->add_option("--json", a->json_path, "Write the results as JSON to this file");
+  cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
+      ->capture_default_str();
+  cmd->add_option("--weights", a->weights,
+                  "In-memory projection weights: f32, f16 or bf16 (GPU)")
+      ->capture_default_str();
   cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_eval(*a); });

@@ -32,7 +32,8 @@ namespace {
 
 void add_weights_option(CLI::App* cmd, std::string* w) {
   cmd->add_option("--weights", *w,
-                  "In-memory projection weights: f32, or f16 (half the bytes per decode step)")
+                  "In-memory projection weights: f32, f16 (half the bytes per decode step) or bf16 "
+                  "(GPU)")
       ->capture_default_str();
 }
 
@@ -50,6 +51,13 @@ std::string human_bytes(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
   return buf;
+}
+
+void add_device_option(CLI::App* cmd, std::string* device) {
+  cmd->add_option("--device", *device,
+                  "Where to compute: cpu, or cuda / cuda:N in a CUDA build (weights, activations "
+                  "and the KV cache on that GPU)")
+      ->capture_default_str();
 }
 
 void add_threads_option(CLI::App* cmd, int* threads) {
@@ -134,16 +142,19 @@ void run_info(const InfoArgs& a) {
 
 // ---------------------------------------------------------------- score
 struct ScoreArgs {
-  std::string model, tokens, text, tokenizer, cache_type = "f32", weights = "f32";
+  std::string model, tokens, text, tokenizer, cache_type = "f32", weights = "f32", device = "cpu";
   bool cached = false, json_out = false, add_bos = false;
   int threads = 0;
 };
 
 // Loads the engine for score and generate: the tokenizer only when there is text to encode.
 Engine load_engine(const std::string& model, const std::string& tokenizer,
-                   const std::string& weights, int threads, bool need_tokenizer) {
+                   const std::string& weights, const std::string& device, int threads,
+                   bool need_tokenizer) {
+  parse_device_option(device, "--device");
   LoadOptions lo;
   lo.weights = weights;
+  lo.device = device;
   lo.threads = threads;
   lo.tokenizer = tokenizer;
   lo.tokenizer_mode = need_tokenizer ? TokenizerMode::kRequired : TokenizerMode::kNone;
@@ -155,7 +166,7 @@ void run_score(const ScoreArgs& a) {
   parse_cache_type(a.cache_type, "--cache-type");
   MLKV_REQUIRE(a.tokens.empty() != a.text.empty(),
                "give exactly one of --tokens or --text/--prompt");
-  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.threads, !a.text.empty());
+  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.device, a.threads, !a.text.empty());
   const Tokenizer* tok = engine.has_tokenizer() ? &engine.tokenizer() : nullptr;
   const std::vector<int32_t> ids =
       tok != nullptr ? tok->encode(a.text, a.add_bos) : parse_id_list(a.tokens);
@@ -192,7 +203,7 @@ void run_score(const ScoreArgs& a) {
 
 // ---------------------------------------------------------------- generate
 struct GenerateArgs {
-  std::string model, tokenizer, cache_type = "f32", weights = "f32";
+  std::string model, tokenizer, cache_type = "f32", weights = "f32", device = "cpu";
   std::vector<std::string> tokens, prompts;
   int n = 32, top_k = 0, parallel = 8, ctx = 0, threads = 0;
   float temp = 0.0f, top_p = 1.0f;
@@ -205,7 +216,7 @@ void run_generate(const GenerateArgs& a) {
   MLKV_REQUIRE(a.n >= 0, "-n must not be negative");
   parse_weight_type(a.weights, "--weights");
   parse_cache_type(a.cache_type, "--cache-type");
-  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.threads, !a.prompts.empty());
+  Engine engine = load_engine(a.model, a.tokenizer, a.weights, a.device, a.threads, !a.prompts.empty());
   const Tokenizer* tok = engine.has_tokenizer() ? &engine.tokenizer() : nullptr;
   std::vector<std::vector<int32_t>> prompts;
   for (const auto& t : a.tokens) prompts.push_back(parse_id_list(t));
@@ -270,7 +281,7 @@ void run_generate(const GenerateArgs& a) {
 
 // ---------------------------------------------------------------- bench
 struct BenchArgs {
-  std::string model, random = "pythia-160m", cache_type = "f32", weights = "f32";
+  std::string model, random = "pythia-160m", cache_type = "f32", weights = "f32", device = "cpu";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
   bool json_out = false, skip_bandwidth = false, synthetic = false;
 };
@@ -306,6 +317,7 @@ void run_bench(const BenchArgs& a) {
   }
   ModelOptions mo;
   mo.weights = parse_weight_type(a.weights, "--weights");
+  mo.device = parse_device_option(a.device, "--device");
   Model model(std::move(lm), mo);
   const ModelConfig& c = model.config();
   BenchOptions o;
@@ -325,7 +337,7 @@ void run_bench(const BenchArgs& a) {
     json j = {{"model", name},
               {"config", c.summary()},
               {"threads", num_threads()},
-              {"backend", backend<float>().name()},
+              {"backend", backend<float>(mo.device).name()},
               {"prompt", a.prompt},
               {"gen", a.gen},
               {"batch", a.batch},
@@ -348,7 +360,7 @@ void run_bench(const BenchArgs& a) {
   }
   std::printf("model           %s (%s)\n", name.c_str(), c.summary().c_str());
   std::printf("threads         %d\n", num_threads());
-  std::printf("backend         %s\n", backend<float>().name().c_str());
+  std::printf("backend         %s\n", backend<float>(mo.device).name().c_str());
   if (!a.synthetic) {
     std::printf("prefill         %.1f tok/s (prompt %d, batch %d, median of %d)\n", r.prefill_tok_s,
                 a.prompt, a.batch, a.reps);
@@ -380,7 +392,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--batch", a->batch, "Sequences for the cache size")->capture_default_str();
     cmd->add_option("--kv-budget", a->kv_budget,
                     "KV-cache memory (e.g. 2G): how many sequences of --ctx tokens fit");
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
     cmd->add_flag("--json", a->json_out, "Print JSON");
     cmd->callback([a] { run_info(*a); });
@@ -397,9 +409,10 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag("--cached", a->cached,
                   "Score through token-by-token cached decoding instead of one pass");
     add_weights_option(cmd, &a->weights);
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
     cmd->add_flag("--json", a->json_out, "Print {\"logprobs\": [...]} JSON");
+    add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_score(*a); });
   }
@@ -423,11 +436,12 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--parallel", a->parallel, "Sequences decoded together")->capture_default_str();
     cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)")
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
     cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");
     add_weights_option(cmd, &a->weights);
     cmd->add_flag("--json", a->json_out, "Print JSON");
+    add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_generate(*a); });
   }
@@ -445,7 +459,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--gen", a->gen, "Decode steps")->capture_default_str();
     cmd->add_option("--batch", a->batch, "Sequences decoded together")->capture_default_str();
     cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
     add_weights_option(cmd, &a->weights);
@@ -453,6 +467,7 @@ void add_model_commands(CLI::App& app) {
         "--synthetic-context", a->synthetic,
         "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
+    add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] { run_bench(*a); });
   }

@@ -15,7 +15,7 @@ namespace mlkv::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, tokenizer, cache_type = "f32", weights = "f32", kv_budget;
+  std::string model, tokenizer, cache_type = "f32", weights = "f32", kv_budget, device = "cpu";
   ServerOptions opt;
   int threads = 0;
   bool no_tokenizer = false;
@@ -28,8 +28,10 @@ void run_serve(const ServeArgs& a) {
   MLKV_REQUIRE(opt.port >= 0 && opt.port <= 65535, "--port must be in [0, 65535]");
   opt.cache_type = a.cache_type;
   // A tokenizer named with --tokenizer must load; one next to a model folder is optional.
+  parse_device_option(a.device, "--device");
   LoadOptions lo;
   lo.weights = a.weights;
+  lo.device = a.device;
   lo.threads = a.threads;
   lo.tokenizer = a.tokenizer;
   lo.tokenizer_mode = a.no_tokenizer                           ? TokenizerMode::kNone
@@ -67,9 +69,11 @@ void add_serve_commands(CLI::App& app) {
       ->excludes(par);
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32 or f16")
+  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
       ->capture_default_str();
-  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32 or f16")
+  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32, f16 or bf16 (GPU)")
+      ->capture_default_str();
+  cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
       ->capture_default_str();
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: the model folder)");

@@ -13,6 +13,7 @@
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "model/presets.h"
+#include "runtime/options.h"
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/plot.h"
@@ -30,7 +31,7 @@ struct TrainArgs {
   std::string preset;
   int layers = 0, embd = 0, heads = 0, kv_heads = 0, kv_layers = 0, ff = 0, vocab = 0,
       model_ctx = 0;
-  std::string kv_source, share, dtype = "f32";
+  std::string kv_source, share, dtype = "f32", device = "cpu";
   bool tied = false, no_shuffle = false, json_out = false;
 };
 
@@ -61,6 +62,7 @@ void run_train(TrainArgs& a) {
   try {
     train::TrainOptions& o = a.o;
     o.shuffle = !a.no_shuffle;
+    o.device = parse_device_option(a.device, "--device");
     if (a.dtype == "f32") {
       o.out_dtype = DType::kF32;
     } else if (a.dtype == "f16") {
@@ -192,6 +194,10 @@ void add_train(CLI::App& app) {
                 "Tokenizer to copy into --out (default: the data's or --init's)");
   c->add_flag("--quiet,-q", o.quiet, "No progress output");
   c->add_flag("--profile", o.profile, "Print the time per op at the end");
+  c->add_option("--device", a->device,
+                "Where to train: cpu, or cuda / cuda:N in a CUDA build (checkpoints are the same "
+                "files on every device)")
+      ->capture_default_str();
   c->add_flag("--json", a->json_out, "Print the summary as JSON");
   c->callback([a] { run_train(*a); });
 }

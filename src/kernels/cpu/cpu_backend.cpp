@@ -2,12 +2,16 @@
 // on the scalar reference (kernels/ops.h does the float/double split). Registers nothing: it is
 // the built-in backend of Device::kCpu.
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 
 #include "core/check.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
+#ifdef MLKV_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace mlkv {
 
@@ -150,6 +154,8 @@ class CpuBackend final : public Backend<T> {
   void to_host(const T* src, T* host, int64_t n) override { copy(host, src, n); }
 };
 
+int g_device_index[2] = {0, 0};
+
 CpuBackend<float> g_cpu_f32;
 CpuBackend<double> g_cpu_f64;
 Backend<float>* g_float_backends[2] = {&g_cpu_f32, nullptr};
@@ -161,6 +167,14 @@ Backend<float>& backend<float>(Device device) {
   // A bad MLKV_ISA is reported here, when something is about to compute, rather than from inside
   // a kernel (or for commands that never compute).
   if (device == Device::kCpu) ops::cpu::active_isa();
+#ifdef MLKV_HAVE_CUDA
+  if (device == Device::kCuda && g_float_backends[1] == nullptr) {
+    // Created on first use: it finds the GPU, its allocator and cuBLAS (throws naming the cause).
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    if (g_float_backends[1] == nullptr) g_float_backends[1] = cuda::make_backend(g_device_index[1]);
+  }
+#endif
   Backend<float>* b = g_float_backends[static_cast<int>(device)];
   MLKV_REQUIRE(b != nullptr, "device '", device_name(device),
                "' is not available: this build has no backend for it");
@@ -174,7 +188,22 @@ Backend<double>& backend<double>(Device device) {
   return g_cpu_f64;
 }
 
-bool has_backend(Device device) { return g_float_backends[static_cast<int>(device)] != nullptr; }
+bool has_backend(Device device) {
+#ifdef MLKV_HAVE_CUDA
+  if (device == Device::kCuda) return true;
+#endif
+  return g_float_backends[static_cast<int>(device)] != nullptr;
+}
+
+void set_device_index(Device device, int index) {
+  MLKV_REQUIRE(index >= 0, "device index must be >= 0 (got ", index, ")");
+  const int d = static_cast<int>(device);
+  MLKV_REQUIRE(g_float_backends[d] == nullptr || g_device_index[d] == index || device == Device::kCpu,
+               "the ", device_name(device), " backend already runs on device ", g_device_index[d],
+               "; it cannot switch to ", index);
+  MLKV_REQUIRE(device != Device::kCpu || index == 0, "the CPU has one device (cpu:0)");
+  g_device_index[d] = index;
+}
 
 void register_backend(Device device, Backend<float>* b) {
   g_float_backends[static_cast<int>(device)] = b;
