@@ -115,6 +115,15 @@ bound = 1e-4 if sys.argv[3] == "f32" else 1e-3
 print(f"{'ok   ' if d < bound else 'FAIL '} aidreams260K score, cache {sys.argv[3]}: max |logprob cpu - gpu| = {d:.2e} over {len(a)} tokens (bound {bound:.0e})")
 EOF
   done
+  # bf16 weights on the GPU (activations rounded to bf16 for prefill products) against f32 on the CPU
+  "$MLKV" score "$M" --tokens "$ids" --json --device cpu >"$OUT/score_cpu.json" 2>>"$LOG"
+  "$MLKV" score "$M" --tokens "$ids" --weights bf16 --json --device cuda >"$OUT/score_gpu.json" 2>>"$LOG"
+  python3 - "$OUT/score_cpu.json" "$OUT/score_gpu.json" <<'EOF' | tee -a "$SUMMARY"
+import json, sys
+a = json.load(open(sys.argv[1]))["logprobs"]; b = json.load(open(sys.argv[2]))["logprobs"]
+d = max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+print(f"{'ok   ' if d < 0.1 else 'FAIL '} aidreams260K score, bf16 weights on the GPU vs f32 on the CPU: max |dlogprob| = {d:.2e} (bound 1e-1)")
+EOF
   for dev in cpu cuda; do
     "$MLKV" generate "$M" --tokens "1 45 67 89" -n 48 --ignore-eos --json --device $dev >"$OUT/gen_$dev.json" 2>>"$LOG"
   done
@@ -163,10 +172,11 @@ bench "b512 ctx 2k bf16 MLKV-2" --random pythia-160m --kv-layers 2 --weights bf1
 # ---- training throughput ----
 if [ -d "$DATA/ts" ]; then
   stage "training"
+  for prec in f32 bf16; do
   rm -rf /tmp/mlkv_gpu_train
   if timeout 120 "$MLKV" train --data "$DATA/ts" -o /tmp/mlkv_gpu_train --preset pythia-160m --ctx 1024 \
-      --batch 8 --steps 8 --device cuda --quiet >>"$LOG" 2>&1; then
-    python3 - /tmp/mlkv_gpu_train <<'EOF' | tee -a "$SUMMARY"
+      --batch 8 --steps 8 --device cuda --precision $prec --quiet >>"$LOG" 2>&1; then
+    python3 - /tmp/mlkv_gpu_train $prec <<'EOF' | tee -a "$SUMMARY"
 import json, glob, sys
 rows = [json.loads(l) for f in glob.glob(sys.argv[1] + "/*.jsonl") for l in open(f)]
 steps = [r for r in rows if r.get("event", "step") == "step" and "loss" in r]
@@ -178,17 +188,42 @@ n = 162_322_944  # Pythia-160M parameters
 if tps:
     med = tps[len(tps) // 2]
     mfu = 6 * n * med / 989e12
-    print(f"train pythia-160m ctx 1024 batch 8 f32: {med:.0f} tok/s (median of {len(tps)} steps), "
+    print(f"train pythia-160m ctx 1024 batch 8 {sys.argv[2]}: {med:.0f} tok/s (median of {len(tps)} steps), "
           f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}, 6N MFU vs 989 TFLOP/s bf16 {100 * mfu:.2f}%")
 else:
     print("train: ran, but no per-step throughput in the log: " + str(rows[-1] if rows else "no log"))
 EOF
   else
-    fail_stage "training run (see $LOG)"
+    fail_stage "training run, $prec (see $LOG)"
     tail -20 "$LOG"
   fi
+  done
 else
   say "SKIPPED training: no token shards in $DATA/ts"
+fi
+
+# ---- checkpoints across devices: 4 steps on the GPU, resumed on the CPU to 8, against 8 CPU steps ----
+if [ -d "$DATA/ts" ]; then
+  stage "resume across devices"
+  common=(--data "$DATA/ts" --preset tiny-neox --ctx 64 --batch 4 --schedule constant --warmup 0 --quiet)
+  rm -rf /tmp/mlkv_rx_a /tmp/mlkv_rx_b
+  if "$MLKV" train "${common[@]}" -o /tmp/mlkv_rx_a --steps 8 --device cpu >>"$LOG" 2>&1 &&
+     "$MLKV" train "${common[@]}" -o /tmp/mlkv_rx_b --steps 4 --device cuda >>"$LOG" 2>&1 &&
+     "$MLKV" train "${common[@]}" -o /tmp/mlkv_rx_b --steps 8 --resume --device cpu >>"$LOG" 2>&1; then
+    python3 - /tmp/mlkv_rx_a/train_log.jsonl /tmp/mlkv_rx_b/train_log.jsonl <<'EOF' | tee -a "$SUMMARY"
+import json, sys
+def losses(p):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if "step" in r and "loss" in r}
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+ok = all(s in a and s in b for s in range(1, 9))
+d = max(abs(a[s] - b[s]) / abs(a[s]) for s in range(1, 9)) if ok else float("inf")
+print(f"{'ok   ' if d < 1e-3 else 'FAIL '} resume across devices (4 GPU steps + 4 CPU steps vs 8 CPU steps): "
+      f"max relative loss difference {d:.2e} (bound 1e-3)")
+EOF
+    grep -q '^FAIL' "$SUMMARY" && status=1
+  else
+    fail_stage "resume across devices (see $LOG)"
+  fi
 fi
 
 say "total $(($(date +%s) - T0)) s, status $status"

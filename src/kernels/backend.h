@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/tensor.h"
 #include "kernels/types.h"
 
@@ -39,6 +40,15 @@ class Backend {
     return Tensor(std::move(shape), dtype_of<T>(), device());
   }
   virtual std::unique_ptr<Workspace> new_workspace() const = 0;
+
+  // The element type products of f32 weights are computed in: f32 (default), or bf16 (mixed
+  // precision: weights and activations rounded to bf16 per product, f32 accumulation and f32
+  // outputs; master weights, gradients and optimizer state stay f32). Throws mlkv::Error where the
+  // backend has no such products (the CPU computes f32 only).
+  virtual void set_matmul_dtype(DType t) {
+    MLKV_REQUIRE(t == dtype_of<T>(), "the ", name(), " backend multiplies in ", dtype_name(dtype_of<T>()),
+                 " only (bf16 mixed precision runs on the GPU)");
+  }
 
   // ---- linear: w [N, K] of dtype T (or F16 for float inference weights) ----
   virtual void linear_forward(const T* x, const Tensor& w, const Tensor& b, T* y, int n, int K,

@@ -290,7 +290,13 @@ TrainSummary run_training(const TrainOptions& opt) {
   const Device device = params.tok_embd.device();
   ModelWeights grads;
   allocate_weights(cfg, &grads, DType::kF32, device);
-  TrainGraph<float> graph(cfg, micro, opt.ctx, backend<float>(device));
+  Backend<float>& be = backend<float>(device);
+  be.set_matmul_dtype(opt.precision);
+  struct PrecisionReset {  // later work in this process multiplies in f32 again
+    Backend<float>& be;
+    ~PrecisionReset() { be.set_matmul_dtype(DType::kF32); }
+  } precision_reset{be};
+  TrainGraph<float> graph(cfg, micro, opt.ctx, be);
   TrainSummary summary;
   summary.n_params = cfg.n_params();
   if (opt.profile) graph.profile = &summary.profile;
@@ -309,6 +315,7 @@ TrainSummary run_training(const TrainOptions& opt) {
         {"micro_batch", micro},
         {"threads", num_threads()},
         {"backend", backend<float>(device).name()},
+        {"precision", dtype_name(opt.precision)},
         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
         {"options", json::parse(state.options_json)}};
     if (opt.resume) {

@@ -57,6 +57,9 @@ struct TrainOptions {
   // Where parameters, gradients, moments and activations live (a CUDA build: Device::kCuda).
   // Checkpoints and the model are written from host copies, in the same format on every device.
   Device device = Device::kCpu;
+  // Products of the weights: f32, or bf16 mixed precision (GPU: bf16 operands, f32 accumulation;
+  // master weights, gradients and AdamW moments stay f32, so checkpoints are unchanged).
+  DType precision = DType::kF32;
 };
 
 struct TrainSummary {

@@ -31,7 +31,7 @@ struct TrainArgs {
   std::string preset;
   int layers = 0, embd = 0, heads = 0, kv_heads = 0, kv_layers = 0, ff = 0, vocab = 0,
       model_ctx = 0;
-  std::string kv_source, share, dtype = "f32", device = "cpu";
+  std::string kv_source, share, dtype = "f32", device = "cpu", precision = "f32";
   bool tied = false, no_shuffle = false, json_out = false;
 };
 
@@ -63,6 +63,9 @@ void run_train(TrainArgs& a) {
     train::TrainOptions& o = a.o;
     o.shuffle = !a.no_shuffle;
     o.device = parse_device_option(a.device, "--device");
+    MLKV_REQUIRE(a.precision == "f32" || a.precision == "bf16",
+                 "--precision must be f32 or bf16 (got '", a.precision, "')");
+    o.precision = a.precision == "bf16" ? DType::kBF16 : DType::kF32;
     if (a.dtype == "f32") {
       o.out_dtype = DType::kF32;
     } else if (a.dtype == "f16") {
@@ -194,6 +197,10 @@ void add_train(CLI::App& app) {
                 "Tokenizer to copy into --out (default: the data's or --init's)");
   c->add_flag("--quiet,-q", o.quiet, "No progress output");
   c->add_flag("--profile", o.profile, "Print the time per op at the end");
+  c->add_option("--precision", a->precision,
+                "Products: f32, or bf16 mixed precision (GPU; f32 master weights and optimizer "
+                "state)")
+      ->capture_default_str();
   c->add_option("--device", a->device,
                 "Where to train: cpu, or cuda / cuda:N in a CUDA build (checkpoints are the same "
                 "files on every device)")

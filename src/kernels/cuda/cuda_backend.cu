@@ -686,6 +686,12 @@ class CudaBackend final : public Backend<float> {
     return std::make_unique<CudaWorkspace>();
   }
 
+  void set_matmul_dtype(DType t) override {
+    MLKV_REQUIRE(t == DType::kF32 || t == DType::kBF16,
+                 "the CUDA backend multiplies in f32 or bf16 (got ", dtype_name(t), ")");
+    mixed_bf16_ = t == DType::kBF16;
+  }
+
   // ---- linear ----
   void linear_forward(const float* x, const Tensor& w, const Tensor& b, float* y, int n, int K,
                       int N, bool accumulate) override {
@@ -702,7 +708,11 @@ class CudaBackend final : public Backend<float> {
            accumulate);
       return;
     }
-    if (w.dtype() == DType::kF32) {
+    if (w.dtype() == DType::kF32 && mixed_bf16_) {
+      const uint16_t* wh = bf16_copy(static_cast<const float*>(w.raw()), int64_t{N} * K, wtmp_);
+      const uint16_t* xh = bf16_copy(x, int64_t{n} * K, act16_);
+      gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, wh, K, xh, K, beta, y, N, "linear (bf16 mixed)");
+    } else if (w.dtype() == DType::kF32) {
       cublas_check(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, n, K, &one,
                                static_cast<const float*>(w.raw()), K, x, K, &beta, y, N),
                    "linear (f32)");
@@ -732,6 +742,23 @@ class CudaBackend final : public Backend<float> {
     MLKV_REQUIRE(w.dtype() == DType::kF32, "training on the GPU needs f32 weights (got ",
                  dtype_name(w.dtype()), ")");
     const float one = 1.f;
+    if (mixed_bf16_) {
+      // bf16 operands, f32 accumulation into f32 dx and dw.
+      const uint16_t* dyh = bf16_copy(dy, int64_t{n} * N, dy16_);
+      if (dx != nullptr) {
+        const uint16_t* wh = bf16_copy(static_cast<const float*>(w.raw()), int64_t{N} * K, wtmp_);
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, K, n, N, wh, K, dyh, N, accumulate_dx ? 1.f : 0.f, dx,
+                  K, "linear backward (dx, bf16 mixed)");
+      }
+      if (dw != nullptr && !dw->empty()) {
+        check_weight(*dw, int64_t{N} * K, "weight gradient");
+        const uint16_t* xh = bf16_copy(x, int64_t{n} * K, act16_);
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, K, N, n, xh, K, dyh, N, 1.f,
+                  static_cast<float*>(dw->raw()), K, "linear backward (dw, bf16 mixed)");
+      }
+      if (db != nullptr && !db->empty()) column_sums(stream_, dy, static_cast<float*>(db->raw()), n, N);
+      return;
+    }
     if (dx != nullptr) {
       const float beta = accumulate_dx ? 1.f : 0.f;
       // dx [n, K] = dy [n, N] w [N, K]
@@ -1022,6 +1049,21 @@ class CudaBackend final : public Backend<float> {
     return r;
   }
 
+  // x rounded to bf16 in a scratch buffer.
+  const uint16_t* bf16_copy(const float* x, int64_t n, DeviceBuffer& buf) {
+    auto* h = static_cast<uint16_t*>(buf.get(static_cast<size_t>(n) * 2, stream_));
+    to_bf16(stream_, x, h, n);
+    return h;
+  }
+  // C (f32, column-major m x n) = alpha op(A) op(B) + beta C with bf16 A and B, f32 accumulation.
+  void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* A,
+                 int lda, const void* B, int ldb, float beta, float* C, int ldc, const char* what) {
+    const float one = 1.f;
+    cublas_check(cublasGemmEx(blas_, ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+                              &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 what);
+  }
+
   static void check_weight(const Tensor& w, int64_t numel, const char* what) {
     MLKV_REQUIRE(w.device() == Device::kCuda, "the ", what, " is on the ", device_name(w.device()),
                  ", not the GPU");
@@ -1041,7 +1083,8 @@ class CudaBackend final : public Backend<float> {
   cublasHandle_t blas_ = nullptr;
   std::unique_ptr<CudaAllocator> alloc_;
   Uploader up_;
-  DeviceBuffer act16_, attn_parts_, ss_;
+  DeviceBuffer act16_, dy16_, wtmp_, attn_parts_, ss_;
+  bool mixed_bf16_ = false;  // products of f32 weights in bf16 (training's mixed precision)
   RopeDev rope_;
   std::vector<int32_t> rows_, meta_, blocks_;
   std::vector<float> host_f_;
