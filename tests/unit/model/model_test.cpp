@@ -66,6 +66,54 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(Family::kGptNeoX, Family::kLlama), ::testing::Range(0, 6),
                        ::testing::Values(KvShareRope::kPost, KvShareRope::kPre)));
 
+// Every cache format, every sharing scheme, post and pre: the prefill (which writes the cache and
+// reads it back) and token-by-token decoding read the same stored K/V, so they agree as closely as
+// with f32; against the f32 cache each format stays within its rounding (head size 32: one block
+// of q8_0 / q4_0 per head row). Keys and values in different formats too.
+class CacheFormats : public ::testing::TestWithParam<std::tuple<Family, int, KvShareRope>> {};
+
+TEST_P(CacheFormats, CachedEqualsFullAndNearF32) {
+  const auto [fam, scheme_idx, share] = GetParam();
+  const Scheme sc = schemes()[static_cast<size_t>(scheme_idx)];
+  ModelConfig c = tiny_config(fam, 4, 128, 4, sc.G, sc.kv_source, share);
+  // Moderate weights (std 0.1): the default test weights' gain turns one f16 rounding that falls
+  // the other way (prefill and decode compute K/V in different summation orders) into log-prob
+  // differences of 1e-2.
+  LoadedModel lm;
+  lm.config = c;
+  init_weights_random(c, &lm.weights, 17 + uint64_t(scheme_idx), 0.1f);
+  Model m(std::move(lm));
+  const auto toks = random_tokens(40, c.n_vocab, 13);
+  const auto ref = score_tokens(m, toks, false);
+  struct Case {
+    KvCacheType type;
+    double cached;  // max |d logprob| of cached decoding against the prefill, same format
+    double vs_f32;  // max |d logprob| against the f32 cache
+  };
+  // Bounds about 2-3x the largest seen over the 24 cases (2026-12-01).
+  const Case cases[] = {{DType::kF16, 5e-4, 1e-2},
+                        {DType::kBF16, 1e-2, 6e-2},
+                        {DType::kQ8_0, 2e-3, 0.15},
+                        {DType::kQ4_0, 6e-3, 2.0},
+                        {KvCacheType(DType::kQ8_0, DType::kF16), 2e-3, 0.1},
+                        {KvCacheType(DType::kF32, DType::kQ4_0), 6e-3, 2.0}};
+  for (const Case& k : cases) {
+    const auto full = score_tokens(m, toks, false, k.type);
+    const auto cached = score_tokens(m, toks, true, k.type);
+    const double d_cached = max_abs_diff(full, cached), d_f32 = max_abs_diff(full, ref);
+    EXPECT_LT(d_cached, k.cached) << sc.name << " " << k.type.name() << ": cached vs full";
+    EXPECT_LT(d_f32, k.vs_f32) << sc.name << " " << k.type.name() << ": against the f32 cache";
+    if (k.type.k != DType::kF32) {
+      EXPECT_GT(d_f32, 0.0) << sc.name << " " << k.type.name() << ": no rounding at all?";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllSchemes, CacheFormats,
+    ::testing::Combine(::testing::Values(Family::kGptNeoX, Family::kLlama), ::testing::Range(0, 6),
+                       ::testing::Values(KvShareRope::kPost, KvShareRope::kPre)));
+
 // Several sequences of different lengths decoding together give the same log-probs as each
 // sequence scored alone.
 TEST(BatchedDecode, MatchesSingleSequences) {
