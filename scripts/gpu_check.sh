@@ -136,6 +136,32 @@ def toks(p):
 a, b = toks(sys.argv[1]), toks(sys.argv[2])
 print(f"{'ok   ' if a == b and a else 'FAIL '} aidreams260K greedy 48 tokens: cpu == gpu: {a == b}")
 EOF
+  # The server on the GPU: four concurrent greedy requests, each equal to the CPU's generation.
+  "$MLKV" serve "$M" --device cuda --port 18431 --parallel 4 >>"$LOG" 2>&1 &
+  srv=$!
+  python3 - "$OUT/gen_cpu.json" <<'EOF' | tee -a "$SUMMARY"
+import json, sys, time, urllib.request, concurrent.futures as cf
+want = json.load(open(sys.argv[1]))["results"][0]["tokens"]
+def post(_):
+    req = urllib.request.Request("http://127.0.0.1:18431/v1/completions",
+        data=json.dumps({"tokens": [1, 45, 67, 89], "max_tokens": len(want), "ignore_eos": True}).encode(),
+        headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=30))["tokens"]
+for _ in range(100):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:18431/health", timeout=1); break
+    except Exception:
+        time.sleep(0.1)
+try:
+    with cf.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(post, range(4)))
+    ok = all(g == want for g in got)
+    print(f"{'ok   ' if ok else 'FAIL '} serve --device cuda: 4 concurrent greedy completions equal the CPU's: {ok}")
+except Exception as e:
+    print(f"FAIL  serve --device cuda: {e}")
+EOF
+  kill $srv 2>/dev/null
+  wait $srv 2>/dev/null
   grep -q '^FAIL' "$SUMMARY" && status=1
 else
   say "SKIPPED real-model comparison: no $M"
@@ -163,20 +189,35 @@ EOF
   fi
 }
 stage "benchmarks"
+# Decode steps as CUDA graphs (opt-in until verified here), for the ratio to the plain launches.
+MLKV_CUDA_GRAPHS=1 bench "b1 bf16 weights, CUDA graphs" --random pythia-160m --weights bf16 --cache-type bf16 --batch 1 --prompt 128 --gen 128 --reps 3
+MLKV_CUDA_GRAPHS=1 bench "b16 ctx 2k bf16 MHA, CUDA graphs" --random pythia-160m --weights bf16 --cache-type bf16 --batch 16 --prompt 2016 --gen 32 --reps 3 --synthetic-context
 bench "b1 bf16 weights, bf16 cache" --random pythia-160m --weights bf16 --cache-type bf16 --batch 1 --prompt 128 --gen 128 --reps 3
 bench "b1 f32 weights, f32 cache" --random pythia-160m --weights f32 --cache-type f32 --batch 1 --prompt 128 --gen 128 --reps 3
 bench "b16 ctx 2k bf16 MHA" --random pythia-160m --weights bf16 --cache-type bf16 --batch 16 --prompt 2016 --gen 32 --reps 3 --synthetic-context
 bench "b512 ctx 2k bf16 MHA" --random pythia-160m --weights bf16 --cache-type bf16 --batch 512 --prompt 2040 --gen 8 --reps 2 --synthetic-context
 bench "b512 ctx 2k bf16 MLKV-2" --random pythia-160m --kv-layers 2 --weights bf16 --cache-type bf16 --batch 512 --prompt 2040 --gen 8 --reps 2 --synthetic-context
 
+# ---- the training attention on tensor cores (mixed precision): its own check and timing ----
+if [ -x "${MLKV_GPU_ATTN_CHECK:-}" ]; then
+  stage "tensor-core attention check"
+  timeout 120 "$MLKV_GPU_ATTN_CHECK" --bench >"$OUT/attn_tc_check.txt" 2>&1
+  rc=$?
+  tail -30 "$OUT/attn_tc_check.txt" >>"$LOG"
+  grep -E 'TFLOP|FAIL' "$OUT/attn_tc_check.txt" | head -12 | sed 's/^/attn: /' | tee -a "$SUMMARY"
+  [ $rc -eq 0 ] && say "ok    tensor-core attention check" || fail_stage "tensor-core attention check (exit $rc)"
+fi
+
 # ---- training throughput ----
 if [ -d "$DATA/ts" ]; then
   stage "training"
-  for prec in f32 bf16; do
+  # f32; bf16 mixed precision; bf16 with the tensor-core attention (opt-in until verified here)
+  for variant in f32:0 bf16:0 bf16:1; do
+  prec=${variant%%:*}
   rm -rf /tmp/mlkv_gpu_train
-  if timeout 120 "$MLKV" train --data "$DATA/ts" -o /tmp/mlkv_gpu_train --preset pythia-160m --ctx 1024 \
-      --batch 8 --steps 8 --device cuda --precision $prec --quiet >>"$LOG" 2>&1; then
-    python3 - /tmp/mlkv_gpu_train $prec <<'EOF' | tee -a "$SUMMARY"
+  if MLKV_CUDA_ATTN_TC=${variant##*:} timeout 120 "$MLKV" train --data "$DATA/ts" -o /tmp/mlkv_gpu_train \
+      --preset pythia-160m --ctx 1024 --batch 8 --steps 8 --device cuda --precision $prec --quiet >>"$LOG" 2>&1; then
+    python3 - /tmp/mlkv_gpu_train "$prec (tensor-core attention ${variant##*:})" <<'EOF' | tee -a "$SUMMARY"
 import json, glob, sys
 rows = [json.loads(l) for f in glob.glob(sys.argv[1] + "/*.jsonl") for l in open(f)]
 steps = [r for r in rows if r.get("event", "step") == "step" and "loss" in r]
@@ -184,12 +225,17 @@ steps = [r for r in rows if r.get("event", "step") == "step" and "loss" in r]
 tps = [(b["tokens"] - a["tokens"]) / (b["time_s"] - a["time_s"]) for a, b in zip(steps[2:], steps[3:])
        if b["time_s"] > a["time_s"]]
 tps = sorted(t for t in tps if t)
-n = 162_322_944  # Pythia-160M parameters
+# FLOPs per token (docs/BENCHMARKS.md, training): 6 N_mm + 6 L n_head d_head (ctx + 1), N_mm the
+# matrix-multiply weights of Pythia-160M with the data's 50277-id vocabulary (q/k/v/o, MLP, output).
+L, E, F, V, ctx = 12, 768, 3072, 50277, 1024
+n_mm = L * (E * 3 * E + E * E + 2 * E * F) + V * E
+flops_tok = 6 * n_mm + 6 * L * E * (ctx + 1)
 if tps:
     med = tps[len(tps) // 2]
-    mfu = 6 * n * med / 989e12
+    mfu = flops_tok * med / 989e12
     print(f"train pythia-160m ctx 1024 batch 8 {sys.argv[2]}: {med:.0f} tok/s (median of {len(tps)} steps), "
-          f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}, 6N MFU vs 989 TFLOP/s bf16 {100 * mfu:.2f}%")
+          f"loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}, {flops_tok * med / 1e12:.1f} TFLOP/s = "
+          f"{100 * mfu:.2f}% of the 989 TFLOP/s dense bf16 peak")
 else:
     print("train: ran, but no per-step throughput in the log: " + str(rows[-1] if rows else "no log"))
 EOF

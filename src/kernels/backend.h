@@ -110,6 +110,30 @@ class Backend {
   virtual void gather_rows(const T* src, const int32_t* idx, int n, int E, T* dst) = 0;
   // Device array -> host (logits, losses).
   virtual void to_host(const T* src, T* host, int64_t n) = 0;
+
+  // ---- recorded op sequences (CUDA graphs; the defaults: none) ----
+  // A caller that issues the same sequence of ops again and again (a decode step) may record it
+  // once and replay it: launch overhead paid once per step instead of once per op. The ops issued
+  // between begin_capture and end_capture are recorded, not run. Between begin_staging and
+  // end_staging the ops do only their host work (row indices, attention metadata, staging of
+  // host arrays for the recording to read) and check that they are the recorded ones (same
+  // kernels, same device pointers, same sizes); launch_graph then runs the recording on the
+  // staged arrays. Nothing ever runs twice or not at all: a recording that failed, or staged ops
+  // that differ from it, say so (0 / false) and the caller issues the ops normally instead.
+  // Only the forward-pass ops of inference can be recorded (others fail the recording).
+  virtual bool graphs_supported() const { return false; }
+  virtual void begin_capture() {}
+  // The recording's id (> 0), ready to launch once, or 0 when it failed (nothing ran). keep =
+  // false discards it (an exception interrupted the ops).
+  virtual int64_t end_capture(bool keep) {
+    (void)keep;
+    return 0;
+  }
+  virtual void begin_staging(int64_t graph) { (void)graph; }
+  // Whether the staged ops matched the recording (it may be launched; else nothing ran).
+  virtual bool end_staging() { return false; }
+  virtual void launch_graph(int64_t graph) { (void)graph; }
+  virtual void drop_graph(int64_t graph) { (void)graph; }
 };
 
 // The backend of a device for compute type T; throws mlkv::Error when the device has none (or

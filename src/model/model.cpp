@@ -3,7 +3,10 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <string>
 
 #include "core/check.h"
 
@@ -52,8 +55,9 @@ struct Model::Scratch {
   int rows = 0;
   Tensor x, xn, q, k, k_raw, v, o, h2, up, gate, sel, logits;
 
-  void grow(Backend<float>& be, const ModelConfig& c, int T) {
-    if (T <= rows) return;
+  // Whether the buffers were reallocated (recorded steps point at the old ones).
+  bool grow(Backend<float>& be, const ModelConfig& c, int T) {
+    if (T <= rows) return false;
     rows = T;
     const int64_t n = T, E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(), F = c.n_ff;
     x = be.buffer({n, E});
@@ -67,6 +71,64 @@ struct Model::Scratch {
     up = be.buffer({n, F});
     if (c.mlp == MlpType::kSwiGlu) gate = be.buffer({n, F});
     sel = be.buffer({n, E});
+    return true;
+  }
+};
+
+// Recorded decode steps (Backend::begin_capture ...), by shape: the batch size and which rows
+// want logits (every run one row), and the cache (object and storage). The key only chooses the
+// recording to try: whether replaying it is right is the backend's check at staging time (the
+// staged ops must be the recorded ones: kernels, device pointers, sizes), so a stale key costs a
+// normal run, never a wrong result.
+struct Model::Graphs {
+  struct Entry {
+    std::vector<uint8_t> flags;  // [T] batch.logits
+    const KVCache* cache = nullptr;
+    const void* storage = nullptr;
+    int64_t id = 0;         // the recording (0: none)
+    int seen = 0;           // steps of this shape so far
+    int misses = 0;         // recordings failed or refused in a row
+    uint64_t last_use = 0;  // for evicting the least recently used
+  };
+  static constexpr int kMaxEntries = 16;
+  static constexpr int kMaxMisses = 3;  // then this shape runs normally (until the next clear)
+
+  Backend<float>* be = nullptr;
+  bool enabled = false;
+  int64_t launches = 0;
+  uint64_t clock = 0;
+  std::vector<Entry> entries;
+
+  ~Graphs() { clear(); }
+  void clear() {
+    for (Entry& e : entries) {
+      if (e.id != 0) be->drop_graph(e.id);
+    }
+    entries.clear();
+  }
+  Entry& entry(const Batch& b, const KVCache& cache) {
+    const void* storage = cache.view(0).k;
+    ++clock;
+    for (Entry& e : entries) {
+      if (e.cache == &cache && e.storage == storage && e.flags == b.logits) {
+        e.last_use = clock;
+        return e;
+      }
+    }
+    if (static_cast<int>(entries.size()) >= kMaxEntries) {
+      auto lru =
+          std::min_element(entries.begin(), entries.end(),
+                           [](const Entry& x, const Entry& y) { return x.last_use < y.last_use; });
+      if (lru->id != 0) be->drop_graph(lru->id);
+      entries.erase(lru);
+    }
+    Entry e;
+    e.flags = b.logits;
+    e.cache = &cache;
+    e.storage = storage;
+    e.last_use = clock;
+    entries.push_back(std::move(e));
+    return entries.back();
   }
 };
 
@@ -91,10 +153,26 @@ Model::Model(LoadedModel m, const ModelOptions& opt)
   }
   net_ = std::make_unique<Transformer<float>>(cfg_, be);
   scratch_ = std::make_unique<Scratch>();
+  graphs_ = std::make_unique<Graphs>();
+  graphs_->be = &be;
+  const char* env = std::getenv("MLKV_CUDA_GRAPHS");
+  // Opt-in (MLKV_CUDA_GRAPHS=1) until the recordings have run on a GPU (scripts/gpu_check.sh).
+  graphs_->enabled = be.graphs_supported() && env != nullptr && std::string(env) == "1";
   rope(std::max(cfg_.n_ctx, 1));
 }
 
-Model::~Model() = default;
+Model::~Model() = default;  // Graphs drops its recordings
+
+void Model::set_graphs(bool on) {
+  graphs_->enabled = on && net_->backend().graphs_supported();
+  if (!graphs_->enabled) graphs_->clear();
+}
+bool Model::graphs() const {
+  return graphs_->enabled;
+}
+int64_t Model::graph_launches() const {
+  return graphs_->launches;
+}
 Model::Model(Model&&) noexcept = default;
 
 int64_t Model::decode_weight_bytes() const {
@@ -158,12 +236,87 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
   std::vector<AttnRun> runs;
   validate_batch(b, cache, &runs);
   const ModelConfig& c = cfg_;
-  const int T = b.size(), E = c.n_embd;
+  const int T = b.size();
   Backend<float>& be = net_->backend();
   const ops::RopeTable<float>& rt = rope(cache.n_ctx());
   Scratch& s = *scratch_;
-  s.grow(be, c, T);
+  // Logits only for the flagged rows.
+  std::vector<int32_t> rows;
+  for (int i = 0; i < T; ++i) {
+    if (b.logits[i]) rows.push_back(i);
+  }
+  const int n_out = static_cast<int>(rows.size());
+  const bool on_cpu = opt_.device == Device::kCpu;
+  bool grew = s.grow(be, c, T);
+  if (!on_cpu && n_out > 0 && s.logits.numel() < int64_t{n_out} * c.n_vocab) {
+    s.logits = be.buffer({int64_t{n_out}, c.n_vocab});
+    grew = true;
+  }
+  if (grew) graphs_->clear();  // recordings point at the old buffers
+  float* out = n_out == 0 ? nullptr : on_cpu ? logits : s.logits.data();
 
+  // Decode steps (one row per sequence) on a backend with graphs: the first step of a shape runs
+  // normally (every scratch buffer gets its size), the second is recorded and run, later ones
+  // replay the recording after their ops' host work.
+  bool done = false;
+  if (graphs_->enabled && runs.size() == static_cast<size_t>(T)) {
+    Graphs::Entry& g = graphs_->entry(b, cache);
+    ++g.seen;
+    if (g.id != 0) {
+      be.begin_staging(g.id);
+      try {
+        issue_ops(b, cache, runs, rt, rows, out);
+      } catch (...) {
+        be.end_staging();
+        throw;
+      }
+      if (be.end_staging()) {
+        be.launch_graph(g.id);
+        done = true;
+        g.misses = 0;
+      } else {
+        // Something the recording baked in changed (a buffer, a size): run normally now, and
+        // record again next time.
+        be.drop_graph(g.id);
+        g.id = 0;
+        ++g.misses;
+      }
+    } else if (g.seen >= 2 && g.misses < Graphs::kMaxMisses) {
+      be.begin_capture();
+      bool ok = true;
+      try {
+        issue_ops(b, cache, runs, rt, rows, out);
+      } catch (const std::exception&) {
+        be.end_capture(false);  // nothing ran: the normal run below meets the error again
+        ok = false;
+      } catch (...) {
+        be.end_capture(false);
+        throw;
+      }
+      if (ok) g.id = be.end_capture(true);
+      if (g.id != 0) {
+        be.launch_graph(g.id);
+        done = true;
+      } else {
+        ++g.misses;
+      }
+    }
+    if (done) ++graphs_->launches;
+  }
+  if (!done) issue_ops(b, cache, runs, rt, rows, out);
+  for (const AttnRun& r : runs) cache.set_seq_len(r.seq, r.pos0 + r.n_rows);
+  // On a device the logits come back with a synchronisation (which also ends any use of the
+  // staged arrays by a replayed step).
+  if (!on_cpu && n_out > 0) be.to_host(s.logits.data(), logits, int64_t{n_out} * c.n_vocab);
+}
+
+void Model::issue_ops(const Batch& b, KVCache& cache, const std::vector<AttnRun>& runs,
+                      const ops::RopeTable<float>& rt, const std::vector<int32_t>& rows,
+                      float* out) {
+  const ModelConfig& c = cfg_;
+  const int T = b.size(), E = c.n_embd;
+  Backend<float>& be = net_->backend();
+  Scratch& s = *scratch_;
   float* x = s.x.data();
   LayerActs<float> a;
   a.x_in = a.x_out = a.x_mid = x;  // the residual stream, updated in place
@@ -182,26 +335,13 @@ void Model::forward(const Batch& b, KVCache& cache, float* logits) {
   for (int il = 0; il < c.n_layer; ++il) {
     net_->layer_forward(il, w_.layers[static_cast<size_t>(il)], a, T, b.pos.data(), rt, attn);
   }
-  for (const AttnRun& r : runs) cache.set_seq_len(r.seq, r.pos0 + r.n_rows);
-
-  // Logits only for the flagged rows.
-  std::vector<int32_t> rows;
-  for (int i = 0; i < T; ++i) {
-    if (b.logits[i]) rows.push_back(i);
-  }
   const int n_out = static_cast<int>(rows.size());
   if (n_out == 0) return;
   be.gather_rows(x, rows.data(), n_out, E, s.sel.data());
   norm_forward<float>(be, c, w_.out_norm, w_.out_norm_b, s.sel.data(), s.xn.data(), nullptr, nullptr,
                      n_out);
-  const Tensor& out = output_f16_.empty() ? w_.output_matrix() : output_f16_;
-  if (opt_.device == Device::kCpu) {
-    be.linear_forward(s.xn.data(), out, Tensor(), logits, n_out, E, c.n_vocab, false);
-  } else {
-    if (s.logits.numel() < int64_t{n_out} * c.n_vocab) s.logits = be.buffer({int64_t{n_out}, c.n_vocab});
-    be.linear_forward(s.xn.data(), out, Tensor(), s.logits.data(), n_out, E, c.n_vocab, false);
-    be.to_host(s.logits.data(), logits, int64_t{n_out} * c.n_vocab);
-  }
+  const Tensor& w_out = output_f16_.empty() ? w_.output_matrix() : output_f16_;
+  be.linear_forward(s.xn.data(), w_out, Tensor(), out, n_out, E, c.n_vocab, false);
 }
 
 }  // namespace mlkv

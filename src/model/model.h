@@ -81,10 +81,26 @@ class Model {
   // the vocabulary, a position past the cache's context, or a malformed batch.
   void forward(const Batch& batch, KVCache& cache, float* logits);
 
+  // Decode steps as recorded op sequences (CUDA graphs, on backends that have them): a batch of
+  // one token per sequence runs normally the first time its shape is seen (batch size, which
+  // rows want logits, the cache), is recorded the second time, and from then on is replayed
+  // after the host work of its ops (same results, bit for bit; one launch instead of one per
+  // op). Where the backend supports it: on with MLKV_CUDA_GRAPHS=1 or set_graphs(true) (off by
+  // default until verified on a GPU).
+  void set_graphs(bool on);
+  bool graphs() const;
+  // Steps that were replayed (or recorded and run) as a graph so far.
+  int64_t graph_launches() const;
+
  private:
   struct Scratch;
+  struct Graphs;
   void validate_batch(const Batch& b, const KVCache& cache, std::vector<AttnRun>* runs) const;
   const ops::RopeTable<float>& rope(int n_pos);
+  // The device work of a forward pass: every op from the embedding to the logits of `rows`
+  // (into `out`: host memory on the CPU, the scratch logits on a device).
+  void issue_ops(const Batch& b, KVCache& cache, const std::vector<AttnRun>& runs,
+                 const ops::RopeTable<float>& rt, const std::vector<int32_t>& rows, float* out);
 
   ModelConfig cfg_;
   ModelOptions opt_;
@@ -93,6 +109,7 @@ class Model {
   std::unique_ptr<Transformer<float>> net_;
   ops::RopeTable<float> rope_;
   std::unique_ptr<Scratch> scratch_;  // activations, grown with the batch, never shrunk
+  std::unique_ptr<Graphs> graphs_;    // recorded decode steps (backends with graphs only)
 };
 
 }  // namespace mlkv

@@ -67,6 +67,17 @@ void attention_backward(cudaStream_t s, const float* q, const float* k, const fl
                         float* dv, int batch, int ctx, int n_head, int n_head_kv, int head_dim,
                         float* scratch);
 int64_t attention_backward_scratch(int batch, int ctx, int n_head, int n_head_kv, int head_dim);
+// The same on bf16 tensor cores (attention_train_tc.cu, mixed precision): same layouts and
+// semantics, f32 in memory, bf16 operands of the six products with f32 softmax and accumulation
+// (errors ~1e-2 relative to exact attention). head_dim 64 and 128 run on tensor cores; any other
+// goes to the f32 functions above. Scratch: attention_backward_scratch() floats, as above.
+void attention_forward_bf16(cudaStream_t s, const float* q, const float* k, const float* v,
+                            float* o, float* lse, int batch, int ctx, int n_head, int n_head_kv,
+                            int head_dim);
+void attention_backward_bf16(cudaStream_t s, const float* q, const float* k, const float* v,
+                             const float* o, const float* lse, const float* dout, float* dq,
+                             float* dk, float* dv, int batch, int ctx, int n_head, int n_head_kv,
+                             int head_dim, float* scratch);
 
 // ---- optimizer ----
 void adamw_update(cudaStream_t s, float* p, float* g, float* m, float* v, int64_t n, float beta1,

@@ -105,20 +105,28 @@ TEST_P(CudaTrain, Bf16MixedPrecisionNearF32) {
   TrainGraph<float> graph(cfg, B, S, gpu());
   const float scale = static_cast<float>(1.0 / (B * S));
   const double l32 = graph.forward_backward(wg, rows.data(), &g32, scale);
-  gpu().set_matmul_dtype(DType::kBF16);
-  double l16 = 0;
-  try {
-    l16 = graph.forward_backward(wg, rows.data(), &g16, scale);
-  } catch (...) {
+  // The attention's products in f32 (default) and on bf16 tensor cores (MLKV_CUDA_ATTN_TC=1).
+  for (const char* tc_attn : {"0", "1"}) {
+    setenv("MLKV_CUDA_ATTN_TC", tc_attn, 1);
+    for (auto& p : list_params(cfg, g16)) gpu().zero(p.tensor->data_as<float>(), p.tensor->numel());
+    gpu().set_matmul_dtype(DType::kBF16);
+    double l16 = 0;
+    try {
+      l16 = graph.forward_backward(wg, rows.data(), &g16, scale);
+    } catch (...) {
+      gpu().set_matmul_dtype(DType::kF32);
+      unsetenv("MLKV_CUDA_ATTN_TC");
+      throw;
+    }
     gpu().set_matmul_dtype(DType::kF32);
-    throw;
+    unsetenv("MLKV_CUDA_ATTN_TC");
+    const std::string tag = tc().name + (tc_attn[0] == '1' ? " bf16 + tensor-core attention" : " bf16");
+    EXPECT_NEAR(l16, l32, 1e-2 * l32) << tag << " loss";
+    const double e = compare_grads(tag + " vs f32", cfg, g16, g32, 5e-2);
+    EXPECT_GT(e, 1e-6) << tag << ": bf16 products gave the f32 gradients bit for bit";
+    std::printf("  %-44s loss %.6f vs f32 %.6f, worst gradient error %.2e (bound 5e-2)\n",
+                tag.c_str(), l16 / (B * S), l32 / (B * S), e);
   }
-  gpu().set_matmul_dtype(DType::kF32);
-  EXPECT_NEAR(l16, l32, 1e-2 * l32) << tc().name << " loss";
-  const double e = compare_grads(tc().name + " bf16 vs f32", cfg, g16, g32, 5e-2);
-  EXPECT_GT(e, 1e-6) << tc().name << ": bf16 products gave the f32 gradients bit for bit";
-  std::printf("  %-28s bf16 mixed: loss %.6f vs f32 %.6f, worst gradient error %.2e (bound 5e-2)\n",
-              tc().name.c_str(), l16 / (B * S), l32 / (B * S), e);
 }
 
 INSTANTIATE_TEST_SUITE_P(Schemes, CudaTrain,
