@@ -141,6 +141,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
     json j = {{"config", info.summary},
               {"kv_source", info.kv_source},
               {"kv_share_rope", info.kv_share_rope},
+              {"eos_token_ids", info.eos_token_ids},
               {"n_ctx", n_ctx},
               {"n_parallel", opt.n_parallel},
               {"kv_cache_bytes", session.cache_bytes()},
