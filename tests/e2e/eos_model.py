@@ -29,9 +29,12 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def bigram_model(out, chain, eos):
+def bigram_model(out, chain, eos, overflow_at=None):
     """A model folder at `out` whose greedy continuation of chain[0] is chain[1:] then chain[-1]
-    repeated; config.json's eos_token_id is `eos` (an int or a list)."""
+    repeated; config.json's eos_token_id is `eos` (an int or a list). With overflow_at = i, the
+    output weight of chain[i]'s dimension is 3e38 for one token, so that the logits after
+    chain[i] hold +inf (3e38 times the normalised hidden value, 4, overflows a float): the model
+    breaks down after emitting chain[1..i]."""
     assert len(chain) <= EMBD
     os.makedirs(out, exist_ok=True)
     slot = {t: i for i, t in enumerate(chain)}
@@ -42,6 +45,8 @@ def bigram_model(out, chain, eos):
     for i, t in enumerate(chain):
         nxt = chain[min(i + 1, len(chain) - 1)]
         lm_head[nxt * EMBD + i] = 10.0
+    if overflow_at is not None:
+        lm_head[(VOCAB - 1) * EMBD + overflow_at] = 3e38
     zeros = lambda n: [0.0] * n
     ones = lambda n: [1.0] * n
     p = "model.layers.0."

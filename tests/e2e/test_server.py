@@ -91,6 +91,35 @@ def test_eos_ids(mlkv, wd):
     check(rc == 0, f"SIGTERM stops the EOS-list server (exit {rc})")
 
 
+def test_generation_error(mlkv, wd):
+    """A generation that breaks down (non-finite logits after 229, 133) is an HTTP 500 naming the
+    error, not a completion; streamed, the last event says finish_reason "error"; the server
+    keeps serving other requests."""
+    d = eos_model.bigram_model(os.path.join(wd, "overflow"), eos_model.ISSUE_CHAIN, eos_model.ISSUE_EOS,
+                               overflow_at=2)
+    srv, port = start_server(mlkv, [d, "--parallel", "2"])
+    check(port is not None, "server on the overflowing model announces its port")
+    if port is None:
+        srv.kill()
+        return
+    try:
+        status, body = post(port, {"tokens": [5], "max_tokens": 8})
+        r = json.loads(body) if body.startswith("{") else {}
+        check(status == 500 and r.get("finish_reason") == "error" and "non-finite" in r.get("error", "")
+              and r.get("tokens") == [229, 133], f"serve: non-finite logits give a 500: {status} {body[:200]}")
+        status, body = post(port, {"tokens": [5], "max_tokens": 8, "stream": True})
+        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
+        check([e["token"] for e in events if "token" in e] == [229, 133] and events
+              and events[-1].get("finish_reason") == "error" and "non-finite" in events[-1].get("error", ""),
+              f"serve: streamed, the last event says error: {body[-200:]}")
+        status, body = post(port, {"tokens": [229], "max_tokens": 1})
+        check(status == 200 and json.loads(body).get("tokens") == [133],
+              f"serve: a request that does not reach the overflow still completes: {status} {body[:120]}")
+    finally:
+        rc = stop_server(srv)
+    check(rc == 0, f"SIGTERM stops the server after a failed generation (exit {rc})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -181,6 +210,7 @@ def main():
         rc = stop_server(srv)
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")
     test_eos_ids(a.mlkv, a.workdir)
+    test_generation_error(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)
