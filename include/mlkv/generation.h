@@ -19,9 +19,10 @@ namespace mlkv {
 struct Generation {
   std::vector<int32_t> tokens;  // generated ids, prompt excluded
   std::string text;             // tokens decoded, when the engine has a tokenizer (else "")
-  std::string finish_reason;    // "eos" (stop_at_eos and the model's EOS came), "length"
-                                // (max_new_tokens reached), "context" (the sequence filled n_ctx),
-                                // "error" (see error) or, in a Session only, "cancelled"
+  std::string finish_reason;    // "eos" (stop_at_eos and one of the model's EOS ids came: the
+                                // last token), "length" (max_new_tokens reached), "context" (the
+                                // sequence filled n_ctx), "error" (see error) or, in a Session
+                                // only, "cancelled"
   std::string error;            // with finish_reason "error": what went wrong (the model produced
                                 // non-finite logits, say); tokens holds what came before
 };

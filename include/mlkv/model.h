@@ -44,7 +44,10 @@ struct ModelInfo {
   int n_kv_layers = 0;            // owner_layers.size()
   std::string kv_share_rope;      // "post" or "pre": keys consumers read (after / before rotary)
   int bos_token_id = -1;          // -1: none
-  int eos_token_id = -1;          // -1: none
+  int eos_token_id = -1;          // the first of eos_token_ids; -1: none
+  std::vector<int> eos_token_ids;  // every id that ends a generation (any one stops it): the
+                                   // folder's generation_config.json when present, else
+                                   // config.json's eos_token_id (an int or a list)
   int64_t n_params = 0;
   std::string scheme;   // "MHA", "GQA (g KV heads)", "MQA" or "MLKV (m KV layers x g KV heads)"
   std::string summary;  // one line: "llama L=4 E=64 H=4 G=4 M=4 d_head=16 ..."
@@ -79,6 +82,10 @@ struct LoadOptions {
   std::string tokenizer = "";   // tokenizer file or folder; "": the model's folder (or, for a
                                 // model file, the folder it is in)
   TokenizerMode tokenizer_mode = TokenizerMode::kAuto;
+  // Called with each warning about a model that loads anyway (a tied model whose file also holds
+  // an output matrix that differs from the embedding: the embedding is used); empty: printed on
+  // stderr as "mlkv: warning: ...".
+  std::function<void(const std::string&)> on_warning = {};
 };
 
 class Session;

@@ -38,7 +38,8 @@ ModelInfo info_from_config(const ModelConfig& c) {
   i.n_kv_layers = c.n_kv_layers();
   i.kv_share_rope = share_rope_name(c.share_rope);
   i.bos_token_id = c.bos_token_id;
-  i.eos_token_id = c.eos_token_id;
+  i.eos_token_id = c.eos_token_id();
+  i.eos_token_ids = c.eos_token_ids;
   i.n_params = c.n_params();
   i.scheme = sharing_scheme_name(c);
   i.summary = c.summary();
@@ -100,7 +101,7 @@ int64_t ModelInfo::kv_cache_bytes(int ctx, int batch, const std::string& cache_t
 ModelInfo read_model_info(const std::string& path) {
   namespace fs = std::filesystem;
   if (fs::is_directory(path)) {
-    return info_from_config(load_hf_config((fs::path(path) / "config.json").string()));
+    return info_from_config(load_model_config(path));
   }
   return info_from_config(load_model(path).config);
 }
@@ -116,7 +117,7 @@ Engine Engine::load(const std::string& path, const LoadOptions& opt) {
   mo.weights = parse_weight_type(opt.weights, "weights");
   MLKV_REQUIRE(opt.threads >= 0, "threads must not be negative (got ", opt.threads, ")");
   set_num_threads(opt.threads);
-  Model model(load_model(path), mo);
+  Model model(load_model(path, opt.on_warning), mo);
   std::unique_ptr<Tokenizer> tok;
   const std::string tok_path = opt.tokenizer.empty() ? path : opt.tokenizer;
   if (opt.tokenizer_mode == TokenizerMode::kRequired) {

@@ -203,7 +203,7 @@ json eval_shard(Model& model, const Tokenizer* tok, const std::string& path,
   // first document is predicted like every other one.
   const int32_t prefix = shard.eos_id() >= 0
                              ? shard.eos_id()
-                             : (c.bos_token_id >= 0 ? c.bos_token_id : c.eos_token_id);
+                             : (c.bos_token_id >= 0 ? c.bos_token_id : c.eos_token_id());
   uint64_t n_read = shard.n_tokens();
   if (opt.limit > 0) {
     n_read = std::min<uint64_t>(

@@ -1,6 +1,8 @@
 #include "io/hf_config.h"
 
 #include <cmath>
+#include <filesystem>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -12,12 +14,14 @@ using json = nlohmann::json;
 
 namespace {
 
-// Typed access with error messages that name the key and the file.
+// Typed access with error messages that name the key and the file. A key whose value is null
+// counts as absent (transformers treats None as "not set"), except where noted.
 class ConfigReader {
  public:
   ConfigReader(const json& j, std::string where) : j_(j), where_(std::move(where)) {}
 
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+  bool present(const char* key) const { return j_.contains(key); }
 
   int get_int(const char* key) const {
     MLKV_REQUIRE(has(key), where_, ": missing required key '", key, "'");
@@ -40,13 +44,22 @@ class ConfigReader {
     MLKV_REQUIRE(j_[key].is_string(), where_, ": '", key, "' must be a string");
     return j_[key].get<std::string>();
   }
-  // eos/bos ids may be an int or a list of ints (Llama 3); the first is used.
-  int get_token_id(const char* key, int def) const {
-    if (!has(key)) return def;
+  // Token ids: an int or a list of ints (Llama 3's eos_token_id). Absent: def; null, -1 or []:
+  // none (transformers' None).
+  std::vector<int> get_token_ids(const char* key, const std::vector<int>& def) const {
+    if (!present(key)) return def;
     const json& v = j_[key];
-    if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int>();
-    MLKV_REQUIRE(v.is_number_integer(), where_, ": '", key, "' must be a token id");
-    return v.get<int>();
+    std::vector<int> ids;
+    if (v.is_null()) return ids;
+    if (v.is_number_integer() && v.get<int64_t>() == -1) return ids;
+    for (const json& id : v.is_array() ? v : json::array({v})) {
+      MLKV_REQUIRE(id.is_number_integer() && id.get<int64_t>() >= 0 &&
+                       id.get<int64_t>() <= (int64_t{1} << 30),
+                   where_, ": '", key, "' must be a token id or a list of token ids (got ",
+                   v.dump(), ")");
+      ids.push_back(id.get<int>());
+    }
+    return ids;
   }
   const json& raw(const char* key) const { return j_[key]; }
   const std::string& where() const { return where_; }
@@ -64,14 +77,22 @@ class ConfigReader {
   std::string where_;
 };
 
-// rope_scaling: {"rope_type" (or the older "type"): "linear" | "llama3", "factor", ...}. Scalings
-// that depend on the sequence length at run time (dynamic, yarn, longrope) are refused by name.
-RopeScaling read_rope_scaling(const json& v, const std::string& where) {
-  MLKV_REQUIRE(v.is_object(), where, ": rope_scaling must be an object");
-  const ConfigReader r(v, where + " rope_scaling");
+bool same_scaling(const RopeScaling& a, const RopeScaling& b) {
+  return a.type == b.type && a.factor == b.factor && a.low_freq_factor == b.low_freq_factor &&
+         a.high_freq_factor == b.high_freq_factor &&
+         a.original_max_position_embeddings == b.original_max_position_embeddings;
+}
+
+// rope_scaling (or transformers 5's rope_parameters, named by `key`): {"rope_type" (or the older
+// "type"): "default" | "linear" | "llama3", "factor", ...}. No type and no factor, or type
+// "default": no scaling. Scalings mlkv does not compute (dynamic, yarn, longrope, ...) are refused
+// by name.
+RopeScaling read_rope_scaling(const json& v, const std::string& where, const char* key) {
+  MLKV_REQUIRE(v.is_object(), where, ": ", key, " must be an object");
+  const ConfigReader r(v, cat(where, " ", key));
   const std::string type = r.get_string("rope_type", r.get_string("type", ""));
   RopeScaling s;
-  if (type == "default") return s;
+  if (type == "default" || (type.empty() && !r.has("factor"))) return s;
   if (type == "linear") {
     s.type = RopeScaling::Type::kLinear;
   } else if (type == "llama3") {
@@ -80,11 +101,180 @@ RopeScaling read_rope_scaling(const json& v, const std::string& where) {
     s.high_freq_factor = r.get_double("high_freq_factor", 4.0);
     s.original_max_position_embeddings = r.get_int("original_max_position_embeddings");
   } else {
-    fail(where, ": rope_scaling type '", type, "' is not supported (linear, llama3)");
+    fail(where, ": ", key, " type '", type, "' is not supported (default, linear, llama3)");
   }
-  MLKV_REQUIRE(r.has("factor"), where, ": rope_scaling needs a 'factor'");
+  MLKV_REQUIRE(r.has("factor"), where, ": ", key, " needs a 'factor'");
   s.factor = r.get_double("factor", 1.0);
   return s;
+}
+
+// A number that config files spell under several keys (the family's own key, the generic one,
+// transformers 5's rope_parameters entry): every spelling present must agree. `names` and
+// `values` run in parallel; absent spellings are nullopt.
+double agreed(const std::vector<std::string>& names, const std::vector<const json*>& values,
+              double def, const std::string& where) {
+  std::optional<double> got;
+  std::string got_name;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const json* v = values[i];
+    if (v == nullptr || v->is_null()) continue;
+    MLKV_REQUIRE(v->is_number(), where, ": '", names[i], "' must be a number");
+    const double x = v->get<double>();
+    MLKV_REQUIRE(!got || *got == x, where, ": '", got_name, "' (", *got, ") and '", names[i],
+                 "' (", x, ") disagree");
+    got = x;
+    got_name = names[i];
+  }
+  return got.value_or(def);
+}
+
+const json* find_key(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) ? &j[key] : nullptr;
+}
+
+// Rotary base, rotary fraction and rope scaling, from whichever spellings the file uses:
+// gpt_neox rotary_emb_base / rotary_pct, the generic rope_theta / partial_rotary_factor,
+// rope_scaling, and transformers 5's rope_parameters {rope_type, rope_theta,
+// partial_rotary_factor, factor, ...}.
+void read_rope(const json& j, const ConfigReader& r, ModelConfig* c) {
+  const std::string& where = r.where();
+  const bool neox = c->family == Family::kGptNeoX;
+  json params = json::object();
+  if (r.has("rope_parameters")) {
+    params = r.raw("rope_parameters");
+    MLKV_REQUIRE(params.is_object(), where, ": rope_parameters must be an object");
+    for (auto it = params.begin(); it != params.end(); ++it) {
+      MLKV_REQUIRE(!it.value().is_object(), where, ": rope_parameters per layer type ('",
+                   it.key(), "') is not supported (every layer uses one rotary embedding)");
+    }
+  }
+  const json* p_theta = find_key(params, "rope_theta");
+  const json* p_partial = find_key(params, "partial_rotary_factor");
+  if (neox) {
+    c->rope_theta = agreed({"rotary_emb_base", "rope_theta", "rope_parameters.rope_theta"},
+                           {find_key(j, "rotary_emb_base"), find_key(j, "rope_theta"), p_theta},
+                           10000, where);
+  } else {
+    c->rope_theta = agreed({"rope_theta", "rope_parameters.rope_theta"},
+                           {find_key(j, "rope_theta"), p_theta}, 10000, where);
+  }
+  MLKV_REQUIRE(c->rope_theta > 0, where, ": the rotary base (rope_theta) must be positive");
+  const double partial =
+      neox ? agreed({"rotary_pct", "partial_rotary_factor", "rope_parameters.partial_rotary_factor"},
+                    {find_key(j, "rotary_pct"), find_key(j, "partial_rotary_factor"), p_partial},
+                    0.25, where)
+           : agreed({"partial_rotary_factor", "rope_parameters.partial_rotary_factor"},
+                    {find_key(j, "partial_rotary_factor"), p_partial}, 1.0, where);
+  MLKV_REQUIRE(partial >= 0 && partial <= 1, where, ": ",
+               neox ? "rotary_pct" : "partial_rotary_factor", " must be in [0, 1] (got ",
+               partial, ")");
+  // Same truncation as the reference implementation: int(head_size * fraction), even.
+  c->n_rot = static_cast<int>(static_cast<double>(c->n_embd_head) * partial);
+  c->n_rot -= c->n_rot % 2;
+
+  std::optional<RopeScaling> scaling;
+  if (r.has("rope_scaling")) scaling = read_rope_scaling(r.raw("rope_scaling"), where, "rope_scaling");
+  if (r.has("rope_parameters")) {
+    const RopeScaling s = read_rope_scaling(params, where, "rope_parameters");
+    MLKV_REQUIRE(!scaling || same_scaling(*scaling, s), where,
+                 ": rope_scaling and rope_parameters describe different rope scalings");
+    scaling = s;
+  }
+  if (scaling) c->rope_scaling = *scaling;
+}
+
+// --- the key audit (docs/FORMAT.md, "config.json keys") ---
+// Keys that change the model's function in ways mlkv does not compute. Each is refused by name
+// unless it holds its neutral value (null, false, the identity) - what transformers writes for
+// a model that does not use the feature.
+bool is_null_or_false(const json& v) {
+  return v.is_null() || (v.is_boolean() && !v.get<bool>());
+}
+bool is_null_or_one(const json& v) {
+  return v.is_null() || (v.is_number() && v.get<double>() == 1.0);
+}
+bool is_null_or_zero(const json& v) {
+  return v.is_null() || (v.is_number() && v.get<double>() == 0.0) || is_null_or_false(v);
+}
+
+struct RefusedKey {
+  const char* key;
+  bool (*neutral)(const json& v);
+  const char* what;  // what it would change
+};
+
+const RefusedKey kRefusedKeys[] = {
+    {"use_sliding_window", is_null_or_false, "sliding-window attention"},
+    {"qk_norm", is_null_or_false, "normalisation of queries and keys"},
+    {"use_qk_norm", is_null_or_false, "normalisation of queries and keys"},
+    {"qk_layernorm", is_null_or_false, "normalisation of queries and keys"},
+    {"qkv_bias", is_null_or_false, "biases on q/k/v only (mlkv: attention_bias, all or none)"},
+    {"use_qkv_bias", is_null_or_false, "biases on q/k/v only (mlkv: attention_bias, all or none)"},
+    {"add_qkv_bias", is_null_or_false, "biases on q/k/v only (mlkv: attention_bias, all or none)"},
+    {"bias", is_null_or_false, "projection biases under another name (mlkv: attention_bias, mlp_bias)"},
+    {"add_bias_linear", is_null_or_false, "projection biases under another name (mlkv: attention_bias, mlp_bias)"},
+    {"clip_qkv", [](const json& v) { return v.is_null(); }, "clipping of q/k/v"},
+    {"attn_logit_softcapping", [](const json& v) { return v.is_null(); }, "soft-capped attention scores"},
+    {"final_logit_softcapping", [](const json& v) { return v.is_null(); }, "soft-capped output logits"},
+    {"query_pre_attn_scalar", [](const json& v) { return v.is_null(); }, "the attention scale"},
+    {"attention_multiplier", [](const json& v) { return v.is_null(); }, "the attention scale"},
+    {"embedding_multiplier", is_null_or_one, "scaled embeddings"},
+    {"residual_multiplier", is_null_or_one, "scaled residual branches"},
+    {"logits_scaling", is_null_or_one, "scaled output logits"},
+    {"logit_scale", is_null_or_one, "scaled output logits"},
+    {"quantization_config", [](const json& v) { return v.is_null(); }, "quantized weights"},
+    {"num_experts", is_null_or_zero, "a mixture of experts"},
+    {"num_local_experts", is_null_or_zero, "a mixture of experts"},
+    {"n_routed_experts", is_null_or_zero, "a mixture of experts"},
+    {"alibi", is_null_or_false, "ALiBi position biases"},
+    {"use_key_value_mlp", is_null_or_false, "K/V projected by an MLP"},
+    {"position_embedding_type",
+     [](const json& v) {
+       return v.is_null() || (v.is_string() && (v.get<std::string>() == "rotary" ||
+                                                v.get<std::string>() == "rope"));
+     },
+     "the position encoding"},
+};
+
+void audit_keys(const json& j, const ModelConfig& c, const std::string& where) {
+  for (const RefusedKey& k : kRefusedKeys) {
+    if (!j.contains(k.key)) continue;
+    MLKV_REQUIRE(k.neutral(j[k.key]), where, ": '", k.key, "' = ", j[k.key].dump(),
+                 " is not supported (", k.what, ")");
+  }
+  // Sliding windows: harmless only when no window is set, or it spans the whole context, or
+  // use_sliding_window (Qwen2's switch) is false.
+  if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    const json& w = j["sliding_window"];
+    const bool off = j.contains("use_sliding_window") && is_null_or_false(j["use_sliding_window"]);
+    MLKV_REQUIRE(off || (w.is_number_integer() && w.get<int64_t>() >= c.n_ctx), where,
+                 ": 'sliding_window' = ", w.dump(),
+                 " is not supported (sliding-window attention; mlkv attends over the whole "
+                 "context of ", c.n_ctx, " positions)");
+  }
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const json& t = j["layer_types"];
+    MLKV_REQUIRE(t.is_array(), where, ": 'layer_types' must be a list");
+    for (const json& e : t) {
+      MLKV_REQUIRE(e.is_string() && e.get<std::string>() == "full_attention", where,
+                   ": 'layer_types' entry ", e.dump(),
+                   " is not supported (every layer attends over the full context)");
+    }
+  }
+  // Keys of the other family, at a value that would change the math if they applied.
+  if (c.family == Family::kLlama) {
+    MLKV_REQUIRE(!j.contains("use_parallel_residual") ||
+                     is_null_or_false(j["use_parallel_residual"]),
+                 where, ": 'use_parallel_residual' = true is not supported for llama (a gpt_neox key)");
+    MLKV_REQUIRE(!j.contains("rotary_pct") || is_null_or_one(j["rotary_pct"]), where,
+                 ": 'rotary_pct' is a gpt_neox key; llama spells the rotary fraction "
+                 "partial_rotary_factor");
+  } else {
+    MLKV_REQUIRE(!j.contains("mlp_bias") || j["mlp_bias"].is_null() ||
+                     (j["mlp_bias"].is_boolean() && j["mlp_bias"].get<bool>()),
+                 where, ": 'mlp_bias' = ", j.value("mlp_bias", json()).dump(),
+                 " is not supported for gpt_neox (its MLP always has biases)");
+  }
 }
 
 }  // namespace
@@ -121,17 +311,13 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
   c.n_embd_head = r.get_int("head_dim", c.n_embd % c.n_head == 0 ? c.n_embd / c.n_head : 0);
   MLKV_REQUIRE(c.n_embd_head > 0, where, ": hidden_size (", c.n_embd,
                ") is not divisible by num_attention_heads (", c.n_head, ")");
-  c.bos_token_id = r.get_token_id("bos_token_id", c.bos_token_id);
-  c.eos_token_id = r.get_token_id("eos_token_id", c.eos_token_id);
+  const std::vector<int> bos = r.get_token_ids("bos_token_id", {c.bos_token_id});
+  c.bos_token_id = bos.empty() ? -1 : bos.front();
+  c.eos_token_ids = r.get_token_ids("eos_token_id", c.eos_token_ids);
 
   const std::string act =
       r.get_string("hidden_act", c.family == Family::kGptNeoX ? "gelu" : "silu");
   if (c.family == Family::kGptNeoX) {
-    const double pct = r.get_double("rotary_pct", 0.25);
-    MLKV_REQUIRE(pct >= 0 && pct <= 1, where, ": rotary_pct must be in [0, 1]");
-    // Same truncation as the reference implementation: int(head_size * rotary_pct).
-    c.n_rot = static_cast<int>(static_cast<double>(c.n_embd_head) * pct);
-    c.rope_theta = r.get_double("rotary_emb_base", r.get_double("rope_theta", 10000));
     c.norm_eps = r.get_double("layer_norm_eps", 1e-5);
     c.parallel_residual = r.get_bool("use_parallel_residual", true);
     c.tied_embeddings = r.get_bool("tie_word_embeddings", false);
@@ -143,21 +329,16 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
     } else {
       fail(where, ": hidden_act '", act, "' is not supported for gpt_neox (gelu, gelu_new)");
     }
-    MLKV_REQUIRE(!r.get_bool("use_key_value_mlp", false), where,
-                 ": use_key_value_mlp (K/V projected by an MLP) is not supported");
   } else {
-    const double partial = r.get_double("partial_rotary_factor", 1.0);
-    c.n_rot = static_cast<int>(static_cast<double>(c.n_embd_head) * partial);
-    c.rope_theta = r.get_double("rope_theta", 10000);
     c.norm_eps = r.get_double("rms_norm_eps", 1e-6);
     c.tied_embeddings = r.get_bool("tie_word_embeddings", false);
     c.attn_bias = r.get_bool("attention_bias", false);
     c.mlp_bias = r.get_bool("mlp_bias", false);
-    MLKV_REQUIRE(act == "silu", where, ": hidden_act '", act,
+    MLKV_REQUIRE(act == "silu" || act == "swish", where, ": hidden_act '", act,
                  "' is not supported for llama (silu)");
   }
-  c.n_rot -= c.n_rot % 2;
-  if (r.has("rope_scaling")) c.rope_scaling = read_rope_scaling(r.raw("rope_scaling"), where);
+  read_rope(j, r, &c);
+  audit_keys(j, c, where);
 
   // --- cross-layer sharing ---
   // An explicit kv_source wins; num_key_value_layers next to it must then agree with it.
@@ -197,7 +378,8 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
         (c.family == Family::kGptNeoX && has_layers) ? KvShareRope::kPre : KvShareRope::kPost;
   }
 
-  const std::string dt = r.get_string("torch_dtype", "float32");
+  // transformers 5 writes "dtype", earlier versions "torch_dtype".
+  const std::string dt = r.get_string("torch_dtype", r.get_string("dtype", "float32"));
   if (dt == "bfloat16") {
     c.file_dtype = DType::kBF16;
   } else if (dt == "float16") {
@@ -211,6 +393,47 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& where) {
 ModelConfig load_hf_config(const std::string& path) {
   return parse_hf_config(read_text_file(path), path);
 }
+
+void apply_generation_config(const std::string& text, const std::string& where, ModelConfig* c) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail(where, ": not valid JSON: ", e.what());
+  }
+  MLKV_REQUIRE(j.is_object(), where, ": expected a JSON object");
+  const ConfigReader r(j, where);
+  const std::vector<int> bos = r.get_token_ids("bos_token_id", {c->bos_token_id});
+  MLKV_REQUIRE(bos.size() <= 1, where, ": 'bos_token_id' must be one token id");
+  c->bos_token_id = bos.empty() ? -1 : bos.front();
+  c->eos_token_ids = r.get_token_ids("eos_token_id", c->eos_token_ids);
+  try {
+    c->validate();
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
+  }
+}
+
+ModelConfig load_model_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  ModelConfig c = load_hf_config((fs::path(dir) / "config.json").string());
+  const fs::path gen = fs::path(dir) / "generation_config.json";
+  if (fs::is_regular_file(gen)) apply_generation_config(read_text_file(gen.string()), gen.string(), &c);
+  return c;
+}
+
+namespace {
+
+// Token ids as transformers spells them: one id as an int, several as a list, none omitted.
+void write_token_ids(json& j, const char* key, const std::vector<int>& ids) {
+  if (ids.size() == 1) {
+    j[key] = ids.front();
+  } else if (!ids.empty()) {
+    j[key] = ids;
+  }
+}
+
+}  // namespace
 
 std::string hf_config_to_json(const ModelConfig& c) {
   json j;
@@ -227,7 +450,7 @@ std::string hf_config_to_json(const ModelConfig& c) {
   j["tie_word_embeddings"] = c.tied_embeddings;
   j["torch_dtype"] = dt;
   if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
-  if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;
+  write_token_ids(j, "eos_token_id", c.eos_token_ids);
   if (c.n_embd_head * c.n_head != c.n_embd) j["head_dim"] = c.n_embd_head;
   if (c.family == Family::kGptNeoX) {
     j["model_type"] = "gpt_neox";

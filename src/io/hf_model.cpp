@@ -1,5 +1,6 @@
 #include "io/hf_model.h"
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -69,51 +70,122 @@ void unfuse_qkv(const ModelConfig& c, const TensorEntry& w_e, const TensorEntry*
   }
 }
 
+// The layer whose fused query_key_value tensor (GPT-NeoX) holds parameter `name`, or -1 when
+// `name` is not a q/k/v parameter or the file has no fused tensor for its layer.
+int fused_layer(const ModelConfig& c, const std::string& name, const SafeTensorsSet& st) {
+  constexpr const char* kLayers = "gpt_neox.layers.";
+  if (c.family != Family::kGptNeoX || name.rfind(kLayers, 0) != 0) return -1;
+  const bool is_qkv = name.find(".attention.query.") != std::string::npos ||
+                      name.find(".attention.key.") != std::string::npos ||
+                      name.find(".attention.value.") != std::string::npos;
+  if (!is_qkv) return -1;
+  const int il = std::stoi(name.substr(std::strlen(kLayers)));
+  return st.find(fused_prefix(il) + "weight") != nullptr ? il : -1;
+}
+
+// Before anything is allocated: every tensor the config calls for is in the files, and the files
+// hold at least as many values as the config's parameters, so a config whose sizes lie is refused
+// here rather than by an allocation of its size.
+void check_before_allocating(const std::string& path, const ModelConfig& c,
+                             const SafeTensorsSet& st) {
+  ModelWeights names_only;  // nothing allocated: list_params only names the tensors
+  for (const auto& p : list_params(c, names_only)) {
+    MLKV_REQUIRE(st.find(p.name) != nullptr || fused_layer(c, p.name, st) >= 0, "'", path,
+                 "': missing tensor '", p.name, "' (", c.summary(), ")");
+  }
+  int64_t have = 0;  // each entry's bytes lie inside a mapped file: the sum cannot overflow
+  for (const auto& name : st.names()) have += st.find(name)->numel();
+  MLKV_REQUIRE(have >= c.n_params(), "'", path, "': the config calls for ", c.n_params(),
+               " parameters but the safetensors files hold only ", have,
+               " values (config.json and the weights disagree)");
+}
+
+// The name of the output matrix (lm_head.weight, embed_out.weight), from the one place that
+// knows names: the parameter list of the same model untied.
+std::string output_tensor_name(const ModelConfig& c) {
+  ModelConfig untied = c;
+  untied.tied_embeddings = false;
+  ModelWeights names_only;
+  for (const auto& p : list_params(untied, names_only)) {
+    if (p.tensor == &names_only.output) return p.name;
+  }
+  MLKV_CHECK(false);
+  return {};
+}
+
+// A tied model (tie_word_embeddings: true) whose file also holds the output matrix, as some
+// exports do: fine when it is the embedding; when it differs, the embedding is what is used (as in
+// transformers, which ties the output to the embedding after loading) and the caller is told.
+void check_tied_output(const std::string& path, const TensorEntry& e, const Tensor& embedding,
+                       const std::string& name, const std::string& embed_name,
+                       const LoadWarning& warn) {
+  bool same = e.shape == embedding.shape();
+  if (same) {
+    Tensor out(embedding.shape());
+    entry_to_f32(e, out.data());
+    same = std::memcmp(out.data(), embedding.data(),
+                       static_cast<size_t>(embedding.numel()) * sizeof(float)) == 0;
+  }
+  if (same) return;
+  const std::string msg =
+      cat("'", path, "': tensor '", name, "' differs from the embedding '", embed_name, "' (",
+          e.shape == embedding.shape() ? "same shape, other values" : "shape " + e.shape_str(),
+          ") but the config ties them (tie_word_embeddings: true): using the embedding as the "
+          "output matrix and ignoring '", name, "'");
+  if (warn) {
+    warn(msg);
+  } else {
+    std::fprintf(stderr, "mlkv: warning: %s\n", msg.c_str());
+  }
+}
+
 }  // namespace
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, const LoadWarning& warn) {
   if (fs::is_regular_file(path) && path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0) {
     return load_llama2c(path);
   }
   MLKV_REQUIRE(fs::is_directory(path), "model path '", path,
                "' is neither a model folder (config.json + model.safetensors) nor a llama2.c .bin file");
   LoadedModel m;
-  m.config = load_hf_config((fs::path(path) / "config.json").string());
+  m.config = load_model_config(path);
   const ModelConfig& c = m.config;
   SafeTensorsSet st = SafeTensorsSet::open_dir(path);
+  check_before_allocating(path, c, st);
   allocate_weights(c, &m.weights);
 
   std::set<std::string> used;
   for (auto& p : list_params(c, m.weights)) {
-    const TensorEntry* e = st.find(p.name);
-    if (e == nullptr && c.family == Family::kGptNeoX) {
+    const int il = fused_layer(c, p.name, st);
+    if (il >= 0) {
       // Fused layout: q/k/v of layer il come from one query_key_value tensor.
-      const std::string marker = ".attention.";
-      const size_t pos = p.name.find(marker);
-      if (pos != std::string::npos && p.name.rfind("gpt_neox.layers.", 0) == 0) {
-        const int il = std::stoi(p.name.substr(std::strlen("gpt_neox.layers.")));
-        const std::string fp = fused_prefix(il);
-        const TensorEntry* fw = st.find(fp + "weight");
-        if (fw != nullptr) {
-          MLKV_REQUIRE(neox_can_fuse(c) || (c.n_head_kv == c.n_head && c.owns_kv(il)), "'", path,
-                       "': layer ", il, " has a fused query_key_value tensor but the config gives it ",
-                       c.owns_kv(il) ? "grouped K/V heads" : "no K/V of its own");
-          if (used.insert(fp + "weight").second) {
-            const TensorEntry* fb = st.find(fp + "bias");
-            MLKV_REQUIRE(fb != nullptr || !c.attn_bias, "'", path, "': missing tensor '", fp, "bias'");
-            if (fb != nullptr) used.insert(fp + "bias");
-            unfuse_qkv(c, *fw, fb, m.weights.layers[static_cast<size_t>(il)], fp);
-          }
-          const bool is_qkv = p.name.find(".attention.query.") != std::string::npos ||
-                              p.name.find(".attention.key.") != std::string::npos ||
-                              p.name.find(".attention.value.") != std::string::npos;
-          if (is_qkv) continue;
-        }
+      MLKV_REQUIRE(neox_can_fuse(c) || (c.n_head_kv == c.n_head && c.owns_kv(il)), "'", path,
+                   "': layer ", il, " has a fused query_key_value tensor but the config gives it ",
+                   c.owns_kv(il) ? "grouped K/V heads" : "no K/V of its own");
+      const std::string fp = fused_prefix(il);
+      if (used.insert(fp + "weight").second) {
+        const TensorEntry* fb = st.find(fp + "bias");
+        MLKV_REQUIRE(fb != nullptr || !c.attn_bias, "'", path, "': missing tensor '", fp, "bias'");
+        if (fb != nullptr) used.insert(fp + "bias");
+        unfuse_qkv(c, *st.find(fp + "weight"), fb, m.weights.layers[static_cast<size_t>(il)], fp);
       }
+      continue;
     }
+    const TensorEntry* e = st.find(p.name);
     MLKV_REQUIRE(e != nullptr, "'", path, "': missing tensor '", p.name, "' (", c.summary(), ")");
     copy_checked(*e, *p.tensor, p.name);
     used.insert(p.name);
+  }
+  if (c.tied_embeddings) {
+    const std::string out_name = output_tensor_name(c);
+    if (const TensorEntry* e = st.find(out_name)) {
+      std::string embed_name;
+      for (const auto& p : list_params(c, m.weights)) {
+        if (p.tensor == &m.weights.tok_embd) embed_name = p.name;
+      }
+      check_tied_output(path, *e, m.weights.tok_embd, out_name, embed_name, warn);
+      used.insert(out_name);
+    }
   }
   for (const auto& name : st.names()) {
     if (used.count(name) || is_ignorable_buffer(name)) continue;

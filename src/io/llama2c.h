@@ -5,12 +5,17 @@
 // and wk are permuted per head on import (an exact relabelling: the model's function is unchanged).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "io/hf_model.h"
 
 namespace mlkv {
 
+// Throws mlkv::Error for an implausible header or a file shorter than the header says.
 LoadedModel load_llama2c(const std::string& path);
+// The same from an image of the file in memory; `path` names it in errors.
+LoadedModel load_llama2c(const uint8_t* data, size_t size, const std::string& path);
 
 }  // namespace mlkv

@@ -29,13 +29,59 @@ std::string TensorEntry::shape_str() const {
 }
 
 namespace {
-// Upper bound on the JSON header: real headers are well under a few MB even for huge models.
+
+// Upper bound on the JSON header: real headers are well under a few MB even for huge models (the
+// reference reader's limit too).
 constexpr uint64_t kMaxHeaderBytes = uint64_t{100} << 20;
+
+std::string span_str(uint64_t begin, uint64_t end) {
+  return cat("[", begin, ", ", end, ")");
+}
+
+// The reference reader's layout rule: sorted by offset, the tensors tile the data buffer exactly -
+// each starts where the previous one ended, the first at 0, the last at the end of the buffer.
+// So no two tensors share a byte (an output head aliasing the embedding, say) and no byte is
+// unaccounted for.
+void check_tiling(const std::map<std::string, TensorEntry>& tensors, const uint8_t* buffer,
+                  uint64_t buffer_size, const std::string& path) {
+  struct Span {
+    uint64_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Span> spans;
+  spans.reserve(tensors.size());
+  for (const auto& [name, e] : tensors) {
+    const auto begin = static_cast<uint64_t>(e.data - buffer);
+    spans.push_back({begin, begin + e.n_bytes, &name});
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    return a.end != b.end ? a.end < b.end : *a.name < *b.name;  // names: deterministic messages
+  });
+  uint64_t at = 0;
+  const Span* prev = nullptr;
+  for (const Span& s : spans) {
+    if (s.begin < at) {
+      fail("'", path, "': tensors '", *prev->name, "' (bytes ", span_str(prev->begin, prev->end),
+           ") and '", *s.name, "' (bytes ", span_str(s.begin, s.end),
+           ") overlap in the data buffer: every byte must belong to one tensor");
+    }
+    MLKV_REQUIRE(s.begin == at, "'", path, "': bytes ", span_str(at, s.begin),
+                 " of the data buffer belong to no tensor (a hole ",
+                 prev != nullptr ? cat("between '", *prev->name, "' and '") : std::string("before '"),
+                 *s.name, "'): the tensors must tile the buffer exactly");
+    at = s.end;
+    prev = &s;
+  }
+  MLKV_REQUIRE(at == buffer_size, "'", path, "': bytes ", span_str(at, buffer_size),
+               " of the data buffer belong to no tensor (",
+               prev != nullptr ? cat("after '", *prev->name, "'") : std::string("the file has no tensors"),
+               "): the tensors must tile the buffer exactly");
+}
+
 }  // namespace
 
-SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
-  const uint8_t* base = file_.data();
-  const size_t size = file_.size();
+SafeTensorsLayout parse_safetensors(const uint8_t* base, size_t size, const std::string& path) {
   MLKV_REQUIRE(size >= 8, "'", path, "' is not a safetensors file: only ", size,
                " bytes, shorter than the 8-byte header length");
   uint64_t header_len = 0;
@@ -54,13 +100,16 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
   const uint8_t* buffer = base + 8 + header_len;
   const uint64_t buffer_size = size - 8 - header_len;
 
+  SafeTensorsLayout out;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
+      // null is "no metadata", as the reference reader has it (an optional map).
+      if (it.value().is_null()) continue;
       MLKV_REQUIRE(it.value().is_object(), "'", path, "': __metadata__ is not an object");
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
         MLKV_REQUIRE(m.value().is_string(), "'", path, "': __metadata__ value for '", m.key(),
                      "' is not a string");
-        metadata_[m.key()] = m.value().get<std::string>();
+        out.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
@@ -71,7 +120,7 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
                  "'", path, "': tensor '", name, "' lacks dtype, shape or data_offsets");
     TensorEntry e;
     e.name = name;
-    e.file = &file_.path();
+    e.file = &path;
     MLKV_REQUIRE(v["dtype"].is_string(), "'", path, "': tensor '", name, "' dtype is not a string");
     const std::string dt = v["dtype"].get<std::string>();
     MLKV_REQUIRE(dtype_from_name(dt, &e.dtype), "'", path, "': tensor '", name,
@@ -101,8 +150,16 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
                  end - begin, " bytes but shape ", e.shape_str(), " of ", dt, " needs ", expected);
     e.data = buffer + begin;
     e.n_bytes = end - begin;
-    tensors_.emplace(name, std::move(e));
+    out.tensors.emplace(name, std::move(e));
   }
+  check_tiling(out.tensors, buffer, buffer_size, path);
+  return out;
+}
+
+SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
+  SafeTensorsLayout layout = parse_safetensors(file_.data(), file_.size(), file_.path());
+  tensors_ = std::move(layout.tensors);
+  metadata_ = std::move(layout.metadata);
 }
 
 const TensorEntry* SafeTensorsFile::find(const std::string& name) const {

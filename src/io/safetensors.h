@@ -28,9 +28,23 @@ struct TensorEntry {
   std::string shape_str() const;
 };
 
+// The validated contents of a safetensors image: tensors (pointing into the image) and metadata.
+struct SafeTensorsLayout {
+  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Validates a safetensors image of `size` bytes at `data`: the header (length, JSON, every
+// tensor's dtype, shape and offsets, metadata strings; "__metadata__": null counts as none) and
+// the layout: the tensors must tile the data buffer exactly, as the reference reader requires -
+// no two share a byte, none lies outside it, no byte is left over. Throws mlkv::Error naming
+// `path` and the tensors. The entries point into `data` and at `path`, which must outlive them.
+SafeTensorsLayout parse_safetensors(const uint8_t* data, size_t size, const std::string& path);
+
 class SafeTensorsFile {
  public:
-  // Maps and validates the file; throws mlkv::Error naming the file and the problem.
+  // Maps and validates the file (parse_safetensors); throws mlkv::Error naming the file and the
+  // problem.
   explicit SafeTensorsFile(const std::string& path);
 
   const TensorEntry* find(const std::string& name) const;

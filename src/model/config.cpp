@@ -23,6 +23,11 @@ KvShareRope parse_share_rope(const std::string& s, const std::string& what) {
 
 namespace {
 
+// Bounds far beyond any real model, so that a corrupt or hostile config is refused before
+// anything is sized from it (and the parameter arithmetic stays inside int64).
+constexpr int kMaxLayers = 1 << 16;
+constexpr double kMaxParams = 1e15;
+
 // The invariants of a layer -> owner map; `prefix` starts every message ("config: " or ""),
 // `name` is what the map is called where it came from (kv_source, --kv-source).
 void check_kv_map(const std::vector<int>& src, int n_layer, const char* prefix,
@@ -73,6 +78,10 @@ int64_t ModelConfig::mha_kv_bytes_per_token(size_t elem_size) const {
 double ModelConfig::kv_reduction_vs_mha() const {
   return static_cast<double>(mha_kv_bytes_per_token(1)) /
          static_cast<double>(kv_bytes_per_token(1));
+}
+
+bool ModelConfig::is_eos(int token) const {
+  return std::find(eos_token_ids.begin(), eos_token_ids.end(), token) != eos_token_ids.end();
 }
 
 bool ModelConfig::shares_across_layers() const {
@@ -137,6 +146,17 @@ void ModelConfig::validate() const {
                "config: head size must be a positive even number (got ", n_embd_head, ")");
   MLKV_REQUIRE(n_ff > 0, "config: intermediate_size must be positive (got ", n_ff, ")");
   MLKV_REQUIRE(n_ctx > 0, "config: max_position_embeddings must be positive (got ", n_ctx, ")");
+  MLKV_REQUIRE(n_layer <= kMaxLayers, "config: num_hidden_layers (", n_layer,
+               ") is implausibly large (at most ", kMaxLayers, ")");
+  {
+    // n_params() in floating point first: it must not overflow.
+    const double E = n_embd, Q = static_cast<double>(n_head) * n_embd_head,
+                 KV = static_cast<double>(n_head_kv) * n_embd_head;
+    const double per_layer = 2 * Q * E + 2 * KV * E + 3.0 * E * n_ff + 4 * E + 3.0 * n_ff + Q;
+    const double total = 2.0 * n_vocab * E + n_layer * per_layer;
+    MLKV_REQUIRE(total <= kMaxParams, "config: the geometry calls for ~", total,
+                 " parameters, implausibly many (corrupt config?)");
+  }
   if (rope_scaling.type != RopeScaling::Type::kNone) {
     const RopeScaling& s = rope_scaling;
     MLKV_REQUIRE(s.factor > 0 && std::isfinite(s.factor),
@@ -154,8 +174,12 @@ void ModelConfig::validate() const {
   MLKV_REQUIRE(rope_theta > 0, "config: rotary base must be positive");
   MLKV_REQUIRE(norm_eps >= 0, "config: norm epsilon must not be negative");
   check_kv_map(kv_source, n_layer, "config: ", "kv_source");
-  MLKV_REQUIRE(bos_token_id < n_vocab && eos_token_id < n_vocab,
-               "config: bos/eos token id is outside the vocabulary");
+  MLKV_REQUIRE(bos_token_id < n_vocab, "config: bos_token_id ", bos_token_id,
+               " is outside the vocabulary (", n_vocab, " ids)");
+  for (int id : eos_token_ids) {
+    MLKV_REQUIRE(id >= 0 && id < n_vocab, "config: eos_token_id ", id,
+                 " is outside the vocabulary (", n_vocab, " ids)");
+  }
 }
 
 std::string ModelConfig::summary() const {
@@ -212,6 +236,8 @@ std::vector<int> build_kv_source(const KvSharingSpec& s) {
   const char* map_name = cfg ? "kv_source" : "--kv-source";
   const int L = s.n_layer;
   MLKV_REQUIRE(L > 0, "the number of layers must be positive (got ", L, ")");
+  MLKV_REQUIRE(L <= kMaxLayers, "the number of layers (", L, ") is implausibly large (at most ",
+               kMaxLayers, ")");
   const int n_given =
       (s.kv_layers != 0 ? 1 : 0) + (s.owners.empty() ? 0 : 1) + (s.kv_source.empty() ? 0 : 1);
   MLKV_REQUIRE(n_given <= 1, "give at most one of ", layers_name, ", ", owners_name, " and ",
@@ -255,7 +281,7 @@ ModelConfig preset_gpt_neox() {
   c.rope_theta = 10000.0;
   c.norm_eps = 1e-5;
   c.bos_token_id = 0;
-  c.eos_token_id = 0;
+  c.eos_token_ids = {0};
   return c;
 }
 

@@ -63,10 +63,16 @@ struct ModelConfig {
   KvShareRope share_rope = KvShareRope::kPost;
 
   int bos_token_id = -1;
-  int eos_token_id = -1;
+  // Every id that ends a generation (Llama 3 lists several; any of them stops). Empty: none.
+  // From config.json's eos_token_id (an int or a list), replaced by generation_config.json's
+  // when that file is present (io/hf_config.h).
+  std::vector<int> eos_token_ids;
   DType file_dtype = DType::kF32;  // dtype of the weights in the checkpoint (torch_dtype)
 
   // --- derived ---
+  // The first EOS id (the document separator, a scoring prefix), -1 when there is none.
+  int eos_token_id() const { return eos_token_ids.empty() ? -1 : eos_token_ids.front(); }
+  bool is_eos(int token) const;
   bool owns_kv(int il) const { return kv_source[static_cast<size_t>(il)] == il; }
   std::vector<int> owner_layers() const;
   int n_kv_layers() const;

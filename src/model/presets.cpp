@@ -87,8 +87,9 @@ ModelConfig geometry_from_overrides(const std::string& preset, const GeometryOve
   if (o.n_vocab > 0) c.n_vocab = o.n_vocab;
   c.n_ctx = o.n_ctx > 0 ? o.n_ctx : std::max(c.n_ctx, o.min_ctx);
   c.tied_embeddings = o.tied_embeddings;
-  c.eos_token_id = o.eos_token_id >= 0 && o.eos_token_id < c.n_vocab ? o.eos_token_id : -1;
-  c.bos_token_id = c.family == Family::kGptNeoX ? c.eos_token_id : -1;
+  c.eos_token_ids.clear();
+  if (o.eos_token_id >= 0 && o.eos_token_id < c.n_vocab) c.eos_token_ids = {o.eos_token_id};
+  c.bos_token_id = c.family == Family::kGptNeoX ? c.eos_token_id() : -1;
   apply_sharing(&c, o.kv_heads, o.sharing);
   if (!o.share.empty()) c.share_rope = parse_share_rope(o.share, "--share");
   c.validate();

@@ -102,7 +102,7 @@ bool Scheduler::step() {
     a.result.tokens.push_back(tok);
     a.next = tok;
     if (a.req.on_token) a.req.on_token(tok);
-    if (a.req.stop_at_eos && c.eos_token_id >= 0 && tok == c.eos_token_id) {
+    if (a.req.stop_at_eos && c.is_eos(tok)) {
       finish(i, "eos");
     } else if (static_cast<int>(a.result.tokens.size()) >= a.req.max_new_tokens) {
       finish(i, "length");

@@ -141,6 +141,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
     json j = {{"config", info.summary},
               {"kv_source", info.kv_source},
               {"kv_share_rope", info.kv_share_rope},
+              {"eos_token_ids", info.eos_token_ids},
               {"n_ctx", n_ctx},
               {"n_parallel", opt.n_parallel},
               {"kv_cache_bytes", session.cache_bytes()},
@@ -190,6 +191,12 @@ void run_server(Engine& engine, const ServerOptions& opt) {
                 {"usage",
                  {{"prompt_tokens", n_prompt}, {"completion_tokens", ch->result.tokens.size()}}}};
       if (text) j["text"] = tok->decode(ch->result.tokens);
+      if (ch->result.finish_reason == "error") {
+        // The generation broke down (non-finite logits): not a completion. A 500 with the error
+        // text first, the tokens that came before it kept for the curious.
+        j["error"] = "generation failed: " + ch->result.error;
+        res.status = 500;
+      }
       res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
       return;
     }
@@ -215,6 +222,10 @@ void run_server(Engine& engine, const ServerOptions& opt) {
           if (ch->done) {
             json ev = {{"finish_reason", ch->result.finish_reason},
                        {"completion_tokens", ch->result.tokens.size()}};
+            // The status (200) went out with the first event: a failed generation says so in
+            // its last one.
+            if (ch->result.finish_reason == "error")
+              ev["error"] = "generation failed: " + ch->result.error;
             if (decoder) ev["text"] = decoder->flush();
             const std::string line =
                 "data: " + ev.dump(-1, ' ', false, json::error_handler_t::replace) +

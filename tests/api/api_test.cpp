@@ -68,6 +68,7 @@ TEST(PublicApi, ModelInfo) {
   EXPECT_EQ(i.kv_share_rope, "post");
   EXPECT_EQ(i.bos_token_id, 1);
   EXPECT_EQ(i.eos_token_id, 2);
+  EXPECT_EQ(i.eos_token_ids, (std::vector<int>{2}));
   EXPECT_EQ(i.n_params, 230976);
   EXPECT_EQ(i.scheme, "MHA");
   EXPECT_EQ(i.summary.rfind("llama L=4 E=64 H=4 G=4 M=4", 0), 0u) << i.summary;

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""End-to-end tests of the `mlkv` CLI: KV-cache bytes reported by `info`, seeded generation, and bad
-input - each must give exit status 1 with a one-line "mlkv: error: ..." naming the problem, never a
-crash (signal) or a traceback. Models come from the independent reference's `make` verb.
+"""End-to-end tests of the `mlkv` CLI: KV-cache bytes reported by `info`, seeded generation, EOS ids
+(a list of them in config.json or generation_config.json: any one ends a generation), and bad input -
+each must give exit status 1 with a one-line "mlkv: error: ..." naming the problem, never a crash
+(signal) or a traceback. Models come from the independent reference's `make` verb, eos_model.py's
+chosen-continuation model, and the shared aidreams260K llama2.c model converted with `mlkv convert`.
 
-usage: test_cli.py --mlkv build/bin/mlkv --workdir DIR
+usage: test_cli.py --mlkv build/bin/mlkv --workdir DIR [--shared SHARED]
 """
 import argparse
 import json
@@ -12,6 +14,8 @@ import shutil
 import struct
 import subprocess
 import sys
+
+import eos_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
@@ -121,6 +125,71 @@ def test_tiny_temperature(mlkv, wd):
     expect_error(mlkv, ["generate", m, "--tokens", "1", "--temp", "nan"], "temperature", "--temp nan")
 
 
+def edit_json(path, **changes):
+    with open(path) as f:
+        j = json.load(f)
+    j.update(changes)
+    with open(path, "w") as f:
+        json.dump(j, f, indent=2)
+
+
+def test_eos_ids(mlkv, wd, shared):
+    def gen(d, *extra):
+        r = run([mlkv, "generate", d, "--tokens", "5", "-n", "8", "--json", *extra])
+        check(r.returncode == 0, f"generate {os.path.basename(d)} {' '.join(extra)}: exit {r.returncode} {r.stderr[:200]}")
+        res = json.loads(r.stdout)["results"][0] if r.returncode == 0 else {"tokens": [], "finish_reason": ""}
+        return res["tokens"], res["finish_reason"]
+
+    # The issue's case, on a model whose greedy continuation of 5 is 229, 133, 175, 2.
+    chain = eos_model.ISSUE_CHAIN
+    d = eos_model.bigram_model(os.path.join(wd, "eos-issue"), chain, eos_model.ISSUE_EOS)
+    check(gen(d, "--ignore-eos") == (chain[1:] + [chain[-1]] * 3, "length"),
+          f"the model's greedy continuation of 5 is {chain[1:5]}")
+    check(gen(d) == ([229, 133, 175], "eos"), f"eos [2, 175]: stops after 175, never emits 2 ({gen(d)})")
+    for name, eos, geneos, want in [("reversed", [175, 2], None, [229, 133, 175]),
+                                    ("single", 2, None, [229, 133, 175, 2]),
+                                    ("generation-config", 2, [2, 175], [229, 133, 175]),
+                                    ("generation-config-wins", [2, 175], 2, [229, 133, 175, 2]),
+                                    ("none", None, None, None)]:
+        v = os.path.join(wd, "eos-" + name)
+        shutil.rmtree(v, ignore_errors=True)
+        shutil.copytree(d, v)
+        edit_json(os.path.join(v, "config.json"), eos_token_id=eos)
+        if geneos is not None:
+            with open(os.path.join(v, "generation_config.json"), "w") as f:
+                json.dump({"bos_token_id": 1, "eos_token_id": geneos, "temperature": 0.6}, f)
+        toks, why = gen(v)
+        ok = (toks, why) == ((want, "eos") if want else (chain[1:] + [chain[-1]] * 3, "length"))
+        check(ok, f"eos {name} (config {eos}, generation_config {geneos}): {toks} finish {why}")
+    j = json.loads(run([mlkv, "info", d, "--json"]).stdout)
+    check(j.get("eos_token_ids") == [2, 175], f"info --json eos_token_ids {j.get('eos_token_ids')}")
+    j = json.loads(run([mlkv, "info", os.path.join(wd, "eos-generation-config-wins"), "--json"]).stdout)
+    check(j.get("eos_token_ids") == [2], f"info: generation_config.json wins ({j.get('eos_token_ids')})")
+    out = os.path.join(wd, "eos-reconverted")
+    shutil.rmtree(out, ignore_errors=True)
+    r = run([mlkv, "convert", d, out])
+    with open(os.path.join(out, "config.json")) as f:
+        check(r.returncode == 0 and json.load(f).get("eos_token_id") == [2, 175], "convert writes the EOS list back")
+    check(gen(out) == ([229, 133, 175], "eos"), "the converted model stops the same way")
+
+    # The shipped aidreams260K model, converted, with EOS ids taken from its own greedy continuation.
+    src = os.path.join(shared, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if not os.path.exists(src):
+        print("skip EOS ids on aidreams260K: no shared data")
+        return
+    a = os.path.join(wd, "eos-aidreams")
+    shutil.rmtree(a, ignore_errors=True)
+    r = run([mlkv, "convert", src, a])
+    check(r.returncode == 0, f"convert aidreams260K: {r.stderr.strip()[:160]}")
+    seq, _ = gen(a, "--ignore-eos")
+    k = next(i for i in range(1, len(seq)) if seq[i] not in seq[:i])  # a token seen first at k
+    edit_json(os.path.join(a, "config.json"), eos_token_id=[2, seq[k]])
+    check(gen(a) == (seq[:k + 1], "eos"), f"aidreams260K, eos [2, {seq[k]}]: stops after {seq[:k + 1]}")
+    with open(os.path.join(a, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": [seq[0]]}, f)
+    check(gen(a) == (seq[:1], "eos"), f"aidreams260K: generation_config.json [{seq[0]}] wins")
+
+
 def test_bad_input(mlkv, wd):
     good = make_model(os.path.join(wd, "good"), "--family", "llama", "--layers", "2", "--embd", "32",
                       "--heads", "4", "--vocab", "50", "--ctx", "16")
@@ -164,10 +233,37 @@ def test_bad_input(mlkv, wd):
         h["model.norm.weight"]["dtype"] = "Q4_K"
     expect_error(mlkv, ["score", variant("dtype", dtype), *tok], "unknown dtype 'Q4_K'", "unknown dtype")
 
+    # A valid file without one tensor: its bytes go too, the others move up (the tensors must
+    # tile the data buffer).
+    gone = "model.layers.1.mlp.down_proj.weight"
+    b0, b1 = header[gone]["data_offsets"]
+
     def missing(h):
-        del h["model.layers.1.mlp.down_proj.weight"]
-    expect_error(mlkv, ["score", variant("missing", missing), *tok],
+        del h[gone]
+        for k, v in h.items():
+            if k != "__metadata__" and v["data_offsets"][0] >= b1:
+                v["data_offsets"] = [v["data_offsets"][0] - (b1 - b0), v["data_offsets"][1] - (b1 - b0)]
+    expect_error(mlkv, ["score", variant("missing", missing, data_override=data[:b0] + data[b1:]), *tok],
                  "missing tensor 'model.layers.1.mlp.down_proj.weight'", "missing tensor")
+
+    # Two tensors on the same bytes (the output head aliasing the embedding), a hole, bytes left over:
+    # the tensors do not tile the buffer.
+    def alias(h):
+        h["lm_head.weight"]["data_offsets"] = h["model.embed_tokens.weight"]["data_offsets"]
+    expect_error(mlkv, ["score", variant("alias", alias), *tok],
+                 "tensors 'lm_head.weight'", "tensors overlapping")
+    expect_error(mlkv, ["score", variant("leftover", data_override=data + b"\0" * 8), *tok],
+                 "belong to no tensor", "bytes that belong to no tensor")
+
+    def null_meta(h):
+        h["__metadata__"] = None
+    r = run([mlkv, "score", variant("nullmeta", null_meta), *tok, "--json"])
+    check(r.returncode == 0, f"__metadata__: null loads (exit {r.returncode}, {r.stderr.strip()[:120]})")
+
+    def window(c):
+        c["sliding_window"] = 4
+    expect_error(mlkv, ["info", variant("window", config=window)], "'sliding_window' = 4 is not supported",
+                 "sliding_window refused by name")
 
     def shape(h):
         s = h["model.layers.0.self_attn.o_proj.weight"]["shape"]
@@ -217,10 +313,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "..", "shared"))
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     test_info_bytes(a.mlkv, a.workdir)
     test_generate(a.mlkv, a.workdir)
+    test_eos_ids(a.mlkv, a.workdir, a.shared)
     test_bad_input(a.mlkv, a.workdir)
     test_tiny_temperature(a.mlkv, a.workdir)
     if FAILURES:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end test of `mlkv serve`: concurrent requests batched together give the same greedy tokens
 as `mlkv generate`, streaming gives the same tokens as a plain reply, bad and oversized requests get
-4xx with a JSON error, and SIGTERM stops the server cleanly.
+4xx with a JSON error, any of a model's EOS ids ends a completion, and SIGTERM stops the server
+cleanly.
 
 usage: test_server.py --mlkv build/bin/mlkv --workdir DIR
 """
@@ -16,6 +17,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+import eos_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
@@ -38,6 +41,85 @@ def post(port, body, raw=None):
         return e.code, e.read().decode()
 
 
+def start_server(mlkv, args):
+    """Starts `mlkv serve` on port 0; returns (process, port), port None when it never announced one."""
+    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    port = None
+    deadline = time.time() + 60
+    while time.time() < deadline and port is None:
+        line = srv.stderr.readline()
+        m = re.search(r"http://[\d.]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+    return srv, port
+
+
+def stop_server(srv):
+    srv.send_signal(signal.SIGTERM)
+    try:
+        return srv.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        return None
+
+
+def test_eos_ids(mlkv, wd):
+    """The issue's case through the server: a model whose greedy continuation of token 5 is 229, 133,
+    175, 2 (tests/e2e/eos_model.py) with "eos_token_id": [2, 175] stops a completion after 175 with
+    finish_reason "eos" and never emits 2, plain or streamed."""
+    d = eos_model.bigram_model(os.path.join(wd, "eos-issue"), eos_model.ISSUE_CHAIN, eos_model.ISSUE_EOS)
+    srv, port = start_server(mlkv, [d, "--parallel", "2"])
+    check(port is not None, "server on the EOS-list model announces its port")
+    if port is None:
+        srv.kill()
+        return
+    try:
+        status, body = post(port, {"tokens": [5], "max_tokens": 8})
+        r = json.loads(body) if status == 200 else {}
+        check(r.get("tokens") == [229, 133, 175] and r.get("finish_reason") == "eos",
+              f"serve: eos [2, 175] stops after 175: {status} {body[:120]}")
+        status, body = post(port, {"tokens": [5], "max_tokens": 8, "stream": True})
+        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
+        check([e["token"] for e in events if "token" in e] == [229, 133, 175]
+              and events[-1].get("finish_reason") == "eos", "serve: streamed, the same stop")
+        status, body = post(port, {"tokens": [5], "max_tokens": 8, "ignore_eos": True})
+        check(status == 200 and len(json.loads(body)["tokens"]) == 8, "serve: ignore_eos runs to max_tokens")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
+            check(json.loads(r.read()).get("eos_token_ids") == [2, 175], "GET /v1/model lists the EOS ids")
+    finally:
+        rc = stop_server(srv)
+    check(rc == 0, f"SIGTERM stops the EOS-list server (exit {rc})")
+
+
+def test_generation_error(mlkv, wd):
+    """A generation that breaks down (non-finite logits after 229, 133) is an HTTP 500 naming the
+    error, not a completion; streamed, the last event says finish_reason "error"; the server
+    keeps serving other requests."""
+    d = eos_model.bigram_model(os.path.join(wd, "overflow"), eos_model.ISSUE_CHAIN, eos_model.ISSUE_EOS,
+                               overflow_at=2)
+    srv, port = start_server(mlkv, [d, "--parallel", "2"])
+    check(port is not None, "server on the overflowing model announces its port")
+    if port is None:
+        srv.kill()
+        return
+    try:
+        status, body = post(port, {"tokens": [5], "max_tokens": 8})
+        r = json.loads(body) if body.startswith("{") else {}
+        check(status == 500 and r.get("finish_reason") == "error" and "non-finite" in r.get("error", "")
+              and r.get("tokens") == [229, 133], f"serve: non-finite logits give a 500: {status} {body[:200]}")
+        status, body = post(port, {"tokens": [5], "max_tokens": 8, "stream": True})
+        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
+        check([e["token"] for e in events if "token" in e] == [229, 133] and events
+              and events[-1].get("finish_reason") == "error" and "non-finite" in events[-1].get("error", ""),
+              f"serve: streamed, the last event says error: {body[-200:]}")
+        status, body = post(port, {"tokens": [229], "max_tokens": 1})
+        check(status == 200 and json.loads(body).get("tokens") == [133],
+              f"serve: a request that does not reach the overflow still completes: {status} {body[:120]}")
+    finally:
+        rc = stop_server(srv)
+    check(rc == 0, f"SIGTERM stops the server after a failed generation (exit {rc})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -56,15 +138,7 @@ def main():
 
     # Three cache slots, asked for as a memory budget: 2 KV layers x 2 heads x d_head 8 x 2 x 4 bytes =
     # 256 bytes per token, 16384 per 64-token sequence; 50000 bytes hold 3 (checked at /v1/model).
-    srv = subprocess.Popen([a.mlkv, "serve", model, "--port", "0", "--kv-budget", "50000", "--max-body", "4096"],
-                           stderr=subprocess.PIPE, text=True)
-    port = None
-    deadline = time.time() + 60
-    while time.time() < deadline and port is None:
-        line = srv.stderr.readline()
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
+    srv, port = start_server(a.mlkv, [model, "--kv-budget", "50000", "--max-body", "4096"])
     check(port is not None, "server announces its port")
     if port is None:
         srv.kill()
@@ -133,13 +207,10 @@ def main():
             info = json.loads(r.read())
             check(info["n_parallel"] == 3 and info["kv_source"] == [0, 0, 2, 2], "GET /v1/model")
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            rc = srv.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            rc = None
+        rc = stop_server(srv)
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")
+    test_eos_ids(a.mlkv, a.workdir)
+    test_generation_error(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)

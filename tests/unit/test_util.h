@@ -32,7 +32,7 @@ inline ModelConfig tiny_config(Family fam, int L, int E, int H, int G, std::vect
   }
   c.share_rope = share;
   c.bos_token_id = -1;
-  c.eos_token_id = -1;
+  c.eos_token_ids.clear();
   c.validate();
   return c;
 }

@@ -102,6 +102,8 @@ void run_info(const InfoArgs& a) {
               {"owner_layers", c.owner_layers},
               {"kv_source", c.kv_source},
               {"kv_share_rope", c.kv_share_rope},
+              {"bos_token_id", c.bos_token_id},
+              {"eos_token_ids", c.eos_token_ids},
               {"n_params", c.n_params},
               {"cache_type", a.cache_type},
               {"kv_bytes_per_token", per_tok},
@@ -128,6 +130,7 @@ void run_info(const InfoArgs& a) {
   std::printf("kv heads      %d per KV layer\n", c.n_head_kv);
   std::printf("owner layers  %s\n", list_str(c.owner_layers).c_str());
   std::printf("kv_source     %s\n", list_str(c.kv_source).c_str());
+  std::printf("eos ids       %s\n", c.eos_token_ids.empty() ? "none" : list_str(c.eos_token_ids).c_str());
   std::printf("parameters    %lld\n", static_cast<long long>(c.n_params));
   std::printf(
       "kv cache      %lld bytes per token (%s); %s for ctx %d x batch %d (%.2fx less than MHA)\n",

@@ -1,9 +1,11 @@
-// Model folders: save/load round trips (fused and split GPT-NeoX layouts, f32/bf16), and bad
-// checkpoints rejected with errors naming the tensor.
+// Model folders: save/load round trips (fused and split GPT-NeoX layouts, f32/bf16), bad
+// checkpoints rejected with errors naming the tensor (overlapping tensors, a config whose sizes
+// lie), tied models that also ship the output matrix, and generation_config.json's EOS ids.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/check.h"
@@ -183,6 +185,140 @@ TEST(Llama2c, ImportsTheShippedModel) {
   double mean2 = 0;
   for (float v : lp2) mean2 += v;
   EXPECT_LT(mean2 / static_cast<double>(lp2.size()), mean - 1.0);
+}
+
+// Rewrites a safetensors file's header with `mutate`, keeping its data buffer as it is.
+template <typename F>
+void rewrite_header(const std::string& path, F mutate) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  std::string header(n, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(n));
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  nlohmann::json h = nlohmann::json::parse(header);
+  mutate(h);
+  const std::string text = h.dump();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  const uint64_t m = text.size();
+  out.write(reinterpret_cast<const char*>(&m), 8);
+  out << text << data;
+}
+
+std::vector<TensorToWrite> tensors_of(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<TensorToWrite> t;
+  for (const auto& [name, ten] : list_params(c, w)) t.push_back({name, ten->shape(), ten->data(), DType::kF32});
+  return t;
+}
+
+// The issue's file: lm_head.weight with model.embed_tokens.weight's data_offsets. It used to
+// load with the output head silently equal to the embedding; the tensors no longer tile the
+// buffer, and the error names both.
+TEST(HfModel, OverlappingTensorsRefused) {
+  const ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  const ModelWeights w = random_weights(c, 8);
+  const std::string dir = tmp_dir("overlap");
+  save_model(dir, c, w);
+  std::vector<TensorToWrite> t;
+  for (const auto& x : tensors_of(c, w)) {
+    if (x.name != "lm_head.weight") t.push_back(x);
+  }
+  write_safetensors(dir + "/model.safetensors", t);
+  rewrite_header(dir + "/model.safetensors", [](nlohmann::json& h) {
+    h["lm_head.weight"] = h["model.embed_tokens.weight"];
+  });
+  expect_load_error(dir, "tensors 'lm_head.weight' (bytes [0, 7808)) and 'model.embed_tokens.weight' (bytes [0, 7808)) overlap");
+  // The same bytes named twice while the head's own bytes stay unclaimed: still an overlap.
+  save_model(dir, c, w);
+  rewrite_header(dir + "/model.safetensors", [](nlohmann::json& h) {
+    h["lm_head.weight"]["data_offsets"] = h["model.embed_tokens.weight"]["data_offsets"];
+  });
+  expect_load_error(dir, "overlap");
+  // A config whose sizes lie is refused before anything of its size is allocated.
+  save_model(dir, c, w);
+  ModelConfig big = c;
+  big.n_ff = 1 << 20;
+  write_text_file(dir + "/config.json", hf_config_to_json(big));
+  expect_load_error(dir, "the config calls for");
+}
+
+// A tied model whose file also holds the output matrix (some exports write the tied tensor):
+// transformers loads it, and so does mlkv - silently when it is the embedding; when it differs,
+// the embedding is used (tie_word_embeddings says so) and the caller is told which.
+TEST(HfModel, TiedModelShippingTheOutputMatrix) {
+  for (Family fam : {Family::kLlama, Family::kGptNeoX}) {
+    ModelConfig c = tiny_config(fam, 2, 32, 4, 4, {}, KvShareRope::kPost);
+    c.tied_embeddings = true;
+    const ModelWeights w = random_weights(c, 9);
+    const std::string out_name = fam == Family::kLlama ? "lm_head.weight" : "embed_out.weight";
+    const std::string embed_name =
+        fam == Family::kLlama ? "model.embed_tokens.weight" : "gpt_neox.embed_in.weight";
+    const std::string dir = tmp_dir("tied");
+    save_model(dir, c, w);
+    LoadedModel lm{c, w};
+    Model orig(std::move(lm));
+    const auto t = toks(16, c.n_vocab);
+    const auto ref = score_tokens(orig, t, false);
+    std::vector<std::string> warnings;
+    auto warn = [&](const std::string& m) { warnings.push_back(m); };
+
+    auto with_output = [&](const Tensor& out) {
+      auto tensors = tensors_of(c, w);
+      tensors.push_back({out_name, out.shape(), out.data(), DType::kF32});
+      write_safetensors(dir + "/model.safetensors", tensors);
+    };
+    with_output(w.tok_embd);  // a copy of the embedding
+    {
+      Model m(load_model(dir, warn));
+      EXPECT_TRUE(warnings.empty()) << warnings[0];
+      EXPECT_EQ(score_tokens(m, t, false), ref);
+    }
+    Tensor other = w.tok_embd;
+    other[3] += 1.0f;
+    with_output(other);
+    {
+      Model m(load_model(dir, warn));
+      ASSERT_EQ(warnings.size(), 1u);
+      EXPECT_NE(warnings[0].find("'" + out_name + "' differs from the embedding '" + embed_name +
+                                 "' (same shape, other values)"),
+                std::string::npos)
+          << warnings[0];
+      EXPECT_NE(warnings[0].find("using the embedding as the output matrix"), std::string::npos);
+      EXPECT_EQ(score_tokens(m, t, false), ref);  // the embedding, not the shipped matrix
+    }
+    Tensor narrow({c.n_vocab, 8});
+    with_output(narrow);
+    warnings.clear();
+    load_model(dir, warn);
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_NE(warnings[0].find("(shape [61, 8])"), std::string::npos) << warnings[0];
+    // Any other tensor the config does not call for is still refused.
+    auto tensors = tensors_of(c, w);
+    tensors.push_back({"extra.weight", w.tok_embd.shape(), w.tok_embd.data(), DType::kF32});
+    write_safetensors(dir + "/model.safetensors", tensors);
+    expect_load_error(dir, "unexpected tensor 'extra.weight'");
+  }
+}
+
+// generation_config.json next to config.json: its EOS ids are the model's (any of them ends a
+// generation); the saved config.json spells several ids as a list.
+TEST(HfModel, GenerationConfigEosIds) {
+  ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  c.eos_token_ids = {2};
+  const ModelWeights w = random_weights(c, 10);
+  const std::string dir = tmp_dir("genconfig");
+  save_model(dir, c, w);
+  EXPECT_EQ(load_model(dir).config.eos_token_ids, (std::vector<int>{2}));
+  write_text_file(dir + "/generation_config.json", R"({"eos_token_id": [2, 40, 7]})");
+  const LoadedModel m = load_model(dir);
+  EXPECT_EQ(m.config.eos_token_ids, (std::vector<int>{2, 40, 7}));
+  const std::string dir2 = tmp_dir("genconfig2");
+  save_model(dir2, m.config, m.weights);
+  const std::string text = read_text_file(dir2 + "/config.json");
+  EXPECT_EQ(nlohmann::json::parse(text)["eos_token_id"], nlohmann::json({2, 40, 7}));
+  write_text_file(dir + "/generation_config.json", R"({"eos_token_id": [2, 99]})");
+  expect_load_error(dir, "generation_config.json: config: eos_token_id 99 is outside the vocabulary");
 }
 
 }  // namespace

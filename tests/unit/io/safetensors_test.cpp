@@ -1,5 +1,5 @@
-// Safetensors reader/writer: round trip in every dtype, and corrupt files rejected with errors
-// that name the problem.
+// Safetensors reader/writer: round trip in every dtype, corrupt files rejected with errors that
+// name the problem, and the layout rule of the format: the tensors tile the data buffer exactly.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -105,6 +105,84 @@ TEST(SafeTensors, LyingHeaders) {
   }
   expect_error(p, "truncated");
   expect_error(tmp_path("does_not_exist.safetensors"), "cannot open");
+}
+
+// Four f32 tensors' worth of header entries: name -> [begin, end) in bytes, shape [n].
+std::string entry(const std::string& name, int begin, int end) {
+  return cat("\"", name, "\":{\"dtype\":\"F32\",\"shape\":[", (end - begin) / 4,
+             "],\"data_offsets\":[", begin, ",", end, "]}");
+}
+
+// Every way for tensors not to tile the buffer is refused, naming the tensors involved; the
+// same bytes laid out properly load.
+TEST(SafeTensors, TensorsMustTileTheBuffer) {
+  const std::string p = tmp_path("tile.safetensors");
+  const std::string data(32, '\0');
+  // The case: an output head with the embedding's offsets (it would alias it).
+  write_raw(p, "{" + entry("model.embed_tokens.weight", 0, 16) + "," +
+                   entry("lm_head.weight", 0, 16) + "," + entry("tail", 16, 32) + "}",
+            data);
+  expect_error(p, "tensors 'lm_head.weight' (bytes [0, 16)) and 'model.embed_tokens.weight' (bytes [0, 16)) overlap");
+  // Partial overlap, whatever the order of the header.
+  write_raw(p, "{" + entry("b", 8, 24) + "," + entry("a", 0, 16) + "}", std::string(24, '\0'));
+  expect_error(p, "tensors 'a' (bytes [0, 16)) and 'b' (bytes [8, 24)) overlap");
+  // A tensor inside another one, even an empty one.
+  write_raw(p, "{" + entry("big", 0, 32) + "," + entry("empty", 8, 8) + "}", data);
+  expect_error(p, "tensors 'big' (bytes [0, 32)) and 'empty' (bytes [8, 8)) overlap");
+  // A hole between two tensors, before the first, after the last; bytes but no tensors.
+  write_raw(p, "{" + entry("a", 0, 8) + "," + entry("b", 16, 32) + "}", data);
+  expect_error(p, "bytes [8, 16) of the data buffer belong to no tensor (a hole between 'a' and 'b')");
+  write_raw(p, "{" + entry("a", 8, 32) + "}", data);
+  expect_error(p, "bytes [0, 8) of the data buffer belong to no tensor (a hole before 'a')");
+  write_raw(p, "{" + entry("a", 0, 24) + "}", data);
+  expect_error(p, "bytes [24, 32) of the data buffer belong to no tensor (after 'a')");
+  write_raw(p, "{}", data);
+  expect_error(p, "bytes [0, 32) of the data buffer belong to no tensor (the file has no tensors)");
+  // Exact tilings load: any header order, empty tensors at a boundary, no tensors and no bytes.
+  write_raw(p, "{" + entry("b", 16, 32) + "," + entry("e", 16, 16) + "," + entry("a", 0, 16) +
+                   "," + entry("z", 32, 32) + "}",
+            data);
+  SafeTensorsFile f(p);
+  EXPECT_EQ(f.tensors().size(), 4u);
+  EXPECT_EQ(f.find("b")->data - f.find("a")->data, 16);
+  write_raw(p, "{}", "");
+  EXPECT_TRUE(SafeTensorsFile(p).tensors().empty());
+}
+
+// "__metadata__": null is no metadata (the reference reader's Option); anything but an object
+// of strings is still refused.
+TEST(SafeTensors, NullMetadataIsAbsent) {
+  const std::string p = tmp_path("meta.safetensors");
+  write_raw(p, "{\"__metadata__\":null," + entry("a", 0, 16) + "}", std::string(16, '\0'));
+  SafeTensorsFile f(p);
+  EXPECT_TRUE(f.metadata().empty());
+  EXPECT_NE(f.find("a"), nullptr);
+  write_raw(p, "{\"__metadata__\":[1]," + entry("a", 0, 16) + "}", std::string(16, '\0'));
+  expect_error(p, "__metadata__ is not an object");
+  write_raw(p, "{\"__metadata__\":{\"k\":1}," + entry("a", 0, 16) + "}", std::string(16, '\0'));
+  expect_error(p, "__metadata__ value for 'k' is not a string");
+}
+
+// The in-memory parser is what the file reader runs: same tensors, same errors.
+TEST(SafeTensors, ParseFromMemory) {
+  std::vector<float> a = {1, 2, 3, 4};
+  const std::string path = tmp_path("mem.safetensors");
+  write_safetensors(path, {{"a", {4}, a.data(), DType::kF32}}, {{"k", "v"}});
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string name = "memory";
+  const SafeTensorsLayout l =
+      parse_safetensors(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), name);
+  ASSERT_EQ(l.tensors.count("a"), 1u);
+  EXPECT_EQ(std::memcmp(l.tensors.at("a").data, a.data(), 16), 0);
+  EXPECT_EQ(l.metadata.at("k"), "v");
+  EXPECT_EQ(*l.tensors.at("a").file, "memory");
+  try {
+    parse_safetensors(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size() - 4, name);
+    FAIL() << "a truncated image parsed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'memory': tensor 'a'"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

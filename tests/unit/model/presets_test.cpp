@@ -54,7 +54,7 @@ TEST(GeometryOverrides, PresetKeptWhenNothingGiven) {
   EXPECT_EQ(c.n_vocab, 300);
   EXPECT_EQ(c.kv_source, (std::vector<int>{0, 1, 2, 3}));
   EXPECT_EQ(c.share_rope, KvShareRope::kPost);
-  EXPECT_EQ(c.eos_token_id, -1);
+  EXPECT_EQ(c.eos_token_id(), -1);
   EXPECT_EQ(c.bos_token_id, -1);
 }
 
@@ -101,13 +101,13 @@ TEST(GeometryOverrides, ContextVocabEosTied) {
   o.eos_token_id = 3;
   o.tied_embeddings = true;
   ModelConfig c = geometry_from_overrides("llama-tiny", o);
-  EXPECT_EQ(c.eos_token_id, 3);
+  EXPECT_EQ(c.eos_token_id(), 3);
   EXPECT_EQ(c.bos_token_id, -1);  // Llama: no BOS from the data
   EXPECT_TRUE(c.tied_embeddings);
   c = geometry_from_overrides("tiny-neox", o);
   EXPECT_EQ(c.bos_token_id, 3);  // GPT-NeoX: BOS = EOS
   o.eos_token_id = 512;          // outside the vocabulary: dropped
-  EXPECT_EQ(geometry_from_overrides("tiny-neox", o).eos_token_id, -1);
+  EXPECT_EQ(geometry_from_overrides("tiny-neox", o).eos_token_id(), -1);
 }
 
 TEST(GeometryOverrides, Sharing) {

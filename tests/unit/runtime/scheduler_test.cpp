@@ -4,6 +4,7 @@
 // are errors when they are made, not when they run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 
@@ -81,6 +82,38 @@ TEST(Scheduler, CancelFreesTheSlotAndErrorsComeEarly) {
   // A context beyond the model's positions is refused when the scheduler is made.
   EXPECT_THROW(Scheduler(m, 1, m.config().n_ctx + 1), Error);
   EXPECT_THROW(Scheduler(m, 1, 0), Error);
+}
+
+// A model with several EOS ids (Llama 3 lists three): whichever of them comes first ends the
+// sequence, with finish reason "eos" and that id as the last token; none stops without
+// stop_at_eos.
+TEST(Scheduler, AnyEosIdStops) {
+  ModelConfig c = tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost);
+  GenerateRequest r;
+  r.prompt = {5, 6};
+  r.max_new_tokens = 12;
+  GenerateOptions free_run;
+  free_run.stop_at_eos = false;
+  Model plain = make_model(c, 11);
+  const std::vector<int32_t> seq = generate(plain, {r}, free_run)[0].tokens;
+  ASSERT_EQ(seq.size(), 12u);
+  // The second id of the list is the 4th greedy token; the first never comes (or comes later).
+  const int late = seq[3];
+  int never = 0;
+  while (std::find(seq.begin(), seq.end(), never) != seq.end()) ++never;
+  c.eos_token_ids = {never, late};
+  Model m = make_model(c, 11);  // same weights, same greedy tokens
+  const size_t stop = static_cast<size_t>(std::find(seq.begin(), seq.end(), late) - seq.begin());
+  for (int parallel : {1, 3}) {
+    GenerateOptions opt;
+    opt.n_parallel = parallel;
+    const auto out = generate(m, {r, r}, opt);
+    for (const auto& g : out) {
+      EXPECT_EQ(g.finish_reason, "eos");
+      EXPECT_EQ(g.tokens, std::vector<int32_t>(seq.begin(), seq.begin() + static_cast<long>(stop) + 1));
+    }
+  }
+  EXPECT_EQ(generate(m, {r}, free_run)[0].tokens, seq);
 }
 
 }  // namespace
