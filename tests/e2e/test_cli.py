@@ -200,7 +200,9 @@ def test_bad_input(mlkv, wd):
                  "generate: prompt longer than the context")
     expect_error(mlkv, ["score", good, "--tokens", "1 x 2"], "'x' is not a token id", "malformed token list")
     expect_error(mlkv, ["score", os.path.join(wd, "nope"), *tok], "neither a model folder", "missing model")
-    expect_error(mlkv, ["generate", good, "--tokens", "1", "--top-p", "1.5"], "top-p", "bad sampling option")
+    r = run([mlkv, "generate", good, "--tokens", "1", "--top-p", "1.5"])  # a range: a usage error
+    check(r.returncode == 2 and "--top-p: 1.5 is out of range" in r.stderr,
+          f"bad sampling option: exit {r.returncode}, stderr {r.stderr.strip()[:80]!r}")
     expect_error(mlkv, ["info", good, "--kv-budget", "12 parsecs"], "unknown unit", "bad --kv-budget unit")
     expect_error(mlkv, ["info", good, "--kv-budget", "-1G"], "not a positive size", "negative --kv-budget")
     expect_error(mlkv, ["serve", good, "--kv-budget", "1K", "--port", "0"], "holds no sequence",
