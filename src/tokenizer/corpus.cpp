@@ -11,10 +11,10 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 
-#include <nlohmann/json.hpp>
-
+#include "core/atomic_dir.h"
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "core/progress.h"
@@ -70,21 +70,26 @@ std::string shard_name(const std::string& dir, const char* split, size_t index) 
   return (std::filesystem::path(dir) / buf).string();
 }
 
-// One split's output: rotates shard files every shard_tokens tokens.
+// One split's output in folder `dir`: rotates shard files every shard_tokens tokens.
 class SplitWriter {
  public:
-  SplitWriter(const TokenizeOptions& opt, const char* split, const Tokenizer& tok)
-      : opt_(opt), split_(split), dtype_(dtype_for_vocab(tok.n_vocab())), n_vocab_(tok.n_vocab()),
+  SplitWriter(const TokenizeOptions& opt, std::string dir, const char* split, const Tokenizer& tok)
+      : opt_(opt),
+        dir_(std::move(dir)),
+        split_(split),
+        dtype_(dtype_for_vocab(tok.n_vocab())),
+        n_vocab_(tok.n_vocab()),
         eos_(tok.eos_id()) {}
 
   void append(const std::vector<int32_t>& ids, bool end_doc) {
     if (!writer_) {
-      writer_ = std::make_unique<TokenShardWriter>(shard_name(opt_.out_dir, split_, paths_.size()),
-                                                   dtype_, n_vocab_, eos_);
+      writer_ = std::make_unique<TokenShardWriter>(shard_name(dir_, split_, paths_.size()), dtype_,
+                                                   n_vocab_, eos_);
     }
     writer_->append(ids, end_doc);
     tokens_ += ids.size() + (end_doc ? 1 : 0);
     docs_ += end_doc ? 1 : 0;
+    ++units_;
     // Shards end at document ends only (a cut document stays in one file).
     if (end_doc && writer_->n_tokens() >= opt_.shard_tokens) close();
   }
@@ -97,29 +102,97 @@ class SplitWriter {
   // An empty split still gets one (empty) shard so that readers find what they expect.
   void close_final() {
     if (paths_.empty() && !writer_) {
-      writer_ = std::make_unique<TokenShardWriter>(shard_name(opt_.out_dir, split_, 0), dtype_,
-                                                   n_vocab_, eos_);
+      writer_ =
+          std::make_unique<TokenShardWriter>(shard_name(dir_, split_, 0), dtype_, n_vocab_, eos_);
     }
     close();
   }
   uint64_t tokens() const { return tokens_; }
   uint64_t docs() const { return docs_; }
+  uint64_t units() const { return units_; }
   const std::vector<std::string>& paths() const { return paths_; }
   TokenDtype dtype() const { return dtype_; }
 
  private:
   const TokenizeOptions& opt_;
+  std::string dir_;
   const char* split_;
   TokenDtype dtype_;
   int32_t n_vocab_, eos_;
   std::unique_ptr<TokenShardWriter> writer_;
   std::vector<std::string> paths_;
-  uint64_t tokens_ = 0, docs_ = 0;
+  uint64_t tokens_ = 0, docs_ = 0, units_ = 0;
 };
 
 bool has_suffix(const std::string& s, const char* suffix) {
   size_t n = std::strlen(suffix);
   return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+// --out may be new, an empty folder or an earlier `mlkv tokenize` output (replaced whole): never
+// a folder holding anything else.
+void check_out_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  MLKV_REQUIRE(fs::is_directory(dir, ec), "tokenize: --out '", dir, "' exists and is not a folder");
+  if (fs::is_empty(dir, ec)) return;
+  const fs::path meta = fs::path(dir) / "meta.json";
+  const auto j = fs::is_regular_file(meta, ec)
+                     ? nlohmann::json::parse(read_text_file(meta.string()), nullptr, false)
+                     : nlohmann::json();
+  MLKV_REQUIRE(j.is_object() && j.value("format", "") == "mlkv token shards", "tokenize: --out '",
+               dir, "' exists and is not a token-shard folder (no meta.json of mlkv tokenize): ",
+               "refusing to replace it");
+}
+
+// Split units the hash split needs on the validation side for its share to come near
+// --val-fraction (the held-out count is binomial: about 1/sqrt(units) relative spread), and the
+// smallest unit the finer split below cuts to.
+constexpr double kMinValUnits = 32;
+constexpr size_t kMinUnitBytes = 1024;
+
+// The unit size: --max-doc-bytes, or smaller when the .txt inputs would give too few units for
+// the split (e.g. 200 KB of Shakespeare, one document, is 7 units of 32 KiB: a 10% split of them
+// held out 33% of the tokens). *units: the units at the smaller size (0 when unchanged).
+size_t unit_bytes_for_split(const TokenizeOptions& opt, uint64_t* units) {
+  *units = 0;
+  if (opt.val_fraction <= 0) return opt.max_doc_bytes;
+  std::vector<DocUnit> scratch;
+  uint64_t txt_bytes = 0, other_units = 0;
+  // Units at a unit size; stops early once there are stop_at.
+  auto count = [&](size_t max_bytes, double stop_at) {
+    uint64_t n = other_units;
+    for (const auto& path : opt.inputs) {
+      if (has_suffix(path, ".jsonl") || static_cast<double>(n) >= stop_at) continue;
+      MappedFile file(path);
+      scratch.clear();
+      split_txt_documents(std::string_view(reinterpret_cast<const char*>(file.data()), file.size()),
+                          opt.txt_rule, max_bytes, scratch);
+      n += scratch.size();
+    }
+    return n;
+  };
+  for (const auto& path : opt.inputs) {
+    if (has_suffix(path, ".jsonl")) {
+      MappedFile file(path);  // one unit per non-blank line, whatever its size
+      std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+      for (size_t pos = 0; pos < text.size();) {
+        const size_t nl = std::min(text.find('\n', pos), text.size());
+        other_units += !is_blank(text.substr(pos, nl - pos));
+        pos = nl + 1;
+      }
+    } else {
+      txt_bytes += std::filesystem::file_size(path);
+    }
+  }
+  const size_t max_bytes = opt.max_doc_bytes;
+  const double wanted = kMinValUnits / opt.val_fraction;
+  if (static_cast<double>(count(max_bytes, wanted)) >= wanted || txt_bytes == 0) return max_bytes;
+  const auto finer = std::max<size_t>(kMinUnitBytes, static_cast<size_t>(txt_bytes / wanted));
+  if (finer >= max_bytes) return max_bytes;
+  *units = count(finer, INFINITY);
+  return finer;
 }
 
 }  // namespace
@@ -204,18 +277,26 @@ TokenizeStats tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& opt) 
                opt.val_fraction, " must be in [0, 1)");
   MLKV_REQUIRE(tok.eos_id() >= 0, "tokenize: the tokenizer has no EOS token to separate documents");
   MLKV_REQUIRE(opt.shard_tokens > 0, "tokenize: shard size must be positive");
+  MLKV_REQUIRE(opt.max_doc_bytes > 0, "tokenize: --max-doc-bytes must be positive");
+  check_out_dir(opt.out_dir);
   std::error_code ec;
-  std::filesystem::create_directories(opt.out_dir, ec);
-  MLKV_REQUIRE(std::filesystem::is_directory(opt.out_dir, ec), "tokenize: cannot create output folder '",
-               opt.out_dir, "'");
-
   TokenizeStats st;
   for (const auto& in : opt.inputs) {
     MLKV_REQUIRE(std::filesystem::is_regular_file(in, ec), "tokenize: input '", in,
                  "' is not a readable file");
     st.input_bytes += std::filesystem::file_size(in, ec);
   }
-  SplitWriter train(opt, "train", tok), val(opt, "val", tok);
+  uint64_t planned_units = 0;
+  st.unit_bytes = unit_bytes_for_split(opt, &planned_units);
+  if (st.unit_bytes != opt.max_doc_bytes && opt.on_note) {
+    opt.on_note(cat("tokenize: ", st.input_bytes, " B of text in split units of --max-doc-bytes ",
+                    opt.max_doc_bytes, " are too few for --val-fraction ", opt.val_fraction,
+                    ": cutting documents at line breaks into units of ", st.unit_bytes,
+                    " B instead (", planned_units, " units)"));
+  }
+  // Shards and meta.json go into a temporary folder that replaces --out whole at the end.
+  AtomicDirWriter out(opt.out_dir);
+  SplitWriter train(opt, out.path(), "train", tok), val(opt, out.path(), "val", tok);
   Timer timer;
   std::optional<ProgressBar> bar;
   if (opt.progress) bar.emplace("tokenize", static_cast<double>(st.input_bytes) / 1e6, "MB");
@@ -250,7 +331,7 @@ TokenizeStats tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& opt) 
         if (!s.empty()) units.push_back({s, true});
       }
     } else {
-      split_txt_documents(text, opt.txt_rule, opt.max_doc_bytes, units);
+      split_txt_documents(text, opt.txt_rule, st.unit_bytes, units);
     }
     // Batches of about kBatchBytes: encode in parallel, append in order.
     size_t i = 0;
@@ -294,14 +375,16 @@ TokenizeStats tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& opt) 
   st.val_tokens = val.tokens();
   st.train_docs = train.docs();
   st.val_docs = val.docs();
-  st.train_shards = train.paths();
-  st.val_shards = val.paths();
+  st.train_units = train.units();
+  st.val_units = val.units();
 
   auto names = [](const std::vector<std::string>& paths) {
     std::vector<std::string> out;
     for (const auto& p : paths) out.push_back(std::filesystem::path(p).filename().string());
     return out;
   };
+  for (const auto& n : names(train.paths())) st.train_shards.push_back(out.destination() + "/" + n);
+  for (const auto& n : names(val.paths())) st.val_shards.push_back(out.destination() + "/" + n);
   nlohmann::json meta = {
       {"format", "mlkv token shards"},
       {"version", kShardVersion},
@@ -314,13 +397,35 @@ TokenizeStats tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& opt) 
       {"val_fraction", opt.val_fraction},
       {"seed", opt.seed},
       {"txt_doc_rule", txt_doc_rule_name(opt.txt_rule)},
-      {"max_doc_bytes", opt.max_doc_bytes},
+      {"max_doc_bytes", st.unit_bytes},
       {"inputs", opt.inputs},
       {"input_bytes", st.input_bytes},
-      {"train", {{"shards", names(st.train_shards)}, {"tokens", st.train_tokens}, {"docs", st.train_docs}}},
-      {"val", {{"shards", names(st.val_shards)}, {"tokens", st.val_tokens}, {"docs", st.val_docs}}},
+      {"train",
+       {{"shards", names(st.train_shards)},
+        {"tokens", st.train_tokens},
+        {"docs", st.train_docs},
+        {"units", st.train_units}}},
+      {"val",
+       {{"shards", names(st.val_shards)},
+        {"tokens", st.val_tokens},
+        {"docs", st.val_docs},
+        {"units", st.val_units}}},
   };
-  write_text_file((std::filesystem::path(opt.out_dir) / "meta.json").string(), meta.dump(2) + "\n");
+  write_text_file((std::filesystem::path(out.path()) / "meta.json").string(), meta.dump(2) + "\n");
+  out.commit();
+  // Few units on the validation side, or a share far from the fraction: say what was held out.
+  const bool few = static_cast<double>(st.val_units) < kMinValUnits / 2;
+  const bool far = std::fabs(st.val_share() - opt.val_fraction) > 0.5 * opt.val_fraction;
+  if (opt.val_fraction > 0 && (few || far) && opt.on_note) {
+    char share[32];
+    std::snprintf(share, sizeof share, "%.1f%%", 100.0 * st.val_share());
+    opt.on_note(cat("warning: tokenize: ", st.val_units, " of ", st.units,
+                    " split units went to validation, ", share,
+                    " of the tokens for --val-fraction ", opt.val_fraction,
+                    ": the split assigns whole units (.jsonl records, .txt documents cut at ",
+                    st.unit_bytes, " B), and few units give a share far from the fraction; ",
+                    "more or smaller documents give a closer one"));
+  }
   return st;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,17 +55,31 @@ struct TokenizeOptions {
   uint64_t shard_tokens = 100'000'000;  // a new shard file after this many tokens
   bool add_bos = false;             // also start every document with BOS (when the tokenizer has one)
   bool progress = true;
+  // Called with what the user should know about the split (finer units, a share held out far from
+  // val_fraction: "warning: ..."); none: not reported.
+  std::function<void(const std::string&)> on_note;
 };
 
 struct TokenizeStats {
   uint64_t input_bytes = 0, units = 0;
-  uint64_t train_tokens = 0, val_tokens = 0, train_docs = 0, val_docs = 0;
+  size_t unit_bytes = 0;  // the unit size used: max_doc_bytes, or smaller for the split (below)
+  uint64_t train_tokens = 0, val_tokens = 0;
+  uint64_t train_docs = 0, val_docs = 0;    // documents whose end (EOS) is in the split
+  uint64_t train_units = 0, val_units = 0;  // units (documents or pieces of them) in the split
   std::vector<std::string> train_shards, val_shards;
   double seconds = 0;
+  double val_share() const {
+    const uint64_t n = train_tokens + val_tokens;
+    return n > 0 ? static_cast<double>(val_tokens) / static_cast<double>(n) : 0.0;
+  }
 };
 
 // Encodes the inputs with all OpenMP threads and writes out_dir/train_NNN.bin, val_NNN.bin (when
 // val_fraction > 0) and out_dir/meta.json. The output does not depend on the thread count.
+// out_dir appears whole (core/atomic_dir.h): it may be new, empty or an earlier tokenize output,
+// which is replaced; anything else is refused. When the .txt inputs give too few split units for
+// val_fraction, their documents are cut into smaller units (at least 1 KiB) so the held-out share
+// comes near val_fraction; both that and a held-out share still far from it go to on_note.
 TokenizeStats tokenize_corpus(const Tokenizer& tok, const TokenizeOptions& opt);
 
 }  // namespace mlkv

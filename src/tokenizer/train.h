@@ -10,6 +10,12 @@
 
 namespace mlkv {
 
+// Pieces every trained vocabulary holds besides the corpus's characters and the learnt pieces:
+// <unk>, <s>, </s> and the 256 byte-fallback pieces. A vocabulary also holds at least one
+// character (the U+2581 space marker), hence the smallest --vocab.
+inline constexpr int kTrainFixedPieces = 259;
+inline constexpr int kMinTrainVocab = kTrainFixedPieces + 1;
+
 struct TrainTokenizerOptions {
   std::vector<std::string> inputs;  // .txt (one sentence per non-blank line) or .jsonl (text field)
   std::string out_dir;
@@ -28,8 +34,9 @@ struct TrainTokenizerResult {
   double seconds = 0;
 };
 
-// Throws mlkv::Error on unreadable inputs or when SentencePiece rejects the settings (e.g. a
-// vocabulary larger than the corpus supports), with SentencePiece's message.
+// Checks the corpus first (some text; a vocabulary large enough for its characters) and throws
+// mlkv::Error saying what is missing: unreadable inputs, no text, a vocabulary smaller than the
+// fixed pieces plus the characters to cover, or larger than the corpus yields.
 TrainTokenizerResult train_tokenizer(const TrainTokenizerOptions& opt);
 
 }  // namespace mlkv

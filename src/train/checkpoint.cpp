@@ -1,6 +1,7 @@
 // Checkpoint save/load (checkpoint.h).
 #include "train/checkpoint.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -17,17 +18,37 @@ namespace {
 constexpr const char* kFormat = "mlkv-train-checkpoint";
 constexpr const char* kVersion = "1";
 
+json fingerprint_to_json(const DataFingerprint& f) {
+  return {{"tokens", f.tokens}, {"rows", f.rows}, {"hash", f.hash_hex()}};
+}
+
+DataFingerprint fingerprint_from_json(const json& j) {
+  DataFingerprint f;
+  f.tokens = j.at("tokens").get<int64_t>();
+  f.rows = j.at("rows").get<int64_t>();
+  f.hash = std::stoull(j.at("hash").get<std::string>(), nullptr, 16);
+  return f;
+}
+
 json state_to_json(const CheckpointState& s) {
-  return {{"step", s.step},
-          {"next_row", s.next_row},
-          {"global_batch", s.global_batch},
-          {"ctx", s.ctx},
-          {"seed", s.seed},
-          {"shuffle", s.shuffle},
-          {"total_steps", s.total_steps},
-          {"tokens_seen", s.tokens_seen},
-          {"elapsed_s", s.elapsed_s},
-          {"options", s.options_json}};
+  json j = {{"step", s.step},
+            {"next_row", s.next_row},
+            {"global_batch", s.global_batch},
+            {"ctx", s.ctx},
+            {"seed", s.seed},
+            {"shuffle", s.shuffle},
+            {"total_steps", s.total_steps},
+            {"tokens_seen", s.tokens_seen},
+            {"elapsed_s", s.elapsed_s},
+            {"options", s.options_json},
+            {"adam_steps", s.adam_steps},
+            {"skipped_steps", s.skipped_steps},
+            {"last_val_loss", s.last_val_loss}};
+  if (std::isfinite(s.last_loss)) j["last_loss"] = s.last_loss;
+  if (s.has_data)
+    j["data"] = {{"train", fingerprint_to_json(s.train_data)},
+                 {"val", fingerprint_to_json(s.val_data)}};
+  return j;
 }
 
 CheckpointState state_from_json(const json& j) {
@@ -42,6 +63,15 @@ CheckpointState state_from_json(const json& j) {
   s.tokens_seen = j.at("tokens_seen").get<double>();
   s.elapsed_s = j.at("elapsed_s").get<double>();
   s.options_json = j.at("options").get<std::string>();
+  s.adam_steps = j.value("adam_steps", s.step);
+  s.skipped_steps = j.value("skipped_steps", int64_t{0});
+  s.last_val_loss = j.value("last_val_loss", -1.0);
+  if (j.contains("last_loss") && j["last_loss"].is_number()) s.last_loss = j["last_loss"];
+  if (j.contains("data")) {
+    s.has_data = true;
+    s.train_data = fingerprint_from_json(j["data"].at("train"));
+    s.val_data = fingerprint_from_json(j["data"].at("val"));
+  }
   return s;
 }
 
@@ -108,7 +138,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   MLKV_REQUIRE(!sj.is_discarded(), path, ": the embedded training state is not valid JSON");
   try {
     ck.state = state_from_json(sj);
-  } catch (const json::exception& e) {
+  } catch (const std::exception& e) {  // json errors, and std::stoull on a bad hash
     fail(path, ": bad training state: ", e.what());
   }
   allocate_weights(ck.config, &ck.params);

@@ -3,15 +3,18 @@
 // a process killed at any moment leaves the previous checkpoint intact and loadable.
 // Layout: tensors "param/<HF name>", "adam_m/<HF name>", "adam_v/<HF name>" (F32); __metadata__
 // {"format": "mlkv-train-checkpoint", "version": "1", "config": <config.json text>,
-//  "state": <JSON of CheckpointState>}. Readable by any safetensors reader.
+//  "state": <JSON of CheckpointState>}. Readable by any safetensors reader. Fields added to the
+// state later are optional when read, so older version-1 checkpoints still load.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "model/config.h"
 #include "model/weights.h"
+#include "train/data.h"
 
 namespace mlkv::train {
 
@@ -28,6 +31,17 @@ struct CheckpointState {
   double tokens_seen = 0;
   double elapsed_s = 0;      // training wall time so far
   std::string options_json;  // the run's options, to report what a resume would change
+
+  // Written since the data check (older checkpoints lack them; load_checkpoint fills the
+  // defaults): the data the run was reading, to refuse a resume on other data ...
+  bool has_data = false;
+  DataFingerprint train_data, val_data;  // val_data.tokens == 0: no validation data
+  // ... AdamW's step count (the steps minus those skipped for a non-finite gradient; -1: = step),
+  int64_t adam_steps = -1;
+  int64_t skipped_steps = 0;
+  // ... and the losses of the last step, so that resuming a finished run reports them.
+  double last_loss = std::numeric_limits<double>::quiet_NaN();  // NaN: unknown
+  double last_val_loss = -1;                                    // -1: none
 };
 
 // Called after each tensor is written with (bytes written, total bytes): a test hook.

@@ -2,6 +2,7 @@
 #include "train/data.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -67,7 +68,7 @@ uint64_t splitmix64(uint64_t& state) {
 
 RowSource::RowSource(const TokenStream& stream, int64_t begin, int64_t end, int ctx, uint64_t seed,
                      bool shuffle)
-    : stream_(&stream), begin_(begin), ctx_(ctx), seed_(seed), shuffle_(shuffle) {
+    : stream_(&stream), begin_(begin), end_(end), ctx_(ctx), seed_(seed), shuffle_(shuffle) {
   MLKV_REQUIRE(ctx > 0, "context must be positive");
   MLKV_REQUIRE(begin >= 0 && end <= stream.n_tokens() && begin <= end, "bad token range");
   n_rows_ = end - begin >= 1 ? (end - begin - 1) / ctx : 0;
@@ -102,6 +103,32 @@ void RowSource::fetch(int64_t g, int32_t* out) const {
 
 void RowSource::fetch_rows(int64_t g0, int count, int32_t* out) const {
   for (int i = 0; i < count; ++i) fetch(g0 + i, out + int64_t{i} * (ctx_ + 1));
+}
+
+DataFingerprint RowSource::fingerprint() const {
+  DataFingerprint f;
+  f.tokens = end_ - begin_;
+  f.rows = n_rows_;
+  uint64_t h = 0xcbf29ce484222325ull;
+  std::vector<int32_t> buf(size_t{1} << 16);
+  for (int64_t at = begin_; at < end_;) {
+    const int64_t n = std::min<int64_t>(end_ - at, static_cast<int64_t>(buf.size()));
+    stream_->read(at, n, buf.data());
+    for (int64_t i = 0; i < n; ++i) {
+      h ^= static_cast<uint32_t>(buf[static_cast<size_t>(i)]);
+      h *= 0x100000001b3ull;
+    }
+    at += n;
+  }
+  uint64_t state = h ^ static_cast<uint64_t>(f.tokens);
+  f.hash = splitmix64(state);
+  return f;
+}
+
+std::string DataFingerprint::hash_hex() const {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(hash));
+  return buf;
 }
 
 DataFiles find_data_files(const std::string& path) {

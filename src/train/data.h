@@ -49,6 +49,17 @@ class TokenStream {
   uint32_t n_vocab_ = 0;
 };
 
+// What a checkpoint records of the data a run reads, so that a resume on other data is noticed:
+// the size of a token range and a 64-bit hash of its token values (FNV-1a over the 32-bit values,
+// then mixed; any change of content, order or length changes it with near certainty).
+struct DataFingerprint {
+  int64_t tokens = 0;
+  int64_t rows = 0;  // full rows of the range at the run's ctx
+  uint64_t hash = 0;
+  bool same_data(const DataFingerprint& o) const { return tokens == o.tokens && hash == o.hash; }
+  std::string hash_hex() const;
+};
+
 // Rows of a token range [begin, end) of a stream, in the order of the row rule above.
 class RowSource {
  public:
@@ -63,12 +74,14 @@ class RowSource {
   void fetch(int64_t g, int32_t* out) const;
   // Writes rows g0 .. g0 + count - 1 back to back ([count, ctx + 1]).
   void fetch_rows(int64_t g0, int count, int32_t* out) const;
+  // The range's fingerprint: reads every token of it once.
+  DataFingerprint fingerprint() const;
 
  private:
   const std::vector<int64_t>& perm(int64_t epoch) const;
 
   const TokenStream* stream_;
-  int64_t begin_, n_rows_;
+  int64_t begin_, end_, n_rows_;
   int ctx_;
   uint64_t seed_;
   bool shuffle_;

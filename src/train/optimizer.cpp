@@ -76,10 +76,15 @@ void AdamW::step(ModelWeights& params, ModelWeights& grads, double lr, double gr
   }
 }
 
-double global_grad_norm(const ModelConfig& cfg, ModelWeights& grads) {
+double global_grad_norm(const ModelConfig& cfg, ModelWeights& grads, std::string* first_nonfinite) {
   Backend<float>& be = backend<float>(grads.tok_embd.device());
   double total = 0;
-  for (auto& r : list_params(cfg, grads)) total += be.sum_squares(*r.tensor);
+  for (auto& r : list_params(cfg, grads)) {
+    const double ss = be.sum_squares(*r.tensor);
+    if (first_nonfinite && first_nonfinite->empty() && !std::isfinite(ss))
+      *first_nonfinite = r.name;
+    total += ss;
+  }
   return std::sqrt(total);
 }
 

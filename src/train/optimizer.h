@@ -62,8 +62,11 @@ class AdamW {
   int64_t t_ = 0;
 };
 
-// sqrt(sum of squares of every gradient entry), accumulated in double in a fixed order.
-double global_grad_norm(const ModelConfig& cfg, ModelWeights& grads);
+// sqrt(sum of squares of every gradient entry), accumulated in double in a fixed order. A
+// non-finite entry makes it non-finite (a square of a finite float always fits a double); then
+// *first_nonfinite (when given) names the first tensor, in list_params() order, holding one.
+double global_grad_norm(const ModelConfig& cfg, ModelWeights& grads,
+                        std::string* first_nonfinite = nullptr);
 // Sets every gradient to zero.
 void zero_grads(const ModelConfig& cfg, ModelWeights& grads);
 

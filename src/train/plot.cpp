@@ -23,6 +23,9 @@ LossSeries read_train_log(const std::string& path, const std::string& label) {
     ++line_no;
     if (line.empty()) continue;
     const auto j = nlohmann::json::parse(line, nullptr, false);
+    // The last line may be cut by a killed run (the trainer drops it on --resume); any other
+    // line must parse.
+    if (j.is_discarded() && in.eof()) break;
     MLKV_REQUIRE(!j.is_discarded(), path, ":", line_no, ": not a JSON line");
     if (!j.contains("step")) continue;
     const double step = j["step"].get<double>();

@@ -62,8 +62,62 @@ std::string options_to_json(const TrainOptions& o, int64_t steps, int64_t warmup
             {"seed", o.seed},
             {"shuffle", o.shuffle},
             {"world", world},
-            {"init_std", o.init_std}};
+            {"init_std", o.init_std},
+            {"skip_nonfinite", o.skip_nonfinite}};
   return j.dump();
+}
+
+// The options that shape the weights from a resumed step on (the learning-rate schedule, AdamW,
+// clipping): the options_to_json key and the CLI name.
+constexpr std::pair<const char*, const char*> kUpdateOptions[] = {
+    {"lr", "--lr"},         {"min_lr_ratio", "--min-lr-ratio"},
+    {"warmup", "--warmup"}, {"schedule", "--schedule"},
+    {"steps", "--steps"},   {"weight_decay", "--weight-decay"},
+    {"beta1", "--beta1"},   {"beta2", "--beta2"},
+    {"eps", "--adam-eps"},  {"clip", "--clip"}};
+
+// Which of those differ between the checkpoint's run and this one: {"--lr": [old, new], ...}.
+json changed_options(const std::string& before, const std::string& now) {
+  json changes = json::object();
+  const json a = json::parse(before, nullptr, false), b = json::parse(now);
+  if (!a.is_object()) return changes;
+  for (const auto& [key, flag] : kUpdateOptions) {
+    if (a.contains(key) && a[key] != b[key]) changes[flag] = {a[key], b[key]};
+  }
+  return changes;
+}
+
+std::string describe(const DataFingerprint& f, int ctx) {
+  return cat(f.tokens, " tokens, ", f.rows, " rows of ", ctx + 1, ", hash ", f.hash_hex());
+}
+
+// A resume must read the data the checkpoint was trained on (the row rule makes the data position
+// a function of the step only): refused when the training or validation tokens differ, unless
+// allow_data_change, which is then reported.
+void check_resume_data(const CheckpointState& st, const DataFingerprint& train,
+                       const DataFingerprint& val, const TrainOptions& opt, bool root) {
+  if (!st.has_data) {
+    if (root)
+      std::fprintf(stderr,
+                   "mlkv: warning: train: --resume: the checkpoint does not record its data "
+                   "(written by an older mlkv), so they cannot be checked\n");
+    return;
+  }
+  const std::pair<const char*, std::pair<DataFingerprint, DataFingerprint>> splits[] = {
+      {"training", {st.train_data, train}}, {"validation", {st.val_data, val}}};
+  for (const auto& [name, fp] : splits) {
+    if (fp.first.same_data(fp.second)) continue;
+    const std::string what =
+        cat("the ", name, " data are not the ones the checkpoint was trained on (checkpoint: ",
+            describe(fp.first, opt.ctx), "; now: ", describe(fp.second, opt.ctx), ")");
+    MLKV_REQUIRE(opt.allow_data_change, "train: --resume: ", what,
+                 ", so the run would not continue on the rows of the interrupted one. Restore "
+                 "those data (the same shards, --val and --val-fraction), or pass "
+                 "--allow-data-change to continue on these");
+    if (root)
+      std::fprintf(stderr, "train: --resume --allow-data-change: %s; continuing on them\n",
+                   what.c_str());
+  }
 }
 
 // Copies the tokenizer files found at src (a file or a folder) into dir, so that the trained
@@ -89,9 +143,8 @@ void copy_tokenizer(const std::string& src, const std::string& dir) {
         f.filename() != "tokenizer_config.json" && f.filename() != "special_tokens_map.json") {
       dst = fs::path(dir) / "tokenizer.json";
     }
-    if (fs::exists(dst) && fs::equivalent(f, dst)) continue;
-    std::error_code ec;
-    fs::copy_file(f, dst, fs::copy_options::overwrite_existing, ec);
+    if (!fs::is_regular_file(f) || (fs::exists(dst) && fs::equivalent(f, dst))) continue;
+    write_text_file(dst.string(), read_text_file(f.string()));  // atomic: never half a file
   }
 }
 
@@ -119,6 +172,34 @@ void truncate_log(const std::string& path, int64_t keep_step, const json& extra)
 int crash_at_checkpoint() {
   const char* v = std::getenv("MLKV_TEST_CRASH_IN_CHECKPOINT");
   return v ? std::atoi(v) : 0;
+}
+
+// Test hook: MLKV_TEST_NAN_GRAD=<step>:<tensor> puts a NaN into the gradient of that tensor (HF
+// name) at that step (1-based), before the allreduce: a non-finite gradient with a finite loss.
+void inject_nan_grad(const ModelConfig& cfg, ModelWeights& grads, int64_t step) {
+  const char* v = std::getenv("MLKV_TEST_NAN_GRAD");
+  if (v == nullptr) return;
+  const std::string spec(v);
+  const size_t colon = spec.find(':');
+  if (colon == std::string::npos || std::atoll(spec.c_str()) != step) return;
+  for (auto& p : list_params(cfg, grads)) {
+    if (p.name == spec.substr(colon + 1)) p.tensor->data()[p.tensor->numel() / 2] = NAN;
+  }
+}
+
+// Why step `step` cannot update the weights, and what to do.
+std::string nonfinite_message(int64_t step, double loss, double norm, const std::string& tensor,
+                              const TrainOptions& opt, int64_t saved_step) {
+  std::string what = cat("train: step ", step, ": ");
+  if (!std::isfinite(loss)) what += cat("the loss is ", loss, ", ");
+  what += tensor.empty() ? cat("the gradient norm is ", norm)
+                         : cat("the gradient of ", tensor,
+                               " is not finite (the first such tensor, gradient norm ", norm, ")");
+  what += cat("; the weights were not updated with it (",
+              saved_step > 0 ? cat("last checkpoint: step ", saved_step) : "no checkpoint yet",
+              "). Lower --lr (now ", opt.lr, ") or lengthen --warmup");
+  if (opt.clip > 0) what += cat("; --clip ", opt.clip, " cannot bound a non-finite gradient");
+  return what + "; --skip-nonfinite N skips up to N such steps";
 }
 
 std::string fmt_num(double v, const char* f) {
@@ -175,6 +256,16 @@ TrainSummary run_training(const TrainOptions& opt) {
   MLKV_REQUIRE(total_steps > 0, "train: give --steps or --tokens");
   MLKV_REQUIRE(opt.val_fraction >= 0 && opt.val_fraction < 1,
                "train: --val-fraction must be in [0, 1)");
+  MLKV_REQUIRE(opt.val.empty() || opt.val_fraction == 0,
+               "train: give --val or --val-fraction, not both");
+  MLKV_REQUIRE(opt.lr > 0 && opt.min_lr_ratio >= 0 && opt.min_lr_ratio <= 1,
+               "train: --lr must be > 0 and --min-lr-ratio in [0, 1] (got ", opt.lr, ", ",
+               opt.min_lr_ratio, ")");
+  MLKV_REQUIRE(opt.warmup >= -1 && opt.warmup <= total_steps && opt.warmup_ratio >= 0 &&
+                   opt.warmup_ratio < 1,
+               "train: --warmup must be in [0, steps = ", total_steps,
+               "] and --warmup-ratio in [0, 1) (got ", opt.warmup, ", ", opt.warmup_ratio, ")");
+  MLKV_REQUIRE(opt.skip_nonfinite >= 0, "train: --skip-nonfinite must be >= 0");
   const int64_t warmup =
       opt.warmup >= 0 ? opt.warmup
                       : static_cast<int64_t>(opt.warmup_ratio * static_cast<double>(total_steps));
@@ -225,7 +316,27 @@ TrainSummary run_training(const TrainOptions& opt) {
     val_rows =
         std::make_unique<RowSource>(*val_stream, 0, val_stream->n_tokens(), opt.ctx, 0, false);
   }
-  if (val_rows && val_rows->n_rows() == 0) val_rows.reset();
+  if (val_rows && val_rows->n_rows() == 0) {
+    // Validation asked for but shorter than one row: an error, like the same shortfall in the
+    // training data; the data folder's own val shards (not asked for): a warning.
+    const int64_t n =
+        opt.val_fraction > 0 ? train_stream.n_tokens() - train_end : val_stream->n_tokens();
+    const std::string what =
+        cat(opt.val_fraction > 0 ? cat("--val-fraction ", opt.val_fraction, " holds out ")
+            : !opt.val.empty()   ? cat("the validation data of --val ", opt.val, " hold ")
+                                 : cat("the validation shards of ", opt.data, " hold "),
+            n, " tokens, fewer than one row of ", opt.ctx + 1, " (--ctx ", opt.ctx, " + 1)");
+    MLKV_REQUIRE(opt.val.empty() && opt.val_fraction == 0, "train: ", what,
+                 ": give more validation data or a smaller --ctx");
+    if (root)
+      std::fprintf(stderr, "mlkv: warning: train: %s: training without validation\n", what.c_str());
+    val_rows.reset();
+  }
+  MLKV_REQUIRE(val_rows || opt.eval_every == 0, "train: --eval-every ", opt.eval_every,
+               " but there is no validation data (give --val or --val-fraction)");
+  // What the checkpoint records of the data, to refuse a resume on other data.
+  const DataFingerprint train_fp = train_rows.fingerprint();
+  const DataFingerprint val_fp = val_rows ? val_rows->fingerprint() : DataFingerprint{};
 
   // ---- model and optimizer state ----
   ModelConfig cfg;
@@ -243,10 +354,13 @@ TrainSummary run_training(const TrainOptions& opt) {
                  "train: --resume needs the checkpoint's batch (", state.global_batch, "), ctx (",
                  state.ctx, "), seed (", state.seed, ") and shuffle (",
                  state.shuffle ? "on" : "off", ") so that the data continues where it stopped");
+    MLKV_REQUIRE(total_steps >= state.step, "train: --resume: --steps ", total_steps,
+                 " is below the checkpoint's step ", state.step);
+    check_resume_data(state, train_fp, val_fp, opt, root);
     adam = std::make_unique<AdamW>(cfg, opt.adam, params.tok_embd.device());
     adam->m() = std::move(ck.adam_m);
     adam->v() = std::move(ck.adam_v);
-    adam->set_steps(state.step);
+    adam->set_steps(state.adam_steps >= 0 ? state.adam_steps : state.step);
   } else {
     if (!opt.init.empty()) {
       LoadedModel lm = load_model(opt.init);
@@ -284,7 +398,23 @@ TrainSummary run_training(const TrainOptions& opt) {
                "train: the data's vocabulary (", train_stream.n_vocab(),
                " ids) is larger than the model's (", cfg.n_vocab, ")");
   state.total_steps = total_steps;
-  state.options_json = options_to_json(opt, total_steps, warmup, world);
+  const std::string options_json = options_to_json(opt, total_steps, warmup, world);
+  // Schedule or optimizer options changed on resume apply from here on: reported, not silent.
+  const json changed =
+      opt.resume ? changed_options(state.options_json, options_json) : json::object();
+  if (root && !changed.empty()) {
+    std::string list;
+    for (const auto& [flag, v] : changed.items())
+      list += cat(list.empty() ? "" : ", ", flag, " ", v[0].dump(), " -> ", v[1].dump());
+    std::fprintf(stderr,
+                 "train: --resume: options differ from the checkpoint's run and apply from step "
+                 "%lld on: %s\n",
+                 static_cast<long long>(state.step + 1), list.c_str());
+  }
+  state.options_json = options_json;
+  state.has_data = true;
+  state.train_data = train_fp;
+  state.val_data = val_fp;
 
   // Gradients, moments and the graph's activations live where the parameters are.
   const Device device = params.tok_embd.device();
@@ -317,7 +447,11 @@ TrainSummary run_training(const TrainOptions& opt) {
         {"backend", backend<float>(device).name()},
         {"precision", dtype_name(opt.precision)},
         {"activation_bytes", TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)},
-        {"options", json::parse(state.options_json)}};
+        {"options", json::parse(state.options_json)},
+        {"data",
+         {{"train", {{"tokens", train_fp.tokens}, {"hash", train_fp.hash_hex()}}},
+          {"val", {{"tokens", val_fp.tokens}, {"hash", val_fp.hash_hex()}}}}},
+        {"changed", changed}};  // options changed on resume ({} when none)
     if (opt.resume) {
       truncate_log(log_path, start_step, header);
     } else {
@@ -356,10 +490,12 @@ TrainSummary run_training(const TrainOptions& opt) {
   };
 
   int n_saves = 0;
+  int64_t saved_step = opt.resume ? start_step : 0;
   const int crash_at = crash_at_checkpoint();
   auto save = [&](double elapsed) {
     if (!root) return;
     ++n_saves;
+    saved_step = state.step;
     CheckpointState st = state;
     st.elapsed_s = elapsed;
     WriteProgress hook;
@@ -424,6 +560,7 @@ TrainSummary run_training(const TrainOptions& opt) {
       train_rows.fetch_rows(g0, micro, rows.data());
       loss_sum += graph.forward_backward(params, rows.data(), &grads, grad_scale);
     }
+    inject_nan_grad(cfg, grads, step + 1);
     const double t_comm = now_seconds();
     if (world > 1) {
       for (auto& p : list_params(cfg, grads))
@@ -432,21 +569,38 @@ TrainSummary run_training(const TrainOptions& opt) {
     }
     const double comm_s = now_seconds() - t_comm;
     const double loss = loss_sum / static_cast<double>(tokens_per_step);
-    const double norm = global_grad_norm(cfg, grads);
-    const double scale = (opt.clip > 0 && norm > opt.clip) ? opt.clip / norm : 1.0;
+    std::string bad_tensor;  // the first tensor with a non-finite gradient
+    const double norm = global_grad_norm(cfg, grads, &bad_tensor);
     const double lr = sched.at(step);
-    adam->step(params, grads, lr, scale, /*zero_grads_after=*/true);
+    // A non-finite gradient (or loss) never reaches the weights: every rank sees the same
+    // summed values, so all stop or all skip.
+    const bool skip = !std::isfinite(loss) || !std::isfinite(norm);
+    if (skip) {
+      const std::string why = nonfinite_message(step + 1, loss, norm, bad_tensor, opt, saved_step);
+      MLKV_REQUIRE(state.skipped_steps < opt.skip_nonfinite, why);
+      ++state.skipped_steps;
+      if (root)
+        std::fprintf(stderr, "mlkv: warning: %s: skipped (%lld of --skip-nonfinite %lld)\n",
+                     why.substr(0, why.find(';')).c_str(),
+                     static_cast<long long>(state.skipped_steps),
+                     static_cast<long long>(opt.skip_nonfinite));
+      zero_grads(cfg, grads);
+    } else {
+      const double scale = (opt.clip > 0 && norm > opt.clip) ? opt.clip / norm : 1.0;
+      adam->step(params, grads, lr, scale, /*zero_grads_after=*/true);
+      state.last_loss = loss;
+    }
     state.step = step + 1;
+    state.adam_steps = adam->steps();
     state.next_row = state.step * opt.batch;
     state.tokens_seen += static_cast<double>(tokens_per_step);
-    MLKV_REQUIRE(std::isfinite(loss), "train: the loss became ", loss, " at step ", step + 1,
-                 " (try a lower --lr or a --clip)");
 
     const bool last = step + 1 == total_steps;
     double val = -1;
     if (val_rows && ((opt.eval_every > 0 && (step + 1) % opt.eval_every == 0) || last)) {
       val = evaluate();
       last_val = val;
+      state.last_val_loss = val;
     }
     const double elapsed = now_seconds() - t_start;
     const double tps =
@@ -461,10 +615,10 @@ TrainSummary run_training(const TrainOptions& opt) {
                   {"tok_per_s", tps}};
       if (world > 1) rec["allreduce_s"] = comm_s;
       if (val >= 0) rec["val_loss"] = val;
+      if (skip) rec["skipped"] = true;  // (a non-finite loss or norm is written as null)
       log << rec.dump() << "\n";
       log.flush();
     }
-    summary.last_loss = loss;
     if (show) {
       std::string suffix = "step " + std::to_string(step + 1) + " | loss " + fmt_num(loss, "%.4f");
       if (last_val >= 0) suffix += " | val " + fmt_num(last_val, "%.4f");
@@ -483,7 +637,10 @@ TrainSummary run_training(const TrainOptions& opt) {
   if (bar) bar->finish();
   summary.seconds = now_seconds() - t_start;
   summary.steps = state.step;
-  summary.val_loss = last_val;
+  summary.skipped_steps = state.skipped_steps;
+  // The run's last losses, also when this session ran no step (a finished run resumed).
+  summary.last_loss = state.last_loss;
+  summary.val_loss = state.last_val_loss;
   summary.tokens_per_s = summary.seconds > 0
                              ? static_cast<double>(state.step - start_step) *
                                    static_cast<double>(tokens_per_step) / summary.seconds

@@ -51,6 +51,12 @@ struct TrainOptions {
   bool shuffle = true;
   bool resume = false;     // continue from out_dir/checkpoint.safetensors
   bool overwrite = false;  // allow starting over in an out_dir that holds a checkpoint
+  // Resume on data other than the checkpoint's (training or validation tokens differ): refused
+  // unless this is set, since the data order then differs from the interrupted run's.
+  bool allow_data_change = false;
+  // Optimizer steps whose gradient (or loss) is not finite: stop at the first (0), or skip up to
+  // this many in the run (no update; the step's rows are consumed) and stop at the next.
+  int64_t skip_nonfinite = 0;
   DType out_dtype = DType::kF32;
   bool quiet = false;    // no progress bar or progress lines
   bool profile = false;  // print the per-op time breakdown at the end
@@ -63,8 +69,9 @@ struct TrainOptions {
 };
 
 struct TrainSummary {
-  int64_t steps = 0;        // optimizer steps done in total
-  double last_loss = 0;     // training loss of the last step
+  int64_t steps = 0;          // optimizer steps done in total
+  int64_t skipped_steps = 0;  // of which skipped for a non-finite gradient (the whole run)
+  double last_loss = 0;       // training loss of the last step that updated the weights
   double val_loss = -1;     // last validation loss (-1: none)
   double tokens_per_s = 0;  // this session
   double seconds = 0;       // this session's wall time in the loop

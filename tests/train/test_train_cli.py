@@ -13,6 +13,15 @@
   accum   --accum 2 equals --accum 1 at the same global batch (losses within 1e-5 relative).
   mpi     `mpirun -np 2 mlkv train --batch 4` equals `mlkv train --batch 4` (one process, same global
           batch): losses within 1e-5 relative; also with accumulation on the two ranks.
+  data_change  --resume after the data folder was rebuilt from a larger corpus is refused (the
+          checkpoint identifies its data by content) unless --allow-data-change; the same data
+          rebuilt resumes bit for bit; a changed --lr / --schedule is reported; resuming a finished
+          run reports its real last loss.
+  val_short  validation shorter than one row: an error for --val / --val-fraction, a warning for a
+          data folder's own val shards; --eval-every without validation data is an error.
+  nonfinite  a NaN gradient (MLKV_TEST_NAN_GRAD hook) stops the run before the update, naming the
+          step and the tensor; --skip-nonfinite skips it (and a resume keeps AdamW's step count);
+          an absurd --lr is caught at step 2 with finite weights.
 """
 from __future__ import annotations
 
@@ -176,6 +185,187 @@ def test_resume(args):
     return ok
 
 
+def read_safetensors_f32(path):
+    """{name: list of floats} of an F32 safetensors file."""
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hlen))
+        data = f.read()
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__" or e["dtype"] != "F32":
+            continue
+        a, b = e["data_offsets"]
+        out[name] = struct.unpack(f"<{(b - a) // 4}f", data[a:b])
+    return out, header.get("__metadata__", {})
+
+
+def checkpoint_state(out):
+    _, meta = read_safetensors_f32(os.path.join(out, "checkpoint.safetensors"))
+    return json.loads(meta["state"])
+
+
+def tiny_model(threads, lr="3e-3"):
+    return ["--preset", "llama-tiny", "--layers", "2", "--embd", "32", "--heads", "4", "--kv-heads", "2",
+            "--ctx", "32", "--batch", "4", "--lr", lr, "--threads", str(threads), "--quiet"]
+
+
+def test_data_change(args):
+    """Resume on rebuilt data: refused unless --allow-data-change (the checkpoint identifies the
+    data by content); the same data rebuilt is accepted and resumes bit for bit; a changed schedule
+    is reported; resuming a finished run reports the run's real last loss."""
+    wd = os.path.join(args.workdir, "data_change")
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    tok = os.path.join(args.shared, "data", "models", "aidreams260K", "tok512.bin")
+    with open(os.path.join(args.shared, "data", "text", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        text = f.read()
+    small, large = os.path.join(wd, "small.txt"), os.path.join(wd, "large.txt")
+    open(small, "w", encoding="utf-8").write(text[:4000])
+    open(large, "w", encoding="utf-8").write(text[:8000])
+    data = os.path.join(wd, "data")
+
+    def tokenize(src):
+        run([args.mlkv, "tokenize", "-t", tok, "-o", data, "--no-progress", src])
+        return json.load(open(os.path.join(data, "meta.json")))["train"]["tokens"]
+
+    # A constant schedule: raising --steps on resume then changes nothing, so the resumed run can be
+    # compared with an uninterrupted one bit for bit.
+    common = ["--data", data, "--schedule", "constant"] + tiny_model(args.threads)
+    ok = True
+    n_small = tokenize(small)
+    ref = os.path.join(wd, "ref")
+    run([args.mlkv, "train", "--out", ref, "--steps", "6"] + common)
+    b = os.path.join(wd, "b")
+    run([args.mlkv, "train", "--out", b, "--steps", "3"] + common)
+    n_large = tokenize(large)
+    r = run([args.mlkv, "train", "--out", b, "--steps", "6", "--resume"] + common, check=False)
+    refused = (r.returncode == 1 and "training data are not the ones the checkpoint was trained on" in r.stderr
+               and "--allow-data-change" in r.stderr and checkpoint_state(b)["step"] == 3
+               and len(log_records(b)) == 3)
+    print(f"data_change: {n_small} -> {n_large} training tokens, resume refused: {refused} "
+          f"(exit {r.returncode}: {r.stderr.strip()[-300:]!r})")
+    ok &= refused
+    c = os.path.join(wd, "c")
+    shutil.copytree(b, c)
+    r = run([args.mlkv, "train", "--out", c, "--steps", "6", "--resume", "--allow-data-change"] + common, check=False)
+    allowed = r.returncode == 0 and "--allow-data-change" in r.stderr and len(log_records(c)) == 6
+    print(f"data_change: with --allow-data-change: exit {r.returncode}, {len(log_records(c))} steps logged: "
+          f"{'ok' if allowed else 'FAIL ' + r.stderr[-300:]}")
+    ok &= allowed
+    # The same data rebuilt (new files, same tokens): accepted, and the resumed run is the
+    # uninterrupted one bit for bit.
+    tokenize(small)
+    d = os.path.join(wd, "d")
+    shutil.copytree(b, d)
+    run([args.mlkv, "train", "--out", b, "--steps", "6", "--resume"] + common)
+    same = ([x["loss"] for x in log_records(b)] == [x["loss"] for x in log_records(ref)] and
+            open(os.path.join(b, "model.safetensors"), "rb").read() == open(os.path.join(ref, "model.safetensors"), "rb").read())
+    print(f"data_change: the same data rebuilt: resumed run identical to the uninterrupted one: {same}")
+    ok &= same
+    # A changed learning rate and schedule on resume: applied, and reported (stderr and log).
+    r = run([args.mlkv, "train", "--out", d, "--steps", "6", "--resume", "--schedule", "linear", "--data", data]
+            + tiny_model(args.threads, lr="1e-3"), check=False)
+    # (--steps 3 -> 6 is reported too: it changes the schedule, except a constant one.)
+    rec = [json.loads(x) for x in open(os.path.join(d, "train_log.jsonl")) if '"event"' in x][-1]
+    reported = (r.returncode == 0 and "--lr 0.003 -> 0.001" in r.stderr and '--schedule "constant" -> "linear"' in r.stderr
+                and rec.get("changed", {}).get("--lr") == [0.003, 0.001])
+    print(f"data_change: changed --lr/--schedule on resume reported: {reported} ({r.stderr.strip()[:200]!r})")
+    ok &= reported
+    # Resuming the finished run: its real last loss and validation loss, not 0.
+    r = run([args.mlkv, "train", "--out", ref, "--steps", "6", "--resume", "--json"] + common)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    last = log_records(ref)[-1]["loss"]
+    finished = summary["steps"] == 6 and summary["loss"] == last
+    print(f"data_change: resuming the finished run reports loss {summary['loss']} (last logged {last}): {finished}")
+    ok &= finished
+    return ok
+
+
+def test_val_short(args):
+    """Validation shorter than one row is an error when asked for (--val, --val-fraction), a warning
+    for a data folder's own val shards; --eval-every without validation data is an error."""
+    wd = os.path.join(args.workdir, "val_short")
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    shard = synthetic_shard(wd)
+    val7 = os.path.join(wd, "val7.bin")
+    write_shard(val7, [1, 2, 3, 4, 5, 6, 0], 64, eos=0)
+    common = tiny_model(args.threads) + ["--steps", "2"]
+    ok = True
+    short = "fewer than one row of 33"
+    cases = [
+        (["--data", shard, "--val", val7], 1, ["the validation data of --val", short]),
+        (["--data", shard, "--val-fraction", "0.0017"], 1, ["--val-fraction 0.0017 holds out 10 tokens", short]),
+        (["--data", shard, "--eval-every", "1"], 1, ["no validation data"]),
+        (["--data", shard, "--val", val7, "--val-fraction", "0.1"], 2, ["excludes"]),
+    ]
+    for i, (extra, code, needles) in enumerate(cases):
+        r = run([args.mlkv, "train", "--out", os.path.join(wd, f"o{i}")] + common + extra, check=False)
+        good = r.returncode == code and all(n in r.stderr for n in needles)
+        print(f"val_short: {' '.join(extra[2:])}: exit {r.returncode}, {r.stderr.strip()[:160]!r}: {'ok' if good else 'FAIL'}")
+        ok &= good
+    # A data folder whose own val shard is short: trains, with a warning.
+    folder = os.path.join(wd, "folder")
+    os.makedirs(folder)
+    shutil.copy(shard, os.path.join(folder, "train_000.bin"))
+    shutil.copy(val7, os.path.join(folder, "val_000.bin"))
+    r = run([args.mlkv, "train", "--out", os.path.join(wd, "of"), "--data", folder] + common, check=False)
+    good = r.returncode == 0 and "warning" in r.stderr and "fewer than one row of 33" in r.stderr
+    print(f"val_short: data folder with a 7-token val shard: exit {r.returncode}, warned: {good}")
+    return ok and good
+
+
+def test_nonfinite(args):
+    """A non-finite gradient never reaches the weights: the run stops naming the step and the first
+    tensor (or, with --skip-nonfinite, skips the step and goes on; a resume keeps AdamW's count)."""
+    wd = os.path.join(args.workdir, "nonfinite")
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    shard = synthetic_shard(wd)
+    tensor = "model.layers.1.self_attn.o_proj.weight"
+    env = dict(os.environ, MLKV_TEST_NAN_GRAD=f"3:{tensor}")
+    common = ["--data", shard] + tiny_model(args.threads) + ["--save-every", "1", "--schedule", "constant"]
+    ok = True
+
+    def finite_model(out):
+        w, _ = read_safetensors_f32(os.path.join(out, "model.safetensors"))
+        return all(math.isfinite(v) for t in w.values() for v in t)
+
+    stop = os.path.join(wd, "stop")
+    r = run([args.mlkv, "train", "--out", stop, "--steps", "5"] + common, env=env, check=False)
+    good = (r.returncode == 1 and "step 3" in r.stderr and tensor in r.stderr and "not updated" in r.stderr
+            and "--clip 1 cannot bound" in r.stderr and checkpoint_state(stop)["step"] == 2 and finite_model(stop))
+    print(f"nonfinite: NaN gradient at step 3 stops the run: exit {r.returncode}, checkpoint step "
+          f"{checkpoint_state(stop)['step']}, {r.stderr.strip()[-260:]!r}: {'ok' if good else 'FAIL'}")
+    ok &= good
+    skip = os.path.join(wd, "skip")
+    r = run([args.mlkv, "train", "--out", skip, "--steps", "5", "--skip-nonfinite", "1", "--json"] + common, env=env,
+            check=False)
+    recs = log_records(skip)
+    good = (r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["skipped_steps"] == 1
+            and [x.get("skipped", False) for x in recs] == [False, False, True, False, False]
+            and recs[2]["grad_norm"] is None and all(math.isfinite(x["loss"]) for x in recs if x is not recs[2])
+            and finite_model(skip))
+    print(f"nonfinite: --skip-nonfinite 1: exit {r.returncode}, skipped flags {[x.get('skipped', False) for x in recs]}: "
+          f"{'ok' if good else 'FAIL ' + r.stderr[-300:]}")
+    ok &= good
+    # Skipped steps do not count for AdamW: a run resumed after the skip continues it bit for bit.
+    part = os.path.join(wd, "part")
+    run([args.mlkv, "train", "--out", part, "--steps", "4", "--skip-nonfinite", "1"] + common, env=env)
+    run([args.mlkv, "train", "--out", part, "--steps", "5", "--skip-nonfinite", "1", "--resume"] + common, env=env)
+    same = [x["loss"] for x in log_records(part)] == [x["loss"] for x in recs]
+    print(f"nonfinite: resumed after a skipped step, identical to the uninterrupted run: {same}")
+    ok &= same
+    # A real divergence (an absurd learning rate): caught at step 2, before any NaN weight.
+    div = os.path.join(wd, "div")
+    r = run([args.mlkv, "train", "--out", div, "--steps", "4", "--data", shard, "--save-every", "1"]
+            + tiny_model(args.threads, lr="1e30"), check=False)
+    good = r.returncode == 1 and "step 2" in r.stderr and "not updated" in r.stderr and finite_model(div)
+    print(f"nonfinite: --lr 1e30 stops at step 2 with finite weights: {good} ({r.stderr.strip()[-200:]!r})")
+    return ok and good
+
+
 def test_accum(args):
     wd = os.path.join(args.workdir, "accum")
     shutil.rmtree(wd, ignore_errors=True)
@@ -225,7 +415,7 @@ def test_mpi(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("test", choices=["learn", "resume", "accum", "mpi"])
+    ap.add_argument("test", choices=["learn", "resume", "accum", "mpi", "data_change", "val_short", "nonfinite"])
     ap.add_argument("--mlkv", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
@@ -236,7 +426,8 @@ def main():
     ap.add_argument("--learn-margin", type=float, default=1.0, help="nats/token below the unigram figure")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    ok = {"learn": test_learn, "resume": test_resume, "accum": test_accum, "mpi": test_mpi}[args.test](args)
+    ok = {"learn": test_learn, "resume": test_resume, "accum": test_accum, "mpi": test_mpi,
+          "data_change": test_data_change, "val_short": test_val_short, "nonfinite": test_nonfinite}[args.test](args)
     print(f"train_{args.test}: {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,42 @@ int64_t parse_byte_size(const std::string& s, const char* what) {
   const double bytes = v * scale;
   MLKV_REQUIRE(bytes >= 1 && bytes < 9.0e18, what, ": '", s, "' is out of range");
   return static_cast<int64_t>(bytes);
+}
+
+namespace {
+
+CLI::Validator number_range(double lo, double hi, bool lo_open, bool hi_open) {
+  std::string desc;
+  if (std::isinf(hi)) {
+    desc = cat(lo_open ? "> " : ">= ", lo);
+  } else {
+    desc = cat("in ", lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  }
+  return CLI::Validator(
+      [=](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        const bool number = end != s.c_str() && *end == '\0';
+        const bool ok = number && std::isfinite(v) && (lo_open ? v > lo : v >= lo) &&
+                        (hi_open ? v < hi : v <= hi);
+        if (ok) return {};
+        return cat(s, number ? " is out of range" : " is not a number", " (allowed: ", desc, ")");
+      },
+      desc, "RANGE");
+}
+
+}  // namespace
+
+CLI::Validator at_least(double lo) {
+  return number_range(lo, std::numeric_limits<double>::infinity(), false, false);
+}
+
+CLI::Validator above(double lo) {
+  return number_range(lo, std::numeric_limits<double>::infinity(), true, false);
+}
+
+CLI::Validator interval(double lo, double hi, bool lo_open, bool hi_open) {
+  return number_range(lo, hi, lo_open, hi_open);
 }
 
 int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx) {

@@ -2,8 +2,6 @@
 // an HF folder the engine and trainer load. The whole output folder appears atomically: it is
 // written under a temporary name next to DST and renamed into place, so a conversion that fails
 // (bad options, bad source, I/O) leaves nothing behind.
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -13,6 +11,7 @@
 
 #include "commands.h"
 #include "convert/convert.h"
+#include "core/atomic_dir.h"
 #include "core/check.h"
 #include "io/hf_model.h"
 
@@ -94,20 +93,19 @@ std::vector<fs::path> tokenizer_files(const std::string& src, const std::string&
 }
 
 // Checks DST before any work: a new path, an empty folder, or (with --force) an earlier model
-// folder. Returns true when DST exists and is to be replaced.
-bool check_destination(const std::string& src, const std::string& dst, bool force) {
+// folder.
+void check_destination(const std::string& src, const std::string& dst, bool force) {
   MLKV_REQUIRE(!dst.empty(), "the destination path is empty");
   std::error_code ec;
-  if (!fs::exists(dst, ec)) return false;
+  if (!fs::exists(dst, ec)) return;
   MLKV_REQUIRE(fs::is_directory(dst, ec), "destination '", dst, "' exists and is not a folder");
   MLKV_REQUIRE(!fs::exists(src, ec) || !fs::equivalent(src, dst, ec), "destination '", dst,
                "' is the source itself");
-  if (fs::is_empty(dst, ec)) return true;
+  if (fs::is_empty(dst, ec)) return;
   MLKV_REQUIRE(force, "destination '", dst,
                "' exists and is not empty (use --force to replace a model folder)");
   MLKV_REQUIRE(fs::is_regular_file(fs::path(dst) / "config.json"), "destination '", dst,
                "' is not a model folder (no config.json); refusing to replace it");
-  return true;
 }
 
 std::string list_str(const std::vector<int>& v) {
@@ -125,13 +123,11 @@ void run_convert(const ConvertArgs& a) {
   opt.kv_layers = a.kv_layers;
   if (!a.owners.empty()) opt.owners = int_list(a.owners);
   if (!a.kv_source.empty()) opt.kv_source = int_list(a.kv_source);
-  MLKV_REQUIRE(a.kv_heads >= 0, "--kv-heads must be positive (got ", a.kv_heads, ")");
-  MLKV_REQUIRE(a.kv_layers >= 0, "--kv-layers must be positive (got ", a.kv_layers, ")");
   opt.merge = parse_merge(a.merge);
   opt.widen = parse_widen(a.widen);
   opt.share = parse_share_rope(a.share, "--share");
 
-  const bool replace = check_destination(a.src, a.dst, a.force);
+  check_destination(a.src, a.dst, a.force);
   const LoadedModel src = load_model(a.src);
   plan_conversion(src.config, opt);  // every option checked before anything is written
   const DType dtype = parse_dtype(a.dtype, src.config.file_dtype);
@@ -140,27 +136,15 @@ void run_convert(const ConvertArgs& a) {
   ConvertReport rep;
   const LoadedModel out = convert_model(src, opt, &rep);
 
-  // Write everything under a temporary sibling name, then rename it into place.
-  const fs::path dst_abs = fs::absolute(a.dst).lexically_normal();
-  const fs::path dst_path = dst_abs.has_filename() ? dst_abs : dst_abs.parent_path();
-  const fs::path tmp =
-      dst_path.parent_path() / cat(".", dst_path.filename().string(), ".tmp.", ::getpid());
-  fs::create_directories(dst_path.parent_path());
-  fs::remove_all(tmp);
-  try {
-    SaveOptions so;
-    so.dtype = dtype;
-    so.fuse_qkv_when_possible = false;  // the split layout: the form MLKV models need anyway
-    save_model(tmp.string(), out.config, out.weights, so);
-    for (const fs::path& f : side)
-      fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
-    if (replace) fs::remove_all(dst_path);
-    fs::rename(tmp, dst_path);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  // Everything is written into a temporary sibling folder that then replaces DST in one rename.
+  AtomicDirWriter dir(a.dst);
+  SaveOptions so;
+  so.dtype = dtype;
+  so.fuse_qkv_when_possible = false;  // the split layout: the form MLKV models need anyway
+  save_model(dir.path(), out.config, out.weights, so);
+  for (const fs::path& f : side)
+    fs::copy_file(f, fs::path(dir.path()) / f.filename(), fs::copy_options::overwrite_existing);
+  dir.commit();
 
   const ModelConfig& c = out.config;
   if (a.json_out) {
@@ -223,9 +207,11 @@ void add_convert_commands(CLI::App& app) {
                   "Output folder (must not exist, or be empty; --force replaces a model folder)")
       ->required();
   cmd->add_option("--kv-heads", a->kv_heads,
-                  "KV heads per KV layer, G (default: keep the source's)");
+                  "KV heads per KV layer, G (not given: keep the source's)")
+      ->check(at_least(1));
   cmd->add_option("--kv-layers", a->kv_layers,
-                  "Number of KV layers, M, owners by the authors' rule");
+                  "Number of KV layers, M, owners by the authors' rule (not given: every layer)")
+      ->check(at_least(1));
   cmd->add_option("--owners", a->owners, "Explicit owner layers, e.g. 0,3,6,9 (must start at 0)");
   cmd->add_option("--kv-source", a->kv_source, "Explicit layer -> owner map, e.g. 0,0,0,3,3,3");
   cmd->add_option("--merge", a->merge, "Cross-layer K/V merge: pairwise (authors), mean, owner")

@@ -135,15 +135,21 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: next to the model)");
   cmd->add_option("--limit", a->o.limit,
-                  "Only the first N items of each task / N windows of each text");
-  cmd->add_option("--max-bytes", a->o.max_bytes, "Only the first N bytes of each text file");
+                  "Only the first N items of each task / N windows of each text (0: all)")
+      ->check(at_least(0));
+  cmd->add_option("--max-bytes", a->o.max_bytes,
+                  "Only the first N bytes of each text file (0: all)")
+      ->check(at_least(0));
   cmd->add_option("--batch", a->o.batch, "Sequences scored together per forward pass")
-      ->capture_default_str();
-  cmd->add_option(
-      "--ctx", a->o.ctx,
-      "Most tokens fed per perplexity window / per task request (default: the model's context)");
+      ->capture_default_str()
+      ->check(at_least(1));
+  cmd->add_option("--ctx", a->o.ctx,
+                  "Most tokens fed per perplexity window / per task request (0 or not given: the "
+                  "model's context)")
+      ->check(at_least(0));
   cmd->add_option("--stride", a->o.stride,
-                  "New tokens predicted per window (default: the window, disjoint windows)");
+                  "New tokens predicted per window (0 or not given: the window, disjoint windows)")
+      ->check(at_least(0));
   cmd->add_flag("--bos", a->o.bos,
                 "Prepend BOS to every task context (lm-eval does not; llama2.c models want it)");
   cmd->add_flag("--no-share", a->no_share,
@@ -154,7 +160,7 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--weights", a->weights,
                   "In-memory projection weights: f32, f16 or bf16 (GPU)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)")
+  cmd->add_option("-t,--threads", a->threads, "Threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_eval(*a); });
 }

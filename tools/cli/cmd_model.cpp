@@ -61,7 +61,7 @@ void add_device_option(CLI::App* cmd, std::string* device) {
 }
 
 void add_threads_option(CLI::App* cmd, int* threads) {
-  cmd->add_option("-t,--threads", *threads, "Threads (default: all cores)")
+  cmd->add_option("-t,--threads", *threads, "Threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
 }
 
@@ -390,9 +390,12 @@ void add_model_commands(CLI::App& app) {
         "info", "Describe a model: geometry, KV sharing, parameter count, KV-cache bytes");
     cmd->add_option("model", a->model, "Model folder (config.json + safetensors) or llama2.c .bin")
         ->required();
-    cmd->add_option("--ctx", a->ctx, "Context length for the cache size (default: the model's)")
+    cmd->add_option("--ctx", a->ctx,
+                    "Context length for the cache size (0 or not given: the model's)")
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-    cmd->add_option("--batch", a->batch, "Sequences for the cache size")->capture_default_str();
+    cmd->add_option("--batch", a->batch, "Sequences for the cache size")
+        ->capture_default_str()
+        ->check(at_least(1));
     cmd->add_option("--kv-budget", a->kv_budget,
                     "KV-cache memory (e.g. 2G): how many sequences of --ctx tokens fit");
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
@@ -430,14 +433,24 @@ void add_model_commands(CLI::App& app) {
                     "Tokenizer file or folder (default: the model folder)");
     cmd->add_flag("--bos", a->add_bos, "Prepend BOS when encoding --prompt");
     cmd->add_option("-n,--max-tokens", a->n, "Tokens to generate per prompt")
-        ->capture_default_str();
-    cmd->add_option("--temp", a->temp, "Sampling temperature (0: greedy)")->capture_default_str();
+        ->capture_default_str()
+        ->check(at_least(0));
+    cmd->add_option("--temp", a->temp, "Sampling temperature (0: greedy)")
+        ->capture_default_str()
+        ->check(at_least(0));
     cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: all)")
-        ->capture_default_str();
-    cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->capture_default_str();
-    cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")->capture_default_str();
-    cmd->add_option("--parallel", a->parallel, "Sequences decoded together")->capture_default_str();
-    cmd->add_option("--ctx", a->ctx, "Cache context per sequence (default: longest request)")
+        ->capture_default_str()
+        ->check(at_least(0));
+    cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")
+        ->capture_default_str()
+        ->check(interval(0, 1, /*lo_open=*/true));
+    cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")
+        ->capture_default_str()
+        ->check(at_least(0));
+    cmd->add_option("--parallel", a->parallel, "Sequences decoded together")
+        ->capture_default_str()
+        ->check(at_least(1));
+    cmd->add_option("--ctx", a->ctx, "Cache context per sequence (0 or not given: longest request)")
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
@@ -456,12 +469,20 @@ void add_model_commands(CLI::App& app) {
                     "Model folder (default: a random model of --random geometry)");
     cmd->add_option("--random", a->random, "Geometry of a random model when no MODEL is given")
         ->capture_default_str();
-    cmd->add_option("--kv-heads", a->kv_heads, "Random model: KV heads per layer");
-    cmd->add_option("--kv-layers", a->kv_layers, "Random model: KV layers (authors' owner rule)");
-    cmd->add_option("--prompt", a->prompt, "Prompt tokens to prefill")->capture_default_str();
-    cmd->add_option("--gen", a->gen, "Decode steps")->capture_default_str();
-    cmd->add_option("--batch", a->batch, "Sequences decoded together")->capture_default_str();
-    cmd->add_option("--reps", a->reps, "Repetitions (median reported)")->capture_default_str();
+    cmd->add_option("--kv-heads", a->kv_heads, "Random model: KV heads per layer")
+        ->check(at_least(1));
+    cmd->add_option("--kv-layers", a->kv_layers, "Random model: KV layers (authors' owner rule)")
+        ->check(at_least(1));
+    cmd->add_option("--prompt", a->prompt, "Prompt tokens to prefill")
+        ->capture_default_str()
+        ->check(at_least(1));
+    cmd->add_option("--gen", a->gen, "Decode steps")->capture_default_str()->check(at_least(1));
+    cmd->add_option("--batch", a->batch, "Sequences decoded together")
+        ->capture_default_str()
+        ->check(at_least(1));
+    cmd->add_option("--reps", a->reps, "Repetitions (median reported)")
+        ->capture_default_str()
+        ->check(at_least(1));
     cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
         ->capture_default_str();
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");

@@ -60,14 +60,17 @@ void add_serve_commands(CLI::App& app) {
       "serve", "HTTP completion server with continuous batching over one KV cache");
   cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
   cmd->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
-  cmd->add_option("--port", a->opt.port, "Port (0: any free port)")->capture_default_str();
+  cmd->add_option("--port", a->opt.port, "Port (0: any free port)")
+      ->capture_default_str()
+      ->check(interval(0, 65535));
   auto* par = cmd->add_option("--parallel", a->opt.n_parallel, "Sequences decoded together")
-                  ->capture_default_str();
+                  ->capture_default_str()
+                  ->check(at_least(1));
   cmd->add_option(
          "--kv-budget", a->kv_budget,
          "KV-cache memory (e.g. 1G, 512MiB): as many parallel sequences of --ctx tokens as fit")
       ->excludes(par);
-  cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (default: the model's)")
+  cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (0 or not given: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
       ->capture_default_str();
@@ -79,12 +82,15 @@ void add_serve_commands(CLI::App& app) {
                   "Tokenizer file or folder (default: the model folder)");
   cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Accept only token-id prompts");
   cmd->add_option("--max-queue", a->opt.max_queue, "Waiting requests before 503")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   cmd->add_option("--max-body", a->opt.max_body_bytes, "Largest request body in bytes (413 beyond)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")
-      ->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all cores)")
+      ->capture_default_str()
+      ->check(at_least(1));
+  cmd->add_option("-t,--threads", a->threads, "Compute threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_serve(*a); });
 }

@@ -115,16 +115,24 @@ void add_train(CLI::App* parent) {
   auto o = std::make_shared<TrainTokenizerOptions>();
   auto* c = parent->add_subcommand(
       "train", "Train a SentencePiece tokenizer on text; writes DIR/tokenizer.model");
-  c->add_option("--vocab", o->vocab_size, "Vocabulary size")->required();
+  c->add_option("--vocab", o->vocab_size,
+                "Vocabulary size: 259 fixed pieces (<unk>, <s>, </s>, 256 bytes), the corpus's "
+                "characters and the learnt pieces")
+      ->required()
+      ->check(at_least(kMinTrainVocab));
   c->add_option("--out,-o", o->out_dir, "Output folder")->required();
   c->add_option("--model-type", o->model_type, "bpe or unigram")->capture_default_str();
   c->add_option("--character-coverage", o->character_coverage,
                 "Share of characters covered by the vocabulary (the rest uses byte fallback)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(interval(0, 1, /*lo_open=*/true));
   c->add_option("--text-field", o->text_field, "JSONL field holding the text")->capture_default_str();
   c->add_option("--max-sentences", o->max_sentences, "Lines sampled for training at most")
-      ->capture_default_str();
-  c->add_option("--threads", o->threads, "Trainer threads (0: all cores)")->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
+  c->add_option("--threads", o->threads, "Trainer threads (0: all cores)")
+      ->capture_default_str()
+      ->check(at_least(0));
   c->add_flag("--verbose", o->verbose, "Show SentencePiece's training log");
   c->add_option("corpus", o->inputs, "Text (.txt) or JSONL (.jsonl) files")->required();
   c->callback([o] {
@@ -146,19 +154,27 @@ void add_tokenize(CLI::App& app) {
   c->add_option("--tokenizer,-t", o->tokenizer_path, "Tokenizer file or folder")->required();
   c->add_option("--out,-o", o->out_dir, "Output folder (train_NNN.bin, val_NNN.bin, meta.json)")
       ->required();
-  c->add_option("--val-fraction", o->val_fraction, "Share of documents for validation, in [0, 1)")
-      ->capture_default_str();
-  c->add_option("--seed", o->seed, "Seed of the train / validation split")->capture_default_str();
+  c->add_option("--val-fraction", o->val_fraction, "Share of the text held out for validation")
+      ->capture_default_str()
+      ->check(interval(0, 1, false, /*hi_open=*/true));
+  c->add_option("--seed", o->seed, "Seed of the train / validation split")
+      ->capture_default_str()
+      ->check(at_least(0));
   c->add_option("--txt-docs", *rule,
                 "How .txt files split into documents: blank2 (two blank lines), blank (paragraphs), "
                 "line, file")
       ->capture_default_str();
   c->add_option("--max-doc-bytes", o->max_doc_bytes,
                 "Longer .txt documents are cut at line breaks into split units of this size")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   c->add_option("--text-field", o->text_field, "JSONL field holding the document")->capture_default_str();
-  c->add_option("--shard-tokens", o->shard_tokens, "Tokens per shard file at most")->capture_default_str();
-  c->add_option("--threads", *threads, "Encoding threads (0: all cores)")->capture_default_str();
+  c->add_option("--shard-tokens", o->shard_tokens, "Tokens per shard file at most")
+      ->capture_default_str()
+      ->check(at_least(1));
+  c->add_option("--threads", *threads, "Encoding threads (0: all cores)")
+      ->capture_default_str()
+      ->check(at_least(0));
   c->add_flag("--bos", o->add_bos, "Also start every document with BOS (Llama-family tokenizers)");
   c->add_flag("--no-progress", *no_progress, "No progress bar");
   c->add_option("inputs", o->inputs, "Text (.txt) or JSONL (.jsonl, one {\"text\": ...} per line) files")
@@ -166,17 +182,24 @@ void add_tokenize(CLI::App& app) {
   c->callback([o, rule, threads, no_progress] {
     o->txt_rule = parse_txt_doc_rule(*rule);
     o->progress = !*no_progress;
+    o->on_note = [](const std::string& m) {
+      std::fprintf(stderr, "%s%s\n", m.rfind("warning", 0) == 0 ? "mlkv: " : "", m.c_str());
+    };
     set_num_threads(*threads);
     auto tok = load_tokenizer(o->tokenizer_path);
     TokenizeStats st = tokenize_corpus(*tok, *o);
+    // Units are what the split assigns; a document's count goes to the split holding its end.
     std::fprintf(stderr,
-                 "%.1f MB in %.1f s (%.1f MB/s, %d threads): train %llu tokens / %llu docs, "
-                 "val %llu tokens / %llu docs, %s tokens -> %s\n",
-                 st.input_bytes / 1e6, st.seconds, st.input_bytes / 1e6 / std::max(st.seconds, 1e-9),
-                 num_threads(), static_cast<unsigned long long>(st.train_tokens),
-                 static_cast<unsigned long long>(st.train_docs),
+                 "%.1f MB in %.1f s (%.1f MB/s, %d threads): train %llu tokens in %llu units, "
+                 "val %llu tokens in %llu units (%.1f%% of the tokens held out), documents: %llu, "
+                 "%s tokens -> %s\n",
+                 st.input_bytes / 1e6, st.seconds,
+                 st.input_bytes / 1e6 / std::max(st.seconds, 1e-9), num_threads(),
+                 static_cast<unsigned long long>(st.train_tokens),
+                 static_cast<unsigned long long>(st.train_units),
                  static_cast<unsigned long long>(st.val_tokens),
-                 static_cast<unsigned long long>(st.val_docs),
+                 static_cast<unsigned long long>(st.val_units), 100.0 * st.val_share(),
+                 static_cast<unsigned long long>(st.train_docs + st.val_docs),
                  dtype_name(dtype_for_vocab(tok->n_vocab())), o->out_dir.c_str());
   });
 }

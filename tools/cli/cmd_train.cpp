@@ -94,18 +94,19 @@ void run_train(TrainArgs& a) {
     const train::TrainSummary r = train::run_training(o);
     if (dist.is_root()) {
       if (a.json_out) {
-        nlohmann::json j = {{"steps", r.steps},
-                            {"loss", r.last_loss},
-                            {"tokens_per_s", r.tokens_per_s},
-                            {"seconds", r.seconds},
-                            {"out", o.out_dir}};
+        nlohmann::json j = {{"steps", r.steps},     {"skipped_steps", r.skipped_steps},
+                            {"loss", r.last_loss},  {"tokens_per_s", r.tokens_per_s},
+                            {"seconds", r.seconds}, {"out", o.out_dir}};
         if (r.val_loss >= 0) j["val_loss"] = r.val_loss;
         std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("trained %lld steps: loss %.4f%s, %.0f tokens/s; model in %s\n",
-                    static_cast<long long>(r.steps), r.last_loss,
-                    r.val_loss >= 0 ? cat(", val ", r.val_loss).c_str() : "", r.tokens_per_s,
-                    o.out_dir.c_str());
+        std::printf("trained %lld steps%s: loss %.4f%s, %.0f tokens/s; model in %s\n",
+                    static_cast<long long>(r.steps),
+                    r.skipped_steps > 0
+                        ? cat(" (", r.skipped_steps, " skipped: non-finite gradient)").c_str()
+                        : "",
+                    r.last_loss, r.val_loss >= 0 ? cat(", val ", r.val_loss).c_str() : "",
+                    r.tokens_per_s, o.out_dir.c_str());
       }
       if (o.profile) std::printf("%s", train::format_profile(r.profile, r.seconds).c_str());
     }
@@ -132,63 +133,106 @@ void add_train(CLI::App& app) {
   c->add_option("--preset", a->preset,
                 "From scratch: geometry preset (pythia-14m, pythia-70m, pythia-160m, "
                 "pythia-410m, tiny-neox, llama-tiny)");
-  c->add_option("--layers", a->layers, "From scratch: number of layers");
-  c->add_option("--embd", a->embd, "From scratch: hidden size");
-  c->add_option("--heads", a->heads, "From scratch: attention heads");
-  c->add_option("--kv-heads", a->kv_heads, "From scratch: KV heads per layer (GQA/MQA)");
+  // Geometry overrides: not given (0 inside) keeps the preset's, so an explicit 0 is refused.
+  c->add_option("--layers", a->layers, "From scratch: number of layers")->check(at_least(1));
+  c->add_option("--embd", a->embd, "From scratch: hidden size")->check(at_least(1));
+  c->add_option("--heads", a->heads, "From scratch: attention heads")->check(at_least(1));
+  c->add_option("--kv-heads", a->kv_heads, "From scratch: KV heads per layer (GQA/MQA)")
+      ->check(at_least(1));
   c->add_option("--kv-layers", a->kv_layers,
-                "From scratch: KV layers m (MLKV, the authors' owner rule)");
+                "From scratch: KV layers m (MLKV, the authors' owner rule)")
+      ->check(at_least(1));
   c->add_option("--kv-source", a->kv_source,
                 "From scratch: explicit layer->owner map, e.g. 0,0,2,2");
   c->add_option("--share", a->share,
                 "From scratch: keys consumers read: post (after rotary) or pre");
-  c->add_option("--ff", a->ff, "From scratch: MLP width (default 4 x embd; SwiGLU 8/3 x embd)");
-  c->add_option("--vocab", a->vocab, "From scratch: vocabulary size (default: the data's)");
+  c->add_option("--ff", a->ff, "From scratch: MLP width (default 4 x embd; SwiGLU 8/3 x embd)")
+      ->check(at_least(1));
+  c->add_option("--vocab", a->vocab, "From scratch: vocabulary size (default: the data's)")
+      ->check(at_least(1));
   c->add_option("--model-ctx", a->model_ctx,
-                "From scratch: max positions of the model (default: preset's or --ctx)");
+                "From scratch: max positions of the model (default: preset's or --ctx)")
+      ->check(at_least(1));
   c->add_flag("--tied", a->tied, "From scratch: output matrix = token embedding");
   c->add_option("--init-std", o.init_std, "From scratch: init standard deviation")
-      ->capture_default_str();
-  c->add_option("--ctx", o.ctx, "Tokens per training row")->capture_default_str();
+      ->capture_default_str()
+      ->check(above(0));
+  c->add_option("--ctx", o.ctx, "Tokens per training row")
+      ->capture_default_str()
+      ->check(at_least(1));
   c->add_option("--batch", o.batch,
                 "Rows per optimizer step (all ranks and --accum micro-steps together)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(1));
   c->add_option("--accum", o.accum, "Gradient accumulation: micro-steps per optimizer step")
-      ->capture_default_str();
-  c->add_option("--steps", o.steps, "Optimizer steps");
+      ->capture_default_str()
+      ->check(at_least(1));
+  auto* steps = c->add_option("--steps", o.steps, "Optimizer steps")->check(at_least(1));
   c->add_option("--tokens", o.tokens,
-                "Training tokens (instead of --steps; rounded up to whole steps)");
-  c->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
+                "Training tokens (instead of --steps; rounded up to whole steps)")
+      ->check(at_least(1))
+      ->excludes(steps);
+  c->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str()->check(above(0));
   c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final lr as a fraction of --lr")
-      ->capture_default_str();
-  c->add_option("--warmup", o.warmup, "Warmup steps (default: --warmup-ratio x steps)");
+      ->capture_default_str()
+      ->check(interval(0, 1));
+  auto* warmup =
+      c->add_option("--warmup", o.warmup, "Warmup steps (default: --warmup-ratio x steps)")
+          ->check(at_least(0));
   c->add_option("--warmup-ratio", o.warmup_ratio, "Warmup as a fraction of the steps")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(interval(0, 1, false, /*hi_open=*/true))
+      ->excludes(warmup);
   c->add_option("--schedule", o.schedule, "After warmup: cosine, linear or constant")
       ->capture_default_str();
   c->add_option("--weight-decay", o.adam.weight_decay,
                 "AdamW decoupled weight decay (not on norms, biases)")
-      ->capture_default_str();
-  c->add_option("--beta1", o.adam.beta1, "AdamW beta1")->capture_default_str();
-  c->add_option("--beta2", o.adam.beta2, "AdamW beta2")->capture_default_str();
-  c->add_option("--adam-eps", o.adam.eps, "AdamW epsilon")->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(0));
+  c->add_option("--beta1", o.adam.beta1, "AdamW beta1")
+      ->capture_default_str()
+      ->check(interval(0, 1, false, true));
+  c->add_option("--beta2", o.adam.beta2, "AdamW beta2")
+      ->capture_default_str()
+      ->check(interval(0, 1, false, true));
+  c->add_option("--adam-eps", o.adam.eps, "AdamW epsilon")->capture_default_str()->check(above(0));
   c->add_option("--clip", o.clip, "Clip gradients to this global norm (0: off)")
-      ->capture_default_str();
-  c->add_option("--val", o.val, "Validation shards (default: the data folder's val shards)");
+      ->capture_default_str()
+      ->check(at_least(0));
+  c->add_option("--skip-nonfinite", o.skip_nonfinite,
+                "Skip up to N steps whose gradient is not finite (no update) instead of stopping "
+                "at the first")
+      ->capture_default_str()
+      ->check(at_least(0));
+  auto* val =
+      c->add_option("--val", o.val, "Validation shards (default: the data folder's val shards)");
   c->add_option("--val-fraction", o.val_fraction,
-                "Hold out this last fraction of the training tokens instead");
-  c->add_option("--eval-every", o.eval_every, "Validate every N steps (and at the end)")
-      ->capture_default_str();
+                "Hold out this last fraction of the training tokens instead (0: none)")
+      ->check(interval(0, 1, false, true))
+      ->excludes(val);
+  c->add_option("--eval-every", o.eval_every,
+                "Validate every N steps (and at the end; 0: end only)")
+      ->capture_default_str()
+      ->check(at_least(0));
   c->add_option("--eval-rows", o.eval_rows, "Validation rows, in file order (0: all)")
-      ->capture_default_str();
-  c->add_option("--save-every", o.save_every, "Checkpoint every N steps (and at the end)")
-      ->capture_default_str();
-  c->add_flag("--resume", o.resume, "Continue the run whose checkpoint is in --out");
-  c->add_flag("--overwrite", o.overwrite, "Start over in an --out that holds a checkpoint");
+      ->capture_default_str()
+      ->check(at_least(0));
+  c->add_option("--save-every", o.save_every,
+                "Checkpoint every N steps (and at the end; 0: end only)")
+      ->capture_default_str()
+      ->check(at_least(0));
+  auto* resume = c->add_flag("--resume", o.resume, "Continue the run whose checkpoint is in --out");
+  c->add_flag("--overwrite", o.overwrite, "Start over in an --out that holds a checkpoint")
+      ->excludes(resume);
+  c->add_flag("--allow-data-change", o.allow_data_change,
+              "With --resume: continue although the data differ from the checkpoint's")
+      ->needs(resume);
   c->add_option("-t,--threads", o.threads,
-                "Threads per rank (default: cores / ranks on the machine)");
+                "Threads per rank (0 or not given: cores / ranks on the machine)")
+      ->check(at_least(0));
   c->add_option("--seed", o.seed, "Seed of the data order (and of the init from scratch)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(at_least(0));  // (an unsigned option would read -1 as 2^64 - 1)
   c->add_flag("--no-shuffle", a->no_shuffle,
               "Take rows in file order (exact comparisons with other trainers)");
   c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")

@@ -20,6 +20,15 @@ std::vector<int32_t> parse_id_list(const std::string& s);
 // Parses a byte size: a number with an optional unit, K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024),
 // KB/MB/GB/TB (powers of 1000), B; "1.5G", "512MiB", "1000000". Throws mlkv::Error naming the text.
 int64_t parse_byte_size(const std::string& s, const char* what);
+// Ranges of numeric options, for CLI11's ->check(): a value outside the range, or not a finite
+// number, is a usage error (exit 2) naming the option and the allowed range, e.g.
+// "--warmup: -1 is out of range (allowed: >= 0)". Options whose 0 means "not given" state it in
+// their help text, or take at_least(1) so that an explicit 0 is refused.
+CLI::Validator at_least(double lo);  // >= lo
+CLI::Validator above(double lo);     // > lo
+// lo <= v <= hi; lo_open / hi_open make that end strict (< instead of <=).
+CLI::Validator interval(double lo, double hi, bool lo_open = false, bool hi_open = false);
+
 // How many sequences of ctx tokens fit a KV-cache budget of the given bytes per token (at most
 // 1 << 20); throws when not even one fits.
 int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx);

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -209,6 +210,73 @@ TEST(Corpus, TokenizeCorpusRoundTripsAndIgnoresThreadCount) {
     EXPECT_EQ(meta["dtype"], "uint16");
   }
   EXPECT_EQ(first_files[0], first_files[1]) << "output depends on the thread count";
+}
+
+// A corpus that is one long document (200 KB of Shakespeare without double blank lines) gives 7
+// units of 32 KiB: a hash split of so few units held out 0, 14 or 33% of the text for a 10%
+// split. The units are cut finer then, so the held-out share comes near the fraction, and the
+// statistics say what was held out.
+TEST(Corpus, FewUnitsAreCutFinerForTheSplit) {
+  MLKV_REQUIRE_SHARED();
+  auto tok = load_tokenizer(test::shared_path("tokenizers/gpt2"));
+  test::TempDir dir;
+  write_bytes(dir.file("s.txt"),
+              read_text_file(test::shared_path("text/tinyshakespeare.txt")).substr(0, 200000));
+  TokenizeOptions opt;
+  opt.inputs = {dir.file("s.txt")};
+  opt.out_dir = dir.file("out");
+  opt.val_fraction = 0.1;
+  opt.progress = false;
+  const TokenizeStats st = tokenize_corpus(*tok, opt);
+  EXPECT_LT(st.unit_bytes, opt.max_doc_bytes);
+  EXPECT_GE(st.unit_bytes, 1024u);
+  EXPECT_GE(st.units, 150u);
+  EXPECT_EQ(st.train_units + st.val_units, st.units);
+  EXPECT_NEAR(st.val_share(), 0.1, 0.04)
+      << st.val_tokens << " of " << st.train_tokens + st.val_tokens;
+  auto meta = nlohmann::json::parse(read_text_file(opt.out_dir + "/meta.json"));
+  EXPECT_EQ(meta["max_doc_bytes"].get<size_t>(), st.unit_bytes);
+  EXPECT_EQ(meta["val"]["units"].get<uint64_t>(), st.val_units);
+  EXPECT_EQ(meta["val"]["tokens"].get<uint64_t>(), st.val_tokens);
+  // Without a split the units stay as asked.
+  opt.val_fraction = 0;
+  opt.out_dir = dir.file("out0");
+  EXPECT_EQ(tokenize_corpus(*tok, opt).unit_bytes, opt.max_doc_bytes);
+}
+
+// --out appears whole: an earlier output is replaced (no shard of it survives), a folder holding
+// anything else is refused and left alone, and nothing but --out is left in its parent.
+TEST(Corpus, OutputFolderIsReplacedWholeOrRefused) {
+  MLKV_REQUIRE_SHARED();
+  auto tok = load_tokenizer(test::shared_path("tokenizers/gpt2"));
+  test::TempDir dir;
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "Document " + std::to_string(i) + " is here.\n\n\n";
+  write_bytes(dir.file("a.txt"), text);
+  TokenizeOptions opt;
+  opt.inputs = {dir.file("a.txt")};
+  opt.out_dir = dir.file("data");
+  opt.progress = false;
+  opt.shard_tokens = 100;  // many shards
+  const size_t many = tokenize_corpus(*tok, opt).train_shards.size();
+  ASSERT_GT(many, 3u);
+  opt.shard_tokens = 100000;  // one shard: the others must be gone
+  const TokenizeStats st = tokenize_corpus(*tok, opt);
+  ASSERT_EQ(st.train_shards.size(), 1u);
+  EXPECT_EQ(st.train_shards[0], std::filesystem::absolute(dir.file("data/train_000.bin")).string());
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(opt.out_dir))
+    files += e.is_regular_file();
+  EXPECT_EQ(files, 2u);  // train_000.bin, meta.json
+  size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.str())) ++entries;
+  EXPECT_EQ(entries, 2u);  // a.txt, data: no temporary folder left
+  std::filesystem::create_directories(dir.file("mine"));
+  write_bytes(dir.file("mine/notes.txt"), "keep me");
+  opt.out_dir = dir.file("mine");
+  const std::string msg = error_of([&] { tokenize_corpus(*tok, opt); });
+  EXPECT_NE(msg.find("not a token-shard folder"), std::string::npos) << msg;
+  EXPECT_EQ(read_text_file(dir.file("mine/notes.txt")), "keep me");
 }
 
 TEST(Corpus, BadJsonlNamesFileAndLine) {

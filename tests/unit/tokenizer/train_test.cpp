@@ -53,5 +53,60 @@ TEST(TokenizerTrain, BadSettingsAreErrors) {
   EXPECT_THROW(train_tokenizer(opt), Error);
 }
 
+std::string error_of(const TrainTokenizerOptions& opt) {
+  try {
+    train_tokenizer(opt);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The number after `key` in a message (the bound it names).
+int number_after(const std::string& msg, const std::string& key) {
+  const size_t at = msg.find(key);
+  return at == std::string::npos ? -1 : std::atoi(msg.c_str() + at + key.size());
+}
+
+// A tiny corpus: the messages say in mlkv's words what the corpus allows, and the bounds they give
+// are exact - the smallest and the largest vocabulary named both train (SentencePiece itself
+// says "set it to a value <= 38" for a corpus whose smallest vocabulary is 281).
+TEST(TokenizerTrain, TinyCorpusBoundsAreExactAndExplained) {
+  test::TempDir dir;
+  std::ofstream(dir.file("tiny.txt")) << "the cat sat on the mat\nthe dog sat on the log\n"
+                                         "and then they all went home\n";
+  for (const char* type : {"bpe", "unigram"}) {
+    TrainTokenizerOptions opt;
+    opt.inputs = {dir.file("tiny.txt")};
+    opt.model_type = type;
+    opt.threads = 1;
+    opt.out_dir = dir.file(std::string("tok_") + type);
+    opt.vocab_size = kMinTrainVocab;
+    const std::string small = error_of(opt);
+    // 15 characters: a-z letters of the text and the space marker.
+    EXPECT_NE(small.find("15 characters"), std::string::npos) << small;
+    const int lo = number_after(small, "must be at least ");
+    EXPECT_EQ(lo, kTrainFixedPieces + 15) << small;
+    opt.vocab_size = lo;
+    EXPECT_EQ(error_of(opt), "") << type << " at the smallest vocabulary named";
+    opt.vocab_size = 2000;
+    const std::string big = error_of(opt);
+    EXPECT_NE(big.find("more than this corpus yields"), std::string::npos) << big;
+    const int hi = number_after(big, "at most ");
+    EXPECT_GE(hi, lo) << big;
+    opt.vocab_size = hi;
+    EXPECT_EQ(error_of(opt), "") << type << " at the largest vocabulary named";
+    EXPECT_EQ(load_tokenizer(opt.out_dir)->n_vocab(), hi);
+  }
+  // No text at all: said so, not an assertion of SentencePiece's.
+  std::ofstream(dir.file("empty.txt")) << "\n  \n";
+  TrainTokenizerOptions opt;
+  opt.inputs = {dir.file("empty.txt")};
+  opt.out_dir = dir.file("tok_empty");
+  opt.vocab_size = 300;
+  const std::string empty = error_of(opt);
+  EXPECT_NE(empty.find("the corpus has no text"), std::string::npos) << empty;
+}
+
 }  // namespace
 }  // namespace mlkv

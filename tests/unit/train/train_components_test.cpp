@@ -105,6 +105,42 @@ TEST(TrainData, FolderAndErrors) {
   fs::remove_all(dir);
 }
 
+// The fingerprint a checkpoint keeps of its data changes with the content, not only the size:
+// a resume on other data is refused (trainer.cpp).
+TEST(TrainData, FingerprintIdentifiesContent) {
+  const std::string dir = temp_dir("fingerprint");
+  TokenStream s(counting_shards(dir));
+  const DataFingerprint all = RowSource(s, 0, 100, 8, 1, true).fingerprint();
+  EXPECT_EQ(all.tokens, 100);
+  EXPECT_EQ(all.rows, 12);
+  EXPECT_EQ(all.hash_hex().size(), 16u);
+  // The same tokens in another stream (one shard, no shuffle, other ctx): the same data.
+  TokenShardWriter w(dir + "/one.bin", TokenDtype::kU32, 1000, -1);
+  std::vector<int32_t> ids(100);
+  std::iota(ids.begin(), ids.end(), 0);
+  w.append(ids);
+  w.finish();
+  TokenStream one({dir + "/one.bin"});
+  EXPECT_TRUE(RowSource(one, 0, 100, 4, 7, false).fingerprint().same_data(all));
+  // Same count, one token changed; same count, two tokens swapped; a sub-range: all different.
+  ids[50] = 999;
+  TokenShardWriter w2(dir + "/changed.bin", TokenDtype::kU16, 1000, -1);
+  w2.append(ids);
+  w2.finish();
+  TokenStream changed({dir + "/changed.bin"});
+  EXPECT_FALSE(RowSource(changed, 0, 100, 8, 1, true).fingerprint().same_data(all));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::swap(ids[10], ids[11]);
+  TokenShardWriter w3(dir + "/swapped.bin", TokenDtype::kU16, 1000, -1);
+  w3.append(ids);
+  w3.finish();
+  TokenStream swapped({dir + "/swapped.bin"});
+  EXPECT_FALSE(RowSource(swapped, 0, 100, 8, 1, true).fingerprint().same_data(all));
+  EXPECT_FALSE(RowSource(s, 0, 90, 8, 1, true).fingerprint().same_data(all));
+  EXPECT_FALSE(RowSource(s, 10, 100, 8, 1, true).fingerprint().same_data(all));
+  fs::remove_all(dir);
+}
+
 TEST(TrainOptimizer, ScheduleMatchesReferenceFormula) {
   LrSchedule s;
   s.lr = 1e-3;
@@ -164,7 +200,17 @@ TEST(TrainOptimizer, AdamWStepByHandAndNoDecayOnNormsAndBiases) {
   for (auto& r : list_params(c, g)) {
     for (int64_t i = 0; i < r.tensor->numel(); ++i) ss += double((*r.tensor)[i]) * (*r.tensor)[i];
   }
-  EXPECT_NEAR(global_grad_norm(c, g), std::sqrt(ss), 1e-9 * std::sqrt(ss));
+  std::string bad;
+  EXPECT_NEAR(global_grad_norm(c, g, &bad), std::sqrt(ss), 1e-9 * std::sqrt(ss));
+  EXPECT_EQ(bad, "");
+  // A non-finite entry: the norm is not finite and the first tensor holding one is named (the
+  // trainer stops or skips the step before the update with that name).
+  auto refs = list_params(c, g);
+  ASSERT_GT(refs.size(), 5u);
+  (*refs[5].tensor).data()[refs[5].tensor->numel() - 1] = INFINITY;
+  (*refs.back().tensor).data()[0] = NAN;
+  EXPECT_FALSE(std::isfinite(global_grad_norm(c, g, &bad)));
+  EXPECT_EQ(bad, refs[5].name);
 }
 
 TEST(TrainCheckpoint, RoundTripKilledWriterAndCorruptFiles) {
@@ -203,6 +249,33 @@ TEST(TrainCheckpoint, RoundTripKilledWriterAndCorruptFiles) {
     EXPECT_FALSE(ck.state.shuffle);
     EXPECT_EQ(ck.state.options_json, st.options_json);
     EXPECT_TRUE(same(ck.params, p) && same(ck.adam_m, m) && same(ck.adam_v, v));
+    // Not set: no data recorded, AdamW's count is the step, the losses unknown / none.
+    EXPECT_FALSE(ck.state.has_data);
+    EXPECT_EQ(ck.state.adam_steps, -1);
+    EXPECT_TRUE(std::isnan(ck.state.last_loss));
+    EXPECT_EQ(ck.state.last_val_loss, -1);
+  }
+  {
+    // The data, AdamW's count (a skipped step) and the last losses round-trip.
+    CheckpointState s2 = st;
+    s2.has_data = true;
+    s2.train_data = {1387, 42, 0x0123456789abcdefull};
+    s2.val_data = {};
+    s2.adam_steps = 6;
+    s2.skipped_steps = 1;
+    s2.last_loss = 4.25;
+    s2.last_val_loss = 4.5;
+    save_checkpoint(dir + "/full.safetensors", c, p, m, v, s2);
+    const CheckpointState r = load_checkpoint(dir + "/full.safetensors").state;
+    EXPECT_TRUE(r.has_data);
+    EXPECT_TRUE(r.train_data.same_data(s2.train_data));
+    EXPECT_EQ(r.train_data.rows, 42);
+    EXPECT_EQ(r.train_data.hash_hex(), "0123456789abcdef");
+    EXPECT_EQ(r.val_data.tokens, 0);
+    EXPECT_EQ(r.adam_steps, 6);
+    EXPECT_EQ(r.skipped_steps, 1);
+    EXPECT_EQ(r.last_loss, 4.25);
+    EXPECT_EQ(r.last_val_loss, 4.5);
   }
   // A second save dies (SIGKILL) half-way through the file: the first one is still there, intact.
   const pid_t pid = fork();
