@@ -35,14 +35,16 @@ struct GenerationOptions {
   int n_parallel = 8;  // sequences decoded together (KV-cache slots), > 0
   // Cache context per sequence; 0: the longest prompt + max_new_tokens, capped by the model's.
   int n_ctx = 0;
-  std::string cache_type = "f32";  // "f32" or "f16" (half the cache)
+  // KV cache format: "f32", "f16", "bf16", "q8_0", "q4_0" (q8_0/q4_0: head sizes that are multiples
+  // of 32, CPU), or "KEYS/VALUES" such as "q8_0/f16".
+  std::string cache_type = "f32";
   bool stop_at_eos = true;
 };
 
 struct SessionOptions {
   int n_parallel = 8;              // sequences decoding together (cache slots), > 0
   int n_ctx = 0;                   // tokens per sequence (prompt + generated); 0: the model's
-  std::string cache_type = "f32";  // "f32" or "f16"
+  std::string cache_type = "f32";  // as GenerationOptions::cache_type
 };
 
 struct Request {

@@ -52,8 +52,10 @@ struct ModelInfo {
   std::string scheme;   // "MHA", "GQA (g KV heads)", "MQA" or "MLKV (m KV layers x g KV heads)"
   std::string summary;  // one line: "llama L=4 E=64 H=4 G=4 M=4 d_head=16 ..."
 
-  // Bytes of K and V cached per token, all owner layers: 2 * m * g * d_head * element size.
-  // cache_type "f32" or "f16"; anything else throws mlkv::Error.
+  // Bytes of K and V cached per token, all owner layers: m * g * (row bytes of K + of V), a row
+  // being d_head values in the format (q8_0: 34 bytes per 32 values, q4_0: 18). cache_type as
+  // GenerationOptions::cache_type; anything else, or a block format that does not divide d_head,
+  // throws mlkv::Error.
   int64_t kv_bytes_per_token(const std::string& cache_type = "f32") const;
   // The same model without sharing (every layer, every head): 2 * l * h * d_head * element size.
   int64_t mha_kv_bytes_per_token(const std::string& cache_type = "f32") const;

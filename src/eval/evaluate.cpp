@@ -135,6 +135,7 @@ PerplexityOptions ppl_options(const EvalOptions& opt, Progress* bar) {
   o.stride = opt.stride;
   o.batch = opt.batch;
   o.limit = opt.limit;
+  o.cache_type = opt.cache_type;
   o.on_progress = [bar](int64_t done, int64_t) { bar->update(static_cast<double>(done)); };
   return o;
 }
@@ -236,6 +237,7 @@ json eval_task(Model& model, const Tokenizer& tok, const std::string& path,
   o.add_bos = opt.bos;
   o.share_context = opt.share_context;
   o.max_ctx = opt.ctx;
+  o.cache_type = opt.cache_type;
   o.on_progress = [&bar](int64_t done, int64_t) { bar.update(static_cast<double>(done)); };
   const TaskResult r = run_task(model, tok, task, o);
   bar.finish();
@@ -296,6 +298,8 @@ EvalReport evaluate(Model& model, const Tokenizer* tok, const std::vector<EvalIn
                     {"limit", opt.limit},
                     {"bos", opt.bos},
                     {"share_context", opt.share_context},
+                    {"cache_type", opt.cache_type.name()},
+                    {"kv_bytes_per_token", c.kv_bytes_per_token(opt.cache_type)},
                     {"threads", num_threads()},
                     {"max_bytes", opt.max_bytes}}},
                   {"results", results}};

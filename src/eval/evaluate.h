@@ -57,6 +57,10 @@ struct EvalOptions {
   std::string tmpl;           // force a task template (qa, sciq, plain, lambada); "": by file
   std::string model_name;     // the "model" of the results document (the path given)
   bool progress = false;      // a progress bar per input on stderr (core/progress.h)
+  // The KV cache's key and value formats: prefill writes K/V in them and attention reads them
+  // back, so perplexity and task scores measure the model with that cache (as llama.cpp's
+  // perplexity tool does).
+  KvCacheType cache_type;
   // Called with a warning (choices longer than the context); none: not reported.
   std::function<void(const std::string&)> on_warning;
 };

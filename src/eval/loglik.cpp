@@ -91,7 +91,7 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
   int max_group = 1;
   for (const Group& g : groups) max_group = std::max(max_group, g.count);
   const int n_slots = std::max(opt.batch, max_group);
-  KVCache cache = model.new_cache(n_slots, cache_ctx);
+  KVCache cache = model.new_cache(n_slots, cache_ctx, opt.cache_type);
   std::vector<float> logits;
   Batch b;
   int64_t done = 0;

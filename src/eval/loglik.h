@@ -39,6 +39,7 @@ struct LoglikOptions {
   int max_ctx = 0;  // most tokens fed per request; 0: the model's context
   bool keep_token_logprobs = false;
   bool share_context = true;  // false: every request runs context + continuation on its own
+  KvCacheType cache_type;     // the KV cache's formats (prefill writes them, attention reads them)
   // Called after each forward wave with the number of requests finished so far.
   std::function<void(int64_t)> on_progress;
 };

@@ -49,6 +49,7 @@ PerplexityResult stream_perplexity(Model& model, const std::vector<int32_t>& s,
   lo.max_ctx = window;
   lo.keep_token_logprobs = keep_token_logprobs;
   lo.share_context = false;  // windows never share a context
+  lo.cache_type = opt.cache_type;
   for (size_t w0 = 0; w0 < windows.size(); w0 += chunk) {
     const size_t w1 = std::min(windows.size(), w0 + chunk);
     std::vector<LoglikRequest> reqs;

@@ -32,6 +32,7 @@ struct PerplexityOptions {
   int stride = 0;     // new targets per window; 0: the window (disjoint windows)
   int batch = 16;     // windows per forward pass
   int64_t limit = 0;  // score only the first `limit` windows (0: all)
+  KvCacheType cache_type;  // the KV cache's formats
   std::function<void(int64_t done, int64_t total)> on_progress;
 };
 

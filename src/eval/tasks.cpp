@@ -225,6 +225,7 @@ TaskResult run_task(Model& model, const Tokenizer& tok, const Task& task, const 
   lo.batch = opt.batch;
   lo.share_context = opt.share_context;
   lo.max_ctx = opt.max_ctx;
+  lo.cache_type = opt.cache_type;
   if (opt.on_progress) {
     lo.on_progress = [&](int64_t done) {
       // Items whose every request is done.

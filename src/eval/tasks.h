@@ -72,6 +72,7 @@ struct TaskOptions {
   int32_t prefix_token = -1;  // for empty contexts; -1: the tokenizer's BOS, else its EOS
   bool share_context = true;
   int max_ctx = 0;  // most tokens fed per request (lm-eval's max_length); 0: the model's context
+  KvCacheType cache_type;  // the KV cache's formats
   std::function<void(int64_t done, int64_t total)> on_progress;  // items
 };
 

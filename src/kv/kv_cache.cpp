@@ -19,12 +19,7 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type,
                  int block_size, int n_blocks)
     : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), k_codec_(&kv_codec(type.k)),
       v_codec_(&kv_codec(type.v)) {
-  for (const KvCodec* c : {k_codec_, v_codec_}) {
-    MLKV_REQUIRE(c->fits(layout.head_dim), "KV cache type ", c->name,
-                 " stores blocks of 32 values along the head: it needs a head size that is a "
-                 "multiple of 32 (this model's is ",
-                 layout.head_dim, ")");
-  }
+  type.check_fits(layout.head_dim);
   MLKV_REQUIRE(n_seq > 0, "KV cache: number of sequences must be positive (got ", n_seq, ")");
   MLKV_REQUIRE(n_ctx > 0, "KV cache: context length must be positive (got ", n_ctx, ")");
   MLKV_REQUIRE(block_size >= 0, "KV cache: block size must not be negative (got ", block_size, ")");

@@ -33,7 +33,18 @@ std::string KvCacheType::name() const {
   return std::string("k ") + kv_codec(k).name + " / v " + kv_codec(v).name;
 }
 
+void KvCacheType::check_fits(int head_dim) const {
+  for (DType t : {k, v}) {
+    const KvCodec& c = kv_codec(t);
+    MLKV_REQUIRE(c.fits(head_dim), "KV cache type ", c.name,
+                 " stores blocks of 32 values along the head: it needs a head size that is a "
+                 "multiple of 32 (this model's is ",
+                 head_dim, ")");
+  }
+}
+
 size_t KvCacheType::pair_bytes(int head_dim) const {
+  check_fits(head_dim);
   return kv_codec(k).row_bytes(head_dim) + kv_codec(v).row_bytes(head_dim);
 }
 

@@ -40,7 +40,9 @@ struct KvCacheType {
   // "f16", or "k q8_0 / v f16" when they differ.
   std::string name() const;
   // Bytes of one position of one KV head, K and V: row_bytes(k) + row_bytes(v).
+  // Throws mlkv::Error when a block format does not divide head_dim.
   size_t pair_bytes(int head_dim) const;
+  void check_fits(int head_dim) const;
 };
 
 // Parses --cache-type style values: "f16" for both, or the two of --cache-type-k / -v (empty:

@@ -7,11 +7,25 @@
 namespace mlkv {
 
 KvCacheType parse_cache_type(const std::string& s, const std::string& what) {
-  try {
-    return kv_codec(s).dtype;
-  } catch (const Error&) {
-    fail(what, " must be one of ", kv_codec_names(), " (got '", s, "')");
-  }
+  const size_t slash = s.find('/');
+  auto one = [&](const std::string& t) {
+    try {
+      return kv_codec(t).dtype;
+    } catch (const Error&) {
+      fail(what, " must be one of ", kv_codec_names(), ", or KEYS/VALUES such as q8_0/f16 (got '",
+           s, "')");
+    }
+  };
+  if (slash == std::string::npos) return one(s);
+  return KvCacheType(one(s.substr(0, slash)), one(s.substr(slash + 1)));
+}
+
+std::string cache_type_arg(const std::string& both, const std::string& k, const std::string& v) {
+  KvCacheType t = both.empty() ? KvCacheType() : parse_cache_type(both, "--cache-type");
+  if (!k.empty()) t.k = parse_cache_type(k, "--cache-type-k").k;
+  if (!v.empty()) t.v = parse_cache_type(v, "--cache-type-v").v;
+  const std::string kn = kv_codec(t.k).name, vn = kv_codec(t.v).name;
+  return kn == vn ? kn : kn + "/" + vn;
 }
 
 WeightType parse_weight_type(const std::string& s, const std::string& what) {

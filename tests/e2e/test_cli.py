@@ -87,6 +87,38 @@ def test_info_bytes(mlkv, wd):
                   f"info {name} --kv-budget {budget}: {j.get('sequences_in_budget')} sequences == {want}")
 
 
+def test_cache_types(mlkv, wd):
+    """Every KV cache format and key/value mix: info's exact bytes (element bytes + scales), a
+    cached score that runs, eval reporting the format, and a clear error where a block format does
+    not divide the head."""
+    row = {"f32": lambda d: 4 * d, "f16": lambda d: 2 * d, "bf16": lambda d: 2 * d,
+           "q8_0": lambda d: 34 * d // 32, "q4_0": lambda d: 18 * d // 32}
+    d = make_model(os.path.join(wd, "ct-mlkv"), "--family", "llama", "--layers", "4", "--embd", "128",
+                   "--heads", "4", "--kv-heads", "1", "--kv-layers", "2")
+    for args, k, v in [(["--cache-type", "q8_0"], "q8_0", "q8_0"), (["--cache-type", "q4_0"], "q4_0", "q4_0"),
+                       (["--cache-type", "bf16"], "bf16", "bf16"),
+                       (["--cache-type-k", "q8_0", "--cache-type-v", "f16"], "q8_0", "f16"),
+                       (["--cache-type", "q4_0", "--cache-type-k", "f32"], "f32", "q4_0"),
+                       (["--cache-type", "q8_0/bf16"], "q8_0", "bf16")]:
+        r = run([mlkv, "info", d, "--ctx", "64", "--batch", "2", *args, "--json"])
+        j = json.loads(r.stdout) if r.returncode == 0 else {}
+        m, g, dh = j.get("n_kv_layers", 0), j.get("n_head_kv", 0), j.get("n_embd_head", 0)
+        want = m * g * (row[k](dh) + row[v](dh))
+        check(r.returncode == 0 and j["kv_bytes_per_token"] == want and j["kv_cache_bytes"] == 2 * 64 * want,
+              f"info {' '.join(args)}: {j.get('kv_bytes_per_token')} bytes per token == {want}")
+        r = run([mlkv, "score", d, "--tokens", "1 2 3 4 5 6", "--cached", *args, "--json"])
+        ok = r.returncode == 0 and len(json.loads(r.stdout)["logprobs"]) == 5
+        check(ok, f"score --cached {' '.join(args)}: exit {r.returncode} {r.stderr.strip()[:120]}")
+    small = make_model(os.path.join(wd, "ct-small"), "--family", "llama", "--layers", "2", "--embd", "32",
+                       "--heads", "4")
+    for cmd in (["info", small], ["score", small, "--tokens", "1 2 3", "--cached"],
+                ["generate", small, "--tokens", "1 2", "-n", "2"]):
+        expect_error(mlkv, [*cmd, "--cache-type-k", "q8_0"], "multiple of 32",
+                     f"{cmd[0]} with q8_0 keys on a head of 8")
+    expect_error(mlkv, ["info", d, "--cache-type-v", "q5_1"], "--cache-type-v must be one of",
+                 "an unknown value format")
+
+
 def test_generate(mlkv, wd):
     d = make_model(os.path.join(wd, "gen"), "--family", "gpt_neox", "--layers", "4", "--embd", "32",
                    "--heads", "4", "--kv-heads", "2", "--kv-layers", "2", "--vocab", "97")
@@ -322,6 +354,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     test_info_bytes(a.mlkv, a.workdir)
+    test_cache_types(a.mlkv, a.workdir)
     test_generate(a.mlkv, a.workdir)
     test_eos_ids(a.mlkv, a.workdir, a.shared)
     test_bad_input(a.mlkv, a.workdir)

@@ -97,4 +97,13 @@ int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx) {
   return static_cast<int>(std::min<int64_t>(budget / per_seq, int64_t{1} << 20));
 }
 
+void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, std::string* v) {
+  cmd->add_option("--cache-type", *both,
+                  "KV cache element type of keys and values: f32, f16, bf16, q8_0 or q4_0 "
+                  "(q8_0/q4_0: blocks of 32 along the head, CPU)")
+      ->capture_default_str();
+  cmd->add_option("--cache-type-k", *k, "KV cache type of the keys (overrides --cache-type)");
+  cmd->add_option("--cache-type-v", *v, "KV cache type of the values (overrides --cache-type)");
+}
+
 }  // namespace mlkv::cli

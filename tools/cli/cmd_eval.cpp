@@ -30,6 +30,7 @@ namespace {
 struct EvalArgs {
   eval::EvalOptions o;  // --batch, --ctx, --stride, --limit, --max-bytes, --bos, --template
   std::string model, tokenizer, json_path, eval_dir, device = "cpu", weights = "f32";
+  std::string cache_type = "f32", cache_k, cache_v;
   std::vector<std::string> inputs, texts, shards, tasks;
   int threads = 0;
   bool no_share = false;
@@ -92,6 +93,7 @@ void run_eval(const EvalArgs& a) {
                "nothing to evaluate: give text files, token shards or tasks (e.g. piqa, "
                "lambada_openai, wikitext2_test.txt)");
 
+  o.cache_type = parse_cache_type(cache_type_arg(a.cache_type, a.cache_k, a.cache_v), "--cache-type");
   ModelOptions mo;
   mo.device = parse_device_option(a.device, "--device");
   mo.weights = parse_weight_type(a.weights, "--weights");
@@ -155,6 +157,7 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_flag("--no-share", a->no_share,
                 "Run every choice's context separately (for checking the shared pass)");
   cmd->add_option("--json", a->json_path, "Write the results as JSON to this file");
+  add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
       ->capture_default_str();
   cmd->add_option("--weights", a->weights,

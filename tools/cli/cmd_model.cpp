@@ -69,7 +69,7 @@ void add_threads_option(CLI::App* cmd, int* threads) {
 struct InfoArgs {
   std::string model, kv_budget;
   int ctx = 0, batch = 1;
-  std::string cache_type = "f32";
+  std::string cache_type = "f32", cache_k, cache_v;
   bool json_out = false;
 };
 
@@ -145,7 +145,7 @@ void run_info(const InfoArgs& a) {
 
 // ---------------------------------------------------------------- score
 struct ScoreArgs {
-  std::string model, tokens, text, tokenizer, cache_type = "f32", weights = "f32", device = "cpu";
+  std::string model, tokens, text, tokenizer, cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   bool cached = false, json_out = false, add_bos = false;
   int threads = 0;
 };
@@ -206,7 +206,7 @@ void run_score(const ScoreArgs& a) {
 
 // ---------------------------------------------------------------- generate
 struct GenerateArgs {
-  std::string model, tokenizer, cache_type = "f32", weights = "f32", device = "cpu";
+  std::string model, tokenizer, cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   std::vector<std::string> tokens, prompts;
   int n = 32, top_k = 0, parallel = 8, ctx = 0, threads = 0;
   float temp = 0.0f, top_p = 1.0f;
@@ -284,7 +284,7 @@ void run_generate(const GenerateArgs& a) {
 
 // ---------------------------------------------------------------- bench
 struct BenchArgs {
-  std::string model, random = "pythia-160m", cache_type = "f32", weights = "f32", device = "cpu";
+  std::string model, random = "pythia-160m", cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
   bool json_out = false, skip_bandwidth = false, synthetic = false;
 };
@@ -398,10 +398,12 @@ void add_model_commands(CLI::App& app) {
         ->check(at_least(1));
     cmd->add_option("--kv-budget", a->kv_budget,
                     "KV-cache memory (e.g. 2G): how many sequences of --ctx tokens fit");
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
-        ->capture_default_str();
+    add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
     cmd->add_flag("--json", a->json_out, "Print JSON");
-    cmd->callback([a] { run_info(*a); });
+    cmd->callback([a] {
+      a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
+      run_info(*a);
+    });
   }
   {
     auto a = std::make_shared<ScoreArgs>();
@@ -415,12 +417,14 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag("--cached", a->cached,
                   "Score through token-by-token cached decoding instead of one pass");
     add_weights_option(cmd, &a->weights);
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
-        ->capture_default_str();
+    add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
     cmd->add_flag("--json", a->json_out, "Print {\"logprobs\": [...]} JSON");
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
-    cmd->callback([a] { run_score(*a); });
+    cmd->callback([a] {
+      a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
+      run_score(*a);
+    });
   }
   {
     auto a = std::make_shared<GenerateArgs>();
@@ -452,14 +456,16 @@ void add_model_commands(CLI::App& app) {
         ->check(at_least(1));
     cmd->add_option("--ctx", a->ctx, "Cache context per sequence (0 or not given: longest request)")
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
-        ->capture_default_str();
+    add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
     cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the end-of-sequence token");
     add_weights_option(cmd, &a->weights);
     cmd->add_flag("--json", a->json_out, "Print JSON");
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
-    cmd->callback([a] { run_generate(*a); });
+    cmd->callback([a] {
+      a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
+      run_generate(*a);
+    });
   }
   {
     auto a = std::make_shared<BenchArgs>();
@@ -483,8 +489,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--reps", a->reps, "Repetitions (median reported)")
         ->capture_default_str()
         ->check(at_least(1));
-    cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
-        ->capture_default_str();
+    add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
     cmd->add_flag("--no-bandwidth", a->skip_bandwidth, "Skip the bandwidth measurement");
     add_weights_option(cmd, &a->weights);
     cmd->add_flag(
@@ -493,7 +498,10 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag("--json", a->json_out, "Print JSON");
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
-    cmd->callback([a] { run_bench(*a); });
+    cmd->callback([a] {
+      a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
+      run_bench(*a);
+    });
   }
 }
 

@@ -15,7 +15,7 @@ namespace mlkv::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, tokenizer, cache_type = "f32", weights = "f32", kv_budget, device = "cpu";
+  std::string model, tokenizer, cache_type = "f32", cache_k, cache_v, weights = "f32", kv_budget, device = "cpu";
   ServerOptions opt;
   int threads = 0;
   bool no_tokenizer = false;
@@ -72,8 +72,7 @@ void add_serve_commands(CLI::App& app) {
       ->excludes(par);
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (0 or not given: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-  cmd->add_option("--cache-type", a->cache_type, "KV cache element type: f32, f16, bf16, q8_0 or q4_0")
-      ->capture_default_str();
+  add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
   cmd->add_option("--weights", a->weights, "In-memory projection weights: f32, f16 or bf16 (GPU)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
@@ -92,7 +91,10 @@ void add_serve_commands(CLI::App& app) {
       ->check(at_least(1));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-  cmd->callback([a] { run_serve(*a); });
+  cmd->callback([a] {
+      a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
+      run_serve(*a);
+    });
 }
 
 }  // namespace mlkv::cli

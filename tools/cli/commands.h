@@ -29,6 +29,10 @@ CLI::Validator above(double lo);     // > lo
 // lo <= v <= hi; lo_open / hi_open make that end strict (< instead of <=).
 CLI::Validator interval(double lo, double hi, bool lo_open = false, bool hi_open = false);
 
+// --cache-type, --cache-type-k and --cache-type-v into *both, *k, *v (cache_type_arg in
+// runtime/options.h combines them).
+void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, std::string* v);
+
 // How many sequences of ctx tokens fit a KV-cache budget of the given bytes per token (at most
 // 1 << 20); throws when not even one fits.
 int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx);
