@@ -6,6 +6,9 @@
 
 #include "core/check.h"
 #include "core/timer.h"
+#include "kernels/backend.h"
+#include "model/layer_spec.h"
+#include "runtime/membw.h"
 
 namespace mlkv {
 
@@ -38,6 +41,43 @@ void fill_cache(const ModelConfig& c, KVCache& cache, int n) {
 
 }  // namespace
 
+double measure_device_bandwidth(Device device) {
+  if (device == Device::kCpu) return measure_read_bandwidth();
+  Backend<float>& be = backend<float>(device);
+  const int64_t n = int64_t{1} << 28;  // 1 GiB of floats
+  Tensor a({n}, DType::kF32, device), b({n}, DType::kF32, device);
+  float sync = 0;
+  double best = 0;
+  for (int rep = 0; rep < 6; ++rep) {
+    Timer t;
+    be.copy(b.data_as<float>(), a.data_as<float>(), n);
+    be.to_host(b.data_as<float>(), &sync, 1);  // waits for the copy
+    const double s = t.seconds();
+    if (rep > 0) best = std::max(best, 2.0 * 4.0 * static_cast<double>(n) / s);
+  }
+  return best;
+}
+
+double measure_gemm_peak(Device device) {
+  Backend<float>& be = backend<float>(device);
+  const int N = 2048;
+  Tensor w({N, N}), x({N, N});
+  for (int64_t i = 0; i < w.numel(); ++i) w[i] = x[i] = static_cast<float>(i % 7) * 0.01f;
+  w = w.to(device);
+  x = x.to(device);
+  Tensor y = be.buffer({N, N});
+  float sync = 0;
+  double best = 0;
+  for (int rep = 0; rep < 4; ++rep) {
+    Timer t;
+    be.linear_forward(x.data_as<float>(), w, Tensor(), y.data_as<float>(), N, N, N, false);
+    be.to_host(y.data_as<float>(), &sync, 1);
+    const double s = t.seconds();
+    if (rep > 0) best = std::max(best, 2.0 * N * N * static_cast<double>(N) / s);
+  }
+  return best;
+}
+
 BenchResult bench_model(Model& model, const BenchOptions& o) {
   const ModelConfig& c = model.config();
   MLKV_REQUIRE(o.prompt >= 1 && o.gen >= 1 && o.batch >= 1 && o.reps >= 1,
@@ -51,6 +91,14 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
   r.kv_read_bytes = int64_t{o.batch} * c.n_layer * c.n_head_kv * mid *
                     static_cast<int64_t>(o.cache_elem.pair_bytes(c.n_embd_head));
   r.kv_cache_bytes = kv_cache_bytes(c, o.batch, ctx, o.cache_elem);
+  {
+    const double E = c.n_embd, Q = c.n_embd_q(), KV = c.n_embd_kv(), F = c.n_ff;
+    const double mlp = (c.mlp == MlpType::kSwiGlu ? 3.0 : 2.0) * E * F;
+    double w = E * c.n_vocab;  // output head
+    for (const LayerSpec& s : layer_specs(c)) w += E * Q + (s.owns_kv ? 2 * E * KV : 0) + Q * E + mlp;
+    r.step_flops = static_cast<double>(o.batch) *
+                   (2 * w + 4.0 * c.n_layer * c.n_head * c.n_embd_head * mid);
+  }
 
   std::vector<double> prefill, decode;
   std::vector<float> logits(static_cast<size_t>(o.batch) * c.n_vocab);

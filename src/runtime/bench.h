@@ -28,8 +28,19 @@ struct BenchResult {
   int64_t weight_bytes = 0;      // weights a decode step reads (Model::decode_weight_bytes)
   int64_t kv_read_bytes = 0;     // K/V bytes the attention of one step reads at mid-generation
   int64_t kv_cache_bytes = 0;    // size of the cache allocated
+  // FLOPs of one decode step at mid-generation: 2 x the weights each token multiplies (q, the
+  // owners' k/v, o, MLP, output head) x batch, plus attention's 4 x n_head x d_head x context per
+  // layer and token.
+  double step_flops = 0;
 };
 
 BenchResult bench_model(Model& model, const BenchOptions& opt);
+
+// The ceilings a decode step is set against, measured on the model's device.
+//  - read bandwidth, bytes/s: on the CPU all threads streaming 1 GiB (runtime/membw.h); on another
+//    device a device-to-device copy of 1 GiB (bytes read + written, the best of 5);
+//  - GEMM peak, FLOP/s: f32 products of 2048 x 2048 x 2048 through the backend, the best of 3.
+double measure_device_bandwidth(Device device);
+double measure_gemm_peak(Device device);
 
 }  // namespace mlkv
