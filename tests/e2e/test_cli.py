@@ -119,6 +119,28 @@ def test_cache_types(mlkv, wd):
                  "an unknown value format")
 
 
+def test_real_model_cache_formats(mlkv, wd, shared):
+    """The shipped real model converted to MLKV-2 (2 KV layers) decodes the same 32 greedy tokens with
+    f16 and bf16 caches as with f32. q8_0/q4_0 do not apply: its head size is 16, and their blocks
+    of 32 lie along the head (the refusal is checked in test_cache_types)."""
+    src = os.path.join(shared, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if not os.path.exists(src):
+        print("skip real-model cache formats: no " + src)
+        return
+    d = os.path.join(wd, "aidreams-mlkv2")
+    shutil.rmtree(d, ignore_errors=True)
+    r = run([mlkv, "convert", src, d, "--kv-layers", "2"])
+    check(r.returncode == 0, f"convert aidreams260K to MLKV-2: exit {r.returncode} {r.stderr[:200]}")
+    toks = {}
+    for ct in ("f32", "f16", "bf16"):
+        r = run([mlkv, "generate", d, "--tokens", "1 45 67 89", "-n", "32", "--ignore-eos",
+                 "--cache-type", ct, "--json"])
+        toks[ct] = json.loads(r.stdout)["results"][0]["tokens"] if r.returncode == 0 else None
+    for ct in ("f16", "bf16"):
+        check(toks[ct] is not None and toks[ct] == toks["f32"] and len(toks["f32"]) == 32,
+              f"aidreams260K MLKV-2: 32 greedy tokens with a {ct} cache equal f32's")
+
+
 def test_generate(mlkv, wd):
     d = make_model(os.path.join(wd, "gen"), "--family", "gpt_neox", "--layers", "4", "--embd", "32",
                    "--heads", "4", "--kv-heads", "2", "--kv-layers", "2", "--vocab", "97")
@@ -355,6 +377,7 @@ def main():
     os.makedirs(a.workdir, exist_ok=True)
     test_info_bytes(a.mlkv, a.workdir)
     test_cache_types(a.mlkv, a.workdir)
+    test_real_model_cache_formats(a.mlkv, a.workdir, a.shared)
     test_generate(a.mlkv, a.workdir)
     test_eos_ids(a.mlkv, a.workdir, a.shared)
     test_bad_input(a.mlkv, a.workdir)
