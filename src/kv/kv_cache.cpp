@@ -11,8 +11,24 @@ int64_t KvLayout::bytes_per_token(KvCacheType type) const {
   return int64_t{n_slots()} * n_head_kv * static_cast<int64_t>(type.pair_bytes(head_dim));
 }
 
+namespace {
+
+// Bytes of one KV head's region of n positions, rounded up to 4 so that every region (and so every
+// f32 row) starts 4-byte aligned whatever formats come before it (q4_0 rows are 18 bytes per
+// block: an odd number of rows leaves a region 2 bytes short of alignment).
+size_t region_bytes(int64_t positions, size_t row_bytes) {
+  const size_t b = static_cast<size_t>(positions) * row_bytes;
+  return (b + 3) / 4 * 4;
+}
+
+}  // namespace
+
 int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type) {
-  return int64_t{n_seq} * n_ctx * layout.bytes_per_token(type);
+  type.check_fits(layout.head_dim);
+  const int64_t n = int64_t{n_seq} * n_ctx;
+  return int64_t{layout.n_slots()} * layout.n_head_kv *
+         static_cast<int64_t>(region_bytes(n, kv_codec(type.k).row_bytes(layout.head_dim)) +
+                              region_bytes(n, kv_codec(type.v).row_bytes(layout.head_dim)));
 }
 
 KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type, Device device,
@@ -30,8 +46,8 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type,
   n_blocks_ = n_blocks > 0 ? n_blocks : n_seq * blocks_per_seq_;
   k_row_bytes_ = k_codec_->row_bytes(layout.head_dim);
   v_row_bytes_ = v_codec_->row_bytes(layout.head_dim);
-  k_head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * k_row_bytes_;
-  v_head_stride_ = static_cast<size_t>(n_blocks_) * block_size_ * v_row_bytes_;
+  k_head_stride_ = region_bytes(int64_t{n_blocks_} * block_size_, k_row_bytes_);
+  v_head_stride_ = region_bytes(int64_t{n_blocks_} * block_size_, v_row_bytes_);
   slot_stride_ = static_cast<size_t>(layout.n_head_kv) * (k_head_stride_ + v_head_stride_);
   const int64_t total = static_cast<int64_t>(slot_stride_) * layout.n_slots();
   MLKV_REQUIRE(total <= (int64_t{1} << 40), "KV cache of ", total, " bytes is too large");

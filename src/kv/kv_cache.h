@@ -11,7 +11,9 @@
 // of each sequence is one contiguous [n_ctx][head_dim] array and the cache holds exactly
 // n_seq * n_ctx * m * g * (k_row_bytes + v_row_bytes) bytes (row_bytes = head_dim * element size,
 // or head_dim / 32 blocks of 34 (q8_0) or 18 (q4_0) bytes): 2 x tokens x m x g x d_head x element
-// size when keys and values share a format.
+// size when keys and values share a format. Each head's K or V region is rounded up to 4 bytes (so
+// f32 rows stay aligned after a q4_0 region of an odd number of rows): at most 3 bytes per region
+// more than the formula, and only for the block formats.
 // A paged cache is the same storage with a smaller block size and a pool of n_blocks blocks (fewer
 // than n_seq * blocks_per_seq: memory is promised to sequences as they grow), whose tables a block
 // allocator fills (set_block_table); then the cache holds 2 * n_blocks * block_size * m * g *
