@@ -114,6 +114,15 @@ void move_weights(const ModelConfig& cfg, ModelWeights* w, Device device) {
   }
 }
 
+ModelWeights copy_weights(const ModelConfig& cfg, const ModelWeights& w, Device device) {
+  ModelWeights out;
+  const auto src = list_params(cfg, w);
+  const auto dst = list_params(cfg, out);
+  MLKV_CHECK(src.size() == dst.size());
+  for (size_t i = 0; i < src.size(); ++i) *dst[i].tensor = src[i].second->to(device);
+  return out;
+}
+
 ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
                              bool matrices_only) {
   ModelWeights out;

@@ -73,6 +73,9 @@ void allocate_weights(const ModelConfig& cfg, ModelWeights* w, DType dtype = DTy
 // 2-d tensors are converted and norms and biases keep their type (f16 inference weights).
 // Moves every tensor of w to `device` (a no-op for tensors already there).
 void move_weights(const ModelConfig& cfg, ModelWeights* w, Device device);
+// A copy of w with every tensor on `device`, each copied there directly (one transfer, no
+// intermediate copy on w's device).
+ModelWeights copy_weights(const ModelConfig& cfg, const ModelWeights& w, Device device);
 
 ModelWeights convert_weights(const ModelConfig& cfg, const ModelWeights& w, DType dtype,
                              bool matrices_only = false);

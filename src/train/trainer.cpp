@@ -507,23 +507,17 @@ TrainSummary run_training(const TrainOptions& opt) {
         }
       };
     }
-    if (device == Device::kCpu) {
-      save_checkpoint(ckpt_path, cfg, params, adam->m(), adam->v(), st, hook);
-    } else {
-      // Host copies: the checkpoint is the same file whatever device trained it.
-      ModelWeights hp = params, hm = adam->m(), hv = adam->v();
-      move_weights(cfg, &hp, Device::kCpu);
-      move_weights(cfg, &hm, Device::kCpu);
-      move_weights(cfg, &hv, Device::kCpu);
-      save_checkpoint(ckpt_path, cfg, hp, hm, hv, st, hook);
-    }
     SaveOptions so;
     so.dtype = opt.out_dtype;
     if (device == Device::kCpu) {
+      save_checkpoint(ckpt_path, cfg, params, adam->m(), adam->v(), st, hook);
       save_model(opt.out_dir, cfg, params, so);
     } else {
-      ModelWeights hp = params;
-      move_weights(cfg, &hp, Device::kCpu);
+      // One host copy of each, for the checkpoint and the model: the same files whatever device
+      // trained them.
+      const ModelWeights hp = copy_weights(cfg, params, Device::kCpu);
+      save_checkpoint(ckpt_path, cfg, hp, copy_weights(cfg, adam->m(), Device::kCpu),
+                      copy_weights(cfg, adam->v(), Device::kCpu), st, hook);
       save_model(opt.out_dir, cfg, hp, so);
     }
     copy_tokenizer(tokenizer_src, opt.out_dir);

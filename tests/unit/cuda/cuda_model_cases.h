@@ -48,9 +48,7 @@ inline ModelConfig model_config(const ModelCase& c, int head_dim, int vocab) {
 
 // The same parameters on another device (values unchanged).
 inline ModelWeights weights_on(const ModelConfig& cfg, const ModelWeights& w, Device d) {
-  ModelWeights out = w;
-  for (auto& p : list_params(cfg, out)) *p.tensor = p.tensor->to(d);
-  return out;
+  return copy_weights(cfg, w, d);
 }
 
 }  // namespace mlkv::cuda_test
