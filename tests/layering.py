@@ -26,11 +26,11 @@ LOWER = {
     "train": ["core", "kernels", "kv", "model", "io"],
     "eval": ["core", "kernels", "kv", "model", "io", "tokenizer"],
     "convert": ["core", "kernels", "kv", "model", "io"],
-    "api": ["core", "kernels", "kv", "model", "io", "sampling", "tokenizer", "runtime"],
+    "api": ["core", "kernels", "kv", "model", "io", "sampling", "tokenizer", "runtime", "eval", "convert"],
     "server": [],
 }
 PUBLIC_TYPES = {"error.h", "sampling.h", "tokenizer.h", "generation.h"}
-PUBLIC_API = {"model.h", "session.h", "mlkv.h"}
+PUBLIC_API = {"model.h", "session.h", "mlkv.h", "convert.h", "evaluate.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 

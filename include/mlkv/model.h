@@ -135,6 +135,7 @@ class Engine {
 
  private:
   friend class Session;
+  friend struct EngineAccess;  // src/api: the calls of mlkv/evaluate.h reach the model through it
   struct Impl;
   explicit Engine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

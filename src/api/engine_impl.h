@@ -15,4 +15,9 @@ struct Engine::Impl {
   ModelInfo info;
 };
 
+// How the free functions of the public API (mlkv/evaluate.h) reach an engine's insides.
+struct EngineAccess {
+  static Engine::Impl& impl(Engine& e) { return *e.impl_; }
+};
+
 }  // namespace mlkv

@@ -1,24 +1,17 @@
 // `mlkv convert SRC DST`: MHA/GQA -> GQA/MQA/MLKV conversion (src/convert/convert.h) written as
-// an HF folder the engine and trainer load. The whole output folder appears atomically: it is
-// written under a temporary name next to DST and renamed into place, so a conversion that fails
-// (bad options, bad source, I/O) leaves nothing behind.
+// an HF folder the engine and trainer load, through convert_folder (src/convert/convert_folder.h):
+// the whole output folder appears atomically, so a conversion that fails (bad options, bad
+// source, I/O) leaves nothing behind. This file parses the options and prints the report.
 #include <cstdio>
-#include <filesystem>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "commands.h"
-#include "convert/convert.h"
-#include "core/atomic_dir.h"
+#include "convert/convert_folder.h"
 #include "core/check.h"
-#include "io/hf_model.h"
 
 namespace mlkv::cli {
-
-namespace fs = std::filesystem;
-using json = nlohmann::json;
 
 namespace {
 
@@ -35,79 +28,6 @@ std::vector<int> int_list(const std::string& s) {
   return out;
 }
 
-DType parse_dtype(const std::string& s, DType same) {
-  if (s == "same") return same;
-  if (s == "f32") return DType::kF32;
-  if (s == "f16") return DType::kF16;
-  if (s == "bf16") return DType::kBF16;
-  fail("--dtype must be same, f32, f16 or bf16 (got '", s, "')");
-}
-
-// Files that travel with the weights so the output is a complete model folder.
-const char* const kSideFiles[] = {
-    "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model", "encoder.json",          "vocab.bpe",
-    "tokenizer.bin",   "generation_config.json"};
-
-bool is_llama2c_tokenizer_name(const std::string& name) {
-  return name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && name.size() > 4 &&
-                                     name.compare(name.size() - 4, 4, ".bin") == 0);
-}
-
-// The tokenizer files to copy: --tokenizer (a file, or a folder's known files), else the source
-// folder's known files, else (a llama2.c .bin source) the one tok*.bin next to it.
-std::vector<fs::path> tokenizer_files(const std::string& src, const std::string& tokenizer) {
-  std::vector<fs::path> out;
-  auto from_dir = [&](const fs::path& dir) {
-    for (const char* name : kSideFiles) {
-      if (fs::is_regular_file(dir / name)) out.push_back(dir / name);
-    }
-  };
-  if (!tokenizer.empty()) {
-    MLKV_REQUIRE(fs::exists(tokenizer), "--tokenizer '", tokenizer, "' does not exist");
-    if (fs::is_directory(tokenizer)) {
-      from_dir(tokenizer);
-    } else if (fs::path(tokenizer).filename() == "encoder.json" ||
-               fs::path(tokenizer).extension() == ".bpe") {
-      const fs::path dir = fs::path(tokenizer).parent_path();
-      out = {dir / "encoder.json", dir / "vocab.bpe"};
-    } else {
-      out.push_back(tokenizer);
-    }
-    MLKV_REQUIRE(!out.empty(), "--tokenizer '", tokenizer, "': no tokenizer files found there");
-    return out;
-  }
-  if (fs::is_directory(src)) {
-    from_dir(src);
-    return out;
-  }
-  const fs::path dir =
-      fs::path(src).parent_path().empty() ? fs::path(".") : fs::path(src).parent_path();
-  std::vector<fs::path> found;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file() && is_llama2c_tokenizer_name(e.path().filename().string()))
-      found.push_back(e.path());
-  }
-  if (found.size() == 1) out = found;
-  return out;
-}
-
-// Checks DST before any work: a new path, an empty folder, or (with --force) an earlier model
-// folder.
-void check_destination(const std::string& src, const std::string& dst, bool force) {
-  MLKV_REQUIRE(!dst.empty(), "the destination path is empty");
-  std::error_code ec;
-  if (!fs::exists(dst, ec)) return;
-  MLKV_REQUIRE(fs::is_directory(dst, ec), "destination '", dst, "' exists and is not a folder");
-  MLKV_REQUIRE(!fs::exists(src, ec) || !fs::equivalent(src, dst, ec), "destination '", dst,
-               "' is the source itself");
-  if (fs::is_empty(dst, ec)) return;
-  MLKV_REQUIRE(force, "destination '", dst,
-               "' exists and is not empty (use --force to replace a model folder)");
-  MLKV_REQUIRE(fs::is_regular_file(fs::path(dst) / "config.json"), "destination '", dst,
-               "' is not a model folder (no config.json); refusing to replace it");
-}
-
 std::string list_str(const std::vector<int>& v) {
   return "[" + layer_list(v) + "]";
 }
@@ -118,7 +38,8 @@ std::string scheme(const ModelConfig& c) {
 }
 
 void run_convert(const ConvertArgs& a) {
-  ConvertOptions opt;
+  FolderConvertOptions fo;
+  ConvertOptions& opt = fo.convert;
   opt.kv_heads = a.kv_heads;
   opt.kv_layers = a.kv_layers;
   if (!a.owners.empty()) opt.owners = int_list(a.owners);
@@ -126,56 +47,23 @@ void run_convert(const ConvertArgs& a) {
   opt.merge = parse_merge(a.merge);
   opt.widen = parse_widen(a.widen);
   opt.share = parse_share_rope(a.share, "--share");
+  fo.dtype = a.dtype;
+  fo.tokenizer = a.tokenizer;
+  fo.force = a.force;
 
-  check_destination(a.src, a.dst, a.force);
-  const LoadedModel src = load_model(a.src);
-  plan_conversion(src.config, opt);  // every option checked before anything is written
-  const DType dtype = parse_dtype(a.dtype, src.config.file_dtype);
-  const std::vector<fs::path> side = tokenizer_files(a.src, a.tokenizer);
-
-  ConvertReport rep;
-  const LoadedModel out = convert_model(src, opt, &rep);
-
-  // Everything is written into a temporary sibling folder that then replaces DST in one rename.
-  AtomicDirWriter dir(a.dst);
-  SaveOptions so;
-  so.dtype = dtype;
-  so.fuse_qkv_when_possible = false;  // the split layout: the form MLKV models need anyway
-  save_model(dir.path(), out.config, out.weights, so);
-  for (const fs::path& f : side)
-    fs::copy_file(f, fs::path(dir.path()) / f.filename(), fs::copy_options::overwrite_existing);
-  dir.commit();
-
-  const ModelConfig& c = out.config;
+  const FolderConversion fc = convert_folder(a.src, a.dst, fo);
+  const ConvertReport& rep = fc.report;
+  const ModelConfig& c = fc.out;
   if (a.json_out) {
-    json j = {{"src", a.src},
-              {"dst", a.dst},
-              {"n_head_kv", c.n_head_kv},
-              {"n_kv_layers", c.n_kv_layers()},
-              {"owner_layers", c.owner_layers()},
-              {"kv_source", c.kv_source},
-              {"kv_share_rope", share_rope_name(c.share_rope)},
-              {"merge", merge_name(opt.merge)},
-              {"widen_mlp", widen_name(opt.widen)},
-              {"params_before", rep.params_before},
-              {"params_after_kv_drop", rep.params_dropped},
-              {"params_after", rep.params_after},
-              {"n_ff_before", rep.n_ff_before},
-              {"n_ff_after", rep.n_ff_after},
-              {"kv_bytes_per_token_before", rep.kv_bytes_per_token_before},
-              {"kv_bytes_per_token_after", rep.kv_bytes_per_token_after},
-              {"dtype", dtype_name(dtype)},
-              {"tokenizer_files", json::array()}};
-    for (const fs::path& f : side) j["tokenizer_files"].push_back(f.filename().string());
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", conversion_json(a.src, a.dst, fo, fc).dump(2).c_str());
     return;
   }
-  std::printf("source        %s: %s\n", a.src.c_str(), scheme(src.config).c_str());
+  std::printf("source        %s: %s\n", a.src.c_str(), scheme(fc.src).c_str());
   std::printf("converted     %s: %s, %s-rotary sharing\n", a.dst.c_str(), scheme(c).c_str(),
               share_rope_name(c.share_rope));
   std::printf("kv_source     %s\n", list_str(c.kv_source).c_str());
   std::printf("merge         %s (K/V heads mean-pooled in groups of %d)\n", merge_name(opt.merge),
-              src.config.n_head_kv / c.n_head_kv);
+              fc.src.n_head_kv / c.n_head_kv);
   std::printf("kv cache      %lld -> %lld bytes per token (f32), %.2fx smaller\n",
               static_cast<long long>(rep.kv_bytes_per_token_before),
               static_cast<long long>(rep.kv_bytes_per_token_after),
@@ -190,8 +78,8 @@ void run_convert(const ConvertArgs& a) {
                 widen_name(opt.widen));
   }
   std::printf("\n");
-  std::printf("written       %s (%s, split q/k/v layout%s)\n", a.dst.c_str(), dtype_name(dtype),
-              side.empty() ? ", no tokenizer found to copy" : ", tokenizer copied");
+  std::printf("written       %s (%s, split q/k/v layout%s)\n", a.dst.c_str(), dtype_name(fc.dtype),
+              fc.tokenizer_files.empty() ? ", no tokenizer found to copy" : ", tokenizer copied");
 }
 
 }  // namespace

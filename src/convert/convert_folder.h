@@ -1,0 +1,40 @@
+// Conversion of a model on disk into a new model folder: the destination checks, the tokenizer
+// files that travel with the weights, the atomic write (core/atomic_dir.h) and the report that
+// `mlkv convert --json` prints. The CLI and the public API (mlkv/convert.h) both call
+// convert_folder(). What this is not: the arithmetic of conversion (convert.h).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "convert/convert.h"
+
+namespace mlkv {
+
+struct FolderConvertOptions {
+  ConvertOptions convert;
+  std::string dtype = "same";  // output dtype: same (as the source), f32, f16, bf16
+  std::string tokenizer;       // tokenizer file or folder to copy; "": found next to the source
+  bool force = false;          // replace an existing model folder at dst
+};
+
+struct FolderConversion {
+  ModelConfig src;  // the source's config
+  ModelConfig out;  // the written model's
+  ConvertReport report;
+  DType dtype = DType::kF32;                 // of the written weights
+  std::vector<std::string> tokenizer_files;  // file names copied into dst
+};
+
+// Converts the model at src (HF folder or llama2.c .bin) and writes it to dst, which must not
+// exist, be an empty folder, or (force) be a model folder. Every option is checked before
+// anything is written; a failure leaves nothing at dst. Throws mlkv::Error naming the problem.
+FolderConversion convert_folder(const std::string& src, const std::string& dst,
+                                const FolderConvertOptions& opt);
+
+// The report of `mlkv convert --json`.
+nlohmann::json conversion_json(const std::string& src, const std::string& dst,
+                               const FolderConvertOptions& opt, const FolderConversion& c);
+
+}  // namespace mlkv
