@@ -23,6 +23,8 @@ struct ConvertSpec {
   std::string dtype = "same";  // output dtype: "same" (as the source), "f32", "f16", "bf16"
   std::string tokenizer = "";  // tokenizer file or folder to copy; "": found next to the source
   bool force = false;          // replace an existing model folder at dst
+  bool fuse_qkv = false;       // GPT-NeoX without sharing: Hugging Face's fused query_key_value
+                               // (transformers loads it); default: split q/k/v
 };
 
 // Converts the model at src (HF folder or llama2.c .bin) into the folder dst and returns the

@@ -26,6 +26,7 @@ def convert(
     dtype: str = "same",
     tokenizer: Optional[PathLike] = None,
     force: bool = False,
+    fuse_qkv: bool = False,
 ) -> Dict[str, Any]:
     """Converts the model at src (HF folder or llama2.c .bin) to GQA/MQA/MLKV and writes it as a
     Hugging Face folder at dst (config.json, model.safetensors with split q/k/v, tokenizer files).
@@ -36,7 +37,9 @@ def convert(
     merge across layers, "pairwise", "mean" or "owner" (None: the default, owner). widen: give
     back the removed parameters by widening every MLP, "none", "copy" or "zero". share: rotary
     position of shared keys, "post" or "pre". dtype: "same", "f32", "f16", "bf16". force: replace
-    an existing model folder at dst.
+    an existing model folder at dst. fuse_qkv: for a GPT-NeoX result without sharing (G = n_head,
+    M = n_layer), write Hugging Face's fused query_key_value so transformers loads the folder
+    (default: the split q/k/v layout, which Llama's layout already is).
 
     Returns the report of `mlkv convert --json` (n_head_kv, n_kv_layers, owner_layers, kv_source,
     params_before, params_after, kv_bytes_per_token_before/after, ...). The output appears
@@ -46,7 +49,8 @@ def convert(
         os.fspath(src), os.fspath(dst), kv_heads=kv_heads, kv_layers=kv_layers,
         owners=list(owners or []), kv_source=list(kv_source or []), merge=merge or "",
         widen=widen, share=share, dtype=dtype,
-        tokenizer=os.fspath(tokenizer) if tokenizer is not None else "", force=force)
+        tokenizer=os.fspath(tokenizer) if tokenizer is not None else "", force=force,
+        fuse_qkv=fuse_qkv)
     return json.loads(report)
 
 

@@ -22,7 +22,8 @@ bool contains(const std::string& s, const char* what) {
 }
 
 PyObject* exception_type(const std::string& msg) {
-  if (contains(msg, "does not exist") || contains(msg, "No such file or directory"))
+  if (contains(msg, "does not exist") || contains(msg, "No such file or directory") ||
+      contains(msg, "is neither a file nor a task"))
     return PyExc_FileNotFoundError;
   for (const char* io : {"cannot open", "cannot stat", "cannot map", "cannot create", "cannot write",
                          "cannot read", "cannot fsync", "cannot rename", "cannot move",

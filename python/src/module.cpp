@@ -224,7 +224,7 @@ void bind_convert(py::module_& m) {
       [](const std::string& src, const std::string& dst, int kv_heads, int kv_layers,
          const std::vector<int>& owners, const std::vector<int>& kv_source,
          const std::string& merge, const std::string& widen, const std::string& share,
-         const std::string& dtype, const std::string& tokenizer, bool force) {
+         const std::string& dtype, const std::string& tokenizer, bool force, bool fuse_qkv) {
         ConvertSpec s;
         s.kv_heads = kv_heads;
         s.kv_layers = kv_layers;
@@ -236,13 +236,15 @@ void bind_convert(py::module_& m) {
         s.dtype = dtype;
         s.tokenizer = tokenizer;
         s.force = force;
+        s.fuse_qkv = fuse_qkv;
         py::gil_scoped_release unlocked;
         return convert(src, dst, s);
       },
       py::arg("src"), py::arg("dst"), py::arg("kv_heads") = 0, py::arg("kv_layers") = 0,
       py::arg("owners") = std::vector<int>{}, py::arg("kv_source") = std::vector<int>{},
       py::arg("merge") = "", py::arg("widen") = "none", py::arg("share") = "post",
-      py::arg("dtype") = "same", py::arg("tokenizer") = "", py::arg("force") = false);
+      py::arg("dtype") = "same", py::arg("tokenizer") = "", py::arg("force") = false,
+      py::arg("fuse_qkv") = false);
 }
 
 }  // namespace mlkv::python

@@ -18,6 +18,7 @@ std::string convert(const std::string& src, const std::string& dst, const Conver
   fo.dtype = spec.dtype;
   fo.tokenizer = spec.tokenizer;
   fo.force = spec.force;
+  fo.fuse_qkv = spec.fuse_qkv;
   return conversion_json(src, dst, fo, convert_folder(src, dst, fo)).dump(2);
 }
 

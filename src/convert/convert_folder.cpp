@@ -105,7 +105,7 @@ FolderConversion convert_folder(const std::string& src, const std::string& dst,
   AtomicDirWriter dir(dst);
   SaveOptions so;
   so.dtype = c.dtype;
-  so.fuse_qkv_when_possible = false;  // the split layout: the form MLKV models need anyway
+  so.fuse_qkv_when_possible = opt.fuse_qkv;  // default split: the form MLKV models need anyway
   save_model(dir.path(), out.config, out.weights, so);
   for (const fs::path& f : side) {
     fs::copy_file(f, fs::path(dir.path()) / f.filename(), fs::copy_options::overwrite_existing);

@@ -17,6 +17,10 @@ struct FolderConvertOptions {
   std::string dtype = "same";  // output dtype: same (as the source), f32, f16, bf16
   std::string tokenizer;       // tokenizer file or folder to copy; "": found next to the source
   bool force = false;          // replace an existing model folder at dst
+  // GPT-NeoX: write the fused query_key_value of Hugging Face's layout when the result has no
+  // sharing (every layer owns K/V for every head), so transformers loads it; otherwise (and by
+  // default) the split q/k/v layout that MLKV models need.
+  bool fuse_qkv = false;
 };
 
 struct FolderConversion {

@@ -19,7 +19,7 @@ struct ConvertArgs {
   std::string src, dst, owners, kv_source, merge = merge_name(kDefaultMerge), widen = "none",
                                            share = "post", dtype = "same", tokenizer;
   int kv_heads = 0, kv_layers = 0;
-  bool force = false, json_out = false;
+  bool force = false, json_out = false, fuse_qkv = false;
 };
 
 std::vector<int> int_list(const std::string& s) {
@@ -50,6 +50,7 @@ void run_convert(const ConvertArgs& a) {
   fo.dtype = a.dtype;
   fo.tokenizer = a.tokenizer;
   fo.force = a.force;
+  fo.fuse_qkv = a.fuse_qkv;
 
   const FolderConversion fc = convert_folder(a.src, a.dst, fo);
   const ConvertReport& rep = fc.report;
@@ -78,7 +79,8 @@ void run_convert(const ConvertArgs& a) {
                 widen_name(opt.widen));
   }
   std::printf("\n");
-  std::printf("written       %s (%s, split q/k/v layout%s)\n", a.dst.c_str(), dtype_name(fc.dtype),
+  std::printf("written       %s (%s, %s layout%s)\n", a.dst.c_str(), dtype_name(fc.dtype),
+              a.fuse_qkv ? "fused-when-possible" : "split q/k/v",
               fc.tokenizer_files.empty() ? ", no tokenizer found to copy" : ", tokenizer copied");
 }
 
@@ -115,6 +117,8 @@ void add_convert_commands(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder to copy into the output");
   cmd->add_flag("--force", a->force, "Replace an existing model folder at DST");
+  cmd->add_flag("--fuse-qkv", a->fuse_qkv,
+                "GPT-NeoX without sharing: write the fused query_key_value transformers loads");
   cmd->add_flag("--json", a->json_out, "Print a JSON report");
   cmd->callback([a] { run_convert(*a); });
 }

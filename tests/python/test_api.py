@@ -1,0 +1,205 @@
+"""mlkv.Model / Tokenizer / convert / evaluate against the `mlkv` CLI on the shipped tiny model:
+the same numbers bit for bit (score), the same tokens (generate, same seed), the same documents
+(eval, convert), and the documented exceptions for bad input."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import mlkv
+from conftest import EVAL_DIR, cli_json, run_cli
+
+TEXT = "Once upon a time, in a quiet garden of pixels, a dream unfolded."
+
+
+def test_config_and_sizes(tiny, tiny_path):
+    c = tiny.config
+    assert c["family"] == "llama" and c["n_layer"] == 4 and c["n_vocab"] == 512
+    assert c["kv_source"] == [0, 1, 2, 3]
+    assert tiny.n_params == c["n_params"] > 0
+    # KV bytes: batch * ctx * 2 * layers * kv heads * head size * 4 bytes, and the CLI's number.
+    assert tiny.kv_bytes(128, 2) == 2 * 128 * 2 * 4 * 4 * 16 * 4
+    info = cli_json("info", tiny_path, "--ctx", "128", "--batch", "2", "--json")
+    assert json.dumps(info).find(str(tiny.kv_bytes(128, 2))) >= 0
+    assert tiny.kv_bytes(128, 2, "f16") == tiny.kv_bytes(128, 2) // 2
+
+
+def test_score_equals_cli_bit_for_bit(tiny, tiny_path):
+    ids = tiny.encode(TEXT, add_bos=True)
+    ours = tiny.score(ids)
+    assert ours.dtype == np.float32 and ours.shape == (len(ids) - 1,)
+    cli = cli_json("score", tiny_path, "--tokens", " ".join(map(str, ids)), "--json")
+    theirs = np.array(cli["logprobs"], dtype=np.float32)
+    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    cached = tiny.score(ids, cached=True)
+    cli_cached = np.array(
+        cli_json("score", tiny_path, "--tokens", " ".join(map(str, ids)), "--cached", "--json")["logprobs"],
+        dtype=np.float32)
+    assert np.array_equal(cached.view(np.uint32), cli_cached.view(np.uint32))
+    assert np.max(np.abs(cached - ours)) < 1e-4
+
+
+def test_logits_agree_with_score(tiny):
+    ids = tiny.encode(TEXT, add_bos=True)
+    z = tiny.logits(ids)
+    assert z.shape == (len(ids), 512) and z.dtype == np.float32
+    assert z.base is not None  # a view over the engine's buffer, not a copy
+    lse = np.log(np.exp(z.astype(np.float64) - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    lp = z[np.arange(len(ids) - 1), ids[1:]] - lse[:-1]
+    assert np.max(np.abs(lp - tiny.score(ids))) < 1e-4
+
+
+@pytest.mark.parametrize("temp,top_k,top_p,seed", [(0.0, 0, 1.0, 0), (0.8, 40, 0.9, 7), (1.2, 0, 1.0, 123)])
+def test_generate_equals_cli(tiny, tiny_path, temp, top_k, top_p, seed):
+    prompts = [tiny.encode("Once upon a time", add_bos=True), tiny.encode("The cat", add_bos=True)]
+    ours = tiny.generate(prompts, max_tokens=24, temperature=temp, top_k=top_k, top_p=top_p, seed=seed)
+    args = ["generate", tiny_path, "-n", "24", "--temp", str(temp), "--top-k", str(top_k),
+            "--top-p", str(top_p), "--seed", str(seed), "--json"]
+    for p in prompts:
+        args += ["--tokens", " ".join(map(str, p))]
+    cli = cli_json(*args)["results"]
+    assert [r["tokens"] for r in ours] == [r["tokens"] for r in cli]
+    assert [r["finish_reason"] for r in ours] == [r["finish_reason"] for r in cli]
+    assert [r["text"] for r in ours] == [tiny.decode(r["tokens"]) for r in ours]
+    # Text prompts give the same as their ids; a single prompt gives a single result.
+    one = tiny.generate("Once upon a time", max_tokens=24, temperature=temp, top_k=top_k,
+                        top_p=top_p, seed=seed, add_bos=True)
+    assert one["tokens"] == ours[0]["tokens"]
+
+
+def test_stop_strings(tiny):
+    full = tiny.generate("Once upon a time", max_tokens=40, add_bos=True)
+    assert full["finish_reason"] == "length"
+    stop = full["text"][10:13]
+    cut = tiny.generate("Once upon a time", max_tokens=40, add_bos=True, stop=[stop, "never-there"])
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == full["text"][: full["text"].find(stop)]
+    assert full["tokens"][: len(cut["tokens"])] == cut["tokens"]
+    assert stop in tiny.decode(cut["tokens"]) and stop not in tiny.decode(cut["tokens"][:-1])
+
+
+def test_stream_equals_generate(tiny):
+    prompts = ["Once upon a time", "The cat"]
+    want = tiny.generate(prompts, max_tokens=16, temperature=0.7, seed=3, add_bos=True)
+    events = list(tiny.generate_stream(prompts, max_tokens=16, temperature=0.7, seed=3, add_bos=True))
+    for i, w in enumerate(want):
+        toks = [e["token"] for e in events if e["index"] == i and "token" in e]
+        text = "".join(e["text"] for e in events if e["index"] == i and "token" in e)
+        final = [e for e in events if e["index"] == i and "finish_reason" in e]
+        assert toks == w["tokens"] and text == w["text"]
+        assert len(final) == 1 and final[0]["tokens"] == w["tokens"]
+    # Closing the generator early stops the engine and leaves the model usable.
+    g = tiny.generate_stream("Once upon a time", max_tokens=64, add_bos=True)
+    next(g)
+    g.close()
+    assert tiny.generate("Once upon a time", max_tokens=16, temperature=0.7, seed=3,
+                         add_bos=True)["tokens"] == want[0]["tokens"]
+
+
+def test_gil_released_during_compute(tiny):
+    ids = tiny.encode(TEXT * 4, add_bos=True)[:120]
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            stop.wait(0.0005)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    try:
+        for _ in range(30):
+            tiny.score(ids)
+    finally:
+        stop.set()
+        t.join()
+    assert len(ticks) > 3
+
+
+def test_tokenizer(tiny_path):
+    tok = mlkv.Tokenizer.load(tiny_path)
+    assert tok.n_vocab == 512 and tok.kind == "llama2c"
+    ids = tok.encode(TEXT, add_bos=True)
+    assert ids[0] == tok.bos_id and tok.decode(ids) == TEXT
+    cli = cli_json("score", tiny_path, "--text", TEXT, "--bos", "--json")
+    assert cli["tokens"] == ids
+
+
+def test_evaluate_equals_cli(tiny, tiny_path, workdir):
+    ours = mlkv.evaluate(tiny, tasks=["piqa", "arc_easy"], limit=20, eval_dir=EVAL_DIR, bos=True)
+    out = workdir / "eval.json"
+    run_cli("eval", tiny_path, "piqa", "arc_easy", "--limit", "20", "--eval-dir", str(EVAL_DIR),
+            "--bos", "--json", str(out))
+    cli = json.loads(out.read_text())
+    for doc in (ours, cli):  # timings differ from run to run
+        for r in doc["results"].values():
+            r.pop("items_per_s", None)
+            r.pop("seconds", None)
+    assert ours == cli
+    assert 0 <= ours["results"]["piqa"]["acc"] <= 1 and ours["results"]["piqa"]["n"] == 20
+
+
+def test_convert_equals_cli(tiny_path, workdir):
+    a, b = workdir / "conv_py", workdir / "conv_cli"
+    ours = mlkv.convert(tiny_path, a, kv_heads=2, kv_layers=2, force=True)
+    cli = cli_json("convert", tiny_path, str(b), "--kv-heads", "2", "--kv-layers", "2", "--force", "--json")
+    for d in (ours, cli):
+        d.pop("dst")
+    assert ours == cli
+    assert ours["kv_source"] == [0, 0, 2, 2] and ours["n_head_kv"] == 2
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    m = mlkv.Model.load(a)
+    assert m.config["n_kv_layers"] == 2 and m.config["scheme"].startswith("MLKV")
+    ids = m.encode(TEXT, add_bos=True)
+    cli_lp = np.array(cli_json("score", str(b), "--tokens", " ".join(map(str, ids)), "--json")["logprobs"],
+                      dtype=np.float32)
+    assert np.array_equal(m.score(ids), cli_lp)
+
+
+def test_bad_inputs(tiny, tiny_path, workdir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mlkv.Tokenizer.load(str(workdir / "no-such-tokenizer"))
+    with pytest.raises(OSError, match="neither a model folder"):
+        mlkv.Model.load(workdir / "no-such-model")
+    with pytest.raises(ValueError, match="weights"):
+        mlkv.Model.load(tiny_path, weights="q3")
+    with pytest.raises(ValueError, match="threads"):
+        mlkv.Model.load(tiny_path, threads=0)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        tiny.score([1])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tiny.score([1, 512])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tiny.logits([1, -3])
+    with pytest.raises(ValueError, match="context"):
+        tiny.logits([1] * (tiny.n_ctx + 1))
+    with pytest.raises(TypeError):
+        tiny.score("not ids")
+    with pytest.raises(TypeError):
+        tiny.score(np.zeros(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="top-p"):
+        tiny.generate([[1, 2]], top_p=1.5)
+    with pytest.raises(ValueError, match="prompt 0"):
+        tiny.generate([[]])
+    with pytest.raises(ValueError, match="cache_type"):
+        tiny.kv_bytes(16, 1, "f8")
+    with pytest.raises(ValueError, match="positive"):
+        tiny.kv_bytes(0, 1)
+    with pytest.raises(ValueError, match="stop strings"):
+        tiny.generate("x", stop=[""])
+    with pytest.raises(ValueError, match="kv-heads|divide|KV heads"):
+        mlkv.convert(tiny_path, workdir / "bad_conv", kv_heads=3)
+    assert not (workdir / "bad_conv").exists()
+    (workdir / "not_empty").mkdir(exist_ok=True)
+    (workdir / "not_empty" / "x").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        mlkv.convert(tiny_path, workdir / "not_empty")
+    with pytest.raises(FileNotFoundError, match="task"):
+        mlkv.evaluate(tiny, tasks=["no_such_task"], eval_dir=EVAL_DIR)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        mlkv.evaluate(tiny)
+    # The interpreter is still fine and the model still works.
+    assert tiny.score([1, 2, 3]).shape == (2,)
