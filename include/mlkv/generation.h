@@ -9,11 +9,21 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mlkv/sampling.h"
 
 namespace mlkv {
+
+// The log-probability of one token and, when asked for, the most likely alternatives at its
+// position. Natural logs of the model's own distribution (log-softmax of the logits, before
+// temperature, top-k or top-p).
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top;  // (id, log-prob), most likely first
+};
 
 // One finished generation.
 struct Generation {
@@ -25,6 +35,11 @@ struct Generation {
                                 // only, "cancelled"
   std::string error;            // with finish_reason "error": what went wrong (the model produced
                                 // non-finite logits, say); tokens holds what came before
+  // With Request::logprobs >= 0 (Session only): one entry per generated token, and with
+  // Request::prompt_logprobs one per prompt token after the first (prompt[i + 1] given
+  // prompt[0..i]).
+  std::vector<TokenLogprob> logprobs;
+  std::vector<TokenLogprob> prompt_logprobs;
 };
 
 struct GenerationOptions {
@@ -58,12 +73,23 @@ struct Request {
   // (Generation::text is left empty: decode with a StreamDecoder or Tokenizer::decode).
   std::function<void(int32_t)> on_token = nullptr;
   std::function<void(const Generation&)> on_done = nullptr;
+  // Log-probabilities to report: -1 none; N >= 0 each generated token's own and the N most
+  // likely alternatives at its position (Generation::logprobs; also passed to on_logprob, called
+  // just before on_token). N <= n_vocab.
+  int logprobs = -1;
+  std::function<void(const TokenLogprob&)> on_logprob = nullptr;
+  // With logprobs >= 0: the log-probs of the prompt's own tokens too (Generation::prompt_logprobs;
+  // the prefill then makes logits at every prompt position: n_prompt x n_vocab floats once). With
+  // max_new_tokens 0 the prompt is still prefilled, for these.
+  bool prompt_logprobs = false;
 };
 
 // The requests waiting for a slot and the sequences decoding, at one moment.
 struct SessionLoad {
   int queued = 0;
   int running = 0;
+  int64_t cache_tokens_used = 0;      // tokens held in the KV cache by running sequences
+  int64_t cache_tokens_capacity = 0;  // n_parallel * n_ctx
 };
 
 }  // namespace mlkv

@@ -61,7 +61,8 @@ int64_t Session::cache_bytes() const {
 
 SessionLoad Session::load() const {
   SessionLoad l;
-  impl_->sched.load(&l.queued, &l.running);
+  impl_->sched.load(&l.queued, &l.running, &l.cache_tokens_used);
+  l.cache_tokens_capacity = static_cast<int64_t>(impl_->sched.n_parallel()) * impl_->sched.n_ctx();
   return l;
 }
 

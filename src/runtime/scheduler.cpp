@@ -1,5 +1,9 @@
 #include "runtime/scheduler.h"
 
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
 #include "core/check.h"
 
 namespace mlkv {
@@ -30,6 +34,8 @@ void Scheduler::submit(Request r) {
   for (int32_t t : r.prompt) {
     MLKV_REQUIRE(t >= 0 && t < c.n_vocab, "token id ", t, " is outside the vocabulary (", c.n_vocab, " ids)");
   }
+  MLKV_REQUIRE(r.logprobs >= -1 && r.logprobs <= c.n_vocab, "logprobs must be -1 (none) or 0 to ",
+               c.n_vocab, " (got ", r.logprobs, ")");
   Sampler check(r.sampling);  // validates the sampling parameters now, not on the engine thread
   (void)check;
   {
@@ -47,20 +53,64 @@ void Scheduler::finish(size_t i, const char* reason) {
   active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
 }
 
+namespace {
+
+// The log-probability of `token` under the logits row (log-softmax, accumulated in double) and
+// the n_top most likely ids at that position. Throws mlkv::Error for a non-finite logit.
+TokenLogprob logprob_of(const float* row, int n_vocab, int32_t token, int n_top,
+                        std::vector<int32_t>* idx) {
+  float mx = row[0];
+  for (int v = 0; v < n_vocab; ++v) {
+    MLKV_REQUIRE(std::isfinite(row[v]), "the model produced a non-finite logit (", row[v],
+                 ") for token ", v);
+    mx = std::max(mx, row[v]);
+  }
+  double sum = 0.0;
+  for (int v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprob lp;
+  lp.token = token;
+  lp.logprob = static_cast<float>(row[token] - lse);
+  if (n_top > 0) {
+    const int k = std::min(n_top, n_vocab);
+    idx->resize(static_cast<size_t>(n_vocab));
+    std::iota(idx->begin(), idx->end(), 0);
+    // Most likely first; equal logits by id, so the order is deterministic.
+    std::partial_sort(idx->begin(), idx->begin() + k, idx->end(), [row](int32_t a, int32_t b) {
+      return row[a] > row[b] || (row[a] == row[b] && a < b);
+    });
+    lp.top.reserve(static_cast<size_t>(k));
+    for (int j = 0; j < k; ++j) {
+      const int32_t v = (*idx)[static_cast<size_t>(j)];
+      lp.top.emplace_back(v, static_cast<float>(row[v] - lse));
+    }
+  }
+  return lp;
+}
+
+bool wants_prompt_logprobs(const Request& r) {
+  return r.prompt_logprobs && r.logprobs >= 0;
+}
+
+}  // namespace
+
 bool Scheduler::step() {
   const ModelConfig& c = model_.config();
   {
     std::lock_guard<std::mutex> lock(mu_);
     while (!pending_.empty()) {
-      if (pending_.front().max_new_tokens == 0) {  // nothing to generate: done at once
-        Request r = std::move(pending_.front());
+      Request& front = pending_.front();
+      const bool cancelled = front.cancel && front.cancel->load();
+      if (cancelled || (front.max_new_tokens == 0 && !wants_prompt_logprobs(front))) {
+        // Cancelled while waiting, or nothing to compute: done at once.
+        Request r = std::move(front);
         pending_.pop_front();
-        if (r.on_done) r.on_done({{}, "", "length", ""});
+        if (r.on_done) r.on_done({{}, "", cancelled ? "cancelled" : "length", "", {}, {}});
         continue;
       }
       const int seq = cache_.acquire_seq();
       if (seq < 0) break;
-      Request r = std::move(pending_.front());
+      Request r = std::move(front);
       pending_.pop_front();
       Sampler sampler(r.sampling);
       active_.push_back({std::move(r), seq, -1, std::move(sampler), {}});
@@ -73,27 +123,58 @@ bool Scheduler::step() {
   if (active_.empty()) {
     std::lock_guard<std::mutex> lock(mu_);
     running_ = 0;
+    cache_tokens_ = 0;
     return false;
   }
 
+  // Logits rows come out in batch order: one per sequence (its last token), or one per prompt
+  // token for a prefill whose prompt log-probs were asked for. last_row_[i]: sequence i's last.
   batch_.clear();
-  for (const Active& a : active_) {
+  last_row_.resize(active_.size());
+  size_t n_rows = 0;
+  for (size_t i = 0; i < active_.size(); ++i) {
+    const Active& a = active_[i];
     if (a.next < 0) {
       const auto& p = a.req.prompt;
-      for (size_t i = 0; i < p.size(); ++i) batch_.add(p[i], a.seq, static_cast<int32_t>(i), i + 1 == p.size());
+      const bool all = wants_prompt_logprobs(a.req);
+      for (size_t j = 0; j < p.size(); ++j) {
+        const bool want = all || j + 1 == p.size();
+        batch_.add(p[j], a.seq, static_cast<int32_t>(j), want);
+        n_rows += want ? 1 : 0;
+      }
     } else {
       batch_.add(a.next, a.seq, cache_.seq_len(a.seq), true);
+      ++n_rows;
     }
+    last_row_[i] = n_rows - 1;
   }
-  logits_.resize(active_.size() * static_cast<size_t>(c.n_vocab));
+  const size_t V = static_cast<size_t>(c.n_vocab);
+  logits_.resize(n_rows * V);
   model_.forward(batch_, cache_, logits_.data());
 
-  // One logits row per active sequence, in order; walk backwards so retiring keeps indices valid.
+  // Walk backwards so retiring keeps indices valid.
   for (size_t i = active_.size(); i-- > 0;) {
     Active& a = active_[i];
+    const float* last = logits_.data() + last_row_[i] * V;
     int32_t tok;
     try {
-      tok = a.sampler.sample(logits_.data() + i * static_cast<size_t>(c.n_vocab), c.n_vocab);
+      if (a.next < 0 && wants_prompt_logprobs(a.req)) {
+        const auto& p = a.req.prompt;
+        const float* first = last - (p.size() - 1) * V;
+        for (size_t j = 0; j + 1 < p.size(); ++j) {
+          a.result.prompt_logprobs.push_back(
+              logprob_of(first + j * V, c.n_vocab, p[j + 1], a.req.logprobs, &top_idx_));
+        }
+        if (a.req.max_new_tokens == 0) {  // prefilled for its log-probs only
+          finish(i, "length");
+          continue;
+        }
+      }
+      tok = a.sampler.sample(last, c.n_vocab);
+      if (a.req.logprobs >= 0) {
+        a.result.logprobs.push_back(logprob_of(last, c.n_vocab, tok, a.req.logprobs, &top_idx_));
+        if (a.req.on_logprob) a.req.on_logprob(a.result.logprobs.back());
+      }
     } catch (const Error& e) {  // this sequence cannot go on; the others can
       a.result.error = e.what();
       finish(i, "error");
@@ -110,8 +191,11 @@ bool Scheduler::step() {
       finish(i, "context");
     }
   }
+  int64_t used = 0;
+  for (const Active& a : active_) used += cache_.seq_len(a.seq);
   std::lock_guard<std::mutex> lock(mu_);
   running_ = static_cast<int>(active_.size());
+  cache_tokens_ = used;
   return true;
 }
 
@@ -140,7 +224,7 @@ void Scheduler::serve_forever() {
     left.swap(pending_);
   }
   for (auto& r : left) {
-    if (r.on_done) r.on_done({{}, "", "cancelled", ""});
+    if (r.on_done) r.on_done({{}, "", "cancelled", "", {}, {}});
   }
 }
 
@@ -152,10 +236,11 @@ void Scheduler::stop() {
   cv_.notify_all();
 }
 
-void Scheduler::load(int* queued, int* running) {
+void Scheduler::load(int* queued, int* running, int64_t* cache_tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   *queued = static_cast<int>(pending_.size());
   *running = running_;
+  if (cache_tokens != nullptr) *cache_tokens = cache_tokens_;
 }
 
 }  // namespace mlkv

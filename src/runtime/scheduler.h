@@ -45,8 +45,9 @@ class Scheduler {
   int n_ctx() const { return n_ctx_; }
   int n_parallel() const { return n_parallel_; }
   int64_t cache_bytes() const { return cache_.bytes(); }
-  // Requests waiting for a slot and sequences decoding (thread-safe snapshot).
-  void load(int* queued, int* running);
+  // Requests waiting for a slot, sequences decoding and the tokens their cache holds
+  // (thread-safe snapshot as of the last step).
+  void load(int* queued, int* running, int64_t* cache_tokens = nullptr);
 
  private:
   struct Active {
@@ -66,8 +67,11 @@ class Scheduler {
   std::deque<Request> pending_;  // guarded by mu_
   bool stopping_ = false;        // guarded by mu_
   int running_ = 0;              // guarded by mu_ (mirror of active_.size())
+  int64_t cache_tokens_ = 0;     // guarded by mu_: tokens cached by active_ after the last step
   std::vector<Active> active_;   // scheduler thread only
   std::vector<float> logits_;
+  std::vector<size_t> last_row_;  // per active sequence: its last logits row in the step
+  std::vector<int32_t> top_idx_;  // scratch of the top-N log-probs
   Batch batch_;
 };
 

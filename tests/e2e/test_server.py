@@ -41,6 +41,20 @@ def post(port, body, raw=None):
         return e.code, e.read().decode()
 
 
+def choice0(body):
+    """The first choice of a completion reply (its fields: text, tokens, finish_reason, ...)."""
+    return json.loads(body)["choices"][0]
+
+
+def stream_choices(body):
+    """The choices of every chunk of a streamed reply, in order."""
+    out = []
+    for line in body.splitlines():
+        if line.startswith("data: {"):
+            out += json.loads(line[6:]).get("choices", [])
+    return out
+
+
 def start_server(mlkv, args):
     """Starts `mlkv serve` on port 0; returns (process, port), port None when it never announced one."""
     srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
@@ -74,16 +88,16 @@ def test_eos_ids(mlkv, wd):
         srv.kill()
         return
     try:
-        status, body = post(port, {"tokens": [5], "max_tokens": 8})
-        r = json.loads(body) if status == 200 else {}
-        check(r.get("tokens") == [229, 133, 175] and r.get("finish_reason") == "eos",
+        status, body = post(port, {"prompt": [5], "max_tokens": 8, "temperature": 0})
+        r = choice0(body) if status == 200 else {}
+        check(r.get("tokens") == [229, 133, 175] and r.get("finish_reason") == "stop",
               f"serve: eos [2, 175] stops after 175: {status} {body[:120]}")
-        status, body = post(port, {"tokens": [5], "max_tokens": 8, "stream": True})
-        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
-        check([e["token"] for e in events if "token" in e] == [229, 133, 175]
-              and events[-1].get("finish_reason") == "eos", "serve: streamed, the same stop")
-        status, body = post(port, {"tokens": [5], "max_tokens": 8, "ignore_eos": True})
-        check(status == 200 and len(json.loads(body)["tokens"]) == 8, "serve: ignore_eos runs to max_tokens")
+        status, body = post(port, {"prompt": [5], "max_tokens": 8, "temperature": 0, "stream": True})
+        events = stream_choices(body)
+        check(sum([e.get("tokens", []) for e in events], []) == [229, 133, 175]
+              and events[-1].get("finish_reason") == "stop", "serve: streamed, the same stop")
+        status, body = post(port, {"prompt": [5], "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+        check(status == 200 and len(choice0(body)["tokens"]) == 8, "serve: ignore_eos runs to max_tokens")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
             check(json.loads(r.read()).get("eos_token_ids") == [2, 175], "GET /v1/model lists the EOS ids")
     finally:
@@ -103,17 +117,17 @@ def test_generation_error(mlkv, wd):
         srv.kill()
         return
     try:
-        status, body = post(port, {"tokens": [5], "max_tokens": 8})
+        status, body = post(port, {"prompt": [5], "max_tokens": 8, "temperature": 0})
         r = json.loads(body) if body.startswith("{") else {}
-        check(status == 500 and r.get("finish_reason") == "error" and "non-finite" in r.get("error", "")
-              and r.get("tokens") == [229, 133], f"serve: non-finite logits give a 500: {status} {body[:200]}")
-        status, body = post(port, {"tokens": [5], "max_tokens": 8, "stream": True})
-        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
-        check([e["token"] for e in events if "token" in e] == [229, 133] and events
-              and events[-1].get("finish_reason") == "error" and "non-finite" in events[-1].get("error", ""),
+        check(status == 500 and "non-finite" in r.get("error", {}).get("message", "")
+              and r["choices"][0].get("tokens") == [229, 133], f"serve: non-finite logits give a 500: {status} {body[:200]}")
+        status, body = post(port, {"prompt": [5], "max_tokens": 8, "temperature": 0, "stream": True})
+        events = stream_choices(body)
+        check(sum([e.get("tokens", []) for e in events], []) == [229, 133] and events
+              and "non-finite" in events[-1].get("error", ""),
               f"serve: streamed, the last event says error: {body[-200:]}")
-        status, body = post(port, {"tokens": [229], "max_tokens": 1})
-        check(status == 200 and json.loads(body).get("tokens") == [133],
+        status, body = post(port, {"prompt": [229], "max_tokens": 1, "temperature": 0})
+        check(status == 200 and choice0(body).get("tokens") == [133],
               f"serve: a request that does not reach the overflow still completes: {status} {body[:120]}")
     finally:
         rc = stop_server(srv)
@@ -150,14 +164,14 @@ def main():
         results = [None] * len(prompts)
 
         def worker(i):
-            results[i] = post(port, {"tokens": prompts[i], "max_tokens": 10, "ignore_eos": True})
+            results[i] = post(port, {"prompt": prompts[i], "max_tokens": 10, "temperature": 0, "ignore_eos": True})
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        got = [json.loads(body)["tokens"] if status == 200 else None for status, body in results]
+        got = [choice0(body)["tokens"] if status == 200 else None for status, body in results]
         check(got == expected, "concurrent greedy completions equal `mlkv generate`")
         # A burst of connections at once: every one is accepted and answered (the listen queue is
         # deep enough; with a queue of 5 some were reset).
@@ -165,7 +179,7 @@ def main():
 
         def hit(i):
             try:
-                burst[i] = post(port, {"tokens": [1 + i % 90], "max_tokens": 2, "ignore_eos": True})[0]
+                burst[i] = post(port, {"prompt": [1 + i % 90], "max_tokens": 2, "ignore_eos": True})[0]
             except OSError as e:
                 burst[i] = repr(e)
 
@@ -177,31 +191,33 @@ def main():
         bad = [b for b in burst if b != 200]
         check(not bad, f"64 simultaneous connections all answered 200 ({len(bad)} not: {bad[:2]})")
         # Streaming: the same tokens, one event each.
-        status, body = post(port, {"tokens": prompts[0], "max_tokens": 10, "ignore_eos": True, "stream": True})
-        events = [json.loads(l[6:]) for l in body.splitlines() if l.startswith("data: {")]
-        streamed = [e["token"] for e in events if "token" in e]
+        status, body = post(port, {"prompt": prompts[0], "max_tokens": 10, "temperature": 0, "ignore_eos": True,
+                                   "stream": True})
+        events = stream_choices(body)
+        streamed = sum([e.get("tokens", []) for e in events], [])
         check(status == 200 and streamed == expected[0] and events[-1].get("finish_reason") == "length"
               and body.rstrip().endswith("data: [DONE]"), "streamed tokens equal the plain reply")
         # Seeded sampling is reproducible.
-        s1 = post(port, {"tokens": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
-        s2 = post(port, {"tokens": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
-        check(s1 == s2 and s1[0] == 200, "seeded sampling is reproducible")
+        s1 = post(port, {"prompt": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
+        s2 = post(port, {"prompt": [1, 2], "max_tokens": 8, "temperature": 1.0, "seed": 5, "ignore_eos": True})
+        check(s1[0] == 200 and choice0(s1[1])["tokens"] == choice0(s2[1])["tokens"],
+              "seeded sampling is reproducible")
         # Bad requests.
         for body, raw, code, needle, what in [
             (None, b"{not json", 400, "not valid JSON", "malformed JSON"),
-            ({"max_tokens": 3}, None, 400, "give 'prompt'", "no prompt"),
+            ({"max_tokens": 3}, None, 400, "'prompt' is required", "no prompt"),
             ({"prompt": "hello"}, None, 400, "no tokenizer", "text prompt without a tokenizer"),
-            ({"tokens": [1, 97]}, None, 400, "outside the vocabulary", "token id >= vocab"),
-            ({"tokens": [1], "max_tokens": 64}, None, 400, "exceed the context", "prompt + max_tokens > context"),
-            ({"tokens": "1 2"}, None, 400, "list of token ids", "tokens not a list"),
-            ({"tokens": [1], "top_p": 2.0}, None, 400, "top-p", "bad sampling parameter"),
-            ({"tokens": [1], "max_tokens": "many"}, None, 400, "wrong type", "wrong field type"),
-            ({"tokens": [1] * 3000}, None, 413, "", "oversized body"),
+            ({"prompt": [1, 97]}, None, 400, "outside the vocabulary", "token id >= vocab"),
+            ({"prompt": [1], "max_tokens": 64}, None, 400, "exceed the context", "prompt + max_tokens > context"),
+            ({"prompt": {"a": 1}}, None, 400, "list of token ids", "prompt of the wrong kind"),
+            ({"prompt": [1], "top_p": 2.0}, None, 400, "'top_p' must be a number in (0, 1]", "bad sampling parameter"),
+            ({"prompt": [1], "max_tokens": "many"}, None, 400, "'max_tokens' must be an integer", "wrong field type"),
+            ({"prompt": [1] * 3000}, None, 413, "larger than 4096 bytes", "oversized body"),
         ]:
             status, text = post(port, body, raw)
             ok = status == code and (not needle or needle in text)
-            if ok and code == 400:
-                ok = "error" in json.loads(text)
+            if ok:
+                ok = "message" in json.loads(text).get("error", {})
             check(ok, f"{what}: HTTP {status} {text[:100]!r}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
             info = json.loads(r.read())

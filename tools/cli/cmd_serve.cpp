@@ -1,13 +1,17 @@
 // `mlkv serve`: the HTTP completion server (src/server) over an mlkv::Engine.
 #include <cstdio>
 #include <limits>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <memory>
 
 #include "commands.h"
 #include "core/check.h"
 #include "mlkv/model.h"
 #include "runtime/options.h"
+#include "server/openai.h"
 #include "server/server.h"
 
 namespace mlkv::cli {
@@ -20,6 +24,39 @@ struct ServeArgs {
   int threads = 0;
   bool no_tokenizer = false;
 };
+
+// The chat template family named by the tokenizer_config.json next to the model (or tokenizer):
+// its "chat_template" (a string, or a list of {name, template} of which "default" counts) is
+// recognised by its markers. "" when there is none or it is of another family.
+std::string chat_template_of(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  std::ifstream in(dir / "tokenizer_config.json");
+  if (!in) return "";
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("chat_template")) return "";
+  std::string tmpl;
+  const auto& t = j["chat_template"];
+  if (t.is_string()) {
+    tmpl = t.get<std::string>();
+  } else if (t.is_array()) {
+    for (const auto& e : t) {
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+          e["template"].is_string())
+        tmpl = e["template"].get<std::string>();
+    }
+  }
+  const std::string family = openai::chat_template_name(openai::detect_chat_template(tmpl));
+  if (family == "none") {
+    if (!tmpl.empty())
+      std::fprintf(stderr,
+                   "mlkv: the model's chat template is not of a family mlkv applies (chatml, "
+                   "llama-3, llama-2, zephyr): /v1/chat/completions will answer 400 "
+                   "(--chat-template chooses one)\n");
+    return "";
+  }
+  return family;
+}
 
 void run_serve(const ServeArgs& a) {
   ServerOptions opt = a.opt;
@@ -49,6 +86,18 @@ void run_serve(const ServeArgs& a) {
     std::fprintf(stderr,
                  "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
   }
+  if (opt.model_id.empty() || opt.model_id == "mlkv") {
+    std::filesystem::path p(a.model);
+    if (!p.has_filename()) p = p.parent_path();  // "dir/"
+    opt.model_id = std::filesystem::is_directory(p) ? p.filename().string() : p.stem().string();
+    if (opt.model_id.empty()) opt.model_id = "mlkv";
+  }
+  if (opt.api_key.empty()) {
+    if (const char* k = std::getenv("MLKV_API_KEY")) opt.api_key = k;
+  }
+  if (opt.chat_template.empty() && !a.no_tokenizer) {
+    opt.chat_template = chat_template_of(a.tokenizer.empty() ? a.model : a.tokenizer);
+  }
   run_server(engine, opt);
 }
 
@@ -57,7 +106,9 @@ void run_serve(const ServeArgs& a) {
 void add_serve_commands(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   auto* cmd = app.add_subcommand(
-      "serve", "HTTP completion server with continuous batching over one KV cache");
+      "serve",
+      "OpenAI-compatible HTTP server (completions, chat, models, metrics) with continuous "
+      "batching over one KV cache");
   cmd->add_option("model", a->model, "Model folder or llama2.c .bin")->required();
   cmd->add_option("--host", a->opt.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->opt.port, "Port (0: any free port)")
@@ -80,15 +131,35 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: the model folder)");
   cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Accept only token-id prompts");
-  cmd->add_option("--max-queue", a->opt.max_queue, "Waiting requests before 503")
+  cmd->add_option("--max-queue", a->opt.max_queue,
+                  "Sequences waiting for a cache slot before new requests get 429")
       ->capture_default_str()
       ->check(at_least(1));
   cmd->add_option("--max-body", a->opt.max_body_bytes, "Largest request body in bytes (413 beyond)")
       ->capture_default_str()
       ->check(at_least(1));
-  cmd->add_option("--http-threads", a->opt.http_threads, "HTTP worker threads")
+  cmd->add_option("--max-prompt-tokens", a->opt.max_prompt_tokens,
+                  "Longest prompt in tokens (0 or not given: the context)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+  cmd->add_option("--max-tokens", a->opt.max_tokens,
+                  "Largest max_tokens a request may ask for (0 or not given: the context)")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+  cmd->add_option("--max-connections,--http-threads", a->opt.max_connections,
+                  "Connections served at once (HTTP worker threads; a streaming client holds one)")
       ->capture_default_str()
-      ->check(at_least(1));
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--model-name", a->opt.model_id,
+                  "The model's id in /v1/models and requests (default: the folder or file name)");
+  cmd->add_option("--api-key", a->opt.api_key,
+                  "Require \"Authorization: Bearer KEY\" on /v1/* (default: $MLKV_API_KEY if set)");
+  cmd->add_option("--chat-template", a->opt.chat_template,
+                  "Chat template family for /v1/chat/completions: chatml, llama-3, llama-2, zephyr "
+                  "(default: recognised from the model's tokenizer_config.json)")
+      ->check(CLI::IsMember({"chatml", "llama-3", "llama-2", "zephyr"}));
+  cmd->add_option("--drain-timeout", a->opt.drain_timeout_s,
+                  "On SIGTERM, seconds to let running requests finish")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] {
