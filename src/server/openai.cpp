@@ -31,7 +31,7 @@ int64_t get_int(const json& j, const char* key, int64_t lo, int64_t hi, int64_t 
   const std::string range = std::to_string(lo) + " to " + std::to_string(hi);
   if (v.is_number_unsigned()) {
     const uint64_t u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(hi))
+    if (u > static_cast<uint64_t>(hi) || (lo > 0 && u < static_cast<uint64_t>(lo)))
       throw ApiError(400, std::string("'") + key + "' must be an integer from " + range +
                               " (got " + show(v) + ")", key);
     return static_cast<int64_t>(u);
