@@ -12,8 +12,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "mlkv: installing the Python test packages into $VENV (a few minutes)" >&2
-rm -rf "$VENV"
-/usr/bin/python3 -m venv --system-site-packages "$VENV"
+# An existing .venv is brought up to date in place (pip installs what changed).
+[ -x "$VENV/bin/pip" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
 pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
 "${pip[@]}" -c tests/python-constraints.txt -r tests/python-requirements.txt
 # lm-evaluation-harness and the two packages it imports at load time, without their torch pins
