@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +23,16 @@ namespace py = pybind11;
 namespace mlkv::python {
 
 namespace {
+
+// An Engine and the lock that keeps its calls one at a time: the GIL is released while the engine
+// computes, so two Python threads could otherwise enter the same (not thread-safe) engine. A
+// call waits for the lock with the GIL released, so a generation streaming on another thread
+// (its callbacks take the GIL) always finishes first.
+struct LockedEngine {
+  explicit LockedEngine(Engine e) : engine(std::move(e)) {}
+  Engine engine;
+  std::mutex mu;
+};
 
 // A float32 numpy array over a vector's memory: the array owns the vector (zero copy).
 py::array_t<float> to_numpy(std::vector<float>&& v, std::vector<py::ssize_t> shape) {
@@ -71,7 +82,7 @@ py::dict generation_dict(const Generation& g) {
   return d;
 }
 
-Engine load_engine(const std::string& path, int threads, const std::string& weights,
+std::unique_ptr<LockedEngine> load_engine(const std::string& path, int threads, const std::string& weights,
                    const std::string& tokenizer, const std::string& tokenizer_mode,
                    const std::string& device) {
   LoadOptions o;
@@ -96,12 +107,12 @@ Engine load_engine(const std::string& path, int threads, const std::string& weig
     return Engine::load(path, o);
   }();
   for (const std::string& w : warnings) {
-    PyErr_WarnEx(PyExc_UserWarning, ("mlkv: " + w).c_str(), 1);
+    if (PyErr_WarnEx(PyExc_UserWarning, ("mlkv: " + w).c_str(), 1) != 0) throw py::error_already_set();
   }
-  return e;
+  return std::make_unique<LockedEngine>(std::move(e));
 }
 
-py::list generate(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
+py::list generate(LockedEngine& le, const std::vector<std::vector<int32_t>>& prompts,
                   int max_new_tokens, float temperature, int top_k, float top_p, uint64_t seed,
                   int n_parallel, int n_ctx, const std::string& cache_type, bool stop_at_eos,
                   const std::function<void(int, int32_t)>& on_token) {
@@ -118,7 +129,8 @@ py::list generate(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
   std::vector<Generation> res;
   {
     py::gil_scoped_release unlocked;  // on_token (pybind11's wrapper) takes the GIL per call
-    res = e.generate(prompts, o, on_token);
+    std::lock_guard<std::mutex> lock(le.mu);
+    res = le.engine.generate(prompts, o, on_token);
   }
   py::list out;
   for (const Generation& g : res) out.append(generation_dict(g));
@@ -128,23 +140,31 @@ py::list generate(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
 }  // namespace
 
 void bind_engine(py::module_& m) {
-  py::class_<Engine>(m, "Engine", "A loaded model (mlkv::Engine). Use mlkv.Model.")
+  py::class_<LockedEngine>(m, "Engine", "A loaded model (mlkv::Engine). Use mlkv.Model.")
       .def_static("load", &load_engine, py::arg("path"), py::arg("threads") = 0,
                   py::arg("weights") = "f32", py::arg("tokenizer") = "",
                   py::arg("tokenizer_mode") = "auto", py::arg("device") = "cpu")
-      .def_property_readonly("info", [](const Engine& e) { return info_dict(e.info()); })
-      .def_property_readonly("has_tokenizer", &Engine::has_tokenizer)
-      .def_property_readonly("tokenizer", &Engine::tokenizer, py::return_value_policy::reference_internal)
-      .def("kv_bytes", &Engine::kv_bytes, py::arg("ctx"), py::arg("batch"),
+      // info, the tokenizer and kv_bytes only read what loading set: no lock needed
+      .def_property_readonly("info", [](const LockedEngine& le) { return info_dict(le.engine.info()); })
+      .def_property_readonly("has_tokenizer", [](const LockedEngine& le) { return le.engine.has_tokenizer(); })
+      .def_property_readonly(
+          "tokenizer", [](const LockedEngine& le) -> const Tokenizer& { return le.engine.tokenizer(); },
+          py::return_value_policy::reference_internal)
+      .def("kv_bytes",
+           [](const LockedEngine& le, int ctx, int batch, const std::string& cache_type) {
+             return le.engine.kv_bytes(ctx, batch, cache_type);
+           },
+           py::arg("ctx"), py::arg("batch"),
            py::arg("cache_type") = "f32")
       .def(
           "score",
-          [](Engine& e, const std::vector<int32_t>& tokens, bool cached,
+          [](LockedEngine& le, const std::vector<int32_t>& tokens, bool cached,
              const std::string& cache_type) {
             std::vector<float> lp;
             {
               py::gil_scoped_release unlocked;
-              lp = e.score(tokens, cached, cache_type);
+              std::lock_guard<std::mutex> lock(le.mu);
+              lp = le.engine.score(tokens, cached, cache_type);
             }
             const auto n = static_cast<py::ssize_t>(lp.size());
             return to_numpy(std::move(lp), {n});
@@ -152,14 +172,15 @@ void bind_engine(py::module_& m) {
           py::arg("tokens"), py::arg("cached") = false, py::arg("cache_type") = "f32")
       .def(
           "logits",
-          [](Engine& e, const std::vector<int32_t>& tokens) {
+          [](LockedEngine& le, const std::vector<int32_t>& tokens) {
             std::vector<float> z;
             {
               py::gil_scoped_release unlocked;
-              z = e.logits(tokens);
+              std::lock_guard<std::mutex> lock(le.mu);
+              z = le.engine.logits(tokens);
             }
             const auto n = static_cast<py::ssize_t>(tokens.size());
-            return to_numpy(std::move(z), {n, static_cast<py::ssize_t>(e.info().n_vocab)});
+            return to_numpy(std::move(z), {n, static_cast<py::ssize_t>(le.engine.info().n_vocab)});
           },
           py::arg("tokens"))
       .def("generate", &generate, py::arg("prompts"), py::arg("max_new_tokens") = 32,
@@ -169,7 +190,7 @@ void bind_engine(py::module_& m) {
            py::arg("on_token") = nullptr)
       .def(
           "loglikelihood",
-          [](Engine& e, const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& reqs,
+          [](LockedEngine& le, const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& reqs,
              int batch, int max_ctx, const std::string& cache_type) {
             std::vector<LoglikelihoodRequest> rs;
             rs.reserve(reqs.size());
@@ -181,7 +202,8 @@ void bind_engine(py::module_& m) {
             std::vector<LoglikelihoodResult> res;
             {
               py::gil_scoped_release unlocked;
-              res = loglikelihood(e, rs, o);
+              std::lock_guard<std::mutex> lock(le.mu);
+              res = loglikelihood(le.engine, rs, o);
             }
             py::list out;
             for (const LoglikelihoodResult& r : res)
@@ -192,7 +214,7 @@ void bind_engine(py::module_& m) {
           py::arg("cache_type") = "f32")
       .def(
           "evaluate",
-          [](Engine& e, const std::vector<std::string>& inputs, const std::string& eval_dir,
+          [](LockedEngine& le, const std::vector<std::string>& inputs, const std::string& eval_dir,
              int batch, int ctx, int stride, int64_t limit, int64_t max_bytes, bool bos,
              bool share_context, const std::string& tmpl, const std::string& cache_type,
              const std::string& model_name) {
@@ -210,7 +232,8 @@ void bind_engine(py::module_& m) {
             o.cache_type = cache_type;
             o.model_name = model_name;
             py::gil_scoped_release unlocked;
-            return evaluate(e, o);
+            std::lock_guard<std::mutex> lock(le.mu);
+            return evaluate(le.engine, o);
           },
           py::arg("inputs"), py::arg("eval_dir") = "", py::arg("batch") = 16, py::arg("ctx") = 0,
           py::arg("stride") = 0, py::arg("limit") = 0, py::arg("max_bytes") = 0,

@@ -203,3 +203,36 @@ def test_bad_inputs(tiny, tiny_path, workdir):
         mlkv.evaluate(tiny)
     # The interpreter is still fine and the model still works.
     assert tiny.score([1, 2, 3]).shape == (2,)
+
+
+def test_threads_share_a_model_safely(tiny):
+    """Calls from several Python threads on one model run one at a time (the engine is not
+    thread-safe; the GIL is released while it computes) and give the single-thread results."""
+    ids = tiny.encode(TEXT, add_bos=True)
+    want_lp = tiny.score(ids)
+    want_gen = tiny.generate(ids, max_tokens=16, temperature=0.9, seed=11)["tokens"]
+    errors, results = [], []
+
+    def work(k):
+        try:
+            for _ in range(5):
+                if k % 2:
+                    results.append(np.array_equal(tiny.score(ids), want_lp))
+                else:
+                    results.append(tiny.generate(ids, max_tokens=16, temperature=0.9, seed=11)["tokens"] == want_gen)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    # A stream consumed here while the threads run, and a score call inside its loop.
+    streamed = []
+    for ev in tiny.generate_stream(ids, max_tokens=16, temperature=0.9, seed=11):
+        if "token" in ev:
+            streamed.append(ev["token"])
+            assert np.array_equal(tiny.score(ids), want_lp)
+    for t in threads:
+        t.join()
+    assert not errors and all(results) and len(results) == 20
+    assert streamed == want_gen
