@@ -57,9 +57,16 @@ struct GenerationOptions {
 };
 
 struct SessionOptions {
-  int n_parallel = 8;              // sequences decoding together (cache slots), > 0
+  int n_parallel = 8;              // most sequences decoding together, > 0
   int n_ctx = 0;                   // tokens per sequence (prompt + generated); 0: the model's
   std::string cache_type = "f32";  // as GenerationOptions::cache_type
+  // 0: every sequence reserves n_ctx positions of cache when it starts. B > 0: a paged cache of
+  // B-token blocks that sequences take as they grow (admission by free blocks, preemption when
+  // they run out, shared prompt prefixes reused: mlkv/session.h).
+  int block_size = 0;
+  // Paged: the cache's bytes (blocks = budget / (B x KV bytes per token)); 0: n_parallel x n_ctx
+  // positions' worth.
+  int64_t kv_budget_bytes = 0;
 };
 
 struct Request {
@@ -89,7 +96,12 @@ struct SessionLoad {
   int queued = 0;
   int running = 0;
   int64_t cache_tokens_used = 0;      // tokens held in the KV cache by running sequences
-  int64_t cache_tokens_capacity = 0;  // n_parallel * n_ctx
+  int64_t cache_tokens_capacity = 0;  // tokens the cache holds (paged: blocks x block size)
+  int kv_blocks_total = 0;            // paged: blocks in the cache (0: not paged)
+  int kv_blocks_used = 0;             // held by running sequences
+  int kv_blocks_cached = 0;           // in the prefix cache
+  int64_t preemptions = 0;            // sequences that gave their blocks up (recomputed later)
+  int64_t prefix_tokens_reused = 0;   // prompt tokens not prefilled thanks to the prefix cache
 };
 
 }  // namespace mlkv

@@ -5,14 +5,15 @@
 
 #include "api/engine_impl.h"
 #include "core/check.h"
+#include "model/layer_spec.h"
 #include "runtime/options.h"
 #include "runtime/scheduler.h"
 
 namespace mlkv {
 
 struct Session::Impl {
-  Impl(Model& model, int n_parallel, int n_ctx, KvCacheType elem)
-      : sched(model, n_parallel, n_ctx, elem) {}
+  Impl(Model& model, int n_parallel, int n_ctx, KvCacheType elem, int block_size, int n_blocks)
+      : sched(model, n_parallel, n_ctx, elem, block_size, n_blocks) {}
   Scheduler sched;
 };
 
@@ -22,7 +23,21 @@ Session::Session(Engine& engine, const SessionOptions& opt) {
   MLKV_REQUIRE(opt.n_parallel > 0, "n_parallel must be positive (got ", opt.n_parallel, ")");
   MLKV_REQUIRE(opt.n_ctx >= 0, "n_ctx must not be negative (got ", opt.n_ctx, ")");
   const int n_ctx = opt.n_ctx > 0 ? opt.n_ctx : model.config().n_ctx;
-  impl_ = std::make_unique<Impl>(model, opt.n_parallel, n_ctx, elem);
+  MLKV_REQUIRE(opt.block_size >= 0, "block_size must not be negative (got ", opt.block_size, ")");
+  MLKV_REQUIRE(opt.kv_budget_bytes >= 0, "kv_budget_bytes must not be negative (got ",
+               opt.kv_budget_bytes, ")");
+  int n_blocks = 0;
+  if (opt.block_size > 0 && opt.kv_budget_bytes > 0) {
+    const int64_t per_block =
+        static_cast<int64_t>(opt.block_size) * kv_layout(model.config()).bytes_per_token(elem);
+    const int64_t nb = opt.kv_budget_bytes / per_block;
+    MLKV_REQUIRE(nb >= 1, "a KV budget of ", opt.kv_budget_bytes, " bytes holds no block of ",
+                 opt.block_size, " tokens (", per_block, " bytes each)");
+    MLKV_REQUIRE(nb <= (int64_t{1} << 30), "a KV budget of ", opt.kv_budget_bytes,
+                 " bytes is too large");
+    n_blocks = static_cast<int>(nb);
+  }
+  impl_ = std::make_unique<Impl>(model, opt.n_parallel, n_ctx, elem, opt.block_size, n_blocks);
 }
 
 Session::~Session() = default;
@@ -61,8 +76,16 @@ int64_t Session::cache_bytes() const {
 
 SessionLoad Session::load() const {
   SessionLoad l;
-  impl_->sched.load(&l.queued, &l.running, &l.cache_tokens_used);
-  l.cache_tokens_capacity = static_cast<int64_t>(impl_->sched.n_parallel()) * impl_->sched.n_ctx();
+  const SchedulerLoad s = impl_->sched.load();
+  l.queued = s.queued;
+  l.running = s.running;
+  l.cache_tokens_used = s.cache_tokens;
+  l.cache_tokens_capacity = s.cache_tokens_capacity;
+  l.kv_blocks_total = s.blocks_total;
+  l.kv_blocks_used = s.blocks_used;
+  l.kv_blocks_cached = s.blocks_cached;
+  l.preemptions = s.preemptions;
+  l.prefix_tokens_reused = s.prefix_tokens_reused;
   return l;
 }
 

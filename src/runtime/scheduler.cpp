@@ -21,9 +21,27 @@ int checked_ctx(const ModelConfig& c, int n_ctx) {
 
 }  // namespace
 
-Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_elem)
+// Blocks of a paged cache: n_blocks, or (0) as many as a reservation of every sequence's context.
+int pool_blocks(int n_parallel, int n_ctx, int block_size, int n_blocks) {
+  MLKV_REQUIRE(block_size >= 0, "the KV block size must not be negative (got ", block_size, ")");
+  MLKV_REQUIRE(n_blocks >= 0, "the number of KV blocks must not be negative (got ", n_blocks, ")");
+  MLKV_REQUIRE(n_parallel > 0, "the number of sequences must be positive (got ", n_parallel, ")");
+  if (block_size == 0) return 0;
+  return n_blocks > 0 ? n_blocks : n_parallel * ((n_ctx + block_size - 1) / block_size);
+}
+
+Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_elem,
+                     int block_size, int n_blocks)
     : model_(model), n_parallel_(n_parallel), n_ctx_(checked_ctx(model.config(), n_ctx)),
-      cache_(model.new_cache(n_parallel, n_ctx_, cache_elem)) {}
+      block_size_(block_size),
+      cache_(model.new_cache(n_parallel, n_ctx_, cache_elem, block_size,
+                             pool_blocks(n_parallel, n_ctx_, block_size, n_blocks))) {
+  if (block_size_ > 0) {
+    pool_ = std::make_unique<BlockPool>(pool_blocks(n_parallel, n_ctx_, block_size, n_blocks),
+                                        block_size_);
+    for (int s = 0; s < n_parallel; ++s) cache_.set_block_table(s, {});
+  }
+}
 
 void Scheduler::submit(Request r) {
   const ModelConfig& c = model_.config();
@@ -38,6 +56,15 @@ void Scheduler::submit(Request r) {
                c.n_vocab, " (got ", r.logprobs, ")");
   Sampler check(r.sampling);  // validates the sampling parameters now, not on the engine thread
   (void)check;
+  if (pool_) {
+    // The most it will ever hold: prompt + generated tokens, within the context.
+    const int64_t most = std::min<int64_t>(n_ctx_, static_cast<int64_t>(r.prompt.size()) +
+                                                       std::max(r.max_new_tokens, 1));
+    const int64_t need = (most + block_size_ - 1) / block_size_;
+    MLKV_REQUIRE(need <= pool_->n_blocks(), "the request needs up to ", need, " KV blocks of ",
+                 block_size_, " tokens (", most, " tokens) but the whole cache has ",
+                 pool_->n_blocks(), " (raise --kv-budget)");
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.push_back(std::move(r));
@@ -45,10 +72,20 @@ void Scheduler::submit(Request r) {
   cv_.notify_one();
 }
 
+void Scheduler::release_blocks(Active& a) {
+  if (pool_) {
+    for (int32_t b : a.blocks) pool_->release(b);
+    a.blocks.clear();
+    cache_.set_block_table(a.seq, {});
+  }
+  cache_.release_seq(a.seq);
+  a.seq = -1;
+}
+
 void Scheduler::finish(size_t i, const char* reason) {
   Active& a = active_[i];
   a.result.finish_reason = reason;
-  cache_.release_seq(a.seq);
+  release_blocks(a);
   if (a.req.on_done) a.req.on_done(a.result);
   active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
 }
@@ -94,11 +131,62 @@ bool wants_prompt_logprobs(const Request& r) {
 
 }  // namespace
 
+bool Scheduler::admit(Active& a) {
+  const int seq = cache_.acquire_seq();
+  if (seq < 0) return false;
+  a.seq = seq;
+  if (!pool_) return true;
+  const int B = block_size_;
+  const bool all_rows = a.result.tokens.empty() && wants_prompt_logprobs(a.req);
+  // Reuse cached full blocks of the prefix, leaving at least one token to prefill (its logits
+  // are the next token's); none when every prompt position's logits are wanted.
+  const int max_match = all_rows ? 0 : (static_cast<int>(a.feed.size()) - 1) / B;
+  const int matched = pool_->match_prefix(a.feed, max_match, &a.blocks);
+  const int need = (static_cast<int>(a.feed.size()) + B - 1) / B - matched;
+  if (pool_->n_available() < need) {
+    release_blocks(a);
+    return false;
+  }
+  for (int i = 0; i < need; ++i) a.blocks.push_back(pool_->allocate());
+  cache_.set_block_table(seq, a.blocks);
+  cache_.set_seq_len(seq, matched * B);
+  prefix_tokens_reused_ += static_cast<int64_t>(matched) * B;
+  return true;
+}
+
+void Scheduler::preempt(size_t i) {
+  Active a = std::move(active_[i]);
+  active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
+  release_blocks(a);
+  // Recomputed later: the prompt and every token generated so far (the last one not yet fed).
+  a.feed = a.req.prompt;
+  a.feed.insert(a.feed.end(), a.result.tokens.begin(), a.result.tokens.end());
+  a.next = -1;
+  ++preemptions_;
+  // Resumed before anything new, oldest first.
+  auto at = std::find_if(preempted_.begin(), preempted_.end(),
+                         [&](const Active& p) { return p.order > a.order; });
+  preempted_.insert(at, std::move(a));
+}
+
 bool Scheduler::step() {
   const ModelConfig& c = model_.config();
+  // Preempted sequences first (their cache was given up to others), then new requests in order.
+  while (!preempted_.empty()) {
+    if (preempted_.front().req.cancel && preempted_.front().req.cancel->load()) {
+      Active a = std::move(preempted_.front());
+      preempted_.pop_front();
+      a.result.finish_reason = "cancelled";
+      if (a.req.on_done) a.req.on_done(a.result);
+      continue;
+    }
+    if (!admit(preempted_.front())) break;
+    active_.push_back(std::move(preempted_.front()));
+    preempted_.pop_front();
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    while (!pending_.empty()) {
+    while (!pending_.empty() && preempted_.empty()) {
       Request& front = pending_.front();
       const bool cancelled = front.cancel && front.cancel->load();
       if (cancelled || (front.max_new_tokens == 0 && !wants_prompt_logprobs(front))) {
@@ -108,22 +196,45 @@ bool Scheduler::step() {
         if (r.on_done) r.on_done({{}, "", cancelled ? "cancelled" : "length", "", {}, {}});
         continue;
       }
-      const int seq = cache_.acquire_seq();
-      if (seq < 0) break;
-      Request r = std::move(front);
+      Sampler sampler(front.sampling);
+      Active a{std::move(front), -1, -1, std::move(sampler), {}};
+      a.feed = a.req.prompt;
+      a.order = next_order_++;
+      if (!admit(a)) {
+        front = std::move(a.req);  // back where it was
+        break;
+      }
       pending_.pop_front();
-      Sampler sampler(r.sampling);
-      active_.push_back({std::move(r), seq, -1, std::move(sampler), {}});
+      active_.push_back(std::move(a));
     }
     running_ = static_cast<int>(active_.size());
   }
   for (size_t i = active_.size(); i-- > 0;) {
     if (active_[i].req.cancel && active_[i].req.cancel->load()) finish(i, "cancelled");
   }
+  if (pool_) {
+    // A block for every decoding sequence's next position; when none is left, the newest
+    // sequence gives its blocks up (preempted, recomputed later), as many times as needed.
+    std::sort(active_.begin(), active_.end(),
+              [](const Active& x, const Active& y) { return x.order < y.order; });
+    for (size_t i = 0; i < active_.size();) {
+      Active& a = active_[i];
+      if (a.next < 0 || cache_.seq_len(a.seq) < static_cast<int>(a.blocks.size()) * block_size_) {
+        ++i;
+        continue;
+      }
+      const int b = pool_->allocate();
+      if (b >= 0) {
+        a.blocks.push_back(b);
+        cache_.set_block_table(a.seq, a.blocks);
+        ++i;
+        continue;
+      }
+      preempt(active_.size() - 1);  // the newest (possibly this one)
+    }
+  }
   if (active_.empty()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    running_ = 0;
-    cache_tokens_ = 0;
+    publish_load();
     return false;
   }
 
@@ -135,9 +246,9 @@ bool Scheduler::step() {
   for (size_t i = 0; i < active_.size(); ++i) {
     const Active& a = active_[i];
     if (a.next < 0) {
-      const auto& p = a.req.prompt;
-      const bool all = wants_prompt_logprobs(a.req);
-      for (size_t j = 0; j < p.size(); ++j) {
+      const auto& p = a.feed;
+      const bool all = a.result.tokens.empty() && wants_prompt_logprobs(a.req);
+      for (size_t j = static_cast<size_t>(cache_.seq_len(a.seq)); j < p.size(); ++j) {
         const bool want = all || j + 1 == p.size();
         batch_.add(p[j], a.seq, static_cast<int32_t>(j), want);
         n_rows += want ? 1 : 0;
@@ -158,7 +269,11 @@ bool Scheduler::step() {
     const float* last = logits_.data() + last_row_[i] * V;
     int32_t tok;
     try {
-      if (a.next < 0 && wants_prompt_logprobs(a.req)) {
+      if (a.next < 0 && pool_) {
+        // Its full blocks are written now: later requests with the same prefix reuse them.
+        pool_->register_prefix(a.feed, a.blocks, static_cast<int>(a.feed.size()) / block_size_);
+      }
+      if (a.next < 0 && a.result.tokens.empty() && wants_prompt_logprobs(a.req)) {
         const auto& p = a.req.prompt;
         const float* first = last - (p.size() - 1) * V;
         for (size_t j = 0; j + 1 < p.size(); ++j) {
@@ -191,19 +306,35 @@ bool Scheduler::step() {
       finish(i, "context");
     }
   }
-  int64_t used = 0;
-  for (const Active& a : active_) used += cache_.seq_len(a.seq);
-  std::lock_guard<std::mutex> lock(mu_);
-  running_ = static_cast<int>(active_.size());
-  cache_tokens_ = used;
+  publish_load();
   return true;
+}
+
+void Scheduler::publish_load() {
+  SchedulerLoad l;
+  l.running = static_cast<int>(active_.size());
+  for (const Active& a : active_) l.cache_tokens += cache_.seq_len(a.seq);
+  if (pool_) {
+    l.blocks_total = pool_->n_blocks();
+    l.blocks_used = pool_->n_used();
+    l.blocks_cached = pool_->n_cached();
+    l.cache_tokens_capacity = static_cast<int64_t>(pool_->n_blocks()) * block_size_;
+  } else {
+    l.cache_tokens_capacity = static_cast<int64_t>(n_parallel_) * n_ctx_;
+  }
+  l.preemptions = preemptions_;
+  l.prefix_tokens_reused = prefix_tokens_reused_;
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = l.running;
+  l.queued = static_cast<int>(pending_.size() + preempted_.size());
+  load_ = l;
 }
 
 void Scheduler::run_until_idle() {
   while (true) {
     if (step()) continue;
     std::lock_guard<std::mutex> lock(mu_);
-    if (pending_.empty()) return;
+    if (pending_.empty() && preempted_.empty()) return;
   }
 }
 
@@ -211,13 +342,20 @@ void Scheduler::serve_forever() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !pending_.empty() || running_ > 0; });
+      cv_.wait(lock, [&] {
+        return stopping_ || !pending_.empty() || running_ > 0 || !preempted_.empty();
+      });
       if (stopping_) break;
     }
     step();
   }
   // Cancel whatever is left so waiting clients are answered.
   for (size_t i = active_.size(); i-- > 0;) finish(i, "cancelled");
+  for (Active& a : preempted_) {
+    a.result.finish_reason = "cancelled";
+    if (a.req.on_done) a.req.on_done(a.result);
+  }
+  preempted_.clear();
   std::deque<Request> left;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -236,11 +374,9 @@ void Scheduler::stop() {
   cv_.notify_all();
 }
 
-void Scheduler::load(int* queued, int* running, int64_t* cache_tokens) {
+SchedulerLoad Scheduler::load() {
   std::lock_guard<std::mutex> lock(mu_);
-  *queued = static_cast<int>(pending_.size());
-  *running = running_;
-  if (cache_tokens != nullptr) *cache_tokens = cache_tokens_;
+  return load_;
 }
 
 }  // namespace mlkv

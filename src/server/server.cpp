@@ -264,6 +264,8 @@ void run_server(Engine& engine, const ServerOptions& opt) {
   so.n_parallel = opt.n_parallel;
   so.n_ctx = opt.n_ctx;
   so.cache_type = opt.cache_type;
+  so.block_size = opt.block_size;
+  so.kv_budget_bytes = opt.kv_budget_bytes;
   Session session(engine, so);
   const int n_ctx = session.n_ctx();
   openai::Limits lim;
@@ -355,6 +357,8 @@ void run_server(Engine& engine, const ServerOptions& opt) {
               {"eos_token_ids", info.eos_token_ids},
               {"n_ctx", n_ctx},
               {"n_parallel", opt.n_parallel},
+              {"block_size", opt.block_size},
+              {"kv_blocks", load.kv_blocks_total},
               {"kv_cache_bytes", session.cache_bytes()},
               {"kv_bytes_per_token", info.kv_bytes_per_token(opt.cache_type)},
               {"queued", load.queued},
@@ -397,6 +401,19 @@ void run_server(Engine& engine, const ServerOptions& opt) {
          static_cast<double>(load.cache_tokens_capacity));
     line("mlkv_kv_cache_bytes", "gauge", "Bytes of the KV cache (owner layers only).",
          static_cast<double>(session.cache_bytes()));
+    line("mlkv_kv_blocks_used", "gauge", "KV blocks held by running sequences (paged cache).",
+         load.kv_blocks_used);
+    line("mlkv_kv_blocks_free", "gauge",
+         "KV blocks a new sequence could take (free or evictable prefix-cache blocks).",
+         load.kv_blocks_total - load.kv_blocks_used);
+    line("mlkv_kv_blocks_cached", "gauge", "KV blocks in the prefix cache.",
+         load.kv_blocks_cached);
+    line("mlkv_preemptions_total", "counter",
+         "Sequences that gave their KV blocks up to others (recomputed later).",
+         static_cast<double>(load.preemptions));
+    line("mlkv_prefix_cache_tokens_total", "counter",
+         "Prompt tokens not prefilled because their KV blocks were cached.",
+         static_cast<double>(load.prefix_tokens_reused));
     metrics.ttft.write(out, "mlkv_time_to_first_token_seconds",
                        "From submit to the first generated token.");
     metrics.itl.write(out, "mlkv_inter_token_latency_seconds",
@@ -726,10 +743,15 @@ void run_server(Engine& engine, const ServerOptions& opt) {
     srv.stop();
   });
   std::fprintf(stderr,
-               "mlkv: serving %s as '%s' on http://%s:%d (%d parallel sequences x %d tokens, KV "
-               "cache %.1f MiB, chat template %s)\n",
+               "mlkv: serving %s as '%s' on http://%s:%d (up to %d sequences of %d tokens; KV "
+               "cache %.1f MiB%s; chat template %s)\n",
                info.summary.c_str(), opt.model_id.c_str(), opt.host.c_str(), port,
                opt.n_parallel, n_ctx, static_cast<double>(session.cache_bytes()) / (1 << 20),
+               opt.block_size > 0
+                   ? (" in " + std::to_string(session.load().kv_blocks_total) + " blocks of " +
+                      std::to_string(opt.block_size) + " tokens")
+                         .c_str()
+                   : ", a whole context per sequence",
                openai::chat_template_name(tmpl));
   srv.listen_after_bind();
   listening_done.store(true);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "mlkv/model.h"
@@ -21,7 +22,9 @@ namespace mlkv {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
-  int n_parallel = 8;                       // sequences decoding together
+  int n_parallel = 8;                       // most sequences decoding together
+  int block_size = 16;                      // KV block in tokens; 0: reserve whole contexts
+  int64_t kv_budget_bytes = 0;              // paged cache bytes; 0: n_parallel contexts' worth
   int n_ctx = 0;                            // per-sequence context (0: the model's)
   std::string cache_type = "f32";           // as SessionOptions::cache_type
   int max_queue = 256;                      // waiting sequences beyond this get 429

@@ -358,10 +358,13 @@ def test_bad_input(mlkv, wd):
           f"bad sampling option: exit {r.returncode}, stderr {r.stderr.strip()[:80]!r}")
     expect_error(mlkv, ["info", good, "--kv-budget", "12 parsecs"], "unknown unit", "bad --kv-budget unit")
     expect_error(mlkv, ["info", good, "--kv-budget", "-1G"], "not a positive size", "negative --kv-budget")
-    expect_error(mlkv, ["serve", good, "--kv-budget", "1K", "--port", "0"], "holds no sequence",
-                 "serve: a budget too small for one sequence")
-    r = run([mlkv, "serve", good, "--kv-budget", "1G", "--parallel", "2"])
-    check(r.returncode == 2, f"serve: --kv-budget with --parallel is a usage error (got {r.returncode})")
+    expect_error(mlkv, ["serve", good, "--kv-budget", "1K", "--port", "0"], "holds no block",
+                 "serve: a budget too small for one KV block")
+    expect_error(mlkv, ["serve", good, "--kv-budget", "1K", "--block-size", "0", "--port", "0"],
+                 "holds no sequence", "serve: a budget too small for one sequence (whole contexts)")
+    r = run([mlkv, "serve", good, "--kv-budget", "1G", "--parallel", "2", "--block-size", "0"])
+    check(r.returncode == 2, f"serve: --kv-budget with --parallel and whole contexts is a usage error "
+                             f"(got {r.returncode})")
     r = run([mlkv, "score"])
     check(r.returncode == 2, f"usage error exits 2 (got {r.returncode})")
     r = run([mlkv, "--help"])

@@ -315,9 +315,9 @@ def test_slots(mlkv, wd):
         # Queued: the slot busy, the second request waits, its client leaves; a third is 429 while
         # the queue is full.
         a = raw_request(port, long_req)
-        wait_for(lambda: running() == 1, 10)
+        check(wait_for(lambda: running() == 1, 30) is not None, "the slot is taken again")
         b = raw_request(port, {"prompt": [7], "max_tokens": 5})
-        check(wait_for(lambda: queued() == 1, 5) is not None, "a second request queues")
+        check(wait_for(lambda: queued() == 1, 30) is not None, "a second request queues")
         c = client(port)
         try:
             c.completions.create(model="slow", prompt=[1], max_tokens=2)

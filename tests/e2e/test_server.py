@@ -221,7 +221,9 @@ def main():
             check(ok, f"{what}: HTTP {status} {text[:100]!r}")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
             info = json.loads(r.read())
-            check(info["n_parallel"] == 3 and info["kv_source"] == [0, 0, 2, 2], "GET /v1/model")
+            # Paged (the default): the budget is 12 blocks of 16 tokens (4096 bytes each).
+            check(info["kv_blocks"] == 12 and info["block_size"] == 16 and info["kv_source"] == [0, 0, 2, 2],
+                  f"GET /v1/model: {info}")
     finally:
         rc = stop_server(srv)
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")

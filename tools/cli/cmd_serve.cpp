@@ -23,6 +23,7 @@ struct ServeArgs {
   ServerOptions opt;
   int threads = 0;
   bool no_tokenizer = false;
+  bool parallel_given = false;
 };
 
 // The chat template family named by the tokenizer_config.json next to the model (or tokenizer):
@@ -77,14 +78,21 @@ void run_serve(const ServeArgs& a) {
                                                                : TokenizerMode::kNone;
   Engine engine = Engine::load(a.model, lo);
   if (!a.kv_budget.empty()) {
-    // As many sequences as the budget holds: a model with a smaller cache per token serves more.
-    const int ctx = opt.n_ctx > 0 ? opt.n_ctx : engine.info().n_ctx;
-    opt.n_parallel = sequences_in_budget(parse_byte_size(a.kv_budget, "--kv-budget"),
-                                         engine.info().kv_bytes_per_token(a.cache_type), ctx);
-  }
-  if (lo.tokenizer_mode == TokenizerMode::kAuto && !engine.has_tokenizer()) {
-    std::fprintf(stderr,
-                 "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
+    const int64_t budget = parse_byte_size(a.kv_budget, "--kv-budget");
+    if (opt.block_size == 0) {
+      // Whole contexts: as many sequences as the budget holds (a model with a smaller cache per
+      // token serves more).
+      const int ctx = opt.n_ctx > 0 ? opt.n_ctx : engine.info().n_ctx;
+      opt.n_parallel = sequences_in_budget(budget, engine.info().kv_bytes_per_token(a.cache_type), ctx);
+    } else {
+      // Paged: the budget is a pool of blocks; up to --parallel sequences share it.
+      const int64_t block_bytes =
+          static_cast<int64_t>(opt.block_size) * engine.info().kv_bytes_per_token(a.cache_type);
+      MLKV_REQUIRE(budget >= block_bytes, "a KV budget of ", budget, " bytes holds no block of ",
+                   opt.block_size, " tokens (", block_bytes, " bytes each)");
+      opt.kv_budget_bytes = budget;
+      if (!a.parallel_given) opt.n_parallel = 64;
+    }
   }
   if (opt.model_id.empty() || opt.model_id == "mlkv") {
     std::filesystem::path p(a.model);
@@ -97,6 +105,10 @@ void run_serve(const ServeArgs& a) {
   }
   if (opt.chat_template.empty() && !a.no_tokenizer) {
     opt.chat_template = chat_template_of(a.tokenizer.empty() ? a.model : a.tokenizer);
+  }
+  if (lo.tokenizer_mode == TokenizerMode::kAuto && !engine.has_tokenizer()) {
+    std::fprintf(stderr,
+                 "mlkv: no tokenizer next to the model: only token-id prompts will be accepted\n");
   }
   run_server(engine, opt);
 }
@@ -114,13 +126,17 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--port", a->opt.port, "Port (0: any free port)")
       ->capture_default_str()
       ->check(interval(0, 65535));
-  auto* par = cmd->add_option("--parallel", a->opt.n_parallel, "Sequences decoded together")
-                  ->capture_default_str()
-                  ->check(at_least(1));
-  cmd->add_option(
-         "--kv-budget", a->kv_budget,
-         "KV-cache memory (e.g. 1G, 512MiB): as many parallel sequences of --ctx tokens as fit")
-      ->excludes(par);
+  auto* par = cmd->add_option("--parallel", a->opt.n_parallel,
+                              "Most sequences decoded together (default 8; 64 with --kv-budget)")
+                  ->check(CLI::Range(1, 4096));
+  cmd->add_option("--kv-budget", a->kv_budget,
+                  "KV-cache memory (e.g. 1G, 512MiB): a pool of blocks that sequences take as "
+                  "they grow (with --block-size 0: as many whole contexts of --ctx as fit)");
+  cmd->add_option("--block-size", a->opt.block_size,
+                  "KV block in tokens (paged cache with prefix reuse); 0: every sequence "
+                  "reserves its whole context")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (0 or not given: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
@@ -162,7 +178,11 @@ void add_serve_commands(CLI::App& app) {
       ->check(CLI::Range(0.0, 86400.0));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
-  cmd->callback([a] {
+  cmd->callback([a, par] {
+      a->parallel_given = par->count() > 0;
+      if (a->parallel_given && !a->kv_budget.empty() && a->opt.block_size == 0)
+        throw CLI::ValidationError("--parallel", "with --block-size 0, --kv-budget sets how many "
+                                                 "sequences run: give one or the other");
       a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
       run_serve(*a);
     });

@@ -158,3 +158,46 @@ TEST(KvCache, Sequences) {
 
 }  // namespace
 }  // namespace mlkv
+
+#include "kv/block_pool.h"
+
+namespace mlkv {
+namespace {
+
+// The block pool: holds and releases, the prefix cache's matches (whole blocks, in order, only
+// under the same parents), LRU eviction of unheld cached blocks, and a reused id never matching
+// a stale child.
+TEST(BlockPool, HoldsCachesAndEvicts) {
+  BlockPool p(4, 2);
+  EXPECT_EQ(p.n_available(), 4);
+  std::vector<int32_t> toks = {1, 2, 3, 4, 5};
+  std::vector<int32_t> a = {p.allocate(), p.allocate(), p.allocate()};
+  EXPECT_EQ(p.n_used(), 3);
+  p.register_prefix(toks, a, 2);  // blocks 0, 1 hold [1 2] [3 4]
+  EXPECT_EQ(p.n_cached(), 2);
+  std::vector<int32_t> m;
+  EXPECT_EQ(p.match_prefix({1, 2, 3, 4, 9}, 2, &m), 2);
+  EXPECT_EQ(m, (std::vector<int32_t>{a[0], a[1]}));
+  m.clear();
+  EXPECT_EQ(p.match_prefix({1, 2, 9, 9}, 2, &m), 1);  // diverges in the second block
+  EXPECT_EQ(p.match_prefix({3, 4}, 1, &m), 0);        // same tokens, other parent
+  for (int32_t b : a) p.release(b);
+  p.release(a[0]);
+  p.release(a[0]);  // the two matches' extra holds on block 0 ...
+  p.release(a[1]);  // ... and block 1
+  EXPECT_EQ(p.n_used(), 0);
+  EXPECT_EQ(p.n_cached(), 2) << "unheld cached blocks stay cached";
+  // Four allocations: the free ones first, then the least recently used cached blocks.
+  std::vector<int32_t> b;
+  for (int i = 0; i < 4; ++i) b.push_back(p.allocate());
+  EXPECT_EQ(p.allocate(), -1);
+  EXPECT_EQ(p.evictions(), 2);
+  EXPECT_EQ(p.n_cached(), 0);
+  m.clear();
+  EXPECT_EQ(p.match_prefix(toks, 2, &m), 0) << "evicted blocks never match";
+  EXPECT_THROW(BlockPool(0, 16), Error);
+  EXPECT_THROW(BlockPool(4, 0), Error);
+}
+
+}  // namespace
+}  // namespace mlkv

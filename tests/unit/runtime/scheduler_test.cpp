@@ -118,3 +118,114 @@ TEST(Scheduler, AnyEosIdStops) {
 
 }  // namespace
 }  // namespace mlkv
+
+namespace mlkv {
+namespace {
+
+// Runs every request through a scheduler to the end; results in request order.
+std::vector<Generation> run_all(Scheduler& s, const std::vector<Request>& reqs) {
+  std::vector<Generation> out(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request r = reqs[i];
+    r.on_done = [&out, i](const Generation& g) { out[i] = g; };
+    s.submit(std::move(r));
+  }
+  s.run_until_idle();
+  return out;
+}
+
+std::vector<Request> mixed_requests(const ModelConfig& c, int n, int shared_prefix) {
+  std::vector<Request> reqs;
+  const auto prefix = testing::random_tokens(shared_prefix, c.n_vocab, 99);
+  for (int i = 0; i < n; ++i) {
+    Request r;
+    r.prompt = prefix;
+    const auto own = testing::random_tokens(1 + (i * 7) % 23, c.n_vocab, 40 + i);
+    r.prompt.insert(r.prompt.end(), own.begin(), own.end());
+    r.max_new_tokens = 3 + (i * 5) % 17;
+    r.stop_at_eos = false;
+    r.sampling.temperature = i % 3 == 0 ? 0.0f : 0.9f;
+    r.sampling.seed = 100 + i;
+    reqs.push_back(r);
+  }
+  return reqs;
+}
+
+// Paged blocks of 4 tokens, a pool too small for every sequence at once (so sequences are
+// preempted and recomputed), shared prompt prefixes (so blocks are reused): every generation
+// equals the one-sequence-at-a-time reservation's (greedy and seeded sampling; recomputation
+// prefills what was decoded, equal within f32 rounding, which this model's logits do not tip).
+TEST(Scheduler, PagedWithPreemptionAndPrefixReuseGivesTheSameTokens) {
+  Model m = make_model(tiny_config(Family::kLlama, 3, 32, 4, 2, {0, 0, 2}, KvShareRope::kPre), 4);
+  const auto reqs = mixed_requests(m.config(), 12, 9);
+  Scheduler ref(m, 1, 64);
+  const auto want = run_all(ref, reqs);
+  Scheduler paged(m, 8, 64, {}, /*block_size=*/4, /*n_blocks=*/24);
+  const auto got = run_all(paged, reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << i;
+    EXPECT_EQ(got[i].finish_reason, "length") << i;
+  }
+  const SchedulerLoad l = paged.load();
+  EXPECT_GT(l.preemptions, 0) << "the pool was meant to run out";
+  EXPECT_GE(l.prefix_tokens_reused, 8) << "the shared 9-token prefix holds two full blocks";
+  EXPECT_EQ(l.blocks_used, 0) << "every block released at the end";
+  EXPECT_EQ(l.running, 0);
+}
+
+// The prefix cache: a second request with the same 40-token prompt prefills only its last
+// block's worth, and its prompt log-probs (none reused: echo needs every position) and tokens
+// equal the first's.
+TEST(Scheduler, PrefixCacheSkipsTheCachedPrefill) {
+  Model m = make_model(tiny_config(Family::kGptNeoX, 2, 32, 4, 4, {}, KvShareRope::kPost), 5);
+  Scheduler s(m, 2, 64, {}, 8, 16);
+  Request r;
+  r.prompt = testing::random_tokens(40, m.config().n_vocab, 3);
+  r.max_new_tokens = 5;
+  r.stop_at_eos = false;
+  const auto a = run_all(s, {r});
+  EXPECT_EQ(s.load().prefix_tokens_reused, 0);
+  const auto b = run_all(s, {r});
+  EXPECT_EQ(s.load().prefix_tokens_reused, 32) << "four of five blocks (one token must be fed)";
+  EXPECT_EQ(a[0].tokens, b[0].tokens);
+  Request e = r;
+  e.logprobs = 2;
+  e.prompt_logprobs = true;
+  const auto c = run_all(s, {e});
+  EXPECT_EQ(s.load().prefix_tokens_reused, 32) << "echo prefills the whole prompt";
+  EXPECT_EQ(c[0].tokens, a[0].tokens);
+  ASSERT_EQ(c[0].prompt_logprobs.size(), r.prompt.size() - 1);
+  // The prompt log-probs are the model's scores of the prompt.
+  const auto want = score_tokens(m, r.prompt, false);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(c[0].prompt_logprobs[i].logprob, want[i], 1e-5) << i;
+    EXPECT_EQ(c[0].prompt_logprobs[i].token, r.prompt[i + 1]);
+    ASSERT_EQ(c[0].prompt_logprobs[i].top.size(), 2u);
+    EXPECT_GE(c[0].prompt_logprobs[i].top[0].second, c[0].prompt_logprobs[i].top[1].second);
+  }
+  // A greedy token is the most likely one.
+  ASSERT_EQ(c[0].logprobs.size(), 5u);
+  for (const auto& lp : c[0].logprobs) EXPECT_EQ(lp.top[0].first, lp.token);
+}
+
+// A request that could never fit the pool is refused when it is made; max_new_tokens 0 with
+// prompt log-probs still prefills.
+TEST(Scheduler, PagedRefusesWhatCanNeverFit) {
+  Model m = make_model(tiny_config(Family::kLlama, 2, 32, 4, 4, {}, KvShareRope::kPost), 6);
+  Scheduler s(m, 4, 64, {}, 4, 5);  // 20 tokens in all
+  Request r;
+  r.prompt = testing::random_tokens(12, m.config().n_vocab, 1);
+  r.max_new_tokens = 10;
+  EXPECT_THROW(s.submit(r), Error);
+  r.max_new_tokens = 0;
+  r.logprobs = 0;
+  r.prompt_logprobs = true;
+  const auto g = run_all(s, {r});
+  EXPECT_EQ(g[0].finish_reason, "length");
+  EXPECT_TRUE(g[0].tokens.empty());
+  EXPECT_EQ(g[0].prompt_logprobs.size(), 11u);
+  EXPECT_THROW(Scheduler(m, 1, 64, {}, -1), Error);
+}
+
+}  // namespace
+}  // namespace mlkv
