@@ -46,9 +46,9 @@ def make_models(mlkv, wd, names):
     return {n: os.path.join(wd, n) for n in names}
 
 
-def serve(mlkv, model, budget, ctx, threads):
+def serve(mlkv, model, budget, ctx, threads, block_size=0):
     cmd = [mlkv, "serve", model, "--port", "0", "--kv-budget", budget, "--ctx", str(ctx), "--no-tokenizer",
-           "--max-queue", "100000", "--http-threads", "64"]
+           "--max-queue", "100000", "--max-connections", "1100", "--block-size", str(block_size)]
     if threads:
         cmd += ["--threads", str(threads)]
     srv = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -65,7 +65,7 @@ def serve(mlkv, model, budget, ctx, threads):
 
 
 def request(port, tokens, gen):
-    body = json.dumps({"tokens": tokens, "max_tokens": gen, "ignore_eos": True}).encode()
+    body = json.dumps({"prompt": tokens, "max_tokens": gen, "ignore_eos": True, "temperature": 0}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body, method="POST")
     with urllib.request.urlopen(req, timeout=3600) as r:
         return json.loads(r.read())
@@ -86,7 +86,7 @@ def burst(port, clients, prompt, gen, seed):
             failed.append(f"{type(e).__name__}: {e}")
             return
         lat[i] = time.time() - t
-        made[i] = len(r["tokens"])
+        made[i] = r["usage"]["completion_tokens"]
 
     t0 = time.time()
     ths = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
