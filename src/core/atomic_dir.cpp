@@ -20,11 +20,11 @@ namespace {
 
 void fsync_path(const fs::path& p, bool directory) {
   const int fd = ::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) fail("cannot open '", p.string(), "' to sync it: ", std::strerror(errno));
+  if (fd < 0) fail_file("cannot open '", p.string(), "' to sync it: ", std::strerror(errno));
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
-  if (rc != 0) fail("cannot fsync '", p.string(), "': ", std::strerror(err));
+  if (rc != 0) fail_file("cannot fsync '", p.string(), "': ", std::strerror(err));
 }
 
 // True for ".<name>.<kind>.<pid>" where no process <pid> runs any more.
@@ -72,19 +72,19 @@ void AtomicDirWriter::commit() {
   std::error_code ec;
   if (!fs::exists(dst_, ec)) {
     if (::rename(tmp_.c_str(), dst_.c_str()) != 0)
-      fail("cannot rename '", tmp_, "' to '", dst_, "': ", std::strerror(errno));
+      fail_file("cannot rename '", tmp_, "' to '", dst_, "': ", std::strerror(errno));
   } else {
     MLKV_REQUIRE(fs::is_directory(dst_, ec), "'", dst_, "' exists and is not a folder");
     // Swap the new folder in; the old one ends up under the temporary name.
     if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, dst_.c_str(), RENAME_EXCHANGE) != 0) {
       if (errno != EINVAL && errno != ENOSYS)
-        fail("cannot move '", tmp_, "' to '", dst_, "': ", std::strerror(errno));
+        fail_file("cannot move '", tmp_, "' to '", dst_, "': ", std::strerror(errno));
       // A filesystem without RENAME_EXCHANGE: two renames, with a moment without dst.
       const fs::path old = fs::path(dst_).parent_path() /
                            cat(".", fs::path(dst_).filename().string(), ".old.", ::getpid());
       fs::remove_all(old, ec);
       if (::rename(dst_.c_str(), old.c_str()) != 0 || ::rename(tmp_.c_str(), dst_.c_str()) != 0)
-        fail("cannot replace '", dst_, "': ", std::strerror(errno));
+        fail_file("cannot replace '", dst_, "': ", std::strerror(errno));
       fs::remove_all(old, ec);
     }
   }

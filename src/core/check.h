@@ -28,6 +28,18 @@ template <typename... Args>
   throw Error(cat(args...));
 }
 
+// Throws mlkv::FileError: a file that cannot be found or accessed. fail_missing: it does not exist.
+template <typename... Args>
+[[noreturn]] void fail_file(const Args&... args) {
+  throw FileError(cat(args...), false);
+}
+template <typename... Args>
+[[noreturn]] void fail_missing(const Args&... args) {
+  throw FileError(cat(args...), true);
+}
+// The FileError of a failed system call on path (errno): not_found for ENOENT.
+[[noreturn]] void fail_errno(const char* what, const std::string& path, int err);
+
 [[noreturn]] inline void check_failed(const char* file, int line, const char* cond) {
   std::fprintf(stderr, "mlkv: internal check failed at %s:%d: %s\n", file, line, cond);
   std::abort();

@@ -15,13 +15,17 @@
 
 namespace mlkv {
 
+void fail_errno(const char* what, const std::string& path, int err) {
+  throw FileError(cat(what, " '", path, "': ", std::strerror(err)), err == ENOENT);
+}
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("cannot open '", path, "': ", std::strerror(errno));
+  if (fd < 0) fail_errno("cannot open", path, errno);
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     ::close(fd);
-    fail("cannot stat '", path, "': ", std::strerror(errno));
+    fail_errno("cannot stat", path, errno);
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -32,7 +36,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       ::close(fd);
-      fail("cannot map '", path, "': ", std::strerror(errno));
+      fail_errno("cannot map", path, errno);
     }
     data_ = static_cast<const uint8_t*>(p);
   }
@@ -46,7 +50,7 @@ MappedFile::~MappedFile() {
 AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
   tmp_path_ = cat(path_, ".tmp.", ::getpid());
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("cannot create '", tmp_path_, "': ", std::strerror(errno));
+  if (fd_ < 0) fail_errno("cannot create", tmp_path_, errno);
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
@@ -60,7 +64,7 @@ void AtomicFileWriter::write(const void* data, size_t n) {
     ssize_t w = ::write(fd_, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      fail("cannot write '", tmp_path_, "': ", std::strerror(errno));
+      fail_errno("cannot write", tmp_path_, errno);
     }
     p += w;
     n -= static_cast<size_t>(w);
@@ -68,11 +72,11 @@ void AtomicFileWriter::write(const void* data, size_t n) {
 }
 
 void AtomicFileWriter::commit() {
-  if (::fsync(fd_) != 0) fail("cannot fsync '", tmp_path_, "': ", std::strerror(errno));
+  if (::fsync(fd_) != 0) fail_errno("cannot fsync", tmp_path_, errno);
   ::close(fd_);
   fd_ = -1;
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    fail("cannot rename '", tmp_path_, "' to '", path_, "': ", std::strerror(errno));
+    fail_file("cannot rename '", tmp_path_, "' to '", path_, "': ", std::strerror(errno));
   }
   committed_ = true;
   // Make the rename itself durable.
@@ -87,10 +91,10 @@ void AtomicFileWriter::commit() {
 
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open '", path, "': ", std::strerror(errno));
+  if (!in) fail_errno("cannot open", path, errno);
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (in.bad()) fail("cannot read '", path, "'");
+  if (in.bad()) fail_file("cannot read '", path, "'");
   return ss.str();
 }
 

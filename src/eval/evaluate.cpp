@@ -37,7 +37,7 @@ std::string resolve_task(const std::string& name, const std::string& eval_dir) {
     const fs::path p = fs::path(eval_dir) / c;
     if (fs::is_regular_file(p)) return p.string();
   }
-  fail("task '", name, "' is neither a file nor a task in '", eval_dir,
+  fail_missing("task '", name, "' is neither a file nor a task in '", eval_dir,
        "' (set --eval-dir or MLKV_EVAL_DIR)");
 }
 

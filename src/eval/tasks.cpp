@@ -1,6 +1,7 @@
 // Zero-shot task loading, templating, encoding and scoring. See tasks.h and docs/EVAL.md.
 #include "eval/tasks.h"
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -78,7 +79,7 @@ std::pair<std::string, std::string> lambada_split(const std::string& text) {
 
 Task load_task(const std::string& path, const std::string& tmpl, int64_t limit) {
   std::ifstream in(path);
-  MLKV_REQUIRE(in.good(), "cannot open task file '", path, "'");
+  if (!in.good()) fail_errno("cannot open task file", path, errno);
   Task task;
   task.path = path;
   task.name = std::filesystem::path(path).stem().string();

@@ -145,8 +145,10 @@ LoadedModel load_model(const std::string& path, const LoadWarning& warn) {
   if (fs::is_regular_file(path) && path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0) {
     return load_llama2c(path);
   }
-  MLKV_REQUIRE(fs::is_directory(path), "model path '", path,
-               "' is neither a model folder (config.json + model.safetensors) nor a llama2.c .bin file");
+  const char* const kNotAModel =
+      "' is neither a model folder (config.json + model.safetensors) nor a llama2.c .bin file";
+  if (!fs::exists(path)) fail_missing("model path '", path, kNotAModel);
+  MLKV_REQUIRE(fs::is_directory(path), "model path '", path, kNotAModel);
   LoadedModel m;
   m.config = load_model_config(path);
   const ModelConfig& c = m.config;

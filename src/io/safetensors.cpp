@@ -182,8 +182,8 @@ SafeTensorsSet SafeTensorsSet::open_dir(const std::string& dir) {
     set.files_.push_back(std::make_unique<SafeTensorsFile>(single.string()));
     return set;
   }
-  MLKV_REQUIRE(fs::exists(index), "no model.safetensors or model.safetensors.index.json in '",
-               dir, "'");
+  if (!fs::exists(index))
+    fail_missing("no model.safetensors or model.safetensors.index.json in '", dir, "'");
   json j;
   try {
     j = json::parse(read_text_file(index.string()));

@@ -78,7 +78,7 @@ std::unique_ptr<Tokenizer> load_from_dir(const fs::path& dir) {
     if (e.is_regular_file(ec) && is_llama2c_name(e.path().filename().string())) found.push_back(e.path());
   }
   if (found.size() == 1) return detail::load_llama2c(found[0].string());
-  fail("no tokenizer found in '", dir.string(),
+  fail_missing("no tokenizer found in '", dir.string(),
        "' (looked for tokenizer.json, tokenizer.model, encoder.json + vocab.bpe, tokenizer.bin, "
        "tok*.bin); pass one with --tokenizer");
 }
@@ -88,7 +88,7 @@ std::unique_ptr<Tokenizer> load_from_dir(const fs::path& dir) {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   std::error_code ec;
   fs::path p(path);
-  MLKV_REQUIRE(fs::exists(p, ec), "tokenizer path '", path, "' does not exist");
+  if (!fs::exists(p, ec)) fail_missing("tokenizer path '", path, "' does not exist");
   if (fs::is_directory(p, ec)) return load_from_dir(p);
   const std::string name = p.filename().string();
   const std::string ext = p.extension().string();

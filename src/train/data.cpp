@@ -134,7 +134,7 @@ std::string DataFingerprint::hash_hex() const {
 DataFiles find_data_files(const std::string& path) {
   DataFiles f;
   if (!fs::is_directory(path)) {
-    MLKV_REQUIRE(fs::exists(path), "data path ", path, " does not exist");
+    if (!fs::exists(path)) fail_missing("data path ", path, " does not exist");
     f.train.push_back(path);
     return f;
   }

@@ -2,6 +2,7 @@
 #include "train/plot.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -14,7 +15,7 @@ namespace mlkv::train {
 
 LossSeries read_train_log(const std::string& path, const std::string& label) {
   std::ifstream in(path);
-  MLKV_REQUIRE(in.good(), "cannot open training log ", path);
+  if (!in.good()) fail_errno("cannot open training log", path, errno);
   LossSeries s;
   s.label = label.empty() ? path : label;
   std::string line;

@@ -3,6 +3,7 @@ the same numbers bit for bit (score), the same tokens (generate, same seed), the
 (eval, convert), and the documented exceptions for bad input."""
 
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -162,8 +163,31 @@ def test_convert_equals_cli(tiny_path, workdir):
 def test_bad_inputs(tiny, tiny_path, workdir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mlkv.Tokenizer.load(str(workdir / "no-such-tokenizer"))
-    with pytest.raises(OSError, match="neither a model folder"):
+    with pytest.raises(FileNotFoundError, match="neither a model folder"):
         mlkv.Model.load(workdir / "no-such-model")
+    # Files: a folder without config.json or weights -> FileNotFoundError naming what is missing;
+    # wrong contents -> ValueError.
+    folder = workdir / "broken_model"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        mlkv.Model.load(folder)
+    hf = workdir / "conv_py"  # written by test_convert_equals_cli when it ran; else made here
+    if not (hf / "config.json").exists():
+        mlkv.convert(tiny_path, hf, force=True)
+    (folder / "config.json").write_text((hf / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        mlkv.Model.load(folder)
+    (folder / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ValueError):
+        mlkv.Model.load(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        mlkv.Model.load(folder)
+    not_a_model = workdir / "notes.txt"
+    not_a_model.write_text("hello")
+    with pytest.raises(ValueError, match="neither a model folder"):
+        mlkv.Model.load(not_a_model)
     with pytest.raises(ValueError, match="weights"):
         mlkv.Model.load(tiny_path, weights="q3")
     with pytest.raises(ValueError, match="threads"):
