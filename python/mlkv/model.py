@@ -102,8 +102,9 @@ class Model:
         threads: compute threads for the whole process (None: all cores). weights: in-memory
         projection weights, "f32" or "f16" (compute stays f32). tokenizer: a tokenizer file or
         folder (None: looked for next to the model; a model without one scores and generates
-        token ids only). Raises FileNotFoundError / OSError for a path that is missing or not a
-        model, ValueError for a malformed model or bad options.
+        token ids only). Raises FileNotFoundError for a missing model, config.json, weights or
+        tokenizer, OSError for one that cannot be read, ValueError for a malformed model (or a
+        file that is not one) and bad options.
         """
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (got {threads!r})")

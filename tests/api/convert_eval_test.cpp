@@ -2,13 +2,14 @@
 // tiny llama2.c model of the shared data: loglikelihood equals the sum of score() over the
 // continuation, with argmax flags from logits(); evaluate returns the eval document; convert
 // writes a loadable MLKV folder, reports it, and refuses impossible conversions leaving nothing
-// behind. Includes only mlkv/ headers and links only mlkv_api.
+// behind; a missing model is a FileError, a file that is no model a plain Error. Includes only mlkv/ headers and links only mlkv_api.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -117,6 +118,29 @@ TEST(PublicApiEval, ConvertWritesAnMlkvFolder) {
   b.dtype = "f8";
   EXPECT_THROW(mlkv::convert(kModel, bad.string(), b), mlkv::Error);
   EXPECT_FALSE(fs::exists(bad));
+}
+
+TEST(PublicApiEval, FileErrorsAreTyped) {
+  if (!have_data()) GTEST_SKIP() << "no shared model";
+  const fs::path missing = scratch("missing_model");
+  try {
+    mlkv::Engine::load(missing.string());
+    FAIL() << "loaded a missing model";
+  } catch (const mlkv::FileError& e) {
+    EXPECT_TRUE(e.not_found()) << e.what();
+  }
+  // A file that exists but is no model: a plain Error, not a FileError.
+  const fs::path text = scratch("not_a_model.txt");
+  std::ofstream(text) << "hi";
+  try {
+    mlkv::Engine::load(text.string());
+    FAIL() << "loaded a text file";
+  } catch (const mlkv::FileError& e) {
+    FAIL() << "a FileError for a file that exists: " << e.what();
+  } catch (const mlkv::Error&) {
+  }
+  fs::remove(text);
+  EXPECT_THROW(mlkv::load_tokenizer(missing.string()), mlkv::FileError);
 }
 
 }  // namespace
