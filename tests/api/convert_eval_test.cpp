@@ -2,7 +2,8 @@
 // tiny llama2.c model of the shared data: loglikelihood equals the sum of score() over the
 // continuation, with argmax flags from logits(); evaluate returns the eval document; convert
 // writes a loadable MLKV folder, reports it, and refuses impossible conversions leaving nothing
-// behind; a missing model is a FileError, a file that is no model a plain Error. Includes only mlkv/ headers and links only mlkv_api.
+// behind; a missing model is a FileError, a file that is no model a plain Error. Includes only
+// mlkv/ headers and links only mlkv_api.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
