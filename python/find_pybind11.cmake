@@ -3,12 +3,18 @@
 # in a plain CMake build the repository's .venv (scripts/python_env.sh) is preferred, so the module
 # matches the interpreter the tests run. Sets pybind11_FOUND; when found, every library is
 # compiled position-independent (the module is a shared object that links the static layers).
+# Not under MLKV_SANITIZE.
+set(pybind11_FOUND FALSE)
+if(MLKV_SANITIZE)
+  # An ASan-instrumented module cannot be loaded into an uninstrumented interpreter.
+  message(STATUS "mlkv: Python module OFF (MLKV_SANITIZE)")
+  return()
+endif()
 set(_mlkv_venv ${PROJECT_SOURCE_DIR}/.venv)
 if(NOT SKBUILD AND NOT DEFINED Python_EXECUTABLE AND EXISTS ${_mlkv_venv}/bin/python)
   set(Python_EXECUTABLE ${_mlkv_venv}/bin/python)
 endif()
 find_package(Python 3.9 COMPONENTS Interpreter Development.Module QUIET)
-set(pybind11_FOUND FALSE)
 if(Python_FOUND)
   set(PYBIND11_FINDPYTHON ON)
   file(GLOB _mlkv_pybind11_hints ${_mlkv_venv}/lib/python3*/site-packages/pybind11/share/cmake/pybind11)
