@@ -90,7 +90,7 @@ def mixed(port, clients, ctx, vocab, seed):
     wall = time.time() - t0
     done.set()
     th.join()
-    return peak[0], sum(made) / wall, wall, len(failed), sum(p for p, _ in work), sum(g for _, g in work)
+    return peak[0], sum(made) / wall, wall, len(failed), sum(len(p) for p, _ in work), sum(g for _, g in work)
 
 
 def ttft(port, prompt):

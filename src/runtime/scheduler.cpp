@@ -41,6 +41,7 @@ Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_
                                         block_size_);
     for (int s = 0; s < n_parallel; ++s) cache_.set_block_table(s, {});
   }
+  publish_load();
 }
 
 void Scheduler::submit(Request r) {
