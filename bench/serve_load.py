@@ -13,24 +13,22 @@ Prints markdown for docs/BENCHMARKS.md.
 import argparse
 import http.client
 import json
+import os
 import random
-import re
-import statistics
-import subprocess
+import sys
 import threading
 import time
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "e2e"))
+from serve_util import start_server  # noqa: E402
+
+
 def start(cmd):
-    srv = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    while True:
-        line = srv.stderr.readline()
-        if not line:
-            raise RuntimeError("mlkv serve did not start")
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
-            return srv, int(m.group(1))
+    srv, port = start_server(cmd[0], cmd[2:])  # cmd: [mlkv, "serve", ARGS...]
+    if port is None:
+        raise RuntimeError("mlkv serve did not start")
+    return srv, port
 
 
 def rss_mib(pid):
@@ -50,7 +48,7 @@ def pct(xs, p):
 
 def run_one(mlkv, name, model, a):
     vocab = json.load(open(f"{model}/config.json"))["vocab_size"]
-    srv, port = start([mlkv, "serve", model, "--port", "0", "--kv-budget", a.budget, "--ctx", str(a.ctx),
+    srv, port = start([mlkv, "serve", model, "--kv-budget", a.budget, "--ctx", str(a.ctx),
                        "--parallel", str(a.clients), "--no-tokenizer", "--max-queue", "100000",
                        "--max-connections", str(a.clients + 16)])
     ttfts, itls, failures = [], [], []

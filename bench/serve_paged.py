@@ -31,16 +31,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF = os.path.join(ROOT, "tests", "reference", "mlkv_ref.py")
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "e2e"))
+from serve_util import start_server  # noqa: E402
+
+
 def start(cmd):
-    srv = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    while True:
-        line = srv.stderr.readline()
-        if not line:
-            raise RuntimeError("mlkv serve did not start")
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
-            return srv, int(m.group(1))
+    srv, port = start_server(cmd[0], cmd[2:])  # cmd: [mlkv, "serve", ARGS...]
+    if port is None:
+        raise RuntimeError("mlkv serve did not start")
+    return srv, port
 
 
 def post(port, body, stream=False):
@@ -128,7 +127,7 @@ def main():
     print("| KV cache | sequences possible | peak running | generated tok/s | wall s | preemptions | failed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for bs in (0, 16):
-        cmd = [a.mlkv, "serve", model, "--port", "0", "--kv-budget", a.budget, "--ctx", str(a.ctx),
+        cmd = [a.mlkv, "serve", model, "--kv-budget", a.budget, "--ctx", str(a.ctx),
                "--no-tokenizer", "--max-queue", "100000", "--max-connections", "256", "--block-size", str(bs)]
         if bs:
             cmd += ["--parallel", str(a.parallel)]
@@ -148,7 +147,7 @@ def main():
         print(f"| {what} | {possible} | {peak:.0f} | {tok_s:.1f} | {wall:.1f} | {pre:.0f} | {n_failed} |", flush=True)
 
     # Prefix cache: time to first token with and without a cached prefix.
-    srv, port = start([a.mlkv, "serve", model, "--port", "0", "--kv-budget", a.budget, "--ctx", str(a.ctx),
+    srv, port = start([a.mlkv, "serve", model, "--kv-budget", a.budget, "--ctx", str(a.ctx),
                        "--no-tokenizer", "--parallel", "4"])
     try:
         rng = random.Random(2)

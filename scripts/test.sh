@@ -14,8 +14,11 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: scripts/test.sh [--asan|--slow]" >&2; exit 2 ;;
 esac
+# .venv first (openai, transformers, lm_eval ... from PyPI for the comparison tests; its pybind11
+# lets the configure step find what the Python module needs), then the build.
+scripts/install_deps.sh
+scripts/python_env.sh
 scripts/build.sh "$preset"
-scripts/python_env.sh   # .venv: openai, transformers, lm_eval ... from PyPI for the comparison tests
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export MLKV_PROGRESS=0

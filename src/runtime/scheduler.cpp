@@ -325,9 +325,9 @@ void Scheduler::publish_load() {
   }
   l.preemptions = preemptions_;
   l.prefix_tokens_reused = prefix_tokens_reused_;
+  l.queued = static_cast<int>(preempted_.size());  // load() adds the requests waiting now
   std::lock_guard<std::mutex> lock(mu_);
   running_ = l.running;
-  l.queued = static_cast<int>(pending_.size() + preempted_.size());
   load_ = l;
 }
 
@@ -377,7 +377,9 @@ void Scheduler::stop() {
 
 SchedulerLoad Scheduler::load() {
   std::lock_guard<std::mutex> lock(mu_);
-  return load_;
+  SchedulerLoad l = load_;
+  l.queued += static_cast<int>(pending_.size());
+  return l;
 }
 
 }  // namespace mlkv

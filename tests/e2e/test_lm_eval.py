@@ -14,13 +14,12 @@ Exit 77 (skipped) without lm_eval (scripts/python_env.sh installs it into .venv)
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
+
+from serve_util import start_server, stop_server  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
@@ -87,20 +86,10 @@ def main():
     for f in tasks:
         want[f] = (res[f]["acc"], res[f]["acc_norm"], res[f]["n"])
 
-    srv = subprocess.Popen([a.mlkv, "serve", model, "--port", "0", "--parallel", "16", "--model-name", "neox"],
-                           stderr=subprocess.PIPE, text=True)
-    port = None
-    while port is None:
-        line = srv.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
+    srv, port = start_server(a.mlkv, [model, "--parallel", "16", "--model-name", "neox"])
     if port is None:
         print("the server did not start")
         sys.exit(1)
-    threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HOME=os.path.join(a.workdir, "hf_home"), TOKENIZERS_PARALLELISM="false")
     out_dir = os.path.join(a.workdir, "lm_eval_out")
@@ -112,8 +101,7 @@ def main():
            "--tasks", ",".join(tasks.values()), "--include_path", tasks_dir, "--limit", str(a.limit),
            "--output_path", out_dir]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    srv.send_signal(signal.SIGTERM)
-    srv.wait(timeout=60)
+    stop_server(srv)
     print(f"lm_eval ran {time.time() - t0:.0f} s")
     if r.returncode != 0:
         print(r.stdout[-3000:], r.stderr[-5000:])

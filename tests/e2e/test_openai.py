@@ -28,6 +28,8 @@ except ImportError:
     print("SKIP: the openai package is not installed (scripts/python_env.sh makes .venv with it)")
     sys.exit(77)
 
+from serve_util import start_server, stop_server  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
 FAILURES = []
@@ -42,31 +44,14 @@ def check(cond, what):
 
 
 def start(mlkv, args):
-    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
-    port = None
-    deadline = time.time() + 60
-    while time.time() < deadline and port is None:
-        line = srv.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
+    srv, port = start_server(mlkv, args)
     if port is None:
-        srv.kill()
         raise SystemExit(f"server {args} did not start")
-    # Keep draining stderr so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
     return srv, port
 
 
 def stop(srv):
-    srv.send_signal(signal.SIGTERM)
-    try:
-        return srv.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        srv.kill()
-        return None
+    return stop_server(srv)
 
 
 def http(port, path, body=None, headers=None, raw=None):

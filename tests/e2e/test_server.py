@@ -9,16 +9,14 @@ usage: test_server.py --mlkv build/bin/mlkv --workdir DIR
 import argparse
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import eos_model
+from serve_util import start_server, stop_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "..", "reference", "mlkv_ref.py")
@@ -53,28 +51,6 @@ def stream_choices(body):
         if line.startswith("data: {"):
             out += json.loads(line[6:]).get("choices", [])
     return out
-
-
-def start_server(mlkv, args):
-    """Starts `mlkv serve` on port 0; returns (process, port), port None when it never announced one."""
-    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
-    port = None
-    deadline = time.time() + 60
-    while time.time() < deadline and port is None:
-        line = srv.stderr.readline()
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-    return srv, port
-
-
-def stop_server(srv):
-    srv.send_signal(signal.SIGTERM)
-    try:
-        return srv.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        srv.kill()
-        return None
 
 
 def test_eos_ids(mlkv, wd):

@@ -127,8 +127,9 @@ void add_serve_commands(CLI::App& app) {
       ->capture_default_str()
       ->check(interval(0, 65535));
   auto* par = cmd->add_option("--parallel", a->opt.n_parallel,
-                              "Most sequences decoded together (default 8; 64 with --kv-budget)")
-                  ->check(CLI::Range(1, 4096));
+                              "Most sequences decoded together (64 with --kv-budget)")
+                  ->capture_default_str()
+                  ->check(interval(1, 4096));
   cmd->add_option("--kv-budget", a->kv_budget,
                   "KV-cache memory (e.g. 1G, 512MiB): a pool of blocks that sequences take as "
                   "they grow (with --block-size 0: as many whole contexts of --ctx as fit)");
@@ -136,7 +137,7 @@ void add_serve_commands(CLI::App& app) {
                   "KV block in tokens (paged cache with prefix reuse); 0: every sequence "
                   "reserves its whole context")
       ->capture_default_str()
-      ->check(CLI::Range(0, 4096));
+      ->check(interval(0, 4096));
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (0 or not given: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
@@ -163,7 +164,7 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--max-connections,--http-threads", a->opt.max_connections,
                   "Connections served at once (HTTP worker threads; a streaming client holds one)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 4096));
+      ->check(interval(1, 4096));
   cmd->add_option("--model-name", a->opt.model_id,
                   "The model's id in /v1/models and requests (default: the folder or file name)");
   cmd->add_option("--api-key", a->opt.api_key,
@@ -175,7 +176,7 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--drain-timeout", a->opt.drain_timeout_s,
                   "On SIGTERM, seconds to let running requests finish")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 86400.0));
+      ->check(interval(0, 86400));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a, par] {

@@ -1,0 +1,37 @@
+"""Starting and stopping `mlkv serve` from the tests and benchmarks (bench/ imports this too)."""
+import re
+import signal
+import subprocess
+import threading
+import time
+
+
+def start_server(mlkv, args, timeout=120):
+    """Starts `mlkv serve ARGS --port 0` and waits for the address it prints; returns (process, port),
+    port None when it never announced one (the process is then killed). Its stderr keeps being read
+    so that the server never blocks on a full pipe."""
+    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    port = None
+    deadline = time.time() + timeout
+    while time.time() < deadline and port is None:
+        line = srv.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"http://[\d.]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+    if port is None:
+        srv.kill()
+        return srv, None
+    threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
+    return srv, port
+
+
+def stop_server(srv, timeout=60):
+    """SIGTERM (the server drains), then its exit status; None when it had to be killed."""
+    srv.send_signal(signal.SIGTERM)
+    try:
+        return srv.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        return None
