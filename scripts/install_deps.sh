@@ -11,6 +11,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy python3-sentencepiece   # independent references in the tests
   python3-venv python3-pip       # .venv for the PyPI packages the tests compare against
+  python3-dev                    # Python.h for the Python module (python/)
   clang libclang-rt-dev          # libFuzzer targets
   gnuplot-nox                    # loss-curve plots
 )
