@@ -426,6 +426,9 @@ def main():
     ap.add_argument("--learn-margin", type=float, default=1.0, help="nats/token below the unigram figure")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
+    if args.test in ("learn", "data_change") and not os.path.isdir(os.path.join(args.shared, "data")):
+        print(f"SKIP: train_{args.test} reads ../shared/data, which is not at {args.shared}")
+        return 77
     ok = {"learn": test_learn, "resume": test_resume, "accum": test_accum, "mpi": test_mpi,
           "data_change": test_data_change, "val_short": test_val_short, "nonfinite": test_nonfinite}[args.test](args)
     print(f"train_{args.test}: {'ok' if ok else 'FAILED'}")
