@@ -198,7 +198,7 @@ bool Scheduler::step() {
         continue;
       }
       Sampler sampler(front.sampling);
-      Active a{std::move(front), -1, -1, std::move(sampler), {}};
+      Active a{std::move(front), -1, -1, std::move(sampler), {}, {}, {}, 0};
       a.feed = a.req.prompt;
       a.order = next_order_++;
       if (!admit(a)) {
