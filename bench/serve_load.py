@@ -21,14 +21,7 @@ import time
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "e2e"))
-from serve_util import start_server  # noqa: E402
-
-
-def start(cmd):
-    srv, port = start_server(cmd[0], cmd[2:])  # cmd: [mlkv, "serve", ARGS...]
-    if port is None:
-        raise RuntimeError("mlkv serve did not start")
-    return srv, port
+from serve_util import start_cmd as start  # noqa: E402
 
 
 def rss_mib(pid):

@@ -35,3 +35,11 @@ def stop_server(srv, timeout=60):
     except subprocess.TimeoutExpired:
         srv.kill()
         return None
+
+
+def start_cmd(cmd):
+    """start_server for a command line [mlkv, "serve", ARGS...]; raises when it does not start."""
+    srv, port = start_server(cmd[0], cmd[2:])
+    if port is None:
+        raise RuntimeError(f"mlkv serve did not start: {' '.join(cmd)}")
+    return srv, port
