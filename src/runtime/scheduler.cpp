@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "kernels/ops.h"
 
 namespace mlkv {
 
@@ -37,8 +38,7 @@ Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_
       cache_(model.new_cache(n_parallel, n_ctx_, cache_elem, block_size,
                              pool_blocks(n_parallel, n_ctx_, block_size, n_blocks))) {
   if (block_size_ > 0) {
-    pool_ = std::make_unique<BlockPool>(pool_blocks(n_parallel, n_ctx_, block_size, n_blocks),
-                                        block_size_);
+    pool_ = std::make_unique<BlockPool>(cache_.n_blocks(), block_size_);
     for (int s = 0; s < n_parallel; ++s) cache_.set_block_table(s, {});
   }
   publish_load();
@@ -93,22 +93,19 @@ void Scheduler::finish(size_t i, const char* reason) {
 
 namespace {
 
-// The log-probability of `token` under the logits row (log-softmax, accumulated in double) and
-// the n_top most likely ids at that position. Throws mlkv::Error for a non-finite logit.
+// The log-probability of `token` under the logits row (x[token] - logsumexp, as score_tokens
+// computes it) and the n_top most likely ids at that position. Throws mlkv::Error for a
+// non-finite logit.
 TokenLogprob logprob_of(const float* row, int n_vocab, int32_t token, int n_top,
                         std::vector<int32_t>* idx) {
-  float mx = row[0];
   for (int v = 0; v < n_vocab; ++v) {
     MLKV_REQUIRE(std::isfinite(row[v]), "the model produced a non-finite logit (", row[v],
                  ") for token ", v);
-    mx = std::max(mx, row[v]);
   }
-  double sum = 0.0;
-  for (int v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
-  const double lse = mx + std::log(sum);
+  const float lse = ops::logsumexp(row, n_vocab);
   TokenLogprob lp;
   lp.token = token;
-  lp.logprob = static_cast<float>(row[token] - lse);
+  lp.logprob = row[token] - lse;
   if (n_top > 0) {
     const int k = std::min(n_top, n_vocab);
     idx->resize(static_cast<size_t>(n_vocab));
@@ -120,7 +117,7 @@ TokenLogprob logprob_of(const float* row, int n_vocab, int32_t token, int n_top,
     lp.top.reserve(static_cast<size_t>(k));
     for (int j = 0; j < k; ++j) {
       const int32_t v = (*idx)[static_cast<size_t>(j)];
-      lp.top.emplace_back(v, static_cast<float>(row[v] - lse));
+      lp.top.emplace_back(v, row[v] - lse);
     }
   }
   return lp;
@@ -208,7 +205,6 @@ bool Scheduler::step() {
       pending_.pop_front();
       active_.push_back(std::move(a));
     }
-    running_ = static_cast<int>(active_.size());
   }
   for (size_t i = active_.size(); i-- > 0;) {
     if (active_[i].req.cancel && active_[i].req.cancel->load()) finish(i, "cancelled");
@@ -327,7 +323,6 @@ void Scheduler::publish_load() {
   l.prefix_tokens_reused = prefix_tokens_reused_;
   l.queued = static_cast<int>(preempted_.size());  // load() adds the requests waiting now
   std::lock_guard<std::mutex> lock(mu_);
-  running_ = l.running;
   load_ = l;
 }
 
@@ -344,7 +339,7 @@ void Scheduler::serve_forever() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] {
-        return stopping_ || !pending_.empty() || running_ > 0 || !preempted_.empty();
+        return stopping_ || !pending_.empty() || load_.running > 0 || !preempted_.empty();
       });
       if (stopping_) break;
     }

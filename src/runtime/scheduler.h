@@ -101,8 +101,7 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<Request> pending_;  // guarded by mu_
   bool stopping_ = false;        // guarded by mu_
-  int running_ = 0;              // guarded by mu_ (mirror of active_.size())
-  SchedulerLoad load_;           // guarded by mu_
+  SchedulerLoad load_;           // guarded by mu_ (as of the last step)
   std::vector<Active> active_;   // scheduler thread only
   std::vector<float> logits_;
   std::vector<size_t> last_row_;  // per active sequence: its last logits row in the step

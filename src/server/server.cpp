@@ -185,16 +185,29 @@ struct Job {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Event> events;  // guarded by mu
-  int n_done = 0;            // guarded by mu
   std::vector<Choice> choices;
   Clock::time_point submitted = Clock::now();
+
+  // The engine's events so far, after waiting up to 10 ms for one (HTTP thread).
+  std::deque<Event> take_events() {
+    std::deque<Event> evs;
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::milliseconds(10), [&] { return !events.empty(); });
+    evs.swap(events);
+    return evs;
+  }
+  // Every choice has ended and its end was applied (drain).
+  bool all_done() const {
+    for (const Choice& ch : choices)
+      if (!ch.done) return false;
+    return true;
+  }
 };
 
 // Applies the engine's events to the choices (HTTP thread). emit(choice, new text, logprob or
-// null, finished) is called for each token and once when a choice ends. Returns false when
-// nothing was pending.
+// null, finished) is called for each token and once when a choice ends.
 template <typename Emit>
-void drain(Job& job, std::deque<Event>& evs, const Tokenizer* tok, Emit&& emit) {
+void drain(Job& job, std::deque<Event>& evs, Emit&& emit) {
   for (Event& e : evs) {
     Choice& ch = job.choices[static_cast<size_t>(e.choice)];
     if (!e.done) {
@@ -230,7 +243,6 @@ void drain(Job& job, std::deque<Event>& evs, const Tokenizer* tok, Emit&& emit) 
       emit(ch, tail, nullptr, true);
     }
   }
-  (void)tok;
   evs.clear();
 }
 
@@ -503,7 +515,6 @@ void run_server(Engine& engine, const ServerOptions& opt) {
           if (g.finish_reason == "cancelled") m->cancelled.fetch_add(1);
           std::lock_guard<std::mutex> lock(j->mu);
           j->events.push_back({idx, true, -1, std::nullopt, g});
-          ++j->n_done;
           j->cv.notify_all();
         };
         session.submit(std::move(r));
@@ -531,18 +542,10 @@ void run_server(Engine& engine, const ServerOptions& opt) {
 
     if (!c.stream) {
       // Wait for every choice, applying stop strings as tokens arrive and watching the socket.
-      std::deque<Event> evs;
       while (true) {
-        {
-          std::unique_lock<std::mutex> lock(job->mu);
-          job->cv.wait_for(lock, std::chrono::milliseconds(10),
-                           [&] { return !job->events.empty(); });
-          evs.swap(job->events);
-        }
-        drain(*job, evs, tok, [](Choice&, const std::string&, const TokenLogprob*, bool) {});
-        bool all = true;
-        for (const Choice& ch : job->choices) all = all && ch.done;
-        if (all) break;
+        std::deque<Event> evs = job->take_events();
+        drain(*job, evs, [](Choice&, const std::string&, const TokenLogprob*, bool) {});
+        if (job->all_done()) break;
         if (client_gone(fd)) {
           cancel_all();
           // Answered nowhere; the sequences end at the next step (their on_done finds the job).
@@ -619,13 +622,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
     res.set_chunked_content_provider(
         "text/event-stream",
         [=](size_t, httplib::DataSink& sink) {
-          std::deque<Event> evs;
-          {
-            std::unique_lock<std::mutex> lock(job->mu);
-            job->cv.wait_for(lock, std::chrono::milliseconds(10),
-                             [&] { return !job->events.empty(); });
-            evs.swap(job->events);
-          }
+          std::deque<Event> evs = job->take_events();
           if (evs.empty()) {
             if (client_gone(fd)) {
               cancel_all();
@@ -634,7 +631,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
             return true;
           }
           std::string out;
-          drain(*job, evs, tok,
+          drain(*job, evs,
                 [&](Choice& ch, const std::string& piece, const TokenLogprob* lp, bool finished) {
                   const size_t i = static_cast<size_t>(&ch - job->choices.data());
                   json choice = {{"index", i}};
@@ -670,8 +667,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
                   if (finished && ch.result.finish_reason == "cancelled" && !ch.stopped) return;
                   out += "data: " + dump(chunk(json::array({choice}))) + "\n\n";
                 });
-          bool all = true;
-          for (const Choice& ch : job->choices) all = all && ch.done;
+          const bool all = job->all_done();
           if (all) {
             if (include_usage) {
               json u = chunk(json::array());
