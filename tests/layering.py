@@ -26,6 +26,7 @@ LOWER = {
     "train": ["core", "kernels", "kv", "model", "io"],
     "eval": ["core", "kernels", "kv", "model", "io", "tokenizer"],
     "convert": ["core", "kernels", "kv", "model", "io"],
+    "experiment": ["core", "kernels", "kv", "model", "io", "tokenizer", "train", "eval", "convert"],
     "api": ["core", "kernels", "kv", "model", "io", "sampling", "tokenizer", "runtime", "eval", "convert"],
     "server": [],
 }

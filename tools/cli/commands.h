@@ -13,6 +13,7 @@ void add_train_commands(CLI::App& app);      // train, plot                     
 void add_eval_commands(CLI::App& app);       // eval                            (cmd_eval.cpp)
 void add_convert_commands(CLI::App& app);    // convert                         (cmd_convert.cpp)
 void add_serve_commands(CLI::App& app);      // serve                           (cmd_serve.cpp)
+void add_reproduce_commands(CLI::App& app);  // reproduce                       (cmd_reproduce.cpp)
 
 // Shared option helpers.
 // Parses "1 2 3" or "1,2,3" into ids; throws mlkv::Error naming the bad item.

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   mlkv::cli::add_eval_commands(app);
   mlkv::cli::add_convert_commands(app);
   mlkv::cli::add_serve_commands(app);
+  mlkv::cli::add_reproduce_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
