@@ -14,6 +14,7 @@ PKGS=(
   python3-dev                    # Python.h for the Python module (python/)
   clang libclang-rt-dev          # libFuzzer targets
   gnuplot-nox                    # loss-curve plots
+  librsvg2-bin                   # rsvg-convert: PNG of `mlkv reproduce`'s Pareto plot
 )
 missing=()
 for p in "${PKGS[@]}"; do
