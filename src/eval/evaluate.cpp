@@ -136,6 +136,7 @@ PerplexityOptions ppl_options(const EvalOptions& opt, Progress* bar) {
   o.batch = opt.batch;
   o.limit = opt.limit;
   o.cache_type = opt.cache_type;
+  o.kl_base = opt.kl_base;
   o.on_progress = [bar](int64_t done, int64_t) { bar->update(static_cast<double>(done)); };
   return o;
 }
@@ -158,6 +159,18 @@ json ppl_json(const PerplexityResult& r, int64_t n_bytes, int64_t n_words, int w
   if (n_words > 0) {
     j["n_words"] = n_words;
     j["word_perplexity"] = std::exp(r.nll / static_cast<double>(n_words));
+  }
+  if (r.kl && r.kl->n > 0) {
+    const KlResult& k = *r.kl;
+    const double base_loss = k.base_nll / static_cast<double>(k.n);
+    j["kl"] = {{"mean", k.mean()},
+               {"max", k.max},
+               {"p99", k.p99},
+               {"same_top", static_cast<double>(k.same_top) / static_cast<double>(k.n)},
+               {"base_loss", base_loss},
+               {"base_token_perplexity", std::exp(base_loss)},
+               // perplexity with the cache under test over the base's: exp(loss - base_loss)
+               {"ppl_ratio", std::exp(r.loss() - base_loss)}};
   }
   return j;
 }
@@ -299,6 +312,7 @@ EvalReport evaluate(Model& model, const Tokenizer* tok, const std::vector<EvalIn
                     {"bos", opt.bos},
                     {"share_context", opt.share_context},
                     {"cache_type", opt.cache_type.name()},
+                    {"kl_base", opt.kl_base ? json(opt.kl_base->name()) : json(nullptr)},
                     {"kv_bytes_per_token", c.kv_bytes_per_token(opt.cache_type)},
                     {"threads", num_threads()},
                     {"max_bytes", opt.max_bytes}}},

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,11 @@ struct EvalOptions {
   // back, so perplexity and task scores measure the model with that cache (as llama.cpp's
   // perplexity tool does).
   KvCacheType cache_type;
+  // Perplexity inputs only: also score every window with this cache format (the base, e.g. f32)
+  // and report how far cache_type's next-token distributions are from the base's ("kl": mean,
+  // max and 99th percentile of KL(base || cache_type) per target, the share of targets with the
+  // same argmax, the base's loss), as llama.cpp's perplexity --kl-divergence does.
+  std::optional<KvCacheType> kl_base;
   // Called with a warning (choices longer than the context); none: not reported.
   std::function<void(const std::string&)> on_warning;
 };

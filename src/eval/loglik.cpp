@@ -154,8 +154,10 @@ std::vector<LoglikResult> score_loglik(Model& model, const std::vector<LoglikReq
         const int ri = groups[g].first + k;
         const Prepared& p = prep[static_cast<size_t>(ri)];
         LoglikResult& res = results[static_cast<size_t>(ri)];
+        int index = 0;
         for (int32_t target : p.cont) {
           const float* lr = logits.data() + row * c.n_vocab;
+          if (opt.on_logits) opt.on_logits(ri, index++, lr);
           const float lp = lr[target] - ops::logsumexp(lr, c.n_vocab);
           // Greedy: the target is the first maximum (what torch.argmax returns on ties).
           const int32_t best = static_cast<int32_t>(std::max_element(lr, lr + c.n_vocab) - lr);

@@ -42,6 +42,9 @@ struct LoglikOptions {
   KvCacheType cache_type;     // the KV cache's formats (prefill writes them, attention reads them)
   // Called after each forward wave with the number of requests finished so far.
   std::function<void(int64_t)> on_progress;
+  // Called for every scored row with its raw logits ([n_vocab] floats, valid during the call):
+  // the request's index and the row's index among that request's scored tokens. None: not called.
+  std::function<void(int request, int index, const float* logits)> on_logits;
 };
 
 // Scores every request; results are index-aligned with requests. Throws mlkv::Error for an empty

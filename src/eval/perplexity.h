@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,7 +34,23 @@ struct PerplexityOptions {
   int batch = 16;     // windows per forward pass
   int64_t limit = 0;  // score only the first `limit` windows (0: all)
   KvCacheType cache_type;  // the KV cache's formats
+  // When set: every window is also scored with this cache format (the base, e.g. f32), and the
+  // next-token distributions of the two are compared (PerplexityResult::kl), as llama.cpp's
+  // perplexity --kl-divergence does for quantized models.
+  std::optional<KvCacheType> kl_base;
   std::function<void(int64_t done, int64_t total)> on_progress;
+};
+
+// How far the next-token distributions q (cache_type) are from p (kl_base), over every target:
+// KL(p || q) = sum_v p_v (log p_v - log q_v) in nats, per target position.
+struct KlResult {
+  int64_t n = 0;           // targets compared
+  double sum = 0;          // of KL(p || q)
+  double max = 0;
+  double p99 = 0;          // 99th percentile (nearest rank)
+  int64_t same_top = 0;    // targets whose argmax is the same under p and q
+  double base_nll = 0;     // total NLL of the targets under p (the base's perplexity)
+  double mean() const { return n > 0 ? sum / static_cast<double>(n) : 0.0; }
 };
 
 struct PerplexityResult {
@@ -44,6 +61,7 @@ struct PerplexityResult {
   double loss() const { return n_tokens > 0 ? nll / static_cast<double>(n_tokens) : 0.0; }
   double token_perplexity() const;
   std::vector<float> token_logprobs;  // when kept: one per target, in stream order
+  std::optional<KlResult> kl;         // when PerplexityOptions::kl_base was set
 };
 
 // Scores the targets of stream s (s[0] is read but never predicted).

@@ -30,7 +30,7 @@ namespace {
 struct EvalArgs {
   eval::EvalOptions o;  // --batch, --ctx, --stride, --limit, --max-bytes, --bos, --template
   std::string model, tokenizer, json_path, eval_dir, device = "cpu", weights = "f32";
-  std::string cache_type = "f32", cache_k, cache_v;
+  std::string cache_type = "f32", cache_k, cache_v, kl_base;
   std::vector<std::string> inputs, texts, shards, tasks;
   int threads = 0;
   bool no_share = false;
@@ -70,6 +70,16 @@ void print_result(const std::string& name, const json& j) {
     print_row("", "bits_per_byte", j["bits_per_byte"].get<double>(), NAN, "");
   if (j.contains("word_perplexity"))
     print_row("", "word_perplexity", j["word_perplexity"].get<double>(), NAN, "");
+  if (j.contains("kl")) {
+    const json& k = j["kl"];
+    std::snprintf(extra, sizeof extra, "KL(base || cache) %.3e, max %.3e, p99 %.3e, same top %.2f %%",
+                  k["mean"].get<double>(), k["max"].get<double>(), k["p99"].get<double>(),
+                  100 * k["same_top"].get<double>());
+    print_row("", "mean_kl", k["mean"].get<double>(), NAN, extra);
+    std::snprintf(extra, sizeof extra, "base perplexity %.4f",
+                  k["base_token_perplexity"].get<double>());
+    print_row("", "ppl_ratio", k["ppl_ratio"].get<double>(), NAN, extra);
+  }
 }
 
 void run_eval(const EvalArgs& a) {
@@ -94,6 +104,13 @@ void run_eval(const EvalArgs& a) {
                "lambada_openai, wikitext2_test.txt)");
 
   o.cache_type = parse_cache_type(cache_type_arg(a.cache_type, a.cache_k, a.cache_v), "--cache-type");
+  if (!a.kl_base.empty()) {
+    o.kl_base = parse_cache_type(a.kl_base, "--kl-base");
+    for (const eval::EvalInput& in : inputs) {
+      MLKV_REQUIRE(in.kind != eval::InputKind::kTask, "--kl-base compares perplexity windows; ",
+                   in.path, " is a task (give text files or token shards)");
+    }
+  }
   ModelOptions mo;
   mo.device = parse_device_option(a.device, "--device");
   mo.weights = parse_weight_type(a.weights, "--weights");
@@ -158,6 +175,10 @@ void add_eval_commands(CLI::App& app) {
                 "Run every choice's context separately (for checking the shared pass)");
   cmd->add_option("--json", a->json_path, "Write the results as JSON to this file");
   add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
+  cmd->add_option("--kl-base", a->kl_base,
+                  "Also score every perplexity window with this cache format (e.g. f32) and report "
+                  "the KL divergence of the next-token distributions with --cache-type from it "
+                  "(mean, max, p99), the share of equal argmax and the perplexity ratio");
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
       ->capture_default_str();
   cmd->add_option("--weights", a->weights,

@@ -4,6 +4,7 @@
 // the same windows; lm-eval's context/continuation split on a mock and a real tokenizer.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -398,6 +399,91 @@ TEST(RunTask, MetricsFollowTheScores) {
   }
   EXPECT_NEAR(lr.target_loglik[0], ll[0], 1e-4);
   EXPECT_NEAR(lr.find("perplexity")->value, eval::perplexity(ll), 1e-3 * eval::perplexity(ll));
+}
+
+// The KL divergence of a cache format from a base format, against an independent computation: each
+// window's logits from one plain forward pass per format (its own cache), KL(base || test) in double
+// per target. Same format: exactly zero. q8_0 needs 32-value heads: a 2-head, 64-wide model.
+TEST(Perplexity, KlDivergenceFromABaseCache) {
+  for (auto [fam, cache] : std::vector<std::pair<Family, DType>>{
+           {Family::kLlama, DType::kF16}, {Family::kGptNeoX, DType::kBF16},
+           {Family::kLlama, DType::kQ8_0}, {Family::kGptNeoX, DType::kQ4_0}}) {
+    ModelConfig c = tiny_config(fam, 3, 64, 2, 1, {0, 0, 2}, KvShareRope::kPost);
+    c.n_ctx = 40;
+    LoadedModel lm;
+    lm.config = c;
+    lm.weights = random_weights(c, 21);
+    Model m(std::move(lm));
+    std::mt19937 rng(7);
+    const auto s = tokens(90, c.n_vocab, rng);
+    const int window = 24, stride = 24;
+    eval::PerplexityOptions opt;
+    opt.window = window;
+    opt.stride = stride;
+    opt.batch = 2;
+    opt.cache_type = cache;
+    opt.kl_base = KvCacheType(DType::kF32);
+    const eval::PerplexityResult r = eval::stream_perplexity(m, s, opt);
+    ASSERT_TRUE(r.kl.has_value());
+
+    // Independent: full logits of every window, once per format.
+    const int V = c.n_vocab;
+    double sum = 0, mx = 0, base_nll = 0, nll = 0;
+    int64_t n = 0, same = 0;
+    std::vector<double> all;
+    for (const eval::Window& w : eval::make_windows(static_cast<int64_t>(s.size()), window, stride)) {
+      const int len = static_cast<int>(w.end - w.begin) - 1;  // tokens fed
+      std::vector<std::vector<float>> lg(2, std::vector<float>(static_cast<size_t>(len) * V));
+      for (int f = 0; f < 2; ++f) {
+        KVCache cache_f = m.new_cache(1, len, f == 0 ? KvCacheType(DType::kF32) : KvCacheType(cache));
+        Batch b;
+        for (int j = 0; j < len; ++j) b.add(s[static_cast<size_t>(w.begin + j)], 0, j, true);
+        m.forward(b, cache_f, lg[static_cast<size_t>(f)].data());
+      }
+      for (int64_t t = w.split; t < w.end; ++t) {
+        const size_t row = static_cast<size_t>(t - 1 - w.begin);
+        const float* p = lg[0].data() + row * V;
+        const float* q = lg[1].data() + row * V;
+        double mp = -INFINITY, mq = -INFINITY;
+        for (int v = 0; v < V; ++v) mp = std::max(mp, double{p[v]}), mq = std::max(mq, double{q[v]});
+        double zp = 0, zq = 0;
+        for (int v = 0; v < V; ++v) zp += std::exp(p[v] - mp), zq += std::exp(q[v] - mq);
+        const double lzp = mp + std::log(zp), lzq = mq + std::log(zq);
+        double kl = 0;
+        for (int v = 0; v < V; ++v) {
+          const double lp = p[v] - lzp, lq = q[v] - lzq;
+          kl += std::exp(lp) * (lp - lq);
+        }
+        kl = std::max(0.0, kl);
+        const int32_t target = s[static_cast<size_t>(t)];
+        base_nll -= p[target] - lzp;
+        nll -= q[target] - lzq;
+        sum += kl;
+        mx = std::max(mx, kl);
+        all.push_back(kl);
+        same += std::max_element(p, p + V) - p == std::max_element(q, q + V) - q;
+        ++n;
+      }
+    }
+    const char* name = kv_codec(cache).name;
+    ASSERT_EQ(r.kl->n, n) << name;
+    EXPECT_GT(sum, 0) << name << ": the format must change something";
+    // Batched windows take other f32 paths than one window alone: a few ulps of the logits.
+    EXPECT_NEAR(r.kl->sum / n, sum / n, 1e-6 + 1e-3 * sum / n) << name;
+    EXPECT_NEAR(r.kl->max, mx, 1e-6 + 1e-3 * mx) << name;
+    EXPECT_NEAR(r.kl->base_nll, base_nll, 1e-3) << name;
+    EXPECT_NEAR(r.nll, nll, 1e-3) << name;
+    EXPECT_NEAR(static_cast<double>(r.kl->same_top), static_cast<double>(same), 1.0) << name;
+    std::sort(all.begin(), all.end());
+    EXPECT_NEAR(r.kl->p99, all[static_cast<size_t>(std::ceil(0.99 * n)) - 1], 1e-6 + 1e-3 * mx) << name;
+
+    // The same format on both sides: nothing differs.
+    opt.cache_type = KvCacheType(DType::kF32);
+    const eval::PerplexityResult z = eval::stream_perplexity(m, s, opt);
+    EXPECT_EQ(z.kl->max, 0.0);
+    EXPECT_EQ(z.kl->same_top, z.kl->n);
+    EXPECT_EQ(z.kl->base_nll, z.nll);
+  }
 }
 
 }  // namespace
