@@ -82,6 +82,16 @@ class Backend {
                                   int E) = 0;
   virtual double cross_entropy(T* logits, const int32_t* target, int n, int V, T scale, bool grad,
                                T* row_loss) = 0;
+  // The distillation term (ops::distill_kl_forward_backward). Not every backend has it (the
+  // CUDA backend does not yet): the default refuses, and `mlkv train --teacher` checks first.
+  virtual double distill_kl(const T* student, T* teacher, int n, int V, T temp, T scale, bool grad,
+                            T* row_kl) {
+    (void)student, (void)teacher, (void)n, (void)V, (void)temp, (void)scale, (void)grad,
+        (void)row_kl;
+    fail("the ", name(),
+         " backend has no distillation op (knowledge distillation trains on the CPU)");
+  }
+  virtual bool has_distill_kl() const { return false; }
 
   // ---- attention ----
   virtual void attention_forward(const T* q, const T* k, const T* v, T* o, T* lse,

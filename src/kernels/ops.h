@@ -99,6 +99,16 @@ void softmax_rows(float* x, int rows, int n);
 template <typename T>
 double cross_entropy_forward_backward(T* logits, const int32_t* target, int n, int V, T scale,
                                       bool grad, T* row_loss);
+// The distillation term of the output head (knowledge distillation, docs/TRAINING.md) for rows
+// of student and teacher logits [n, V] at temperature temp > 0: p = softmax(teacher / temp),
+// q = softmax(student / temp), row_kl[t] = KL(p || q) = sum_i p_i (log p_i - log q_i). With grad,
+// the teacher's row is replaced by scale d KL / d student = scale (q - p) / temp. The teacher
+// logits are consumed either way; the student's are only read. Returns the sum of the row terms,
+// added in row order in double. (Computed as E_p[(teacher - student) / temp] + lse_q - lse_p: in
+// f32 a KL near zero may come out a few ulps of the log-normalisers below it.)
+template <typename T>
+double distill_kl_forward_backward(const T* student, T* teacher, int n, int V, T temp, T scale,
+                                   bool grad, T* row_kl);
 
 // ---- attention ----
 // Per-thread and per-head work buffers of the training attention, grown on first use.

@@ -2,6 +2,7 @@
 #include "train/checkpoint.h"
 
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -45,6 +46,13 @@ json state_to_json(const CheckpointState& s) {
             {"skipped_steps", s.skipped_steps},
             {"last_val_loss", s.last_val_loss}};
   if (std::isfinite(s.last_loss)) j["last_loss"] = s.last_loss;
+  if (!s.teacher.empty()) {
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(s.teacher_hash));
+    j["teacher"] = {{"path", s.teacher}, {"hash", hash}};
+    if (std::isfinite(s.last_ce)) j["last_ce"] = s.last_ce;
+    if (std::isfinite(s.last_kl)) j["last_kl"] = s.last_kl;
+  }
   if (s.has_data)
     j["data"] = {{"train", fingerprint_to_json(s.train_data)},
                  {"val", fingerprint_to_json(s.val_data)}};
@@ -67,6 +75,12 @@ CheckpointState state_from_json(const json& j) {
   s.skipped_steps = j.value("skipped_steps", int64_t{0});
   s.last_val_loss = j.value("last_val_loss", -1.0);
   if (j.contains("last_loss") && j["last_loss"].is_number()) s.last_loss = j["last_loss"];
+  if (j.contains("teacher")) {
+    s.teacher = j["teacher"].at("path").get<std::string>();
+    s.teacher_hash = std::stoull(j["teacher"].at("hash").get<std::string>(), nullptr, 16);
+    if (j.contains("last_ce") && j["last_ce"].is_number()) s.last_ce = j["last_ce"];
+    if (j.contains("last_kl") && j["last_kl"].is_number()) s.last_kl = j["last_kl"];
+  }
   if (j.contains("data")) {
     s.has_data = true;
     s.train_data = fingerprint_from_json(j["data"].at("train"));

@@ -42,6 +42,12 @@ struct CheckpointState {
   // ... and the losses of the last step, so that resuming a finished run reports them.
   double last_loss = std::numeric_limits<double>::quiet_NaN();  // NaN: unknown
   double last_val_loss = -1;                                    // -1: none
+  // Distilled runs (distill.h): the teacher (its path and the hash of its config and weights;
+  // empty path: no teacher) and the last step's cross-entropy and KL parts.
+  std::string teacher;
+  uint64_t teacher_hash = 0;
+  double last_ce = std::numeric_limits<double>::quiet_NaN();
+  double last_kl = std::numeric_limits<double>::quiet_NaN();
 };
 
 // Called after each tensor is written with (bytes written, total bytes): a test hook.

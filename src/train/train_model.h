@@ -12,6 +12,12 @@
 // normaliser; the logits exist only for a chunk of rows at a time (output layer and cross-entropy
 // fused, forward and backward). arena_bytes() gives the exact arena size; docs/TRAINING.md has the
 // formula.
+//
+// A graph built forward-only (a distillation teacher, train/distill.h) runs the same loop without
+// keeping anything for a backward pass: one set of activations for every layer with the residual
+// stream updated in place (as inference does), the owners' K/V, and the final normed rows, from
+// which the logits of a chunk of rows are made on demand (chunk_logits) while the student's output
+// layer walks the same chunks.
 #pragma once
 
 #include <cstdint>
@@ -29,10 +35,36 @@ using mlkv::op_name;
 using mlkv::OpProfile;
 
 template <typename T>
+class TrainGraph;
+
+// Knowledge distillation in the output layer (docs/TRAINING.md, "Distillation"): the loss of each
+// position becomes alpha CE + (1 - alpha) temp^2 KL(softmax(teacher / temp) || softmax(student /
+// temp)) (Hinton et al. 2015). The teacher is a forward-only graph over the same vocabulary that
+// has run forward_hidden() on the same rows.
+template <typename T>
+struct Distillation {
+  TrainGraph<T>* teacher = nullptr;
+  const ModelWeights* teacher_weights = nullptr;
+  double alpha = 0.5;  // in [0, 1]
+  double temp = 1.0;   // > 0
+};
+
+// Sums over the positions of a forward pass: cross-entropy and (distilling) KL(teacher || student)
+// at the temperature, both in nats, without alpha or temp^2.
+struct LossSums {
+  double ce = 0;
+  double kl = 0;
+};
+
+template <typename T>
 class TrainGraph {
  public:
+  enum class Mode { kTrain, kForwardOnly };
   // Buffers for micro-batches of `batch` rows of `ctx` positions, on the device of `be`.
-  TrainGraph(const ModelConfig& cfg, int batch, int ctx, Backend<T>& be = backend<T>());
+  // head_rows: rows of logits the output layer makes at once (0: as many as 2^24 logits hold, what
+  // arena_bytes assumes; tests set fewer to run several chunks on a tiny model).
+  TrainGraph(const ModelConfig& cfg, int batch, int ctx, Backend<T>& be = backend<T>(),
+             Mode mode = Mode::kTrain, int head_rows = 0);
   ~TrainGraph();
 
   int batch() const { return batch_; }
@@ -45,10 +77,25 @@ class TrainGraph {
   // Throws mlkv::Error for a token id outside the vocabulary.
   double forward_backward(const ModelWeights& w, const int32_t* rows, ModelWeights* grads,
                           T grad_scale, int n_rows = -1);
+  // The same with distillation: the gradient is grad_scale * d(sum of the per-position losses
+  // above)/d(parameter); returns both sums. The teacher must have run forward_hidden on rows.
+  LossSums forward_backward(const ModelWeights& w, const int32_t* rows, ModelWeights* grads,
+                            T grad_scale, int n_rows, const Distillation<T>& distill);
+
+  // Forward-only graphs: embedding, layers and final norm over rows (as forward_backward reads
+  // them; the targets are not used), keeping the normed final rows for chunk_logits.
+  void forward_hidden(const ModelWeights& w, const int32_t* rows, int n_rows = -1);
+  // Logits [n, n_vocab] of rows [row0, row0 + n) of the last forward_hidden, n <= head_chunk(),
+  // in the graph's own chunk buffer (overwritten by the next call; the caller may consume it).
+  T* chunk_logits(const ModelWeights& w, int64_t row0, int n);
+  // Rows of logits the output layer makes at once (the same for every graph of a vocabulary size
+  // and micro-batch).
+  int head_chunk() const { return head_chunk_; }
 
   // Bytes of the activation arena and scratch for this geometry (elem = sizeof(T)), not counting
   // the per-thread attention blocks (2 * 64 * ctx + ctx elements per thread).
-  static int64_t arena_bytes(const ModelConfig& cfg, int batch, int ctx, size_t elem);
+  static int64_t arena_bytes(const ModelConfig& cfg, int batch, int ctx, size_t elem,
+                             Mode mode = Mode::kTrain);
   // What this graph holds now (equals arena_bytes after the first backward pass).
   int64_t allocated_bytes() const;
 
@@ -58,9 +105,14 @@ class TrainGraph {
  private:
   struct Arena;
   class Attention;
-  double head(const ModelWeights& w, ModelWeights* grads, T grad_scale);
+  void check_rows(const int32_t* rows, int n_rows);  // and sets n_, inputs_, targets_
+  LossSums run(const ModelWeights& w, const int32_t* rows, ModelWeights* grads, T grad_scale,
+               int n_rows, const Distillation<T>* distill);
+  LossSums head(const ModelWeights& w, ModelWeights* grads, T grad_scale,
+                const Distillation<T>* distill);
 
   ModelConfig cfg_;
+  Mode mode_;
   int batch_, ctx_;
   int64_t n_;  // batch * ctx rows
   Transformer<T> net_;

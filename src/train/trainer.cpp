@@ -64,6 +64,11 @@ std::string options_to_json(const TrainOptions& o, int64_t steps, int64_t warmup
             {"world", world},
             {"init_std", o.init_std},
             {"skip_nonfinite", o.skip_nonfinite}};
+  if (!o.distill.teacher.empty()) {
+    j["teacher"] = o.distill.teacher;
+    j["distill_alpha"] = o.distill.alpha;
+    j["distill_temp"] = o.distill.temp;
+  }
   return j.dump();
 }
 
@@ -74,7 +79,8 @@ constexpr std::pair<const char*, const char*> kUpdateOptions[] = {
     {"warmup", "--warmup"}, {"schedule", "--schedule"},
     {"steps", "--steps"},   {"weight_decay", "--weight-decay"},
     {"beta1", "--beta1"},   {"beta2", "--beta2"},
-    {"eps", "--adam-eps"},  {"clip", "--clip"}};
+    {"eps", "--adam-eps"},  {"clip", "--clip"},
+    {"distill_alpha", "--distill-alpha"}, {"distill_temp", "--distill-temp"}};
 
 // Which of those differ between the checkpoint's run and this one: {"--lr": [old, new], ...}.
 json changed_options(const std::string& before, const std::string& now) {
@@ -82,7 +88,7 @@ json changed_options(const std::string& before, const std::string& now) {
   const json a = json::parse(before, nullptr, false), b = json::parse(now);
   if (!a.is_object()) return changes;
   for (const auto& [key, flag] : kUpdateOptions) {
-    if (a.contains(key) && a[key] != b[key]) changes[flag] = {a[key], b[key]};
+    if (a.contains(key) && b.contains(key) && a[key] != b[key]) changes[flag] = {a[key], b[key]};
   }
   return changes;
 }
@@ -118,6 +124,31 @@ void check_resume_data(const CheckpointState& st, const DataFingerprint& train,
       std::fprintf(stderr, "train: --resume --allow-data-change: %s; continuing on them\n",
                    what.c_str());
   }
+}
+
+// The teacher is part of a distilled run: a resume needs the checkpoint's (the same config and
+// weights, wherever they are now) and a plain run cannot turn into a distilled one or back.
+void check_resume_teacher(const CheckpointState& st, const Teacher* teacher,
+                          const TrainOptions& opt, bool root) {
+  const std::string fresh = cat("start a new run from its model instead (--init ", opt.out_dir,
+                                teacher ? cat(" --teacher ", opt.distill.teacher) : "", ")");
+  if (st.teacher.empty()) {
+    MLKV_REQUIRE(teacher == nullptr, "train: --resume: the checkpoint's run trained without a "
+                 "teacher; --teacher would change its loss from step ", st.step + 1, " on. To "
+                 "distil from here, ", fresh);
+    return;
+  }
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(st.teacher_hash));
+  MLKV_REQUIRE(teacher != nullptr, "train: --resume: the checkpoint's run distils from --teacher ",
+               st.teacher, " (hash ", hash, "); give it again to continue the run, or ", fresh);
+  const TeacherFingerprint& fp = teacher->fingerprint();
+  MLKV_REQUIRE(fp.hash == st.teacher_hash, "train: --resume: --teacher ", fp.path, " (hash ",
+               fp.hash_hex(), ") is not the teacher the checkpoint's run distils from (",
+               st.teacher, ", hash ", hash, "); give that one, or ", fresh);
+  if (root && fp.path != st.teacher)
+    std::fprintf(stderr, "train: --resume: the teacher %s is the checkpoint's %s (same hash %s)\n",
+                 fp.path.c_str(), st.teacher.c_str(), hash);
 }
 
 // Copies the tokenizer files found at src (a file or a folder) into dir, so that the trained
@@ -276,6 +307,13 @@ TrainSummary run_training(const TrainOptions& opt) {
   sched.total = total_steps;
   sched.min_ratio = opt.min_lr_ratio;
 
+  const bool distilling = !opt.distill.teacher.empty();
+  if (distilling) {
+    validate_distill_options(opt.distill);
+    MLKV_REQUIRE(opt.device == Device::kCpu, "train: --teacher trains on the CPU only for now (the "
+                 "distillation op has no CUDA kernel yet); leave out --device or give --device cpu");
+  }
+
   const fs::path out(opt.out_dir);
   const std::string ckpt_path = (out / kCheckpointFile).string();
   const std::string log_path = (out / kLogFile).string();
@@ -397,6 +435,15 @@ TrainSummary run_training(const TrainOptions& opt) {
   MLKV_REQUIRE(train_stream.n_vocab() <= static_cast<uint32_t>(cfg.n_vocab),
                "train: the data's vocabulary (", train_stream.n_vocab(),
                " ids) is larger than the model's (", cfg.n_vocab, ")");
+  // The teacher: loaded and checked against the student (vocabulary, context) once the student's
+  // config is known; on resume it must be the checkpoint's.
+  std::unique_ptr<Teacher> teacher;
+  if (distilling) teacher = std::make_unique<Teacher>(opt.distill.teacher, cfg, micro, opt.ctx);
+  if (opt.resume) check_resume_teacher(state, teacher.get(), opt, root);
+  if (teacher) {
+    state.teacher = teacher->fingerprint().path;
+    state.teacher_hash = teacher->fingerprint().hash;
+  }
   state.total_steps = total_steps;
   const std::string options_json = options_to_json(opt, total_steps, warmup, world);
   // Schedule or optimizer options changed on resume apply from here on: reported, not silent.
@@ -430,13 +477,17 @@ TrainSummary run_training(const TrainOptions& opt) {
   TrainSummary summary;
   summary.n_params = cfg.n_params();
   if (opt.profile) graph.profile = &summary.profile;
+  // The teacher's forward is forward work of the same ops: it adds to the same columns.
+  if (opt.profile && teacher) teacher->set_profile(&summary.profile);
+  const Distillation<float> distill =
+      teacher ? teacher->distillation(opt.distill.alpha, opt.distill.temp) : Distillation<float>{};
   std::vector<int32_t> rows(static_cast<size_t>(micro) * (opt.ctx + 1));
   const float grad_scale = static_cast<float>(1.0 / static_cast<double>(tokens_per_step));
 
   // ---- log ----
   const int64_t start_step = state.step;
   if (root) {
-    const json header = {
+    json header = {
         {"event", opt.resume ? "resume" : "start"},
         {"step", start_step},
         {"config", cfg.summary()},
@@ -452,6 +503,14 @@ TrainSummary run_training(const TrainOptions& opt) {
          {{"train", {{"tokens", train_fp.tokens}, {"hash", train_fp.hash_hex()}}},
           {"val", {{"tokens", val_fp.tokens}, {"hash", val_fp.hash_hex()}}}}},
         {"changed", changed}};  // options changed on resume ({} when none)
+    if (teacher) {
+      header["teacher"] = {{"path", teacher->fingerprint().path},
+                           {"hash", teacher->fingerprint().hash_hex()},
+                           {"config", teacher->config().summary()},
+                           {"n_params", teacher->config().n_params()},
+                           {"weight_bytes", teacher->weight_bytes()},
+                           {"activation_bytes", teacher->activation_bytes()}};
+    }
     if (opt.resume) {
       truncate_log(log_path, start_step, header);
     } else {
@@ -543,26 +602,53 @@ TrainSummary run_training(const TrainOptions& opt) {
         static_cast<long long>(opt.batch), opt.ctx, micro, opt.accum,
         static_cast<long long>(total_steps),
         static_cast<double>(TrainGraph<float>::arena_bytes(cfg, micro, opt.ctx, 4)) / (1 << 20));
+    if (teacher) {
+      std::fprintf(stderr,
+                   "train: distilling from %s (%s, %.2fM params): loss = %g CE + %g x %g^2 KL; "
+                   "teacher weights %.1f MiB, activations %.1f MiB per rank\n",
+                   teacher->fingerprint().path.c_str(), teacher->config().summary().c_str(),
+                   static_cast<double>(teacher->config().n_params()) / 1e6, opt.distill.alpha,
+                   1 - opt.distill.alpha, opt.distill.temp,
+                   static_cast<double>(teacher->weight_bytes()) / (1 << 20),
+                   static_cast<double>(teacher->activation_bytes()) / (1 << 20));
+    }
   }
   const double t_start = now_seconds();
   double last_val = -1;
   for (int64_t step = start_step; step < total_steps; ++step) {
     // Gradients are zero here: freshly allocated, then zeroed by each AdamW pass.
-    double loss_sum = 0;
+    double sums[2] = {0, 0};  // cross-entropy, KL (distilling) over this rank's positions
     for (int a = 0; a < opt.accum; ++a) {
       const int64_t g0 = step * opt.batch + (int64_t{rank} * opt.accum + a) * micro;
       train_rows.fetch_rows(g0, micro, rows.data());
-      loss_sum += graph.forward_backward(params, rows.data(), &grads, grad_scale);
+      if (teacher) {
+        // The teacher runs on this rank's rows of this micro-step, then the student reads its
+        // logits chunk by chunk in the output layer.
+        teacher->forward(rows.data(), micro);
+        const LossSums l =
+            graph.forward_backward(params, rows.data(), &grads, grad_scale, micro, distill);
+        sums[0] += l.ce;
+        sums[1] += l.kl;
+      } else {
+        sums[0] += graph.forward_backward(params, rows.data(), &grads, grad_scale);
+      }
     }
     inject_nan_grad(cfg, grads, step + 1);
     const double t_comm = now_seconds();
     if (world > 1) {
       for (auto& p : list_params(cfg, grads))
         dist.allreduce_sum(p.tensor->data(), p.tensor->numel());
-      dist.allreduce_sum(&loss_sum, 1);
+      dist.allreduce_sum(sums, teacher ? 2 : 1);
     }
     const double comm_s = now_seconds() - t_comm;
-    const double loss = loss_sum / static_cast<double>(tokens_per_step);
+    const double ce = sums[0] / static_cast<double>(tokens_per_step);
+    const double kl = sums[1] / static_cast<double>(tokens_per_step);
+    // The objective the gradient is of; alpha = 1 gives the cross-entropy bit for bit.
+    const double loss =
+        teacher ? (opt.distill.alpha * sums[0] + (1 - opt.distill.alpha) * opt.distill.temp *
+                                                     opt.distill.temp * sums[1]) /
+                      static_cast<double>(tokens_per_step)
+                : ce;
     std::string bad_tensor;  // the first tensor with a non-finite gradient
     const double norm = global_grad_norm(cfg, grads, &bad_tensor);
     const double lr = sched.at(step);
@@ -583,6 +669,10 @@ TrainSummary run_training(const TrainOptions& opt) {
       const double scale = (opt.clip > 0 && norm > opt.clip) ? opt.clip / norm : 1.0;
       adam->step(params, grads, lr, scale, /*zero_grads_after=*/true);
       state.last_loss = loss;
+      if (teacher) {
+        state.last_ce = ce;
+        state.last_kl = kl;
+      }
     }
     state.step = step + 1;
     state.adam_steps = adam->steps();
@@ -607,6 +697,10 @@ TrainSummary run_training(const TrainOptions& opt) {
                   {"tokens", state.tokens_seen},
                   {"time_s", state.elapsed_s + elapsed},
                   {"tok_per_s", tps}};
+      if (teacher) {
+        rec["ce"] = ce;
+        rec["kl"] = kl;
+      }
       if (world > 1) rec["allreduce_s"] = comm_s;
       if (val >= 0) rec["val_loss"] = val;
       if (skip) rec["skipped"] = true;  // (a non-finite loss or norm is written as null)
@@ -615,6 +709,7 @@ TrainSummary run_training(const TrainOptions& opt) {
     }
     if (show) {
       std::string suffix = "step " + std::to_string(step + 1) + " | loss " + fmt_num(loss, "%.4f");
+      if (teacher) suffix += " (ce " + fmt_num(ce, "%.4f") + ", kl " + fmt_num(kl, "%.4f") + ")";
       if (last_val >= 0) suffix += " | val " + fmt_num(last_val, "%.4f");
       suffix += " | " + fmt_num(tps, "%.0f") + " tok/s | lr " + fmt_num(lr, "%.2e");
       if (bar) {
@@ -634,6 +729,8 @@ TrainSummary run_training(const TrainOptions& opt) {
   summary.skipped_steps = state.skipped_steps;
   // The run's last losses, also when this session ran no step (a finished run resumed).
   summary.last_loss = state.last_loss;
+  summary.last_ce = state.last_ce;
+  summary.last_kl = state.last_kl;
   summary.val_loss = state.last_val_loss;
   summary.tokens_per_s = summary.seconds > 0
                              ? static_cast<double>(state.step - start_step) *

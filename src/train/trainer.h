@@ -1,7 +1,8 @@
 // The training loop behind `mlkv train`: from scratch (a ModelConfig, random init) or uptraining
 // an existing model folder; data-parallel over MPI ranks with gradient accumulation; AdamW with
 // warmup + decay and global-norm clipping; periodic validation; JSONL log, SVG loss plot;
-// atomic checkpoints and exact resume; the result is an HF model folder the engine reads.
+// atomic checkpoints and exact resume; optional distillation from a teacher model (distill.h); the
+// result is an HF model folder the engine reads.
 // docs/TRAINING.md describes the options, the data rule and the memory cost.
 #pragma once
 
@@ -10,6 +11,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "train/distill.h"
 #include "train/optimizer.h"
 #include "train/train_model.h"
 
@@ -57,6 +59,11 @@ struct TrainOptions {
   // Optimizer steps whose gradient (or loss) is not finite: stop at the first (0), or skip up to
   // this many in the run (no update; the step's rows are consumed) and stop at the next.
   int64_t skip_nonfinite = 0;
+  // Knowledge distillation from a teacher model folder (distill.h; docs/TRAINING.md): per
+  // position alpha CE + (1 - alpha) temp^2 KL(teacher || student). The teacher and both numbers
+  // are part of the run: a resume needs the same teacher; alpha or temp changed on resume are
+  // reported like --lr.
+  DistillOptions distill;
   DType out_dtype = DType::kF32;
   bool quiet = false;    // no progress bar or progress lines
   bool profile = false;  // print the per-op time breakdown at the end
@@ -72,6 +79,8 @@ struct TrainSummary {
   int64_t steps = 0;          // optimizer steps done in total
   int64_t skipped_steps = 0;  // of which skipped for a non-finite gradient (the whole run)
   double last_loss = 0;       // training loss of the last step that updated the weights
+  // Distilling: that step's mean cross-entropy and KL (the loss is alpha ce + (1 - alpha) T^2 kl).
+  double last_ce = 0, last_kl = 0;
   double val_loss = -1;     // last validation loss (-1: none)
   double tokens_per_s = 0;  // this session
   double seconds = 0;       // this session's wall time in the loop

@@ -98,14 +98,21 @@ void run_train(TrainArgs& a) {
                             {"loss", r.last_loss},  {"tokens_per_s", r.tokens_per_s},
                             {"seconds", r.seconds}, {"out", o.out_dir}};
         if (r.val_loss >= 0) j["val_loss"] = r.val_loss;
+        if (!o.distill.teacher.empty() && std::isfinite(r.last_ce)) {
+          j["ce"] = r.last_ce;
+          j["kl"] = r.last_kl;
+        }
         std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("trained %lld steps%s: loss %.4f%s, %.0f tokens/s; model in %s\n",
+        const std::string parts = !o.distill.teacher.empty() && std::isfinite(r.last_ce)
+                                      ? cat(" (ce ", r.last_ce, ", kl ", r.last_kl, ")")
+                                      : "";
+        std::printf("trained %lld steps%s: loss %.4f%s%s, %.0f tokens/s; model in %s\n",
                     static_cast<long long>(r.steps),
                     r.skipped_steps > 0
                         ? cat(" (", r.skipped_steps, " skipped: non-finite gradient)").c_str()
                         : "",
-                    r.last_loss, r.val_loss >= 0 ? cat(", val ", r.val_loss).c_str() : "",
+                    r.last_loss, parts.c_str(), r.val_loss >= 0 ? cat(", val ", r.val_loss).c_str() : "",
                     r.tokens_per_s, o.out_dir.c_str());
       }
       if (o.profile) std::printf("%s", train::format_profile(r.profile, r.seconds).c_str());
@@ -130,6 +137,20 @@ void add_train(CLI::App& app) {
                 "Output model folder (also holds checkpoint, log, loss plot)")
       ->required();
   c->add_option("--init", o.init, "Uptrain this model folder (instead of --preset)");
+  auto* teacher = c->add_option(
+      "--teacher", o.distill.teacher,
+      "Distil from this model folder (same vocabulary): it runs forward on the same rows each step "
+      "and the loss becomes alpha CE + (1 - alpha) T^2 KL(teacher || student)");
+  c->add_option("--distill-alpha", o.distill.alpha,
+                "With --teacher: weight a of the cross-entropy (1 - a weighs the KL term)")
+      ->capture_default_str()
+      ->check(interval(0, 1))
+      ->needs(teacher);
+  c->add_option("--distill-temp", o.distill.temp,
+                "With --teacher: softmax temperature T of both distributions in the KL term")
+      ->capture_default_str()
+      ->check(above(0))
+      ->needs(teacher);
   c->add_option("--preset", a->preset,
                 "From scratch: geometry preset (pythia-14m, pythia-70m, pythia-160m, "
                 "pythia-410m, tiny-neox, llama-tiny)");

@@ -107,6 +107,11 @@ class CpuBackend final : public Backend<T> {
                        T* row_loss) override {
     return ops::cross_entropy_forward_backward<T>(logits, target, n, V, scale, grad, row_loss);
   }
+  double distill_kl(const T* student, T* teacher, int n, int V, T temp, T scale, bool grad,
+                    T* row_kl) override {
+    return ops::distill_kl_forward_backward<T>(student, teacher, n, V, temp, scale, grad, row_kl);
+  }
+  bool has_distill_kl() const override { return true; }
 
   void attention_forward(const T* q, const T* k, const T* v, T* o, T* lse, const ops::AttnDims& a,
                          Workspace& ws) override {
