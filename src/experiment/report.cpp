@@ -64,6 +64,19 @@ std::string results_markdown(const json& r) {
               fmt("%.2f", num(c, "paper_avg_acc")), " | ", fmt("%.1f", num(c, "paper_lambada_ppl")),
               " |\n");
   }
+  md += "\nBeyond the paper's procedure: held-out loss right after conversion with each merge of "
+        "K/V across layers (`owner`: the owner layer's K/V, used above; `pairwise`: the authors' "
+        "running average; `mean`), and after the same uptraining with distillation from the MHA "
+        "base (loss = 0.5 CE + 0.5 KL(base || model), docs/TRAINING.md).\n\n";
+  md += "| config | converted: owner | pairwise | mean | uptrained | uptrained + distillation |\n";
+  md += "|---|---|---|---|---|---|\n";
+  for (const json& c : r["configs"]) {
+    md += cat("| ", c["config"].get<std::string>(), " | ", fmt("%.4f", num(c, "loss_converted")),
+              " | ", fmt("%.4f", num(c, "loss_converted_pairwise")), " | ",
+              fmt("%.4f", num(c, "loss_converted_mean")), " | ",
+              fmt("%.4f", num(c, "loss_uptrained")), " | ",
+              fmt("%.4f", num(c, "loss_uptrained_distilled")), " |\n");
+  }
   return md;
 }
 

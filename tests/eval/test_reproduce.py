@@ -66,6 +66,11 @@ def check_complete(out):
                   "avg_acc", "paper_avg_acc", "paper_lambada_ppl", "n_params"):
             v = r[k]
             assert isinstance(v, (int, float)) and math.isfinite(v), f"{name}: {k} = {v}"
+        if name != "MHA-144":
+            for k in ("loss_converted_pairwise", "loss_converted_mean", "loss_uptrained_distilled"):
+                assert math.isfinite(r[k]), f"{name}: {k} = {r[k]}"
+            if m == 12:  # no layers merged: every merge is the same conversion
+                assert r["loss_converted_pairwise"] == r["loss_converted_mean"] == r["loss_converted"], r
         for k in ("lambada_acc", "arc_easy_acc", "piqa_acc", "sciq_acc"):
             assert 0 <= r[k] <= 1, f"{name}: {k} = {r[k]}"
         assert abs(math.exp(r["loss_uptrained"]) - r["ppl_uptrained"]) <= 1e-6 * r["ppl_uptrained"], r
