@@ -14,7 +14,7 @@ BUILD=${MLKV_FUZZ_BUILD:-$ROOT/build-fuzz}
 SECONDS_EACH=${MLKV_FUZZ_SECONDS:-25}
 RUNS=${MLKV_FUZZ_RUNS:-}
 TARGETS=${MLKV_FUZZ_TARGETS:-"tokenizer_json_fuzz token_shard_fuzz text_encode_fuzz tokenizer_bin_fuzz
-  safetensors_fuzz hf_config_fuzz llama2c_fuzz openai_request_fuzz"}
+  safetensors_fuzz hf_config_fuzz llama2c_fuzz openai_request_fuzz http_request_fuzz"}
 export MLKV_SHARED_DIR=${MLKV_SHARED_DIR:-$ROOT/../shared}
 
 mkdir -p "$BUILD"

@@ -9,6 +9,8 @@ usage: test_server.py --mlkv build/bin/mlkv --workdir DIR
 import argparse
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -110,6 +112,59 @@ def test_generation_error(mlkv, wd):
     check(rc == 0, f"SIGTERM stops the server after a failed generation (exit {rc})")
 
 
+def raw_http(port, request):
+    """Sends raw request bytes on one connection that asks to be closed; returns everything the
+    server wrote back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out.decode(errors="replace")
+            out += chunk
+
+
+def test_http_edges(mlkv, wd):
+    """What fuzz/http_request_fuzz.cpp found, through the real server: a Range header is ignored
+    (replies are whole, errors too: cpp-httplib cut a 404's JSON to the range), and request paths
+    never become /metrics labels (each path was a new series, its quotes unescaped)."""
+    d = eos_model.bigram_model(os.path.join(wd, "eos-issue"), eos_model.ISSUE_CHAIN, eos_model.ISSUE_EOS)
+    srv, port = start_server(mlkv, [d, "--parallel", "2", "--api-key", "k"])
+    check(port is not None, "server with an API key announces its port")
+    if port is None:
+        srv.kill()
+        return
+    try:
+        body = json.dumps({"prompt": [5], "max_tokens": 3, "temperature": 0}).encode()
+        for path, auth, want in [("/v1/completions", True, 200), ("/v1/nothing", True, 404),
+                                 ("/v1/completions", False, 401)]:
+            req = (f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nRange: bytes=0-5\r\n"
+                   f"{'Authorization: Bearer k' + chr(13) + chr(10) if auth else ''}"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            out = raw_http(port, req)
+            head, _, rest = out.partition("\r\n\r\n")
+            ok = head.startswith(f"HTTP/1.1 {want} ") and "Content-Range" not in head
+            try:
+                json.loads(rest)
+            except ValueError:
+                ok = False
+            check(ok, f"Range ignored on {path} ({want}): {head.splitlines()[0] if head else out!r}")
+        out = raw_http(port, b"GET /health HTTP/1.1\r\nConnection: close\r\nRange: bytes=0-2,x\r\n\r\n")
+        check(out.startswith("HTTP/1.1 416 ") and "Content-Range" not in out and out.endswith("}"),
+              f"a malformed Range is a 416 with the whole error object: {out[:60]!r}")
+        for path in ["/v1/a\"b", "/v1/x1", "/v1/x2", "/nothing"]:
+            raw_http(port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        routes = set(re.findall(r'^mlkv_requests_total\{route="([^"]*)",', text, re.M))
+        check(routes <= {"/v1/completions", "/health", "unknown"} and "unknown" in routes,
+              f"request paths are not metric labels: {sorted(routes)}")
+    finally:
+        rc = stop_server(srv)
+    check(rc == 0, f"SIGTERM stops the server (exit {rc})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -205,6 +260,7 @@ def main():
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")
     test_eos_ids(a.mlkv, a.workdir)
     test_generation_error(a.mlkv, a.workdir)
+    test_http_edges(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)
