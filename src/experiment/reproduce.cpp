@@ -82,7 +82,7 @@ ReproducePreset reproduce_preset(const std::string& name) {
     p.n_embd = 192;  // d_head 16
     p.ctx = 256;
     p.batch = 32;
-    p.pretrain_tokens = 16'000'000;  // ~2 epochs of the ~7.5 M training tokens
+    p.pretrain_tokens = 16'000'000;  // 2.6 epochs of the 6.1 M training tokens
     p.pretrain_lr = 1.5e-3;
     p.uptrain_tokens = 1'600'000;  // 10 % of pretraining
     p.save_every = 100;
