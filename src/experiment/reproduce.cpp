@@ -190,8 +190,9 @@ class Runner {
                    const std::string& teacher = "");
   // Converts the base to c with the given merge into dst (skipped when done).
   void convert_stage(const PaperConfig& c, MergeStrategy merge, const std::string& dst);
-  json eval_heldout(const std::string& stage, const std::string& model_dir);
-  json eval_full(const std::string& stage, const std::string& model_dir);
+  // The evaluation of model_dir, kept in OUT/eval/<stage>.json (read back when there): held-out
+  // text only, or (full) also WikiText-2 and the tasks.
+  json eval_stage(const std::string& stage, const std::string& model_dir, bool full);
   json evaluate_model(const std::string& model_dir, bool full);
   void write_reports(const json& results) const;
 
@@ -370,21 +371,11 @@ json Runner::evaluate_model(const std::string& model_dir, bool full) {
   return j;
 }
 
-json Runner::eval_heldout(const std::string& stage, const std::string& model_dir) {
+json Runner::eval_stage(const std::string& stage, const std::string& model_dir, bool full) {
   const std::string file = path("eval/" + stage + ".json");
   if (fs::exists(file)) return json::parse(read_text_file(file));
-  log(stage + ": held-out loss");
-  const json j = evaluate_model(model_dir, false);
-  fs::create_directories(out_ / "eval");
-  write_text_file(file, j.dump(1) + "\n");
-  return j;
-}
-
-json Runner::eval_full(const std::string& stage, const std::string& model_dir) {
-  const std::string file = path("eval/" + stage + ".json");
-  if (fs::exists(file)) return json::parse(read_text_file(file));
-  log(stage + ": held-out text, WikiText-2, LAMBADA, ARC-Easy, PIQA, SciQ");
-  const json j = evaluate_model(model_dir, true);
+  log(stage + (full ? ": held-out text, WikiText-2, LAMBADA, ARC-Easy, PIQA, SciQ" : ": held-out loss"));
+  const json j = evaluate_model(model_dir, full);
   fs::create_directories(out_ / "eval");
   write_text_file(file, j.dump(1) + "\n");
   return j;
@@ -431,11 +422,11 @@ json Runner::run() {
     const std::string name = c.name;
     const bool is_mha = name == "MHA-144";
     if (!is_mha) convert_stage(c, MergeStrategy::kOwner, converted_dir(c));
-    const json conv = eval_heldout("converted-" + name, converted_dir(c));
+    const json conv = eval_stage("converted-" + name, converted_dir(c), false);
     // The authors' uptraining recipe (warmup ratio 0.2); the MHA base too: the control.
     train_stage("uptrain-" + name, converted_dir(c), path("uptrained/" + name),
                 p.uptrain_tokens, p.uptrain_lr, 0.2, "uptraining " + name);
-    const json up = eval_full("uptrained-" + name, path("uptrained/" + name));
+    const json up = eval_stage("uptrained-" + name, path("uptrained/" + name), true);
     json r;
     r["config"] = name;
     r["kv_layers"] = c.kv_layers;
@@ -468,13 +459,13 @@ json Runner::run() {
         const std::string tag = merge_name(m);
         const std::string dir = path("converted-" + tag + "/" + name);
         convert_stage(c, m, dir);
-        r["loss_converted_" + tag] = eval_heldout("converted-" + tag + "-" + name, dir)["heldout"]["loss"];
+        r["loss_converted_" + tag] = eval_stage("converted-" + tag + "-" + name, dir, false)["heldout"]["loss"];
       }
       train_stage("uptrain-distilled-" + name, converted_dir(c), path("uptrained-distilled/" + name),
                   p.uptrain_tokens, p.uptrain_lr, 0.2, "uptraining " + name + " distilled from the base",
                   path("base"));
       r["loss_uptrained_distilled"] =
-          eval_heldout("uptrained-distilled-" + name, path("uptrained-distilled/" + name))["heldout"]["loss"];
+          eval_stage("uptrained-distilled-" + name, path("uptrained-distilled/" + name), false)["heldout"]["loss"];
     }
     rows.push_back(r);
   }
