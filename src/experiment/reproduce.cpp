@@ -52,12 +52,12 @@ ReproducePreset reproduce_preset(const std::string& name) {
     p.n_embd = 48;  // d_head 4
     p.ctx = 64;
     p.batch = 8;
-    p.pretrain_tokens = 64 * 8 * 60;  // 60 steps
+    p.pretrain_tokens = 64 * 8 * 40;  // 40 steps
     p.pretrain_lr = 3e-3;
-    p.uptrain_tokens = 64 * 8 * 6;  // 6 steps each
+    p.uptrain_tokens = 64 * 8 * 4;  // 4 steps each
     p.save_every = 10;
-    p.heldout_windows = 16;
-    p.task_items = 12;
+    p.heldout_windows = 12;
+    p.task_items = 8;
     p.wikitext_bytes = 8'000;
     p.note = "plumbing check (about a minute): every stage, numbers of no meaning";
   } else if (name == "demo") {

@@ -6,7 +6,7 @@
              consistent (ppl == exp(loss)), accuracies in [0, 1]; results.md has one row per
              configuration; pareto.svg (and pareto.png when rsvg-convert is installed), both loss plots
   rerun      the same command again skips every stage and gives the same results.json
-  resume     a second run killed (SIGKILL) in the middle of pretraining, then rerun, gives exactly the
+  resume     a second run killed (SIGKILL) in the middle of pretraining (after 15 of its 40 steps), then rerun, gives exactly the
              table of the uninterrupted run (bit-for-bit training resume, deterministic evaluation)
   bad input  unknown preset / configuration, a missing data root, an --out holding something else, and
              a rerun with other settings are refused with a message naming the problem
@@ -158,7 +158,7 @@ def main():
                     except ValueError:
                         continue  # a line being written
                     steps += "step" in rec and "loss" in rec
-            if steps >= 25:
+            if steps >= 15:
                 break
         time.sleep(0.005)
     assert p.poll() is None, f"the run ended before it could be cut (exit {p.returncode})"
