@@ -3,6 +3,7 @@
 # the `slow` label). Usage:
 #   scripts/test.sh            release build, default suite
 #   scripts/test.sh --asan     the same suite under AddressSanitizer + UBSan
+#   scripts/test.sh --tsan     the mlkv binary under ThreadSanitizer: the label `tsan` (the server)
 #   scripts/test.sh --slow     release build, only the long tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,10 @@ preset=release
 labels=(-LE slow)
 case "${1:-}" in
   --asan) preset=asan ;;
+  --tsan) preset=tsan; labels=(-L tsan) ;;
   --slow) labels=(-L slow) ;;
   "") ;;
-  *) echo "usage: scripts/test.sh [--asan|--slow]" >&2; exit 2 ;;
+  *) echo "usage: scripts/test.sh [--asan|--tsan|--slow]" >&2; exit 2 ;;
 esac
 # .venv first (openai, transformers, lm_eval ... from PyPI for the comparison tests; its pybind11
 # lets the configure step find what the Python module needs), then the build.

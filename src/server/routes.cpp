@@ -3,11 +3,7 @@
 // Prometheus metrics.
 #include "routes.h"  // (this target sees include/mlkv only, not src/)
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -114,46 +110,10 @@ struct Metrics {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// The client's socket, for noticing a disconnect while a request waits on the engine. The HTTP
-// library does not hand the socket to handlers, so it is found by its address pair among the
-// process's sockets (once per request).
+// The client's socket, for noticing a disconnect while a request waits on the engine: the one
+// this thread serves (ConnectionScope). Only this thread uses it while the request runs.
 
-int find_client_socket(const httplib::Request& req) {
-  DIR* d = opendir("/proc/self/fd");
-  if (d == nullptr) return -1;
-  int found = -1;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == dirfd(d)) continue;
-    struct stat st;
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, local{};
-    socklen_t pl = sizeof peer, ll = sizeof local;
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
-    auto port_of = [](const sockaddr_storage& a) {
-      if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
-      if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
-      return static_cast<uint16_t>(0);
-    };
-    auto addr_of = [](const sockaddr_storage& a) {
-      char buf[INET6_ADDRSTRLEN] = {0};
-      if (a.ss_family == AF_INET)
-        inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a).sin_addr, buf, sizeof buf);
-      else if (a.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(a).sin6_addr, buf, sizeof buf);
-      return std::string(buf);
-    };
-    if (port_of(peer) == req.remote_port && port_of(local) == req.local_port &&
-        addr_of(peer) == req.remote_addr) {
-      found = static_cast<int>(fd);
-      break;
-    }
-  }
-  closedir(d);
-  return found;
-}
+thread_local int t_connection_socket = -1;
 
 // True when the peer closed or reset the connection (a pipelined request waiting counts as
 // alive).
@@ -265,6 +225,18 @@ std::string random_id(const char* prefix) {
   return buf;
 }
 }  // namespace
+
+ConnectionScope::ConnectionScope(int fd) {
+  t_connection_socket = fd;
+}
+
+ConnectionScope::~ConnectionScope() {
+  t_connection_socket = -1;
+}
+
+int connection_socket() {
+  return t_connection_socket;
+}
 
 ServeState::ServeState(const ModelInfo& info_, const Tokenizer* tok_, const ServerOptions& opt_,
                        ServeBackend& backend_, int n_ctx_, int64_t cache_bytes_,
@@ -474,7 +446,7 @@ void install_routes(httplib::Server& srv, ServeState& st) {
       metrics.count(route, 400);
       return;
     }
-    const int fd = find_client_socket(http_req);
+    const int fd = connection_socket();
     auto job = std::make_shared<Job>();
     const uint64_t seed0 = c.seed_given ? c.sampling.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}();
     size_t n_prompt_tokens = 0;

@@ -32,6 +32,20 @@ class ServeBackend {
   virtual SessionLoad load() const = 0;
 };
 
+// The client connection the calling thread serves, for noticing a client that leaves while its
+// request waits on the engine: set by `mlkv serve`'s connection loop (server.cpp) for as long as
+// it serves a connection, -1 elsewhere (the fuzzer: no socket). cpp-httplib does not hand the
+// socket to handlers, and finding it among the process's sockets would touch the connections
+// other threads serve.
+class ConnectionScope {
+ public:
+  explicit ConnectionScope(int fd);
+  ~ConnectionScope();
+  ConnectionScope(const ConnectionScope&) = delete;
+  ConnectionScope& operator=(const ConnectionScope&) = delete;
+};
+int connection_socket();
+
 struct Metrics;
 
 // What the routes share. Must outlive the Server they are installed on (and every request it is

@@ -1,10 +1,15 @@
 // `mlkv serve`'s process side (server.h): the Session and its engine thread, the listening socket,
-// signals and the drain on shutdown. The routes themselves are in routes.cpp.
+// each connection's keep-alive loop, signals and the drain on shutdown. The routes themselves are
+// in routes.cpp.
 #include "server.h"  // (this target sees include/mlkv only, not src/)
 
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -39,6 +44,115 @@ class SessionBackend : public ServeBackend {
   Session& session_;
 };
 
+// A connection's bytes for cpp-httplib's request parser, read ahead in blocks (the parser reads
+// lines a byte at a time); reads and writes wait for the socket up to their timeouts and fail
+// (-1) after them, as the library's own socket stream does.
+class SocketStream : public httplib::Stream {
+ public:
+  SocketStream(int sock, int read_timeout_ms, int write_timeout_ms)
+      : sock_(sock), read_timeout_ms_(read_timeout_ms), write_timeout_ms_(write_timeout_ms) {}
+
+  bool is_readable() const override { return buffered() || wait(POLLIN, read_timeout_ms_); }
+  bool is_writable() const override { return wait(POLLOUT, write_timeout_ms_); }
+  ssize_t read(char* ptr, size_t size) override {
+    if (!buffered()) {
+      if (!wait(POLLIN, read_timeout_ms_)) return -1;
+      ssize_t n;
+      do n = ::recv(sock_, buf_, sizeof buf_, 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;  // 0: the client closed
+      off_ = 0;
+      len_ = static_cast<size_t>(n);
+    }
+    const size_t n = std::min(size, len_ - off_);
+    std::memcpy(ptr, buf_ + off_, n);
+    off_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!wait(POLLOUT, write_timeout_ms_)) return -1;
+    ssize_t n;
+    do n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    address(::getpeername, ip, port);
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    address(::getsockname, ip, port);
+  }
+  socket_t socket() const override { return sock_; }
+  // Bytes read from the socket that the parser has not taken yet (a pipelined request).
+  bool buffered() const { return off_ < len_; }
+
+ private:
+  // True when the socket is ready (or in error: the call that follows says which).
+  bool wait(short events, int timeout_ms) const {
+    pollfd p{sock_, events, 0};
+    int r;
+    do r = ::poll(&p, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    return r > 0;
+  }
+  template <typename Fn>
+  void address(Fn name_of, std::string& ip, int& port) const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    char host[NI_MAXHOST] = {0}, serv[NI_MAXSERV] = {0};
+    if (name_of(sock_, reinterpret_cast<sockaddr*>(&a), &len) != 0 ||
+        getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+      return;
+    ip = host;
+    port = std::atoi(serv);
+  }
+
+  int sock_;
+  int read_timeout_ms_, write_timeout_ms_;
+  char buf_[4096];
+  size_t off_ = 0, len_ = 0;
+};
+
+// cpp-httplib's server with mlkv's connection loop: the library's keep-alive loop (up to
+// keep_alive_max_count_ requests, each awaited up to keep_alive_timeout_sec_, until the server
+// stops), redone here so that the routes know the connection they serve (ConnectionScope: the
+// library does not tell handlers). process_and_close_socket is the library's private virtual hook
+// for one accepted connection, called on the worker thread that serves it.
+class HttpServer : public httplib::Server {
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    ConnectionScope scope(sock);
+    SocketStream strm(sock, timeout_ms(read_timeout_sec_, read_timeout_usec_),
+                      timeout_ms(write_timeout_sec_, write_timeout_usec_));
+    bool ok = false;
+    for (size_t left = keep_alive_max_count_; left > 0 && svr_sock_ != INVALID_SOCKET; --left) {
+      if (!strm.buffered() && !next_request(sock)) break;
+      bool closed = false;
+      ok = process_request(strm, /*close_connection=*/left == 1, closed, nullptr);
+      if (!ok || closed) break;
+    }
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ok;
+  }
+  // Waits for the first byte of the connection's next request, up to the keep-alive timeout;
+  // false when none came or the server is stopping.
+  bool next_request(int sock) const {
+    const auto deadline = Clock::now() + std::chrono::seconds(keep_alive_timeout_sec_);
+    while (svr_sock_ != INVALID_SOCKET) {
+      pollfd p{sock, POLLIN, 0};
+      const int r = ::poll(&p, 1, 10);
+      if (r > 0) return true;
+      if ((r < 0 && errno != EINTR) || Clock::now() > deadline) return false;
+    }
+    return false;
+  }
+  static int timeout_ms(time_t sec, time_t usec) {
+    return static_cast<int>(sec * 1000 + usec / 1000);
+  }
+};
+
 }  // namespace
 
 void stop_server() {
@@ -68,7 +182,7 @@ void run_server(Engine& engine, const ServerOptions& opt) {
   g_shutdown.store(false);
   std::thread engine_thread([&] { session.serve_forever(); });
 
-  httplib::Server srv;
+  HttpServer srv;
   srv.new_task_queue = [&] {
     return new httplib::ThreadPool(static_cast<size_t>(opt.max_connections));
   };

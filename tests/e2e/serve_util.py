@@ -6,24 +6,46 @@ import threading
 import time
 
 
-def start_server(mlkv, args, timeout=120):
+def start_server(mlkv, args, timeout=120, env=None, log=None):
     """Starts `mlkv serve ARGS --port 0` and waits for the address it prints; returns (process, port),
     port None when it never announced one (the process is then killed). Its stderr keeps being read
-    so that the server never blocks on a full pipe."""
-    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True)
+    so that the server never blocks on a full pipe; with `log` (a path) every line of it is written
+    there as well (the reader thread ends when the server closes stderr: wait for the process, then
+    read the file). `env`: the server's environment (default: this one's)."""
+    srv = subprocess.Popen([mlkv, "serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True,
+                           env=env, errors="replace")
+    out = open(log, "w") if log else None
+
+    def keep(line):
+        if out:
+            out.write(line)
+            out.flush()
+
     port = None
     deadline = time.time() + timeout
     while time.time() < deadline and port is None:
         line = srv.stderr.readline()
         if not line:
             break
+        keep(line)
         m = re.search(r"http://[\d.]+:(\d+)", line)
         if m:
             port = int(m.group(1))
     if port is None:
         srv.kill()
+        if out:
+            keep(srv.stderr.read())
+            out.close()
         return srv, None
-    threading.Thread(target=lambda: [None for _ in srv.stderr], daemon=True).start()
+
+    def drain():
+        for line in srv.stderr:
+            keep(line)
+        if out:
+            out.close()
+
+    srv.log_reader = threading.Thread(target=drain, daemon=True)
+    srv.log_reader.start()
     return srv, port
 
 
