@@ -25,7 +25,7 @@ LOWER = {
     "runtime": ["core", "kernels", "kv", "model", "sampling"],
     "train": ["core", "kernels", "kv", "model", "io"],
     "eval": ["core", "kernels", "kv", "model", "io", "tokenizer"],
-    "convert": ["core", "kernels", "kv", "model", "io"],
+    "convert": ["core", "kernels", "kv", "model", "io", "tokenizer"],
     "experiment": ["core", "kernels", "kv", "model", "io", "tokenizer", "train", "eval", "convert"],
     "api": ["core", "kernels", "kv", "model", "io", "sampling", "tokenizer", "runtime", "eval", "convert"],
     "server": [],

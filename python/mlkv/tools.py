@@ -18,7 +18,7 @@ def convert(
     dst: PathLike,
     kv_heads: int = 0,
     kv_layers: int = 0,
-    owners: Optional[Sequence[int]] = None,
+    owners: Union[None, str, Sequence[int]] = None,
     kv_source: Optional[Sequence[int]] = None,
     merge: Optional[str] = None,
     widen: str = "none",
@@ -27,30 +27,46 @@ def convert(
     tokenizer: Optional[PathLike] = None,
     force: bool = False,
     fuse_qkv: bool = False,
+    calibration: Optional[PathLike] = None,
+    calibration_tokens: int = 16384,
+    calibration_ctx: int = 0,
+    calibration_stream: str = "converted",
 ) -> Dict[str, Any]:
     """Converts the model at src (HF folder or llama2.c .bin) to GQA/MQA/MLKV and writes it as a
     Hugging Face folder at dst (config.json, model.safetensors with split q/k/v, tokenizer files).
 
     kv_heads: G, KV heads per KV layer (0: keep the source's). kv_layers: M, the number of layers
     that own K/V, chosen by the MLKV authors' rule; or owners (explicit owner layers, starting at
-    0) or kv_source (explicit layer -> owner map): at most one of the three. merge: how K/V
-    merge across layers, "pairwise", "mean" or "owner" (None: the default, owner). widen: give
+    0), "auto" (kv_layers owners chosen by the calibration error; needs calibration) or kv_source
+    (explicit layer -> owner map): at most one of the three. merge: how K/V merge across layers,
+    "pairwise", "mean", "owner" or "calibrated" (the owners' K/V kept, query and output
+    projections fitted on the calibration text; None: the default, owner). widen: give
     back the removed parameters by widening every MLP, "none", "copy" or "zero". share: rotary
     position of shared keys, "post" or "pre". dtype: "same", "f32", "f16", "bf16". force: replace
     an existing model folder at dst. fuse_qkv: for a GPT-NeoX result without sharing (G = n_head,
     M = n_layer), write Hugging Face's fused query_key_value so transformers loads the folder
-    (default: the split q/k/v layout, which Llama's layout already is).
+    (default: the split q/k/v layout, which Llama's layout already is). calibration: for
+    merge="calibrated" and owners="auto", a text file (tokenized with the model's tokenizer) or a
+    token shard of `mlkv tokenize`; calibration_tokens of it are used in rows of calibration_ctx
+    tokens (0: the model's context); calibration_stream: "converted" (each layer calibrated on the
+    converted model's own activations) or "source".
 
     Returns the report of `mlkv convert --json` (n_head_kv, n_kv_layers, owner_layers, kv_source,
     params_before, params_after, kv_bytes_per_token_before/after, ...). The output appears
     atomically. Raises ValueError for an impossible conversion, OSError for files.
     """
+    owners_auto = isinstance(owners, str)
+    if owners_auto and owners != "auto":
+        raise ValueError(f'owners must be a list of layers or "auto" (got {owners!r})')
     report = _mlkv.convert(
         os.fspath(src), os.fspath(dst), kv_heads=kv_heads, kv_layers=kv_layers,
-        owners=list(owners or []), kv_source=list(kv_source or []), merge=merge or "",
-        widen=widen, share=share, dtype=dtype,
+        owners=[] if owners_auto else list(owners or []), kv_source=list(kv_source or []),
+        merge=merge or "", widen=widen, share=share, dtype=dtype,
         tokenizer=os.fspath(tokenizer) if tokenizer is not None else "", force=force,
-        fuse_qkv=fuse_qkv)
+        fuse_qkv=fuse_qkv, owners_auto=owners_auto,
+        calibration=os.fspath(calibration) if calibration is not None else "",
+        calibration_tokens=calibration_tokens, calibration_ctx=calibration_ctx,
+        calibration_stream=calibration_stream)
     return json.loads(report)
 
 

@@ -247,12 +247,19 @@ void bind_convert(py::module_& m) {
       [](const std::string& src, const std::string& dst, int kv_heads, int kv_layers,
          const std::vector<int>& owners, const std::vector<int>& kv_source,
          const std::string& merge, const std::string& widen, const std::string& share,
-         const std::string& dtype, const std::string& tokenizer, bool force, bool fuse_qkv) {
+         const std::string& dtype, const std::string& tokenizer, bool force, bool fuse_qkv,
+         bool owners_auto, const std::string& calibration, int64_t calibration_tokens,
+         int calibration_ctx, const std::string& calibration_stream) {
         ConvertSpec s;
         s.kv_heads = kv_heads;
         s.kv_layers = kv_layers;
         s.owners = owners;
         s.kv_source = kv_source;
+        s.owners_auto = owners_auto;
+        s.calibration = calibration;
+        s.calibration_tokens = calibration_tokens;
+        s.calibration_ctx = calibration_ctx;
+        s.calibration_stream = calibration_stream;
         s.merge = merge;
         s.widen = widen;
         s.share = share;
@@ -267,7 +274,9 @@ void bind_convert(py::module_& m) {
       py::arg("owners") = std::vector<int>{}, py::arg("kv_source") = std::vector<int>{},
       py::arg("merge") = "", py::arg("widen") = "none", py::arg("share") = "post",
       py::arg("dtype") = "same", py::arg("tokenizer") = "", py::arg("force") = false,
-      py::arg("fuse_qkv") = false);
+      py::arg("fuse_qkv") = false, py::arg("owners_auto") = false, py::arg("calibration") = "",
+      py::arg("calibration_tokens") = int64_t{16384}, py::arg("calibration_ctx") = 0,
+      py::arg("calibration_stream") = "converted");
 }
 
 }  // namespace mlkv::python

@@ -19,6 +19,11 @@ std::string convert(const std::string& src, const std::string& dst, const Conver
   fo.tokenizer = spec.tokenizer;
   fo.force = spec.force;
   fo.fuse_qkv = spec.fuse_qkv;
+  o.owners_auto = spec.owners_auto;
+  fo.calibration.path = spec.calibration;
+  fo.calibration.n_tokens = spec.calibration_tokens;
+  fo.calibration.ctx = spec.calibration_ctx;
+  o.calibrate.sequential = parse_calibration_stream(spec.calibration_stream, "calibration_stream");
   return conversion_json(src, dst, fo, convert_folder(src, dst, fo)).dump(2);
 }
 

@@ -16,6 +16,8 @@ const char* merge_name(MergeStrategy m) {
       return "mean";
     case MergeStrategy::kOwner:
       return "owner";
+    case MergeStrategy::kCalibrated:
+      return "calibrated";
   }
   return "?";
 }
@@ -36,7 +38,8 @@ MergeStrategy parse_merge(const std::string& s) {
   if (s == "pairwise") return MergeStrategy::kPairwise;
   if (s == "mean") return MergeStrategy::kMean;
   if (s == "owner") return MergeStrategy::kOwner;
-  fail("--merge must be pairwise, mean or owner (got '", s, "')");
+  if (s == "calibrated") return MergeStrategy::kCalibrated;
+  fail("--merge must be pairwise, mean, owner or calibrated (got '", s, "')");
 }
 
 WidenMode parse_widen(const std::string& s) {
@@ -44,6 +47,12 @@ WidenMode parse_widen(const std::string& s) {
   if (s == "copy") return WidenMode::kCopy;
   if (s == "zero") return WidenMode::kZero;
   fail("--widen-mlp must be none, copy or zero (got '", s, "')");
+}
+
+bool parse_calibration_stream(const std::string& s, const std::string& what) {
+  if (s == "converted") return true;
+  if (s == "source") return false;
+  fail(what, " must be converted or source (got '", s, "')");
 }
 
 namespace {
@@ -70,7 +79,7 @@ std::vector<double> pool_heads(const Tensor& t, int n_src, int n_dst, int d) {
 std::vector<double> merge_group(const std::vector<std::vector<double>>& ws, MergeStrategy how) {
   MLKV_CHECK(!ws.empty());
   std::vector<double> acc = ws[0];
-  if (how == MergeStrategy::kOwner) return acc;
+  if (how == MergeStrategy::kOwner || how == MergeStrategy::kCalibrated) return acc;
   for (size_t k = 1; k < ws.size(); ++k) {
     for (size_t i = 0; i < acc.size(); ++i) {
       acc[i] = how == MergeStrategy::kPairwise ? (acc[i] + ws[k][i]) / 2 : acc[i] + ws[k][i];
@@ -151,6 +160,14 @@ ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
                src.n_head_kv, " KV heads per layer (heads can only be pooled, not split)");
   c.n_head_kv = G;
 
+  if (opt.owners_auto) {
+    MLKV_REQUIRE(opt.kv_layers > 0, "--owners auto needs --kv-layers M (how many layers own K/V)");
+    MLKV_REQUIRE(opt.merge == MergeStrategy::kOwner || opt.merge == MergeStrategy::kCalibrated,
+                 "--owners auto needs --merge owner or calibrated (got ", merge_name(opt.merge),
+                 "): the search scores each layer reading one owner's K/V, which a merge of a "
+                 "whole group does not keep");
+    MLKV_REQUIRE(opt.kv_source.empty(), "give at most one of --kv-layers, --owners, --kv-source");
+  }
   KvSharingSpec spec;
   spec.n_layer = src.n_layer;
   spec.kv_layers = opt.kv_layers;
@@ -170,8 +187,11 @@ ModelConfig plan_conversion(const ModelConfig& src, const ConvertOptions& opt) {
   return c;
 }
 
-LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt,
-                          ConvertReport* report) {
+namespace {
+
+// Steps 1-4 of the recipe (convert.h) for a plan without owners_auto.
+LoadedModel convert_recipe(const LoadedModel& src, const ConvertOptions& opt,
+                           ConvertReport* report) {
   const ModelConfig& s = src.config;
   LoadedModel out;
   out.config = plan_conversion(s, opt);
@@ -252,6 +272,39 @@ LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt,
     report->kv_bytes_per_token_before = s.kv_bytes_per_token(sizeof(float));
     report->kv_bytes_per_token_after = c.kv_bytes_per_token(sizeof(float));
   }
+  return out;
+}
+
+}  // namespace
+
+LoadedModel convert_model(const LoadedModel& src, const ConvertOptions& opt, ConvertReport* report,
+                          const CalibrationSet* calib) {
+  plan_conversion(src.config, opt);
+  if (!needs_calibration(opt)) return convert_recipe(src, opt, report);
+  MLKV_REQUIRE(calib != nullptr, opt.owners_auto ? "--owners auto" : "--merge calibrated",
+               " needs calibration text (--calibration FILE)");
+  ConvertReport scratch;
+  ConvertReport& rep = report != nullptr ? *report : scratch;
+  rep.calibrated = true;
+  rep.calibration = CalibrationReport{};
+  ConvertOptions o = opt;
+  if (opt.owners_auto) {
+    // Every layer's pooled K/V, then the owner set with the lowest calibration error.
+    ConvertOptions po;
+    po.kv_heads = opt.kv_heads;
+    po.merge = MergeStrategy::kOwner;
+    po.share = opt.share;
+    const LoadedModel pooled = convert_recipe(src, po, nullptr);
+    o.kv_source =
+        search_kv_source(src, pooled, opt.kv_layers, opt.merge == MergeStrategy::kCalibrated,
+                         *calib, opt.calibrate, &rep.calibration);
+    o.kv_layers = 0;
+    o.owners_auto = false;
+  }
+  if (o.merge != MergeStrategy::kCalibrated) return convert_recipe(src, o, &rep);
+  o.merge = MergeStrategy::kOwner;
+  LoadedModel out = convert_recipe(src, o, &rep);
+  calibrate_folds(src, &out, *calib, opt.calibrate, &rep.calibration);
   return out;
 }
 

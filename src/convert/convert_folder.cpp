@@ -6,6 +6,7 @@
 #include "core/atomic_dir.h"
 #include "core/check.h"
 #include "io/hf_model.h"
+#include "mlkv/tokenizer.h"
 
 namespace mlkv {
 
@@ -86,19 +87,49 @@ void check_destination(const std::string& src, const std::string& dst, bool forc
                "' is not a model folder (no config.json); refusing to replace it");
 }
 
+// The calibration options make sense together: calibration text exactly when the conversion
+// uses it.
+void check_calibration_options(const FolderConvertOptions& opt) {
+  const ConvertOptions& o = opt.convert;
+  const bool given = !opt.calibration.path.empty();
+  if (o.merge == MergeStrategy::kCalibrated) {
+    MLKV_REQUIRE(given,
+                 "--merge calibrated needs calibration text: --calibration FILE (a text "
+                 "file or a token shard)");
+  }
+  if (o.owners_auto) {
+    MLKV_REQUIRE(o.kv_layers > 0, "--owners auto needs --kv-layers M (how many layers own K/V)");
+    MLKV_REQUIRE(given,
+                 "--owners auto needs calibration text: --calibration FILE (a text file or "
+                 "a token shard)");
+  }
+  MLKV_REQUIRE(!given || needs_calibration(o),
+               "--calibration is used only by --merge calibrated and --owners auto");
+}
+
 }  // namespace
 
 FolderConversion convert_folder(const std::string& src, const std::string& dst,
                                 const FolderConvertOptions& opt) {
+  check_calibration_options(opt);
   check_destination(src, dst, opt.force);
   const LoadedModel in = load_model(src);
   plan_conversion(in.config, opt.convert);  // every option checked before anything is written
+  CalibrationSet calib;
+  if (needs_calibration(opt.convert)) {
+    check_calibration_spec(opt.calibration, in.config);
+    // Text needs the model's tokenizer (a shard does not).
+    const std::unique_ptr<Tokenizer> tok =
+        try_load_tokenizer(opt.tokenizer.empty() ? src : opt.tokenizer);
+    calib = load_calibration(opt.calibration, in.config, tok.get());
+  }
   FolderConversion c;
   c.src = in.config;
   c.dtype = parse_dtype(opt.dtype, in.config.file_dtype);
   const std::vector<fs::path> side = tokenizer_files(src, opt.tokenizer);
 
-  const LoadedModel out = convert_model(in, opt.convert, &c.report);
+  const LoadedModel out =
+      convert_model(in, opt.convert, &c.report, needs_calibration(opt.convert) ? &calib : nullptr);
   c.out = out.config;
 
   // Everything is written into a temporary sibling folder that then replaces dst in one rename.
@@ -114,6 +145,42 @@ FolderConversion convert_folder(const std::string& src, const std::string& dst,
   dir.commit();
   return c;
 }
+
+namespace {
+
+// The calibration part of the report (null when none ran).
+nlohmann::json calibration_json(const FolderConvertOptions& opt, const ConvertReport& rep) {
+  if (!rep.calibrated) return nullptr;
+  const CalibrationReport& r = rep.calibration;
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerCalibration& l : r.layers) {
+    const double e = l.stream_energy > 0 ? l.stream_energy : 1.0;
+    layers.push_back({{"layer", l.layer},
+                      {"kv_source", l.kv_source},
+                      {"error_owner", l.err_owner / e},
+                      {"error", l.err / e},
+                      {"attention_energy", l.attn_energy / e},
+                      {"kl_owner", l.kl_owner},
+                      {"kl", l.kl},
+                      {"heads_folded", l.heads_folded},
+                      {"output_folded", l.output_folded}});
+  }
+  nlohmann::json j = {{"path", opt.calibration.path},
+                      {"tokens", r.tokens},
+                      {"rows", r.rows},
+                      {"ctx", r.ctx},
+                      {"held_out_rows", r.held_rows},
+                      {"sequential", r.sequential},
+                      {"seconds", r.seconds},
+                      {"layers", layers}};
+  if (!r.owner_costs.empty()) {
+    j["owner_search"] = {
+        {"cost", r.owner_costs}, {"total", r.search_cost}, {"authors_rule_total", r.rule_cost}};
+  }
+  return j;
+}
+
+}  // namespace
 
 nlohmann::json conversion_json(const std::string& src, const std::string& dst,
                                const FolderConvertOptions& opt, const FolderConversion& c) {
@@ -135,7 +202,9 @@ nlohmann::json conversion_json(const std::string& src, const std::string& dst,
           {"kv_bytes_per_token_before", rep.kv_bytes_per_token_before},
           {"kv_bytes_per_token_after", rep.kv_bytes_per_token_after},
           {"dtype", dtype_name(c.dtype)},
-          {"tokenizer_files", c.tokenizer_files}};
+          {"tokenizer_files", c.tokenizer_files},
+          {"owners_auto", opt.convert.owners_auto},
+          {"calibration", calibration_json(opt, rep)}};
 }
 
 }  // namespace mlkv

@@ -21,6 +21,9 @@ struct FolderConvertOptions {
   // sharing (every layer owns K/V for every head), so transformers loads it; otherwise (and by
   // default) the split q/k/v layout that MLKV models need.
   bool fuse_qkv = false;
+  // Calibration text (merge calibrated, owners_auto): a text file, tokenized with the tokenizer
+  // found for the source (or `tokenizer`), or a token shard.
+  CalibrationSpec calibration;
 };
 
 struct FolderConversion {
@@ -33,7 +36,8 @@ struct FolderConversion {
 
 // Converts the model at src (HF folder or llama2.c .bin) and writes it to dst, which must not
 // exist, be an empty folder, or (force) be a model folder. Every option is checked before
-// anything is written; a failure leaves nothing at dst. Throws mlkv::Error naming the problem.
+// anything is written (the calibration file is read before any computing); a failure leaves
+// nothing at dst. Throws mlkv::Error naming the problem (mlkv::FileError for files).
 FolderConversion convert_folder(const std::string& src, const std::string& dst,
                                 const FolderConvertOptions& opt);
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mlkv
-from conftest import EVAL_DIR, cli_json, run_cli
+from conftest import EVAL_DIR, SHARED, cli_json, run_cli
 
 TEXT = "Once upon a time, in a quiet garden of pixels, a dream unfolded."
 
@@ -158,6 +158,36 @@ def test_convert_equals_cli(tiny_path, workdir):
     cli_lp = np.array(cli_json("score", str(b), "--tokens", " ".join(map(str, ids)), "--json")["logprobs"],
                       dtype=np.float32)
     assert np.array_equal(m.score(ids), cli_lp)
+
+
+def test_convert_calibrated_equals_cli(tiny_path, workdir):
+    text = SHARED / "data" / "text" / "tinystories_lower.txt"
+    if not text.exists():
+        pytest.skip(f"the shared text is missing ({text})")
+    calib = workdir / "calib.txt"
+    calib.write_text(text.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    a, b = workdir / "cal_py", workdir / "cal_cli"
+    ours = mlkv.convert(tiny_path, a, kv_heads=1, kv_layers=2, owners="auto", merge="calibrated",
+                        calibration=calib, calibration_tokens=1024, calibration_ctx=64, force=True)
+    cli = cli_json("convert", tiny_path, str(b), "--kv-heads", "1", "--kv-layers", "2", "--owners", "auto",
+                   "--merge", "calibrated", "--calibration", str(calib), "--calibration-tokens", "1024",
+                   "--calibration-ctx", "64", "--force", "--json")
+    for d in (ours, cli):
+        d.pop("dst")
+        d["calibration"].pop("seconds")
+    assert ours == cli
+    assert ours["merge"] == "calibrated" and ours["owners_auto"] and ours["n_kv_layers"] == 2
+    assert ours["calibration"]["tokens"] == 1024 and ours["calibration"]["rows"] == 16
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="needs calibration text"):
+        mlkv.convert(tiny_path, workdir / "bad_cal", merge="calibrated")
+    with pytest.raises(ValueError, match="needs --kv-layers"):
+        mlkv.convert(tiny_path, workdir / "bad_cal", owners="auto", calibration=calib)
+    with pytest.raises(ValueError, match="owners must be"):
+        mlkv.convert(tiny_path, workdir / "bad_cal", owners="best", calibration=calib)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mlkv.convert(tiny_path, workdir / "bad_cal", merge="calibrated", calibration=workdir / "nope.txt")
+    assert not (workdir / "bad_cal").exists()
 
 
 def test_bad_inputs(tiny, tiny_path, workdir):

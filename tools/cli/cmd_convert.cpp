@@ -20,6 +20,9 @@ struct ConvertArgs {
                                            share = "post", dtype = "same", tokenizer;
   int kv_heads = 0, kv_layers = 0;
   bool force = false, json_out = false, fuse_qkv = false;
+  std::string calibration, calibration_stream = "converted";
+  int64_t calibration_tokens = kDefaultCalibrationTokens;
+  int calibration_ctx = 0;
 };
 
 std::vector<int> int_list(const std::string& s) {
@@ -37,12 +40,36 @@ std::string scheme(const ModelConfig& c) {
              list_str(c.owner_layers()), ")");
 }
 
+// The calibration's summary: per layer the held-out error added to the residual stream (relative
+// to the stream's energy) with the owner's K/V as they are and with the folds.
+void print_calibration(const ConvertArgs& a, const CalibrationReport& r, const ModelConfig& c) {
+  std::printf("calibration   %s: %lld tokens in %d rows of %d (%d held out), %s stream, %.1f s\n",
+              a.calibration.c_str(), static_cast<long long>(r.tokens), r.rows, r.ctx, r.held_rows,
+              r.sequential ? "converted" : "source", r.seconds);
+  if (!r.owner_costs.empty()) {
+    std::printf("owner search  owners %s: total error %.4g (authors' rule %s: %.4g)\n",
+                list_str(c.owner_layers()).c_str(), r.search_cost,
+                list_str(owners_by_authors_rule(c.n_layer, c.n_kv_layers())).c_str(), r.rule_cost);
+  }
+  if (r.layers.empty()) return;
+  std::printf("  layer reads   error: owner    calibrated   heads folded  output folded\n");
+  for (const LayerCalibration& l : r.layers) {
+    const double e = l.stream_energy > 0 ? l.stream_energy : 1.0;
+    std::printf("  %5d %5d   %12.4g %12.4g   %6d/%-6d %s\n", l.layer, l.kv_source, l.err_owner / e,
+                l.err / e, l.heads_folded, c.n_head, l.output_folded ? "yes" : "no");
+  }
+}
+
 void run_convert(const ConvertArgs& a) {
   FolderConvertOptions fo;
   ConvertOptions& opt = fo.convert;
   opt.kv_heads = a.kv_heads;
   opt.kv_layers = a.kv_layers;
-  if (!a.owners.empty()) opt.owners = int_list(a.owners);
+  if (a.owners == "auto") {
+    opt.owners_auto = true;
+  } else if (!a.owners.empty()) {
+    opt.owners = int_list(a.owners);
+  }
   if (!a.kv_source.empty()) opt.kv_source = int_list(a.kv_source);
   opt.merge = parse_merge(a.merge);
   opt.widen = parse_widen(a.widen);
@@ -51,6 +78,10 @@ void run_convert(const ConvertArgs& a) {
   fo.tokenizer = a.tokenizer;
   fo.force = a.force;
   fo.fuse_qkv = a.fuse_qkv;
+  fo.calibration.path = a.calibration;
+  fo.calibration.n_tokens = a.calibration_tokens;
+  fo.calibration.ctx = a.calibration_ctx;
+  opt.calibrate.sequential = parse_calibration_stream(a.calibration_stream, "--calibration-stream");
 
   const FolderConversion fc = convert_folder(a.src, a.dst, fo);
   const ConvertReport& rep = fc.report;
@@ -79,6 +110,7 @@ void run_convert(const ConvertArgs& a) {
                 widen_name(opt.widen));
   }
   std::printf("\n");
+  if (rep.calibrated) print_calibration(a, rep.calibration, c);
   std::printf("written       %s (%s, %s layout%s)\n", a.dst.c_str(), dtype_name(fc.dtype),
               a.fuse_qkv ? "fused-when-possible" : "split q/k/v",
               fc.tokenizer_files.empty() ? ", no tokenizer found to copy" : ", tokenizer copied");
@@ -102,9 +134,27 @@ void add_convert_commands(CLI::App& app) {
   cmd->add_option("--kv-layers", a->kv_layers,
                   "Number of KV layers, M, owners by the authors' rule (not given: every layer)")
       ->check(at_least(1));
-  cmd->add_option("--owners", a->owners, "Explicit owner layers, e.g. 0,3,6,9 (must start at 0)");
+  cmd->add_option("--owners", a->owners,
+                  "Explicit owner layers, e.g. 0,3,6,9 (must start at 0), or auto: the --kv-layers "
+                  "owners with the lowest calibration error (needs --calibration)");
   cmd->add_option("--kv-source", a->kv_source, "Explicit layer -> owner map, e.g. 0,0,0,3,3,3");
-  cmd->add_option("--merge", a->merge, "Cross-layer K/V merge: pairwise (authors), mean, owner")
+  cmd->add_option("--merge", a->merge,
+                  "Cross-layer K/V merge: pairwise (authors), mean, owner, calibrated (owner's K/V "
+                  "and query/output maps fitted on --calibration text)")
+      ->capture_default_str();
+  cmd->add_option("--calibration", a->calibration,
+                  "Calibration text for --merge calibrated / --owners auto: a text file (tokenized "
+                  "with the model's tokenizer) or a token shard from `mlkv tokenize`");
+  cmd->add_option("--calibration-tokens", a->calibration_tokens,
+                  "Calibration tokens to use (whole rows; every 4th row is held out)")
+      ->capture_default_str()
+      ->check(at_least(1));
+  cmd->add_option("--calibration-ctx", a->calibration_ctx,
+                  "Tokens per calibration row (default: the model's context)")
+      ->check(at_least(1));
+  cmd->add_option("--calibration-stream", a->calibration_stream,
+                  "Activations each layer is calibrated on: converted (the converted model's own, "
+                  "earlier layers folded) or source")
       ->capture_default_str();
   cmd->add_option(
          "--widen-mlp", a->widen,
