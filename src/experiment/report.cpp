@@ -66,14 +66,28 @@ std::string results_markdown(const json& r) {
   }
   md += "\nBeyond the paper's procedure: held-out loss right after conversion with each merge of "
         "K/V across layers (`owner`: the owner layer's K/V, used above; `pairwise`: the authors' "
-        "running average; `mean`), and after the same uptraining with distillation from the MHA "
-        "base (loss = 0.5 CE + 0.5 KL(base || model), docs/TRAINING.md).\n\n";
-  md += "| config | converted: owner | pairwise | mean | uptrained | uptrained + distillation |\n";
-  md += "|---|---|---|---|---|---|\n";
+        "running average; `mean`; `calibrated`: the owner's K/V with query and output maps fitted "
+        "on training text, no training, docs/CONVERT.md; `calibrated, searched owners`: the same "
+        "with the owner layers chosen by the calibration error), and after the same uptraining "
+        "with distillation from the MHA base (loss = 0.5 CE + 0.5 KL(base || model), "
+        "docs/TRAINING.md) where it was run.\n\n";
+  md += "| config | converted: owner | pairwise | mean | calibrated | calibrated, searched owners "
+        "| searched owner layers | uptrained | uptrained + distillation |\n";
+  md += "|---|---|---|---|---|---|---|---|---|\n";
   for (const json& c : r["configs"]) {
+    std::string owners = "-";
+    if (c.contains("kv_source_auto")) {
+      std::vector<int> ks = c["kv_source_auto"].get<std::vector<int>>();
+      owners.clear();
+      for (size_t l = 0; l < ks.size(); ++l) {
+        if (ks[l] == static_cast<int>(l)) owners += cat(owners.empty() ? "" : ",", l);
+      }
+    }
     md += cat("| ", c["config"].get<std::string>(), " | ", fmt("%.4f", num(c, "loss_converted")),
               " | ", fmt("%.4f", num(c, "loss_converted_pairwise")), " | ",
               fmt("%.4f", num(c, "loss_converted_mean")), " | ",
+              fmt("%.4f", num(c, "loss_converted_calibrated")), " | ",
+              fmt("%.4f", num(c, "loss_converted_calibrated_auto")), " | ", owners, " | ",
               fmt("%.4f", num(c, "loss_uptrained")), " | ",
               fmt("%.4f", num(c, "loss_uptrained_distilled")), " |\n");
   }

@@ -12,6 +12,7 @@
 #include "core/check.h"
 #include "core/mmap_file.h"
 #include "eval/evaluate.h"
+#include "io/hf_config.h"
 #include "io/hf_model.h"
 #include "kernels/threads.h"
 #include "model/model.h"
@@ -59,6 +60,7 @@ ReproducePreset reproduce_preset(const std::string& name) {
     p.heldout_windows = 12;
     p.task_items = 8;
     p.wikitext_bytes = 8'000;
+    p.calibration_tokens = 64 * 16;
     p.note = "plumbing check (about a minute): every stage, numbers of no meaning";
   } else if (name == "demo") {
     // docs/RESULTS.md's small-scale table: 1.5 M parameters, ~25 minutes on 2 cores.
@@ -73,23 +75,28 @@ ReproducePreset reproduce_preset(const std::string& name) {
     p.heldout_windows = 300;
     p.task_items = 500;
     p.wikitext_bytes = 200'000;
+    p.calibration_tokens = 16384;
     p.note = "TinyStories only, 1.5 M parameters, d_head 8: a demonstration, not evidence";
   } else if (name == "full") {
-    // The paper's geometry at the scale 2 cores allow in hours: all the shipped English text.
+    // The paper's geometry on all the shipped English text, sized to finish in one sitting of
+    // about 100 minutes on 2 cores (~2,000 training tokens/s): 5 M pretraining tokens, 5 %
+    // of that to uptrain each configuration, distillation for two of them.
     p.texts = {"tinystories_lower.txt", "brown.txt", "kjv.txt", "tinyshakespeare.txt", "austen",
                "fairytaleqa"};
     p.vocab = 4096;
     p.n_embd = 192;  // d_head 16
     p.ctx = 256;
     p.batch = 32;
-    p.pretrain_tokens = 16'000'000;  // 2.6 epochs of the 6.1 M training tokens
+    p.pretrain_tokens = 5'000'000;  // 0.8 epochs of the 6.1 M training tokens
     p.pretrain_lr = 1.5e-3;
-    p.uptrain_tokens = 1'600'000;  // 10 % of pretraining
-    p.save_every = 100;
-    p.heldout_windows = 0;
-    p.task_items = 0;
-    p.wikitext_bytes = 0;
-    p.note = "all shipped English text, 7 M parameters, d_head 16, ctx 256: hours, resumable";
+    p.uptrain_tokens = 250'000;  // 5 % of pretraining
+    p.save_every = 50;
+    p.heldout_windows = 200;  // 51,200 held-out tokens, the same for every configuration
+    p.task_items = 300;
+    p.wikitext_bytes = 100'000;
+    p.calibration_tokens = 16384;
+    p.distill = {"MLKV-48", "MLKV-6"};
+    p.note = "all shipped English text, 7 M parameters, d_head 16, ctx 256: ~2 hours on 2 cores";
   } else {
     std::string known;
     for (const auto& n : reproduce_preset_names()) known += (known.empty() ? "" : ", ") + n;
@@ -119,7 +126,9 @@ json preset_json(const ReproducePreset& p) {
           {"save_every", p.save_every},
           {"heldout_windows", p.heldout_windows},
           {"task_items", p.task_items},
-          {"wikitext_bytes", p.wikitext_bytes}};
+          {"wikitext_bytes", p.wikitext_bytes},
+          {"calibration_tokens", p.calibration_tokens},
+          {"distill", p.distill}};
 }
 
 // The configurations to run, in the paper's order (MHA-144 always).
@@ -188,8 +197,15 @@ class Runner {
   void train_stage(const std::string& stage, const std::string& init, const std::string& out,
                    int64_t tokens, double lr, double warmup_ratio, const std::string& what,
                    const std::string& teacher = "");
-  // Converts the base to c with the given merge into dst (skipped when done).
-  void convert_stage(const PaperConfig& c, MergeStrategy merge, const std::string& dst);
+  // Converts the base to c with the given merge into dst (skipped when done); owners_auto: the
+  // owner layers searched on the calibration text (merge calibrated).
+  void convert_stage(const PaperConfig& c, MergeStrategy merge, const std::string& dst,
+                     bool owners_auto = false);
+  bool distilled(const std::string& name) const {
+    const auto& d = opt_.preset.distill;
+    return std::find(d.begin(), d.end(), "*") != d.end() ||
+           std::find(d.begin(), d.end(), name) != d.end();
+  }
   // The evaluation of model_dir, kept in OUT/eval/<stage>.json (read back when there): held-out
   // text only, or (full) also WikiText-2 and the tasks.
   json eval_stage(const std::string& stage, const std::string& model_dir, bool full);
@@ -204,6 +220,7 @@ class Runner {
   fs::path out_;
   std::vector<std::string> corpus_;
   std::string val_shard_;
+  std::string train_shard_;  // the first training shard: calibration text
 };
 
 void Runner::prepare_corpus() {
@@ -269,6 +286,8 @@ void Runner::tokenize_stage() {
   MLKV_REQUIRE(f.val.size() == 1, "reproduce: expected one held-out shard in ", path("data"),
                ", found ", f.val.size());
   val_shard_ = f.val.front();
+  MLKV_REQUIRE(!f.train.empty(), "reproduce: no training shard in ", path("data"));
+  train_shard_ = f.train.front();
 }
 
 void Runner::train_stage(const std::string& stage, const std::string& init,
@@ -327,22 +346,32 @@ void Runner::train_stage(const std::string& stage, const std::string& init,
   mark_done(stage, {{"steps", r.steps}, {"loss", r.last_loss}, {"val_loss", r.val_loss}});
 }
 
-void Runner::convert_stage(const PaperConfig& c, MergeStrategy merge, const std::string& dst) {
+void Runner::convert_stage(const PaperConfig& c, MergeStrategy merge, const std::string& dst,
+                           bool owners_auto) {
   const std::string stage =
-      cat("convert-", c.name, merge == MergeStrategy::kOwner ? "" : cat("-", merge_name(merge)));
+      cat("convert-", c.name, merge == MergeStrategy::kOwner ? "" : cat("-", merge_name(merge)),
+          owners_auto ? "-auto" : "");
   if (done(stage)) {
     log(stage + ": done (skipped)");
     return;
   }
   log(cat(stage, ": ", c.kv_layers, " KV layers x ", c.kv_heads, " KV heads, merge ",
-          merge_name(merge)));
+          merge_name(merge), owners_auto ? ", owner layers searched" : ""));
   FolderConvertOptions o;
   o.convert.kv_heads = c.kv_heads;
   if (c.kv_layers < opt_.preset.n_layer) o.convert.kv_layers = c.kv_layers;
+  o.convert.owners_auto = owners_auto;
   o.convert.merge = merge;
   o.force = true;
+  if (needs_calibration(o.convert)) {
+    o.calibration.path = train_shard_;
+    o.calibration.n_tokens = opt_.preset.calibration_tokens;
+    o.calibration.ctx = opt_.preset.ctx;
+  }
   const FolderConversion fc = convert_folder(path("base"), dst, o);
-  mark_done(stage, {{"params", fc.report.params_after}});
+  json info = {{"params", fc.report.params_after}};
+  if (owners_auto) info["kv_source"] = fc.out.kv_source;
+  mark_done(stage, info);
 }
 
 json Runner::evaluate_model(const std::string& model_dir, bool full) {
@@ -461,11 +490,29 @@ json Runner::run() {
         convert_stage(c, m, dir);
         r["loss_converted_" + tag] = eval_stage("converted-" + tag + "-" + name, dir, false)["heldout"]["loss"];
       }
-      train_stage("uptrain-distilled-" + name, converted_dir(c), path("uptrained-distilled/" + name),
-                  p.uptrain_tokens, p.uptrain_lr, 0.2, "uptraining " + name + " distilled from the base",
-                  path("base"));
-      r["loss_uptrained_distilled"] =
-          eval_stage("uptrained-distilled-" + name, path("uptrained-distilled/" + name), false)["heldout"]["loss"];
+      // Training-free: calibrated folds on the authors' owners, and on searched owners where
+      // layers share.
+      if (p.calibration_tokens > 0) {
+        const std::string dir = path("converted-calibrated/" + name);
+        convert_stage(c, MergeStrategy::kCalibrated, dir);
+        r["loss_converted_calibrated"] =
+            eval_stage("converted-calibrated-" + name, dir, false)["heldout"]["loss"];
+        if (c.kv_layers < p.n_layer) {
+          const std::string adir = path("converted-calibrated-auto/" + name);
+          convert_stage(c, MergeStrategy::kCalibrated, adir, true);
+          r["loss_converted_calibrated_auto"] =
+              eval_stage("converted-calibrated-auto-" + name, adir, false)["heldout"]["loss"];
+          r["kv_source_auto"] = load_model_config(adir).kv_source;
+        }
+      }
+      if (distilled(name)) {
+        train_stage("uptrain-distilled-" + name, converted_dir(c),
+                    path("uptrained-distilled/" + name), p.uptrain_tokens, p.uptrain_lr, 0.2,
+                    "uptraining " + name + " distilled from the base", path("base"));
+        r["loss_uptrained_distilled"] = eval_stage("uptrained-distilled-" + name,
+                                                   path("uptrained-distilled/" + name),
+                                                   false)["heldout"]["loss"];
+      }
     }
     rows.push_back(r);
   }

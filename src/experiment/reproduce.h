@@ -64,6 +64,13 @@ struct ReproducePreset {
   int64_t heldout_windows = 0;
   int64_t task_items = 0;
   int64_t wikitext_bytes = 0;
+  // Training-free calibrated conversion (convert.h, `--merge calibrated`, and with `--owners auto`
+  // for configurations that share across layers): tokens of the training shard it is fitted on;
+  // 0: not run.
+  int64_t calibration_tokens = 0;
+  // Configurations also uptrained with distillation from the MHA base (train/distill.h); "*": every
+  // configuration but MHA-144.
+  std::vector<std::string> distill = {"*"};
   std::string note;  // what the preset is for, printed and written to results.md
 };
 // "ci" (about a minute: the test suite's), "demo" (<= 30 minutes on 2 cores), "full" (hours,
