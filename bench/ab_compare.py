@@ -7,12 +7,15 @@ their ratio (new / old) are printed as a markdown table (and JSON with --json). 
   decode b1 f32 / f16   `mlkv bench --random pythia-160m --weights W --gen 64 --reps 5`: decode tok/s
   prefill 128           the same runs' prefill tok/s
   decode b16 ctx 2048   `--batch 16 --prompt 2032 --synthetic-context --gen 16 --reps 3` (context 2032..2048): decode tok/s
+  ... q8_0 cache        the same with `--cache-type q8_0`
   prefill 512           `--prompt 512 --gen 1 --reps 3`: prefill tok/s
   train step            `bench/train_bench --ctx 256 --steps 3`: training tokens/s (Pythia-160M geometry)
   eval items/s          `mlkv eval MODEL piqa --limit N`: items/s (needs --eval-model, a model folder)
 
 Usage:
   bench/ab_compare.py --old /path/old-build --new build [--rounds 5] [--eval-model DIR] [--only decode]
+  bench/ab_compare.py --old build --new build --old-env MLKV_ISA=avx2 --new-env MLKV_ISA=avx512
+                      (one build, two settings: the kernels' AVX2 path against the AVX-512 one)
 A build folder holds bin/mlkv and bench/train_bench. Run it on a quiet machine: `mlkv bench` warns
 when the load average says other work competes for the cores.
 """
@@ -60,31 +63,49 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--eval-model", default="")
     ap.add_argument("--eval-limit", type=int, default=100)
-    ap.add_argument("--only", default="", help="comma-separated measurement groups: decode,b16,prefill,train,eval")
+    ap.add_argument("--only", default="", help="comma-separated measurement groups: decode,b16,b16q8,prefill,train,eval")
     ap.add_argument("--json", default="")
+    ap.add_argument("--old-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment variable set for the old side's runs only (repeatable)")
+    ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment variable set for the new side's runs only (repeatable)")
     a = ap.parse_args()
-    env = dict(os.environ, MLKV_PROGRESS="0")
-    groups = set(a.only.split(",")) if a.only else {"decode", "b16", "prefill", "train", "eval"}
+    base_env = dict(os.environ, MLKV_PROGRESS="0")
+    side_env = {}
+    for side, pairs in (("old", a.old_env), ("new", a.new_env)):
+        e = dict(base_env)
+        for kv in pairs:
+            if "=" not in kv:
+                ap.error(f"--{side}-env wants KEY=VALUE, got '{kv}'")
+            k, v = kv.split("=", 1)
+            e[k] = v
+        side_env[side] = e
+    groups = set(a.only.split(",")) if a.only else {"decode", "b16", "b16q8", "prefill", "train", "eval"}
     if not a.eval_model:
         groups.discard("eval")
 
-    # name -> function(build) -> value
+    # name -> function(build) -> value; `env` is rebound to the side's environment before each call
+    cur = {"env": base_env}
     def b1(w):
-        return lambda b: bench(b, ["--weights", w, "--gen", "64", "--reps", "5"], env)
+        return lambda b: bench(b, ["--weights", w, "--gen", "64", "--reps", "5"], cur["env"])
     measures = []
     if "decode" in groups:
         measures.append(("decode b1 f32 (tok/s)", b1("f32"), ["decode_tok_s", "prefill_tok_s"]))
         measures.append(("decode b1 f16 (tok/s)", b1("f16"), ["decode_tok_s"]))
     if "b16" in groups:
         measures.append(("decode b16 ctx 2048 (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt", "2032",
-                         "--synthetic-context", "--gen", "16", "--reps", "3"], env), ["decode_tok_s"]))
+                         "--synthetic-context", "--gen", "16", "--reps", "3"], cur["env"]), ["decode_tok_s"]))
+    if "b16q8" in groups:
+        measures.append(("decode b16 ctx 2048, q8_0 cache (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt",
+                         "2032", "--synthetic-context", "--gen", "16", "--reps", "3", "--cache-type", "q8_0"],
+                         cur["env"]), ["decode_tok_s"]))
     if "prefill" in groups:
         measures.append(("prefill 512 (tok/s)", lambda b: bench(b, ["--prompt", "512", "--gen", "1", "--reps", "3"],
-                         env), ["prefill_tok_s"]))
+                         cur["env"]), ["prefill_tok_s"]))
     if "train" in groups:
-        measures.append(("train step ctx 256 (tok/s)", lambda b: {"v": train_tok_s(b, env)}, ["v"]))
+        measures.append(("train step ctx 256 (tok/s)", lambda b: {"v": train_tok_s(b, cur["env"])}, ["v"]))
     if "eval" in groups:
-        measures.append((f"eval piqa (items/s)", lambda b: {"v": eval_items_s(b, a.eval_model, a.eval_limit, env)},
+        measures.append((f"eval piqa (items/s)", lambda b: {"v": eval_items_s(b, a.eval_model, a.eval_limit, cur["env"])},
                          ["v"]))
 
     results = {}
@@ -92,6 +113,7 @@ def main():
         vals = {"old": {k: [] for k in keys}, "new": {k: [] for k in keys}}
         for r in range(a.rounds):
             for side, build in (("old", a.old), ("new", a.new)):
+                cur["env"] = side_env[side]
                 res = fn(build)
                 for k in keys:
                     vals[side][k].append(res[k])

@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 
+#include "fuzz_common.h"
 #include "server/routes.h"
 
 namespace {
@@ -42,37 +43,9 @@ using mlkv::TokenLogprob;
 
 std::string* g_out = nullptr;  // the current connection's output, printed with a broken invariant
 
-void require(bool ok, const char* what) {
-  if (!ok) {
-    if (g_out != nullptr) std::fprintf(stderr, "server wrote:\n%s\n", g_out->c_str());
-    std::fprintf(stderr, "invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+void require(bool ok, const char* what) { mlkv::fuzz::require(ok, what, g_out); }
 
 constexpr int kVocab = 300;
-
-// Bytes as ids (ids 0..255; 256..299 decode to one byte too).
-class ByteTokenizer : public mlkv::Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int32_t> ids;
-    if (add_bos) ids.push_back(1);
-    for (unsigned char c : text) ids.push_back(c);
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string s;
-    for (int32_t id : ids) s += static_cast<char>(id);
-    return s;
-  }
-  std::string token_piece(int32_t id) const override {
-    return std::string(1, static_cast<char>(id));
-  }
-  std::string token_bytes(int32_t id) const override { return token_piece(id); }
-  int32_t n_vocab() const override { return kVocab; }
-  std::string kind() const override { return "bytes"; }
-};
 
 // The engine: each sequence is answered inside submit() with up to 6 tokens that depend on its
 // prompt and seed only.
@@ -197,7 +170,7 @@ class FuzzServer : public httplib::Server {
 
 struct Instance {
   mlkv::ModelInfo info;
-  ByteTokenizer tok;
+  mlkv::fuzz::ByteTokenizer tok{kVocab};
   mlkv::ServerOptions opt;
   StandIn backend;
   std::unique_ptr<mlkv::ServeState> state;

@@ -10,42 +10,14 @@
 #include <string>
 #include <string_view>
 
+#include "fuzz_common.h"
 #include "server/openai.h"
 
-namespace {
-
-// Bytes as ids (ids 0..255), enough to exercise every path of the validation.
-class ByteTokenizer : public mlkv::Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int32_t> ids;
-    if (add_bos) ids.push_back(1);
-    for (unsigned char c : text) ids.push_back(c);
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string s;
-    for (int32_t id : ids) s += static_cast<char>(id);
-    return s;
-  }
-  std::string token_piece(int32_t id) const override { return std::string(1, static_cast<char>(id)); }
-  std::string token_bytes(int32_t id) const override { return token_piece(id); }
-  int32_t n_vocab() const override { return 300; }
-  std::string kind() const override { return "bytes"; }
-};
-
-void require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "invariant broken: %s\n", what);
-    std::abort();
-  }
-}
-
-}  // namespace
+using mlkv::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace mlkv::openai;
-  static const ByteTokenizer tok;
+  static const mlkv::fuzz::ByteTokenizer tok(300);
   const std::string body(reinterpret_cast<const char*>(data), size);
   Limits lim;
   lim.n_ctx = 64;

@@ -68,12 +68,14 @@ std::string results_markdown(const json& r) {
         "K/V across layers (`owner`: the owner layer's K/V, used above; `pairwise`: the authors' "
         "running average; `mean`; `calibrated`: the owner's K/V with query and output maps fitted "
         "on training text, no training, docs/CONVERT.md; `calibrated, searched owners`: the same "
-        "with the owner layers chosen by the calibration error), and after the same uptraining "
+        "with the owner layers chosen by the calibration error), after the same uptraining "
         "with distillation from the MHA base (loss = 0.5 CE + 0.5 KL(base || model), "
-        "docs/TRAINING.md) where it was run.\n\n";
+        "docs/TRAINING.md) where it was run, and after that uptraining started from the calibrated "
+        "conversion (searched owners where layers share) instead of `owner`.\n\n";
   md += "| config | converted: owner | pairwise | mean | calibrated | calibrated, searched owners "
-        "| searched owner layers | uptrained | uptrained + distillation |\n";
-  md += "|---|---|---|---|---|---|---|---|---|\n";
+        "| searched owner layers | uptrained | uptrained + distillation "
+        "| calibrated, uptrained + distillation |\n";
+  md += "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const json& c : r["configs"]) {
     std::string owners = "-";
     if (c.contains("kv_source_auto")) {
@@ -89,7 +91,8 @@ std::string results_markdown(const json& r) {
               fmt("%.4f", num(c, "loss_converted_calibrated")), " | ",
               fmt("%.4f", num(c, "loss_converted_calibrated_auto")), " | ", owners, " | ",
               fmt("%.4f", num(c, "loss_uptrained")), " | ",
-              fmt("%.4f", num(c, "loss_uptrained_distilled")), " |\n");
+              fmt("%.4f", num(c, "loss_uptrained_distilled")), " | ",
+              fmt("%.4f", num(c, "loss_uptrained_calibrated_distilled")), " |\n");
   }
   return md;
 }

@@ -512,6 +512,19 @@ json Runner::run() {
         r["loss_uptrained_distilled"] = eval_stage("uptrained-distilled-" + name,
                                                    path("uptrained-distilled/" + name),
                                                    false)["heldout"]["loss"];
+        // Both methods beyond the paper together: the same uptraining with distillation, started
+        // from the calibrated conversion (searched owners where layers share) instead of owner.
+        if (p.calibration_tokens > 0) {
+          const std::string from = c.kv_layers < p.n_layer ? path("converted-calibrated-auto/" + name)
+                                                           : path("converted-calibrated/" + name);
+          train_stage("uptrain-calibrated-distilled-" + name, from,
+                      path("uptrained-calibrated-distilled/" + name), p.uptrain_tokens,
+                      p.uptrain_lr, 0.2,
+                      "uptraining the calibrated " + name + " distilled from the base", path("base"));
+          r["loss_uptrained_calibrated_distilled"] =
+              eval_stage("uptrained-calibrated-distilled-" + name,
+                         path("uptrained-calibrated-distilled/" + name), false)["heldout"]["loss"];
+        }
       }
     }
     rows.push_back(r);

@@ -68,7 +68,7 @@ def check_complete(out):
             assert isinstance(v, (int, float)) and math.isfinite(v), f"{name}: {k} = {v}"
         if name != "MHA-144":
             for k in ("loss_converted_pairwise", "loss_converted_mean", "loss_uptrained_distilled",
-                      "loss_converted_calibrated"):
+                      "loss_converted_calibrated", "loss_uptrained_calibrated_distilled"):
                 assert math.isfinite(r[k]), f"{name}: {k} = {r[k]}"
             # Calibration falls back to the plain owner per layer where no fold helps on its held-out
             # rows; on the held-out text it may still differ a little either way.
