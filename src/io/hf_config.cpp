@@ -425,10 +425,14 @@ ModelConfig load_model_config(const std::string& dir) {
 namespace {
 
 // Token ids as transformers spells them: one id as an int, several as a list, none omitted.
+// No ids is written as null ("none"), never left out: an absent key reads back as the family's
+// default (e.g. GPT-NeoX's BOS 0), which would give a model without one a BOS after a round trip.
 void write_token_ids(json& j, const char* key, const std::vector<int>& ids) {
-  if (ids.size() == 1) {
+  if (ids.empty()) {
+    j[key] = nullptr;
+  } else if (ids.size() == 1) {
     j[key] = ids.front();
-  } else if (!ids.empty()) {
+  } else {
     j[key] = ids;
   }
 }
@@ -449,7 +453,8 @@ std::string hf_config_to_json(const ModelConfig& c) {
   j["max_position_embeddings"] = c.n_ctx;
   j["tie_word_embeddings"] = c.tied_embeddings;
   j["torch_dtype"] = dt;
-  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  write_token_ids(j, "bos_token_id",
+                  c.bos_token_id >= 0 ? std::vector<int>{c.bos_token_id} : std::vector<int>{});
   write_token_ids(j, "eos_token_id", c.eos_token_ids);
   if (c.n_embd_head * c.n_head != c.n_embd) j["head_dim"] = c.n_embd_head;
   if (c.family == Family::kGptNeoX) {

@@ -227,8 +227,38 @@ TEST(HfConfigEos, WrittenBackFaithfully) {
   EXPECT_EQ(out["eos_token_id"], json(5));
   c.eos_token_ids.clear();
   out = json::parse(hf_config_to_json(c));
-  EXPECT_FALSE(out.contains("eos_token_id"));
+  EXPECT_TRUE(out.contains("eos_token_id") && out["eos_token_id"].is_null());
   EXPECT_TRUE(parse_hf_config(hf_config_to_json(c), "y").eos_token_ids.empty());
+}
+
+// "No BOS" / "no EOS" survive a round trip in every family, including those whose default has one
+// (GPT-NeoX: BOS 0, EOS 0): written as null, never left out (found by hf_config_fuzz: a config with
+// "bos_token_id": -1 read back with BOS 0).
+TEST(HfConfigEos, NoneSurvivesRoundTripInEveryFamily) {
+  for (const json& base : {small_llama(), pythia()}) {
+    for (const json& none : {json(-1), json(nullptr), json::array()}) {
+      json j = base;
+      j["bos_token_id"] = none;
+      j["eos_token_id"] = none;
+      const ModelConfig c = parse(j);
+      ASSERT_EQ(c.bos_token_id, -1) << j.dump();
+      ASSERT_TRUE(c.eos_token_ids.empty()) << j.dump();
+      const std::string text = hf_config_to_json(c);
+      const json out = json::parse(text);
+      EXPECT_TRUE(out["bos_token_id"].is_null()) << text;
+      EXPECT_TRUE(out["eos_token_id"].is_null()) << text;
+      const ModelConfig d = parse_hf_config(text, "round trip");
+      EXPECT_EQ(d.bos_token_id, -1) << text;
+      EXPECT_TRUE(d.eos_token_ids.empty()) << text;
+    }
+    // An id is kept as it is, 0 included.
+    json j = base;
+    j["bos_token_id"] = 0;
+    j["eos_token_id"] = 0;
+    const ModelConfig d = parse_hf_config(hf_config_to_json(parse(j)), "round trip");
+    EXPECT_EQ(d.bos_token_id, 0);
+    EXPECT_EQ(d.eos_token_ids, std::vector<int>{0});
+  }
 }
 
 // generation_config.json's ids replace config.json's (transformers' generate() reads them
