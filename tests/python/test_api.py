@@ -1,5 +1,5 @@
 """mlkv.Model / Tokenizer / convert / evaluate against the `mlkv` CLI on the shipped tiny model:
-the same numbers bit for bit (score), the same tokens (generate, same seed), the same documents
+the same numbers (score: to float32 rounding, see assert_close), the same tokens (generate, same seed), the same documents
 (eval, convert), and the documented exceptions for bad input."""
 
 import json
@@ -11,6 +11,40 @@ import pytest
 
 import mlkv
 from conftest import EVAL_DIR, SHARED, cli_json, run_cli
+
+
+# The Python package and the CLI run the same code on the same machine, but not always to the same
+# bits: OpenBLAS's AVX-512 (SkylakeX) SGEMM kernels round differently from one process to the next
+# (measured on the AVX-512 Xeon: up to 4.8e-6 in a log-prob; with OPENBLAS_CORETYPE=Haswell both
+# sides agree bit for bit). So floats that went through a GEMM are compared to float32 rounding.
+def assert_close(a, b, rel=2e-5):
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                               rtol=rel, atol=rel)
+
+
+def assert_same_report(a, b, rel=2e-5):
+    """Equal JSON reports, floats within rel (see assert_close)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (a, b)
+        for k in a:
+            assert_same_report(a[k], b[k], rel)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (a, b)
+        for x, y in zip(a, b):
+            assert_same_report(x, y, rel)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= rel * max(1.0, abs(a), abs(b)), (a, b)
+    else:
+        assert a == b, (a, b)
+
+
+def assert_same_weights(fa, fb, rel=2e-5):
+    from safetensors.numpy import load_file
+    ta, tb = load_file(str(fa)), load_file(str(fb))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert ta[k].shape == tb[k].shape and ta[k].dtype == tb[k].dtype, k
+        assert_close(ta[k], tb[k], rel)
 
 TEXT = "Once upon a time, in a quiet garden of pixels, a dream unfolded."
 
@@ -27,18 +61,18 @@ def test_config_and_sizes(tiny, tiny_path):
     assert tiny.kv_bytes(128, 2, "f16") == tiny.kv_bytes(128, 2) // 2
 
 
-def test_score_equals_cli_bit_for_bit(tiny, tiny_path):
+def test_score_equals_cli(tiny, tiny_path):
     ids = tiny.encode(TEXT, add_bos=True)
     ours = tiny.score(ids)
     assert ours.dtype == np.float32 and ours.shape == (len(ids) - 1,)
     cli = cli_json("score", tiny_path, "--tokens", " ".join(map(str, ids)), "--json")
     theirs = np.array(cli["logprobs"], dtype=np.float32)
-    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    assert_close(ours, theirs)
     cached = tiny.score(ids, cached=True)
     cli_cached = np.array(
         cli_json("score", tiny_path, "--tokens", " ".join(map(str, ids)), "--cached", "--json")["logprobs"],
         dtype=np.float32)
-    assert np.array_equal(cached.view(np.uint32), cli_cached.view(np.uint32))
+    assert_close(cached, cli_cached)
     assert np.max(np.abs(cached - ours)) < 1e-4
 
 
@@ -157,7 +191,7 @@ def test_convert_equals_cli(tiny_path, workdir):
     ids = m.encode(TEXT, add_bos=True)
     cli_lp = np.array(cli_json("score", str(b), "--tokens", " ".join(map(str, ids)), "--json")["logprobs"],
                       dtype=np.float32)
-    assert np.array_equal(m.score(ids), cli_lp)
+    assert_close(m.score(ids), cli_lp)
 
 
 def test_convert_calibrated_equals_cli(tiny_path, workdir):
@@ -175,10 +209,10 @@ def test_convert_calibrated_equals_cli(tiny_path, workdir):
     for d in (ours, cli):
         d.pop("dst")
         d["calibration"].pop("seconds")
-    assert ours == cli
+    assert_same_report(ours, cli)
     assert ours["merge"] == "calibrated" and ours["owners_auto"] and ours["n_kv_layers"] == 2
     assert ours["calibration"]["tokens"] == 1024 and ours["calibration"]["rows"] == 16
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert_same_weights(a / "model.safetensors", b / "model.safetensors")
     with pytest.raises(ValueError, match="needs calibration text"):
         mlkv.convert(tiny_path, workdir / "bad_cal", merge="calibrated")
     with pytest.raises(ValueError, match="needs --kv-layers"):

@@ -1,6 +1,6 @@
 """`pip install .` of the repository into a fresh virtual environment (no system packages; the
 build requirements and numpy from PyPI, versions pinned by tests/python-constraints.txt), then the
-installed package - not the build tree's - imports, scores like the CLI bit for bit and generates.
+installed package - not the build tree's - imports, scores like the CLI (to float32 rounding) and generates.
 The CMake build folder of the wheel is kept in the work folder, so a rerun recompiles only what
 changed (the first run compiles the engine: a few minutes on two cores; label slow)."""
 
@@ -44,6 +44,9 @@ print(json.dumps({{"file": mlkv.__file__, "ids": ids, "lp": m.score(ids).tolist(
     assert got["file"].startswith(str(venv)), got["file"]  # the installed copy
     ids = " ".join(map(str, got["ids"]))
     want = cli_json("score", tiny_path, "--tokens", ids, "--json")["logprobs"]
-    assert got["lp"] == want  # f32 values through JSON on both sides: bit for bit
+    # f32 values through JSON on both sides; equal to float32 rounding (test_api.py's assert_close:
+    # OpenBLAS's AVX-512 kernels do not give the same bits in two processes).
+    assert len(got["lp"]) == len(want)
+    assert all(abs(a - b) <= 2e-5 * max(1.0, abs(a)) for a, b in zip(got["lp"], want)), (got["lp"], want)
     gen = cli_json("generate", tiny_path, "--tokens", ids, "-n", "12", "--json")["results"][0]["tokens"]
     assert got["gen"] == gen

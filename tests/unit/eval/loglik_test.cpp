@@ -471,8 +471,10 @@ TEST(Perplexity, KlDivergenceFromABaseCache) {
     // Batched windows take other f32 paths than one window alone: a few ulps of the logits.
     EXPECT_NEAR(r.kl->sum / n, sum / n, 1e-6 + 1e-3 * sum / n) << name;
     EXPECT_NEAR(r.kl->max, mx, 1e-6 + 1e-3 * mx) << name;
-    EXPECT_NEAR(r.kl->base_nll, base_nll, 1e-3) << name;
-    EXPECT_NEAR(r.nll, nll, 1e-3) << name;
+    // Summed over every token: a batched window's K/V can round to the other neighbour in a
+    // 16-bit or block format (measured with bf16 on the AVX-512 kernels: 0.008 of 633).
+    EXPECT_NEAR(r.kl->base_nll, base_nll, 1e-3 + 1e-6 * std::abs(base_nll)) << name;
+    EXPECT_NEAR(r.nll, nll, 1e-3 + 5e-5 * std::abs(nll)) << name;
     EXPECT_NEAR(static_cast<double>(r.kl->same_top), static_cast<double>(same), 1.0) << name;
     std::sort(all.begin(), all.end());
     EXPECT_NEAR(r.kl->p99, all[static_cast<size_t>(std::ceil(0.99 * n)) - 1], 1e-6 + 1e-3 * mx) << name;
