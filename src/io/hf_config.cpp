@@ -424,7 +424,7 @@ ModelConfig load_model_config(const std::string& dir) {
 
 namespace {
 
-// Token ids as transformers spells them: one id as an int, several as a list, none omitted.
+// Token ids as transformers spells them: one id as an int, several as a list.
 // No ids is written as null ("none"), never left out: an absent key reads back as the family's
 // default (e.g. GPT-NeoX's BOS 0), which would give a model without one a BOS after a round trip.
 void write_token_ids(json& j, const char* key, const std::vector<int>& ids) {
