@@ -100,9 +100,9 @@ class Model:
         """Loads the model at `path`.
 
         threads: compute threads for the whole process (None: all cores). weights: in-memory
-        projection weights, "f32" or "f16" (compute stays f32). tokenizer: a tokenizer file or
-        folder (None: looked for next to the model; a model without one scores and generates
-        token ids only). Raises FileNotFoundError for a missing model, config.json, weights or
+        projection weights, "f32", "f16", "bf16" or "q8_0" (compute stays f32; q8_0 on the
+        CPU). tokenizer: a tokenizer file or folder (None: looked for next to the model; a model
+        without one scores and generates token ids only). Raises FileNotFoundError for a missing model, config.json, weights or
         tokenizer, OSError for one that cannot be read, ValueError for a malformed model (or a
         file that is not one) and bad options.
         """

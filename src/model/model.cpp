@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/check.h"
+#include "core/quant.h"
 
 namespace mlkv {
 
@@ -136,11 +137,23 @@ Model::Model(LoadedModel m, const ModelOptions& opt)
     : cfg_(std::move(m.config)), opt_(opt), w_(std::move(m.weights)) {
   cfg_.validate();
   Backend<float>& be = backend<float>(opt_.device);
-  MLKV_REQUIRE(opt_.weights != WeightType::kBF16 || opt_.device != Device::kCpu,
-               "bf16 weights run on the GPU (--device cuda); on the CPU use f32 or f16");
+  MLKV_REQUIRE(opt_.weights != WeightType::kQ8_0 || opt_.device == Device::kCpu,
+               "q8_0 weights run on the CPU; on the GPU use f32, f16 or bf16");
+  if (opt_.weights == WeightType::kQ8_0) {
+    for (const auto& p : list_params(cfg_, w_)) {
+      const Tensor& t = *p.tensor;
+      if (p.tensor == &w_.tok_embd && !cfg_.tied_embeddings) continue;  // lookups stay f32
+      MLKV_REQUIRE(t.ndim() != 2 || t.dim(1) % kQuantBlock == 0, "q8_0 weights need every "
+                   "matrix's rows to hold a multiple of 32 values: ", p.name, " is ", t.shape_str(),
+                   "; use --weights f16 for this model");
+    }
+  }
   if (opt_.weights != WeightType::kF32) {
-    // Matrices in f16/bf16; the tied output matrix gets a copy (lookups read the f32 embedding).
-    const DType dt = opt_.weights == WeightType::kF16 ? DType::kF16 : DType::kBF16;
+    // Matrices in f16/bf16/q8_0; the tied output matrix gets a copy (lookups read the f32
+    // embedding).
+    const DType dt = opt_.weights == WeightType::kF16    ? DType::kF16
+                     : opt_.weights == WeightType::kBF16 ? DType::kBF16
+                                                         : DType::kQ8_0;
     Tensor embd = std::move(w_.tok_embd);
     w_.tok_embd = Tensor();
     w_ = convert_weights(cfg_, w_, dt, /*matrices_only=*/true);

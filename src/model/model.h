@@ -44,9 +44,12 @@ struct Batch {
 using ops::AttnRun;
 
 // How the forward pass stores its projection matrices. f16 and bf16 halve the bytes a decode step
-// streams (and the resident size); accumulation stays f32, the embedding table stays f32. bf16
-// runs on the GPU only (its products round the activations to bf16 too).
-enum class WeightType { kF32, kF16, kBF16 };
+// streams (and the resident size), q8_0 (llama.cpp's blocks of 32 int8 and an f16 scale,
+// core/quant.h: 34 bytes per 32 values) takes 0.53 of f16's; accumulation stays f32, the
+// embedding table stays f32. On the CPU the stored values are widened exactly to f32 and
+// multiplied in f32; on the GPU bf16 products round the activations to bf16 too, and q8_0 is
+// CPU-only.
+enum class WeightType { kF32, kF16, kBF16, kQ8_0 };
 
 struct ModelOptions {
   WeightType weights = WeightType::kF32;
@@ -62,8 +65,8 @@ class Model {
   Model& operator=(Model&&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
-  // With WeightType::kF16 the projection matrices (and the output matrix) are F16 tensors; norms,
-  // biases and the embedding table are always f32.
+  // With WeightType::kF16 (kBF16, kQ8_0) the projection matrices (and the output matrix) are F16
+  // (BF16, Q8_0) tensors; norms, biases and the embedding table are always f32.
   const ModelWeights& weights() const { return w_; }
   WeightType weight_type() const { return opt_.weights; }
   Device device() const { return opt_.device; }

@@ -32,7 +32,8 @@ WeightType parse_weight_type(const std::string& s, const std::string& what) {
   if (s == "f32") return WeightType::kF32;
   if (s == "f16") return WeightType::kF16;
   if (s == "bf16") return WeightType::kBF16;
-  fail(what, " must be f32, f16 or bf16 (got '", s, "')");
+  if (s == "q8_0") return WeightType::kQ8_0;
+  fail(what, " must be f32, f16, bf16 or q8_0 (got '", s, "')");
 }
 
 Device parse_device_option(const std::string& s, const std::string& what) {

@@ -1,6 +1,6 @@
 // The spellings of the run-time element types, shared by the command line and the public API:
 // the KV cache's (f32, f16, bf16, q8_0, q4_0: kv/kv_codec.h) and the in-memory projection
-// weights' ("f32" / "f16"). `what` names the option or field in the error ("--cache-type",
+// weights' (f32, f16, bf16, q8_0). `what` names the option or field in the error ("--cache-type",
 // "cache_type").
 #pragma once
 

@@ -288,7 +288,7 @@ TEST(PublicApi, Errors) {
   EXPECT_EQ(error_of([&] { load(o); }), "unknown device 'tpu' (this build has: cpu)");
   o = {};
   o.weights = "f8";
-  EXPECT_EQ(error_of([&] { load(o); }), "weights must be f32, f16 or bf16 (got 'f8')");
+  EXPECT_EQ(error_of([&] { load(o); }), "weights must be f32, f16, bf16 or q8_0 (got 'f8')");
   o = {};
   o.threads = -1;
   EXPECT_NE(error_of([&] { load(o); }), "(no error)");

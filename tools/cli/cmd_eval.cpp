@@ -182,7 +182,7 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
       ->capture_default_str();
   cmd->add_option("--weights", a->weights,
-                  "In-memory projection weights: f32, f16 or bf16 (GPU)")
+                  "In-memory projection weights: f32, f16, bf16 or q8_0 (CPU)")
       ->capture_default_str();
   cmd->add_option("-t,--threads", a->threads, "Threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));

@@ -32,8 +32,8 @@ namespace {
 
 void add_weights_option(CLI::App* cmd, std::string* w) {
   cmd->add_option("--weights", *w,
-                  "In-memory projection weights: f32, f16 (half the bytes per decode step) or bf16 "
-                  "(GPU)")
+                  "In-memory projection weights: f32, f16 or bf16 (half the bytes per decode step) "
+                  "or q8_0 (34 bytes per 32 values; CPU)")
       ->capture_default_str();
 }
 

@@ -141,7 +141,7 @@ void add_serve_commands(CLI::App& app) {
   cmd->add_option("--ctx", a->opt.n_ctx, "Context per sequence (0 or not given: the model's)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
-  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32, f16 or bf16 (GPU)")
+  cmd->add_option("--weights", a->weights, "In-memory projection weights: f32, f16, bf16 or q8_0 (CPU)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
       ->capture_default_str();

@@ -49,8 +49,8 @@ class CpuBackend final : public Backend<T> {
                       bool accumulate) override {
     MLKV_CHECK(w.numel() == int64_t{N} * K);
     if constexpr (std::is_same_v<T, float>) {
-      if (w.dtype() == DType::kF16) {
-        ops::linear_forward_f16(x, w.data_as<uint16_t>(), ptr_or_null<T>(b), y, n, K, N, accumulate);
+      if (w.dtype() != DType::kF32) {
+        ops::linear_forward_lowp(x, w.raw(), w.dtype(), ptr_or_null<T>(b), y, n, K, N, accumulate);
         return;
       }
     }

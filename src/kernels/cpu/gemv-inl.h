@@ -1,5 +1,8 @@
-// Streaming matrix-vector products for decode (kernels.h: gemv4_*, gemv_tail_*), written once over
-// the vector type V of the build that includes this file (vec_{scalar,avx2,avx512}.h).
+// Streaming matrix-vector products for decode (kernels.h: gemv4, gemv_tail), written once over
+// the vector type V of the build that includes this file (vec_{scalar,avx2,avx512}.h) and over the
+// weight formats: f32, f16 and bf16 rows through one template (W: the element type), q8_0 rows
+// (34-byte blocks of an f16 scale and 32 int8, core/quant.h) through their own loop that widens
+// each block in registers, one scale per block and weight row.
 //
 // Decode is memory-bound: every weight byte is read once per step. Four weight rows are multiplied
 // against NX token rows at a time (4 * NX accumulators, 4 + NX loads per 4 * NX FMAs; one row
@@ -86,4 +89,93 @@ void gemv_row_multi(const float* x, const W* w, int T, int64_t K, float* out, in
 template <typename W>
 void gemv_tail(const float* x, const W* w, int rows, int T, int64_t K, float* out) {
   for (int j = 0; j < rows; ++j) gemv_row_multi(x, w + j * K, T, K, out + j, 4);
+}
+
+// bfloat16 elements (the high halves of f32), a distinct type so that vload / load1 pick them.
+struct Bf16 {
+  uint16_t bits;
+};
+inline V vload(const Bf16* p) { return vload_bf16(&p->bits); }
+inline float load1(const Bf16* p) { return bf16_to_f32(p->bits); }
+
+// ---- q8_0 rows: K / 32 blocks of 34 bytes (K a multiple of 32) ----
+inline constexpr size_t kQ8Block = 34;
+inline float q8_scale(const char* block) { return load1(reinterpret_cast<const uint16_t*>(block)); }
+inline const int8_t* q8_values(const char* block) { return reinterpret_cast<const int8_t*>(block + 2); }
+
+// out[t * 4 + j] = x_t . w_j for t < NX, j < 4: per block, the four rows' scales are broadcast
+// once and each kLanes-wide slice is widened (int8 -> f32, times the scale) and multiplied into
+// the NX token rows. The dequantized value d q is exact in f32 (an 11-bit significand times a
+// 7-bit integer), so the sums are those of the f32 GEMV over the dequantized matrix.
+template <int NX>
+inline void gemv_q8_rows4_xn(const float* x, const char* w, int64_t K, float* out, bool prefetch) {
+  const size_t row_bytes = static_cast<size_t>(K / 32) * kQ8Block;
+  const char* wr[4] = {w, w + row_bytes, w + 2 * row_bytes, w + 3 * row_bytes};
+  V acc[NX][4];
+  for (int t = 0; t < NX; ++t) {
+    for (int j = 0; j < 4; ++j) acc[t][j] = vzero();
+  }
+  const int64_t n_blocks = K / 32;
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    const size_t off = static_cast<size_t>(blk) * kQ8Block;
+    if (prefetch) {
+      for (int j = 0; j < 4; ++j) vprefetch(wr[j] + 4 * row_bytes + off);
+    }
+    V sc[4];
+    for (int j = 0; j < 4; ++j) sc[j] = vset1(q8_scale(wr[j] + off));
+    const float* xb = x + blk * 32;
+    for (int h = 0; h < 32; h += kLanes) {
+      V xv[NX];
+      for (int t = 0; t < NX; ++t) xv[t] = vload(xb + t * K + h);
+      for (int j = 0; j < 4; ++j) {
+        const V wv = vmul(sc[j], vload_i8(q8_values(wr[j] + off) + h));
+        for (int t = 0; t < NX; ++t) acc[t][j] = vfma(wv, xv[t], acc[t][j]);
+      }
+    }
+  }
+  for (int t = 0; t < NX; ++t) {
+    for (int j = 0; j < 4; ++j) out[t * 4 + j] = vsum(acc[t][j]);
+  }
+}
+
+void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
+  const char* w = static_cast<const char*>(wv);
+  int t = 0;
+  for (; t + kGemvTile <= T; t += kGemvTile) {
+    gemv_q8_rows4_xn<kGemvTile>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+  }
+  if (kGemvTile == 4 && t + 2 <= T) {
+    gemv_q8_rows4_xn<2>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+    t += 2;
+  }
+  if (t < T) gemv_q8_rows4_xn<1>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+}
+
+// One q8_0 row against T token rows (the rows < 4 of a matrix's last block).
+void gemv_tail_q8(const float* x, const void* wv, int rows, int T, int64_t K, float* out) {
+  const size_t row_bytes = static_cast<size_t>(K / 32) * kQ8Block;
+  for (int j = 0; j < rows; ++j) {
+    const char* w = static_cast<const char*>(wv) + j * row_bytes;
+    V acc[kMaxGemvRows];
+    for (int t = 0; t < T; ++t) acc[t] = vzero();
+    for (int64_t blk = 0; blk < K / 32; ++blk) {
+      const char* b = w + static_cast<size_t>(blk) * kQ8Block;
+      const V sc = vset1(q8_scale(b));
+      for (int h = 0; h < 32; h += kLanes) {
+        const V wv8 = vmul(sc, vload_i8(q8_values(b) + h));
+        for (int t = 0; t < T; ++t) acc[t] = vfma(wv8, vload(x + t * K + blk * 32 + h), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) out[t * 4 + j] = vsum(acc[t]);
+  }
+}
+
+// The table's entries (kernels.h: index = weight format), w untyped.
+template <typename W>
+void gemv4_fmt(const float* x, const void* w, int T, int64_t K, float* out) {
+  gemv4(x, static_cast<const W*>(w), T, K, out);
+}
+template <typename W>
+void gemv_tail_fmt(const float* x, const void* w, int rows, int T, int64_t K, float* out) {
+  gemv_tail(x, static_cast<const W*>(w), rows, T, K, out);
 }

@@ -19,17 +19,20 @@ using ops::KvChunk;
 inline constexpr int kNumKvFormats = 5;
 // The index of a format in the kernel tables; MLKV_CHECK-fails for another type.
 int kv_format_index(DType t);
+// The weight formats of the decode GEMV: f32, f16, bf16, q8_0, indexed as by kv_format_index.
+inline constexpr int kNumWeightFormats = 4;
 
 struct Kernels {
   Isa isa;
 
   // ---- matrix-vector products for decode: T <= kMaxGemvRows token rows x of length K ----
-  // out[t * 4 + j] = x_t . w_j for the 4 weight rows w_j = w + j K (row-major [4, K]).
-  void (*gemv4_f32)(const float* x, const float* w, int T, int64_t K, float* out);
-  void (*gemv4_f16)(const float* x, const uint16_t* w, int T, int64_t K, float* out);
+  // Per weight format (kv_format_index: 0 f32, 1 f16, 2 bf16, 3 q8_0 with K a multiple of 32):
+  // out[t * 4 + j] = x_t . w_j for the 4 weight rows w_j at w + j dtype_row_bytes(format, K)
+  // (row-major [4, K]).
+  void (*gemv4[kNumWeightFormats])(const float* x, const void* w, int T, int64_t K, float* out);
   // out[t * 4 + j] for j < rows < 4 (the last, partial block of a matrix).
-  void (*gemv_tail_f32)(const float* x, const float* w, int rows, int T, int64_t K, float* out);
-  void (*gemv_tail_f16)(const float* x, const uint16_t* w, int rows, int T, int64_t K, float* out);
+  void (*gemv_tail[kNumWeightFormats])(const float* x, const void* w, int rows, int T, int64_t K,
+                                       float* out);
 
   // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
   // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d

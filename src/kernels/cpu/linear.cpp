@@ -1,8 +1,8 @@
 // Linear layers on the CPU: y = x w^T + b and its backward pass (kernels/ops.h).
 // Decode (n <= 32 token rows) is memory-bound: the streaming GEMV of the active instruction-set
 // path reads every weight row once, blocks of 4 rows split across threads so that each thread
-// streams its own part of w. Larger n is compute-bound and goes to BLAS sgemm. f16 weights at
-// large n are widened block by block into per-thread scratch and multiplied by sgemm inside the
+// streams its own part of w (f32, f16, bf16 or q8_0 rows, widened in registers). Larger n is
+// compute-bound and goes to BLAS sgemm. Low-precision weights at large n are widened block by block into per-thread scratch and multiplied by sgemm inside the
 // parallel loop (widening costs N K operations against the 2 n N K of the product).
 #include <omp.h>
 
@@ -10,7 +10,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/half.h"
+#include "core/check.h"
+#include "core/tensor.h"
 #include "kernels/blas/blas.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/ops.h"
@@ -23,9 +24,9 @@ namespace {
 constexpr int kColBlock = 64;           // columns per work item in column reductions
 constexpr int64_t kElemParallel = 32768;  // fewer elements than this: one thread
 
-template <typename W>
-void matmul_streaming(const float* x, const W* w, const float* b, float* y, int T, int K, int N,
-                      bool accumulate) {
+// w: N rows of row_bytes in weight format fmt (kernels.h's index).
+void matmul_streaming(const float* x, const char* w, size_t row_bytes, int fmt, const float* b,
+                      float* y, int T, int K, int N, bool accumulate) {
   const cpu::Kernels& k = cpu::kernels();
   const int n_blocks = (N + 3) / 4;
 #pragma omp parallel for schedule(static)
@@ -33,19 +34,11 @@ void matmul_streaming(const float* x, const W* w, const float* b, float* y, int 
     const int n0 = blk * 4;
     const int rows = std::min(4, N - n0);
     float r[cpu::kMaxGemvRows * 4];  // r[t * 4 + j]: weight row n0 + j against x row t
-    const W* wb = w + int64_t{n0} * K;
-    if constexpr (std::is_same_v<W, float>) {
-      if (rows == 4) {
-        k.gemv4_f32(x, wb, T, K, r);
-      } else {
-        k.gemv_tail_f32(x, wb, rows, T, K, r);
-      }
+    const char* wb = w + static_cast<size_t>(n0) * row_bytes;
+    if (rows == 4) {
+      k.gemv4[fmt](x, wb, T, K, r);
     } else {
-      if (rows == 4) {
-        k.gemv4_f16(x, wb, T, K, r);
-      } else {
-        k.gemv_tail_f16(x, wb, rows, T, K, r);
-      }
+      k.gemv_tail[fmt](x, wb, rows, T, K, r);
     }
     for (int t = 0; t < T; ++t) {
       float* dst = y + int64_t{t} * N + n0;
@@ -57,10 +50,13 @@ void matmul_streaming(const float* x, const W* w, const float* b, float* y, int 
   }
 }
 
-void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float* y, int T, int K,
-                        int N, bool accumulate) {
+// Low-precision weights at large n: blocks of 128 rows widened to f32 in per-thread scratch and
+// multiplied by sgemm inside the parallel loop.
+void matmul_widened(const float* x, const char* w, size_t row_bytes, int fmt, const float* b,
+                    float* y, int T, int K, int N, bool accumulate) {
   constexpr int kBlock = 128;
   const int n_blocks = (N + kBlock - 1) / kBlock;
+  const cpu::Kernels& k = cpu::kernels();
 #pragma omp parallel
   {
     std::vector<float> wf(static_cast<size_t>(kBlock) * K);
@@ -69,7 +65,7 @@ void matmul_f16_blocked(const float* x, const uint16_t* w, const float* b, float
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int n0 = blk * kBlock;
       const int rows = std::min(kBlock, N - n0);
-      f16_to_f32_n(w + int64_t{n0} * K, wf.data(), static_cast<size_t>(rows) * K);
+      k.rows_to_f32[fmt](w + static_cast<size_t>(n0) * row_bytes, row_bytes, rows, K, wf.data());
       blas::gemm(false, true, T, rows, K, 1.0f, x, K, wf.data(), K, 0.0f, yb.data(), rows);
       for (int t = 0; t < T; ++t) {
         float* dst = y + int64_t{t} * N + n0;
@@ -112,7 +108,8 @@ void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int 
   } else {
     if (n <= 0 || N <= 0) return;
     if (n <= cpu::kMaxGemvRows) {
-      matmul_streaming(x, w, b, y, n, K, N, accumulate);
+      matmul_streaming(x, reinterpret_cast<const char*>(w), sizeof(float) * size_t(K), 0, b, y, n,
+                       K, N, accumulate);
       return;
     }
     blas::gemm(false, true, n, N, K, 1.0f, x, K, w, K, accumulate ? 1.0f : 0.0f, y, N);
@@ -120,13 +117,21 @@ void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int 
   }
 }
 
-void linear_forward_f16(const float* x, const uint16_t* w, const float* b, float* y, int n, int K,
-                        int N, bool accumulate) {
+void linear_forward_lowp(const float* x, const void* w, DType wt, const float* b, float* y, int n,
+                         int K, int N, bool accumulate) {
+  MLKV_REQUIRE(wt == DType::kF16 || wt == DType::kBF16 || wt == DType::kQ8_0,
+               "linear layers on the CPU take f32, f16, bf16 or q8_0 weights (got ", dtype_name(wt),
+               ")");
+  MLKV_REQUIRE(K % dtype_block_values(wt) == 0,
+               "q8_0 weights need rows of a multiple of 32 values (got ", K, ")");
   if (n <= 0 || N <= 0) return;
+  const int fmt = cpu::kv_format_index(wt);
+  const size_t row_bytes = dtype_row_bytes(wt, K);
+  const char* wb = static_cast<const char*>(w);
   if (n <= cpu::kMaxGemvRows) {
-    matmul_streaming(x, w, b, y, n, K, N, accumulate);
+    matmul_streaming(x, wb, row_bytes, fmt, b, y, n, K, N, accumulate);
   } else {
-    matmul_f16_blocked(x, w, b, y, n, K, N, accumulate);
+    matmul_widened(x, wb, row_bytes, fmt, b, y, n, K, N, accumulate);
   }
 }
 

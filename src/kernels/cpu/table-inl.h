@@ -4,10 +4,14 @@
 Kernels make_table(Isa isa) {
   Kernels k{};
   k.isa = isa;
-  k.gemv4_f32 = &gemv4<float>;
-  k.gemv4_f16 = &gemv4<uint16_t>;
-  k.gemv_tail_f32 = &gemv_tail<float>;
-  k.gemv_tail_f16 = &gemv_tail<uint16_t>;
+  k.gemv4[0] = &gemv4_fmt<float>;
+  k.gemv4[1] = &gemv4_fmt<uint16_t>;
+  k.gemv4[2] = &gemv4_fmt<Bf16>;
+  k.gemv4[3] = &gemv4_q8;
+  k.gemv_tail[0] = &gemv_tail_fmt<float>;
+  k.gemv_tail[1] = &gemv_tail_fmt<uint16_t>;
+  k.gemv_tail[2] = &gemv_tail_fmt<Bf16>;
+  k.gemv_tail[3] = &gemv_tail_q8;
   k.attn_scores[0] = &attn_scores<RowF32>;
   k.attn_scores[1] = &attn_scores<RowF16>;
   k.attn_scores[2] = &attn_scores<RowBF16>;

@@ -94,27 +94,36 @@ class Kernels : public ::testing::TestWithParam<Isa> {
 };
 
 // y = x w^T + b: T <= 32 takes the streaming GEMV (tiles of 4, 2 and 1 token rows, blocks of 4
-// weight rows and a partial last block), larger T sgemm; odd K exercise the column tails.
-TEST_P(Kernels, LinearForwardF32AndF16) {
+// weight rows and a partial last block), larger T sgemm (low-precision weights widened block by
+// block); odd K exercise the column tails. Low-precision weights are checked against the f32
+// reference over the same stored values widened (exact in f32: f16 and bf16 are subsets of f32,
+// and a q8_0 value d q has at most 11 + 7 significant bits), so every format meets the f32 bound.
+TEST_P(Kernels, LinearForwardEveryWeightFormat) {
+  const std::vector<std::pair<int, int>> shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}};
+  const std::vector<std::pair<int, int>> q8_shapes = {{32, 13}, {64, 96}, {256, 7}, {96, 201}};
   for (int T : {1, 2, 3, 5, 8, 9, 15, 32, 33, 40}) {
-    for (auto [K, N] : {std::pair{37, 13}, std::pair{64, 96}, std::pair{250, 7}, std::pair{33, 200}}) {
-      const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
-      std::vector<uint16_t> wh(w.size());
-      f32_to_f16_n(w.data(), wh.data(), w.size());
-      std::vector<float> wr(w.size());
-      f16_to_f32_n(wh.data(), wr.data(), w.size());
-      for (int f16 = 0; f16 < 2; ++f16) {
-        const std::vector<float>& wu = f16 ? wr : w;
+    for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) {
+      for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : shapes) {
+        const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+        // The stored weights and the f32 values they hold.
+        const Tensor wf = [&] {
+          Tensor t({N, K});
+          std::copy(w.begin(), w.end(), t.data());
+          return t;
+        }();
+        const Tensor stored = wt == DType::kF32 ? wf : wf.to(wt);
+        const Tensor widened = stored.to(DType::kF32);
+        const std::vector<float> wu(widened.data(), widened.data() + widened.numel());
         std::vector<float> want(size_t(T) * N), got(size_t(T) * N, 0.0f), acc(size_t(T) * N, 1.0f),
             want_acc(size_t(T) * N, 1.0f);
         ref::linear_forward(x.data(), wu.data(), b.data(), want.data(), T, K, N);
         ref::linear_forward(x.data(), wu.data(), (const float*)nullptr, want_acc.data(), T, K, N, true);
-        if (f16) {
-          linear_forward_f16(x.data(), wh.data(), b.data(), got.data(), T, K, N);
-          linear_forward_f16(x.data(), wh.data(), nullptr, acc.data(), T, K, N, true);
-        } else {
+        if (wt == DType::kF32) {
           linear_forward<float>(x.data(), w.data(), b.data(), got.data(), T, K, N);
           linear_forward<float>(x.data(), w.data(), nullptr, acc.data(), T, K, N, true);
+        } else {
+          linear_forward_lowp(x.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
+          linear_forward_lowp(x.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
         }
         // |error| <= 2 K eps sum_k |x_k w_k| (+ the bias or accumulator it is added to).
         auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
@@ -123,12 +132,28 @@ TEST_P(Kernels, LinearForwardF32AndF16) {
           for (int k = 0; k < K; ++k) s += std::fabs(double(x[size_t(t) * K + k]) * wu[size_t(o) * K + k]);
           return 2.0 * K * kEps * s + 2 * kEps * std::fabs(bias ? b[size_t(o)] : base[i]);
         };
-        const std::string tag = "linear T=" + std::to_string(T) + " K=" + std::to_string(K) +
-                                (f16 ? " f16" : " f32");
+        const std::string tag = "linear T=" + std::to_string(T) + " K=" + std::to_string(K) + " " +
+                                dtype_name(wt);
         expect_close(tag.c_str(), got, want, [&](size_t i) { return tol(want, i, true); });
         expect_close((tag + " +=").c_str(), acc, want_acc, [&](size_t i) { return tol(want_acc, i, false) + 2 * kEps; });
       }
     }
+  }
+}
+
+// The formats the CPU linear layer does not take, and q8_0 rows that are not whole blocks, are
+// refused with the reason rather than read out of bounds.
+TEST(KernelsLowp, RefusesOtherFormatsAndPartialBlocks) {
+  std::vector<float> x(64, 1.0f), y(4);
+  Tensor w({4, 64}, DType::kQ4_0);
+  EXPECT_THROW(linear_forward_lowp(x.data(), w.raw(), DType::kQ4_0, nullptr, y.data(), 1, 64, 4),
+               Error);
+  Tensor q({4, 32}, DType::kQ8_0);
+  try {
+    linear_forward_lowp(x.data(), q.raw(), DType::kQ8_0, nullptr, y.data(), 1, 48, 4);
+    ADD_FAILURE() << "a q8_0 row of 48 values was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 32"), std::string::npos) << e.what();
   }
 }
 

@@ -346,35 +346,63 @@ TEST(ModelErrors, BadBatches) {
 namespace mlkv {
 namespace {
 
-// f16 weights: identical (up to f32 summation order) to an f32 model whose weights were rounded to
-// f16 first, on both the streaming (decode) and the blocked (prefill) matmul paths.
-TEST(WeightsF16, MatchesF32ModelWithRoundedWeights) {
-  for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
-    ModelConfig c = tiny_config(fam, 3, 32, 4, 2, {0, 0, 2}, KvShareRope::kPost);
-    c.tied_embeddings = fam == Family::kLlama;
-    ModelWeights w = random_weights(c, 21);
-    ModelWeights rounded = w;
-    for (auto& p : list_params(c, rounded)) {
-      if (p.tensor->ndim() != 2 || p.tensor == &rounded.tok_embd) continue;  // lookups stay f32
-      for (int64_t i = 0; i < p.tensor->numel(); ++i) (*p.tensor)[i] = f16_to_f32(f32_to_f16((*p.tensor)[i]));
+// f16, bf16 and q8_0 weights: identical (up to f32 summation order) to an f32 model whose weights
+// were rounded to the format first (Tensor::to and back, core/quant.h's rule for q8_0), on both
+// the streaming (decode) and the widened (prefill) matmul paths, full and cached.
+TEST(WeightsLowPrecision, MatchesF32ModelWithRoundedWeights) {
+  for (WeightType wt : {WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    const DType dt = wt == WeightType::kF16 ? DType::kF16 : wt == WeightType::kBF16 ? DType::kBF16 : DType::kQ8_0;
+    for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (fam == Family::kLlama ? " llama" : " gpt-neox"));
+      ModelConfig c = tiny_config(fam, 3, 32, 4, 2, {0, 0, 2}, KvShareRope::kPost);
+      c.tied_embeddings = fam == Family::kLlama;
+      ModelWeights w = random_weights(c, 21);
+      ModelWeights rounded = w;
+      for (auto& p : list_params(c, rounded)) {
+        if (p.tensor->ndim() != 2 || p.tensor == &rounded.tok_embd) continue;  // lookups stay f32
+        *p.tensor = p.tensor->to(dt).to(DType::kF32);
+      }
+      Model low(LoadedModel{c, w}, ModelOptions{wt});
+      const auto toks = random_tokens(40, c.n_vocab, 4);  // 40 > 32 rows: the widened path too
+      const auto a = score_tokens(low, toks, false), a_cached = score_tokens(low, toks, true);
+      EXPECT_LT(max_abs_diff(a, a_cached), 2e-5) << "full vs cached";
+      ModelConfig rc = c;
+      if (c.tied_embeddings) {
+        // A tied table is f32 for lookups and rounded as the output projection: the f32 model that
+        // matches is untied, with the unrounded table for lookups and the rounded one as output.
+        rc.tied_embeddings = false;
+        rounded.output = rounded.tok_embd.to(dt).to(DType::kF32);
+        rounded.tok_embd = w.tok_embd;
+      }
+      Model ref(LoadedModel{rc, rounded});
+      EXPECT_LT(max_abs_diff(a, score_tokens(ref, toks, false)), 2e-5);
+      EXPECT_LT(max_abs_diff(a_cached, score_tokens(ref, toks, true)), 2e-5);
+      // Bytes a decode step streams: 2 of 4 bytes per value for f16/bf16, 34 of 128 for q8_0
+      // (plus the f32 norms and biases).
+      if (c.tied_embeddings) continue;  // the f32 model streams an untied output matrix
+      const double ratio = double(low.decode_weight_bytes()) / double(ref.decode_weight_bytes());
+      if (dt == DType::kQ8_0) {
+        EXPECT_GT(ratio, 34.0 / 128.0);
+        EXPECT_LT(ratio, 0.3);
+      } else {
+        EXPECT_GT(ratio, 0.5);
+        EXPECT_LT(ratio, 0.55);
+      }
     }
-    Model half(LoadedModel{c, w}, ModelOptions{WeightType::kF16});
-    const auto toks = random_tokens(30, c.n_vocab, 4);
-    const auto a = score_tokens(half, toks, false), a_cached = score_tokens(half, toks, true);
-    if (c.tied_embeddings) {
-      // A tied table is f32 for lookups and f16 as the output projection: no f32 model matches it
-      // exactly, so compare with the unrounded model within f16 weight error.
-      EXPECT_LT(max_abs_diff(a, a_cached), 2e-5);
-      Model full(LoadedModel{c, w});
-      EXPECT_LT(max_abs_diff(a, score_tokens(full, toks, false)), 5e-2);
-      continue;
-    }
-    Model ref(LoadedModel{c, rounded});
-    EXPECT_LT(max_abs_diff(a, a_cached), 2e-5) << "f16 full vs cached";
-    EXPECT_LT(max_abs_diff(a, score_tokens(ref, toks, false)), 2e-5);
-    EXPECT_LT(max_abs_diff(a_cached, score_tokens(ref, toks, true)), 2e-5);
-    EXPECT_GT(half.decode_weight_bytes() * 10, ref.decode_weight_bytes() * 4);
-    EXPECT_LT(half.decode_weight_bytes() * 10, ref.decode_weight_bytes() * 6);
+  }
+}
+
+// q8_0 weights need whole 32-value blocks in every matrix row; a model whose hidden size is not a
+// multiple of 32 is refused at load, naming a matrix, rather than quantized out of bounds.
+TEST(WeightsLowPrecision, Q8RefusesRowsOfPartialBlocks) {
+  ModelConfig c = tiny_config(Family::kGptNeoX, 2, 48, 4, 4, {}, KvShareRope::kPost);
+  try {
+    Model m(LoadedModel{c, random_weights(c, 3)}, ModelOptions{WeightType::kQ8_0});
+    ADD_FAILURE() << "a 48-wide model loaded with q8_0 weights";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("multiple of 32"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("layers.0.attention.query.weight is [48, 48]"), std::string::npos) << msg;
   }
 }
 
