@@ -84,28 +84,27 @@ def main():
     if not a.eval_model:
         groups.discard("eval")
 
-    # name -> function(build) -> value; `env` is rebound to the side's environment before each call
-    cur = {"env": base_env}
+    # name -> function(build, env) -> value, env being the side's environment
     def b1(w):
-        return lambda b: bench(b, ["--weights", w, "--gen", "64", "--reps", "5"], cur["env"])
+        return lambda b, env: bench(b, ["--weights", w, "--gen", "64", "--reps", "5"], env)
     measures = []
     if "decode" in groups:
         measures.append(("decode b1 f32 (tok/s)", b1("f32"), ["decode_tok_s", "prefill_tok_s"]))
         measures.append(("decode b1 f16 (tok/s)", b1("f16"), ["decode_tok_s"]))
     if "b16" in groups:
-        measures.append(("decode b16 ctx 2048 (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt", "2032",
-                         "--synthetic-context", "--gen", "16", "--reps", "3"], cur["env"]), ["decode_tok_s"]))
+        measures.append(("decode b16 ctx 2048 (tok/s)", lambda b, env: bench(b, ["--batch", "16", "--prompt", "2032",
+                         "--synthetic-context", "--gen", "16", "--reps", "3"], env), ["decode_tok_s"]))
     if "b16q8" in groups:
-        measures.append(("decode b16 ctx 2048, q8_0 cache (tok/s)", lambda b: bench(b, ["--batch", "16", "--prompt",
+        measures.append(("decode b16 ctx 2048, q8_0 cache (tok/s)", lambda b, env: bench(b, ["--batch", "16", "--prompt",
                          "2032", "--synthetic-context", "--gen", "16", "--reps", "3", "--cache-type", "q8_0"],
-                         cur["env"]), ["decode_tok_s"]))
+                         env), ["decode_tok_s"]))
     if "prefill" in groups:
-        measures.append(("prefill 512 (tok/s)", lambda b: bench(b, ["--prompt", "512", "--gen", "1", "--reps", "3"],
-                         cur["env"]), ["prefill_tok_s"]))
+        measures.append(("prefill 512 (tok/s)", lambda b, env: bench(b, ["--prompt", "512", "--gen", "1", "--reps", "3"],
+                         env), ["prefill_tok_s"]))
     if "train" in groups:
-        measures.append(("train step ctx 256 (tok/s)", lambda b: {"v": train_tok_s(b, cur["env"])}, ["v"]))
+        measures.append(("train step ctx 256 (tok/s)", lambda b, env: {"v": train_tok_s(b, env)}, ["v"]))
     if "eval" in groups:
-        measures.append((f"eval piqa (items/s)", lambda b: {"v": eval_items_s(b, a.eval_model, a.eval_limit, cur["env"])},
+        measures.append((f"eval piqa (items/s)", lambda b, env: {"v": eval_items_s(b, a.eval_model, a.eval_limit, env)},
                          ["v"]))
 
     results = {}
@@ -113,8 +112,7 @@ def main():
         vals = {"old": {k: [] for k in keys}, "new": {k: [] for k in keys}}
         for r in range(a.rounds):
             for side, build in (("old", a.old), ("new", a.new)):
-                cur["env"] = side_env[side]
-                res = fn(build)
+                res = fn(build, side_env[side])
                 for k in keys:
                     vals[side][k].append(res[k])
             print(f"  {name} round {r + 1}: " + ", ".join(

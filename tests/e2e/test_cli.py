@@ -42,7 +42,9 @@ def make_model(out, *args):
 
 def expect_error(mlkv, args, needle, what):
     r = run([mlkv, *args])
-    ok = (r.returncode == 1 and r.stderr.startswith("mlkv: error:") and needle in r.stderr
+    # The error line, after at most warnings (bench warns of a busy machine first).
+    lines = [l for l in r.stderr.splitlines() if not l.startswith("mlkv: warning:")]
+    ok = (r.returncode == 1 and bool(lines) and lines[0].startswith("mlkv: error:") and needle in r.stderr
           and "Traceback" not in r.stderr)
     check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()[:160]!r}")
 
@@ -371,6 +373,73 @@ def test_bad_input(mlkv, wd):
     check(r.returncode == 0 and "info" in r.stdout, "--help lists subcommands")
 
 
+def test_weight_formats(mlkv, wd, shared):
+    """--weights f16, bf16 and q8_0 on the CPU score within the format's rounding of f32, full and
+    cached; q8_0 is refused, naming a matrix, where a row is not whole 32-value blocks (the shipped
+    aidreams model's MLP is 172 wide), and an unknown format names the choices."""
+    d = make_model(os.path.join(wd, "wf-llama"), "--family", "llama", "--layers", "3", "--embd", "64",
+                   "--heads", "4", "--kv-heads", "2", "--ff", "96")
+    toks = "1 2 3 4 5 6 7 8 9 10 11 12"
+    base = json.loads(run([mlkv, "score", d, "--tokens", toks, "--json"]).stdout)["logprobs"]
+    # The model's logits are tens (weights of std 0.35 in the reference), so the formats move a
+    # log-prob by their relative rounding times that: f16 2^-11, bf16 2^-8, q8_0 up to 1/254 of
+    # each block's largest value. The exact checks (against f32 over the rounded weights) are the
+    # unit tests WeightsLowPrecision.*; here the CLI path, full == cached, and the scale.
+    for w, tol in (("f16", 3e-2), ("bf16", 0.15), ("q8_0", 0.3)):
+        lps = []
+        for cached in ([], ["--cached"]):
+            r = run([mlkv, "score", d, "--tokens", toks, "--weights", w, *cached, "--json"])
+            lp = json.loads(r.stdout)["logprobs"] if r.returncode == 0 else []
+            lps.append(lp)
+            diff = max((abs(a - b) for a, b in zip(lp, base)), default=float("inf"))
+            check(r.returncode == 0 and len(lp) == len(base) and diff <= tol,
+                  f"score --weights {w} {' '.join(cached)}: max |dlogp| vs f32 {diff:.2e} <= {tol}")
+        same = max((abs(a - b) for a, b in zip(*lps)), default=float("inf"))
+        check(same <= 1e-4, f"score --weights {w}: full == cached ({same:.1e})")
+    tiny = os.path.join(shared, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if os.path.exists(tiny):
+        expect_error(mlkv, ["score", tiny, "--tokens", "1 2 3", "--weights", "q8_0"], "multiple of 32",
+                     "q8_0 weights on a model with 172-wide rows")
+    expect_error(mlkv, ["score", d, "--tokens", "1 2", "--weights", "q4_0"], "f32, f16, bf16 or q8_0",
+                 "an unknown weight format")
+
+
+def test_bench_sweep(mlkv, wd):
+    """bench --sweep: every configuration x cache x context x batch row, KV bytes per token by the
+    formula 2 m g d_head elem, the three files written (the SVG well-formed), bad sweeps refused."""
+    import xml.etree.ElementTree as ET
+    out = os.path.join(wd, "sweep")
+    args = [mlkv, "bench", "--random", "tiny-neox", "--sweep", "--sweep-batch", "1,3", "--sweep-ctx", "16,40",
+            "--sweep-cache", "f32,f16", "--gen", "2", "--reps", "1", "--no-bandwidth", "--threads", "1"]
+    r = run(args + ["--sweep-out", out, "--json"])
+    j = json.loads(r.stdout) if r.returncode == 0 else {"rows": []}
+    rows = j["rows"]
+    names = list(dict.fromkeys(x["config"] for x in rows))
+    check(names == ["MHA-16", "MQA-4", "MLKV-4", "MLKV-2", "MLKV-1"], f"sweep configurations {names}")
+    check(len(rows) == 5 * 2 * 2 * 2, f"sweep rows {len(rows)} == 40")
+    elem = {"f32": 4, "f16": 2}
+    check(all(x["kv_bytes_per_token"] == 2 * x["kv_layers"] * x["kv_heads"] * 16 * elem[x["cache_type"]]
+              for x in rows), "sweep KV bytes per token == 2 m g d_head elem")
+    check(all(x["decode_tok_s"] > 0 and x["bound"] == "unknown" and not x["skipped"] for x in rows),
+          "sweep rows ran (no probes: bound unknown)")
+    files = [os.path.join(out, f) for f in ("sweep.md", "sweep.json", "sweep.svg")]
+    ok = all(os.path.exists(f) for f in files)
+    if ok:
+        ET.parse(files[2])
+        ok = open(files[0]).read().count("\n| MLKV-2 |") == 8
+    check(ok, "sweep wrote sweep.md (8 MLKV-2 rows), sweep.json and a well-formed sweep.svg")
+    r = run(args + ["--sweep-out", out, "--sweep-configs", "4x4,1x1", "--sweep-max-cache", "0.0000001", "--json"])
+    j = json.loads(r.stdout) if r.returncode == 0 else {"rows": []}
+    check(len(j["rows"]) == 16 and all(x["skipped"] for x in j["rows"]),
+          "sweep --sweep-configs 4x4,1x1 with a tiny --sweep-max-cache: 16 rows, all skipped")
+    for extra, needle, what in ((["--sweep-configs", "3x3"], "does not fit", "g not dividing the heads"),
+                                (["--sweep-configs", "5x1"], "does not fit", "m above the layers"),
+                                (["--sweep-configs", "4by4"], "wants MxG", "a malformed configuration"),
+                                (["--sweep-ctx", "2"], "a context must be in", "a context of gen"),
+                                (["--sweep-cache", "q8_0"], "multiple of 32", "q8_0 on a head of 16")):
+        expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep: {what}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -385,6 +454,8 @@ def main():
     test_eos_ids(a.mlkv, a.workdir, a.shared)
     test_bad_input(a.mlkv, a.workdir)
     test_tiny_temperature(a.mlkv, a.workdir)
+    test_weight_formats(a.mlkv, a.workdir, a.shared)
+    test_bench_sweep(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)

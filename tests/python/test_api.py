@@ -1,6 +1,7 @@
 """mlkv.Model / Tokenizer / convert / evaluate against the `mlkv` CLI on the shipped tiny model:
-the same numbers (score: to float32 rounding, see assert_close), the same tokens (generate, same seed), the same documents
-(eval, convert), and the documented exceptions for bad input."""
+the same numbers (score: to float32 rounding, see conftest.assert_close), the same tokens
+(generate, same seed), the same documents (eval, convert), and the documented exceptions for bad
+input."""
 
 import json
 import shutil
@@ -10,20 +11,11 @@ import numpy as np
 import pytest
 
 import mlkv
-from conftest import EVAL_DIR, SHARED, cli_json, run_cli
-
-
-# The Python package and the CLI run the same code on the same machine, but not always to the same
-# bits: OpenBLAS's AVX-512 (SkylakeX) SGEMM kernels round differently from one process to the next
-# (measured on the AVX-512 Xeon: up to 4.8e-6 in a log-prob; with OPENBLAS_CORETYPE=Haswell both
-# sides agree bit for bit). So floats that went through a GEMM are compared to float32 rounding.
-def assert_close(a, b, rel=2e-5):
-    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                               rtol=rel, atol=rel)
+from conftest import EVAL_DIR, SHARED, assert_close, cli_json, run_cli
 
 
 def assert_same_report(a, b, rel=2e-5):
-    """Equal JSON reports, floats within rel (see assert_close)."""
+    """Equal JSON reports, floats within rel (conftest.assert_close's rule)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), (a, b)
         for k in a:

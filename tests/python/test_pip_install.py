@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, cli_json
+from conftest import TINY, assert_close, cli_json
 
 ROOT = Path(os.environ.get("MLKV_SOURCE_DIR", Path(__file__).resolve().parents[2]))
 
@@ -44,9 +44,8 @@ print(json.dumps({{"file": mlkv.__file__, "ids": ids, "lp": m.score(ids).tolist(
     assert got["file"].startswith(str(venv)), got["file"]  # the installed copy
     ids = " ".join(map(str, got["ids"]))
     want = cli_json("score", tiny_path, "--tokens", ids, "--json")["logprobs"]
-    # f32 values through JSON on both sides; equal to float32 rounding (test_api.py's assert_close:
+    # f32 values through JSON on both sides; equal to float32 rounding (conftest.assert_close:
     # OpenBLAS's AVX-512 kernels do not give the same bits in two processes).
-    assert len(got["lp"]) == len(want)
-    assert all(abs(a - b) <= 2e-5 * max(1.0, abs(a)) for a, b in zip(got["lp"], want)), (got["lp"], want)
+    assert_close(got["lp"], want)
     gen = cli_json("generate", tiny_path, "--tokens", ids, "-n", "12", "--json")["results"][0]["tokens"]
     assert got["gen"] == gen

@@ -6,6 +6,7 @@
 #include <limits>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,8 @@
 #include "mlkv/model.h"
 #include "model/presets.h"
 #include "runtime/bench.h"
+#include "runtime/bench_sweep.h"
+#include "core/mmap_file.h"
 #include "runtime/membw.h"
 #include "runtime/options.h"
 
@@ -287,6 +290,12 @@ struct BenchArgs {
   std::string model, random = "pythia-160m", cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
   bool json_out = false, skip_bandwidth = false, synthetic = false;
+  // --sweep
+  bool sweep = false;
+  std::vector<int> sweep_batches = {1, 16, 64}, sweep_contexts = {512, 2048};
+  std::vector<std::string> sweep_cache_types = {"f32"}, sweep_configs;
+  std::string sweep_out = "bench-sweep";
+  double sweep_max_cache_gib = 12;
 };
 
 // Timings on a busy machine mean little: say so when other work is running.
@@ -303,6 +312,66 @@ void warn_if_busy() {
                  "competes for the cores and the figures will be low\n",
                  load, cores);
   }
+}
+
+namespace fs = std::filesystem;
+
+// "MxG" -> m KV layers x g KV heads.
+SweepConfig parse_sweep_config(const std::string& s) {
+  const size_t x = s.find('x');
+  int m = 0, g = 0;
+  size_t used_m = 0, used_g = 0;
+  try {
+    if (x != std::string::npos) {
+      m = std::stoi(s.substr(0, x), &used_m);
+      g = std::stoi(s.substr(x + 1), &used_g);
+    }
+  } catch (const std::exception&) {
+    m = 0;
+  }
+  MLKV_REQUIRE(x != std::string::npos && used_m == x && used_g == s.size() - x - 1 && m >= 1 && g >= 1,
+               "--sweep-configs wants MxG (KV layers x KV heads per layer, e.g. 12x12,4x12,2x1); got '", s,
+               "'");
+  return {m, g};
+}
+
+void run_sweep_cli(const BenchArgs& a) {
+  MLKV_REQUIRE(a.model.empty(), "bench --sweep runs random models of --random geometry; drop MODEL");
+  warn_if_busy();
+  set_num_threads(a.threads);
+  SweepOptions o;
+  o.geometry = a.random;
+  o.model.weights = parse_weight_type(a.weights, "--weights");
+  o.model.device = parse_device_option(a.device, "--device");
+  for (const std::string& c : a.sweep_configs) o.configs.push_back(parse_sweep_config(c));
+  o.batches = a.sweep_batches;
+  o.contexts = a.sweep_contexts;
+  o.cache_types = a.sweep_cache_types;
+  o.gen = a.gen;
+  o.reps = a.reps;
+  o.max_cache_bytes = static_cast<int64_t>(a.sweep_max_cache_gib * 1073741824.0);
+  o.probe = !a.skip_bandwidth;
+  const fs::path dir = a.sweep_out;
+  fs::create_directories(dir);
+  const SweepResult r = run_sweep(o, [](const SweepRow& row, int done, int total) {
+    if (row.skipped) {
+      std::fprintf(stderr, "[%d/%d] %s %s ctx %d batch %d: skipped (cache over --sweep-max-cache)\n", done,
+                   total, row.config.c_str(), row.cache_type.c_str(), row.context, row.batch);
+    } else {
+      std::fprintf(stderr, "[%d/%d] %s %s ctx %d batch %d: %.1f tok/s\n", done, total, row.config.c_str(),
+                   row.cache_type.c_str(), row.context, row.batch, row.r.decode_tok_s);
+    }
+  });
+  write_text_file((dir / "sweep.md").string(), sweep_markdown(r));
+  write_text_file((dir / "sweep.json").string(), sweep_json(r));
+  write_text_file((dir / "sweep.svg").string(), sweep_svg(r));
+  if (a.json_out) {
+    std::printf("%s", sweep_json(r).c_str());
+  } else {
+    std::printf("%s", sweep_markdown(r).c_str());
+  }
+  std::fprintf(stderr, "mlkv: wrote %s, %s and %s\n", (dir / "sweep.md").c_str(), (dir / "sweep.json").c_str(),
+               (dir / "sweep.svg").c_str());
 }
 
 void run_bench(const BenchArgs& a) {
@@ -521,11 +590,39 @@ void add_model_commands(CLI::App& app) {
         "--synthetic-context", a->synthetic,
         "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
+    cmd->add_flag("--sweep", a->sweep,
+                  "Decode every KV-sharing configuration of --random geometry over --sweep-batch x "
+                  "--sweep-ctx x --sweep-cache, each against its own bound (synthetic context, --gen "
+                  "steps, --reps); writes sweep.md, sweep.json and sweep.svg into --sweep-out");
+    cmd->add_option("--sweep-batch", a->sweep_batches, "Sweep: batches")
+        ->delimiter(',')
+        ->capture_default_str()
+        ->check(at_least(1));
+    cmd->add_option("--sweep-ctx", a->sweep_contexts, "Sweep: contexts (positions at the last step)")
+        ->delimiter(',')
+        ->capture_default_str()
+        ->check(at_least(1));
+    cmd->add_option("--sweep-cache", a->sweep_cache_types, "Sweep: cache types (f32, f16, q8_0, q8_0/f16, ...)")
+        ->delimiter(',')
+        ->capture_default_str();
+    cmd->add_option("--sweep-configs", a->sweep_configs,
+                    "Sweep: MxG configurations (KV layers x KV heads each; default: MHA, GQA with "
+                    "h/3 heads, MLKV with l/3 layers, MQA, MLKV l/2 x 1, 2 x 1, 1 x 1)")
+        ->delimiter(',');
+    cmd->add_option("--sweep-out", a->sweep_out, "Sweep: output folder")->capture_default_str();
+    cmd->add_option("--sweep-max-cache", a->sweep_max_cache_gib,
+                    "Sweep: skip rows whose KV cache exceeds this many GiB (0: no limit)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1e6));
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] {
       a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
-      run_bench(*a);
+      if (a->sweep) {
+        run_sweep_cli(*a);
+      } else {
+        run_bench(*a);
+      }
     });
   }
 }
