@@ -25,9 +25,16 @@ class CpuAllocator final : public DeviceAllocator {
   void deallocate(void* p, size_t bytes) noexcept override {
     AlignedFree{bytes >= kMmapThreshold ? bytes : 0}(p);
   }
-  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void to_host(void* host, const void* src, size_t bytes) override { std::memcpy(host, src, bytes); }
-  void from_host(void* dst, const void* host, size_t bytes) override { std::memcpy(dst, host, bytes); }
+  // An empty tensor has no buffer (null): memcpy wants valid pointers even for 0 bytes.
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, src, bytes);
+  }
+  void to_host(void* host, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memcpy(host, src, bytes);
+  }
+  void from_host(void* dst, const void* host, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host, bytes);
+  }
 };
 
 CpuAllocator g_cpu_allocator;
@@ -298,7 +305,9 @@ Tensor Tensor::to(DType dt) const {
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   switch (dt) {
-    case DType::kF32: std::memcpy(out.raw(), src, n * 4); break;
+    case DType::kF32:
+      if (n > 0) std::memcpy(out.raw(), src, n * 4);
+      break;
     case DType::kF16: f32_to_f16_n(src, out.data_as<uint16_t>(), n); break;
     case DType::kBF16: f32_to_bf16_n(src, out.data_as<uint16_t>(), n); break;
     case DType::kF64: {

@@ -237,7 +237,7 @@ void entry_to_f32(const TensorEntry& e, float* dst) {
   const size_t n = static_cast<size_t>(e.numel());
   switch (e.dtype) {
     case DType::kF32:
-      std::memcpy(dst, e.data, n * 4);
+      if (n > 0) std::memcpy(dst, e.data, n * 4);  // an empty tensor's dst may be null
       return;
     case DType::kF16:
     case DType::kBF16: {

@@ -43,6 +43,15 @@ TEST(Tensor, CopiesMovesAndEmptyTensors) {
   EXPECT_TRUE(zero_rows.empty());
   EXPECT_EQ(zero_rows.to(DType::kF16).dtype(), DType::kF16);
   EXPECT_EQ(zero_rows.to(DType::kF16).shape(), zero_rows.shape());
+  // Every conversion of an empty tensor, f32 included (no buffer on either side: no copy from or
+  // to a null pointer, which UBSan reports), and copies of it.
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kF64}) {
+    const Tensor e = zero_rows.to(t);
+    EXPECT_TRUE(e.empty());
+    EXPECT_TRUE(e.to(DType::kF32).empty());
+    const Tensor ec = e;
+    EXPECT_EQ(ec.shape(), zero_rows.shape());
+  }
 }
 
 TEST(Tensor, ConversionsRoundOnceToNearestEven) {

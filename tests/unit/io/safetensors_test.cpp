@@ -163,6 +163,25 @@ TEST(SafeTensors, NullMetadataIsAbsent) {
   expect_error(p, "__metadata__ value for 'k' is not a string");
 }
 
+// A tensor with no elements (a zero dimension) converts to f32 with nothing to write to: the
+// destination of an empty vector is null, and no copy may touch it (found by safetensors_fuzz:
+// UBSan's null pointer passed to memcpy; the input is fuzz/corpus/safetensors/
+// empty_tensor_null_copy.st).
+TEST(SafeTensors, EmptyTensorsConvertWithoutADestination) {
+  const std::string p = tmp_path("empty.safetensors");
+  for (const char* dt : {"F32", "F16", "BF16", "F64"}) {
+    write_raw(p, std::string("{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},") +
+                     "\"e\":{\"dtype\":\"" + dt + "\",\"shape\":[0,3],\"data_offsets\":[4,4]}}",
+              std::string(4, '\0'));
+    SafeTensorsFile f(p);
+    const TensorEntry* e = f.find("e");
+    ASSERT_NE(e, nullptr) << dt;
+    EXPECT_EQ(e->numel(), 0) << dt;
+    std::vector<float> none;
+    entry_to_f32(*e, none.data());
+  }
+}
+
 // The in-memory parser is what the file reader runs: same tensors, same errors.
 TEST(SafeTensors, ParseFromMemory) {
   std::vector<float> a = {1, 2, 3, 4};
