@@ -174,6 +174,26 @@ std::string sweep_markdown(const SweepResult& s) {
   return md;
 }
 
+std::string sweep_row_json(const SweepRow& r) {
+  nlohmann::json j = {{"config", r.config},
+                      {"kv_layers", r.shape.kv_layers},
+                      {"kv_heads", r.shape.kv_heads},
+                      {"cache_type", r.cache_type},
+                      {"kv_bytes_per_token", r.kv_bytes_per_token},
+                      {"context", r.context},
+                      {"batch", r.batch},
+                      {"skipped", r.skipped}};
+  if (!r.skipped) {
+    j["decode_tok_s"] = r.r.decode_tok_s;
+    j["decode_step_ms"] = r.r.decode_step_ms;
+    j["weight_bytes_per_step"] = r.r.weight_bytes;
+    j["kv_read_bytes_per_step"] = r.r.kv_read_bytes;
+    j["kv_cache_bytes"] = r.r.kv_cache_bytes;
+    j["step_flops"] = r.r.step_flops;
+  }
+  return j.dump();
+}
+
 std::string sweep_json(const SweepResult& s) {
   nlohmann::json rows = nlohmann::json::array();
   for (const SweepRow& r : s.rows) {
@@ -215,17 +235,29 @@ std::string sweep_json(const SweepResult& s) {
 
 std::string sweep_svg(const SweepResult& s) {
   // Configurations in sweep order along x; one series per cache type x context x batch.
-  std::vector<std::string> names;
+  // Colour by context x batch, dash pattern by cache type.
+  std::vector<std::string> names, shapes, caches;
   std::map<std::string, std::vector<std::pair<int, const SweepRow*>>> series;
   std::vector<std::string> order;
+  std::map<std::string, std::pair<size_t, size_t>> style;  // series -> (colour, dash)
+  auto index_of = [](std::vector<std::string>& v, const std::string& x) {
+    auto it = std::find(v.begin(), v.end(), x);
+    if (it != v.end()) return static_cast<size_t>(it - v.begin());
+    v.push_back(x);
+    return v.size() - 1;
+  };
   for (const SweepRow& r : s.rows) {
-    if (std::find(names.begin(), names.end(), r.config) == names.end()) names.push_back(r.config);
+    index_of(names, r.config);
     if (r.skipped) continue;
     const std::string key = cat(r.cache_type, " ctx ", r.context, " b", r.batch);
-    if (!series.count(key)) order.push_back(key);
+    if (!series.count(key)) {
+      order.push_back(key);
+      style[key] = {index_of(shapes, cat(r.context, "/", r.batch)), index_of(caches, r.cache_type)};
+    }
     const int x = static_cast<int>(std::find(names.begin(), names.end(), r.config) - names.begin());
     series[key].push_back({x, &r});
   }
+  const char* dashes[] = {"", "6,3", "2,2"};
   const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                           "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
   const double W = 520, H = 360, ml = 70, mr = 20, mt = 40, mb = 70;
@@ -269,7 +301,8 @@ std::string sweep_svg(const SweepResult& s) {
     }
     for (size_t si = 0; si < order.size(); ++si) {
       const auto& pts = series[order[si]];
-      const char* col = colors[si % 10];
+      const char* col = colors[style[order[si]].first % 10];
+      const char* dash = dashes[style[order[si]].second % 3];
       std::string path;
       for (const auto& [x, r] : pts) {
         if (value(r) <= 0) continue;
@@ -277,13 +310,17 @@ std::string sweep_svg(const SweepResult& s) {
         svg += cat("<circle cx=\"", fmt("%.1f", px(x)), "\" cy=\"", fmt("%.1f", py(value(r))),
                    "\" r=\"3\" fill=\"", col, "\"/>\n");
       }
-      svg += cat("<path d=\"", path, "\" fill=\"none\" stroke=\"", col, "\" stroke-width=\"1.5\"/>\n");
+      svg += cat("<path d=\"", path, "\" fill=\"none\" stroke=\"", col, "\" stroke-width=\"1.5\"",
+                 dash[0] ? cat(" stroke-dasharray=\"", dash, "\"") : std::string(), "/>\n");
     }
   }
   for (size_t si = 0; si < order.size(); ++si) {
     const double y = 50 + 18 * static_cast<double>(si);
-    svg += cat("<rect x=\"", 2 * W + 10, "\" y=\"", y - 9, "\" width=\"12\" height=\"12\" fill=\"",
-               colors[si % 10], "\"/><text x=\"", 2 * W + 28, "\" y=\"", y + 1, "\">", order[si], "</text>\n");
+    const char* dash = dashes[style[order[si]].second % 3];
+    svg += cat("<line x1=\"", 2 * W + 6, "\" x2=\"", 2 * W + 26, "\" y1=\"", y - 3, "\" y2=\"", y - 3,
+               "\" stroke=\"", colors[style[order[si]].first % 10], "\" stroke-width=\"2.5\"",
+               dash[0] ? cat(" stroke-dasharray=\"", dash, "\"") : std::string(), "/><text x=\"", 2 * W + 30,
+               "\" y=\"", y + 1, "\">", order[si], "</text>\n");
   }
   svg += "</svg>\n";
   return svg;

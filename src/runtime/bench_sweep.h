@@ -73,5 +73,8 @@ SweepResult run_sweep(const SweepOptions& opt,
 std::string sweep_markdown(const SweepResult& s);
 std::string sweep_json(const SweepResult& s);
 std::string sweep_svg(const SweepResult& s);
+// One measured row as a line of JSON (no bound: the probes end the sweep), for a log written as
+// the sweep goes.
+std::string sweep_row_json(const SweepRow& r);
 
 }  // namespace mlkv

@@ -428,6 +428,10 @@ def test_bench_sweep(mlkv, wd):
         ET.parse(files[2])
         ok = open(files[0]).read().count("\n| MLKV-2 |") == 8
     check(ok, "sweep wrote sweep.md (8 MLKV-2 rows), sweep.json and a well-formed sweep.svg")
+    log = os.path.join(out, "sweep-rows.jsonl")
+    logged = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+    check([(x["config"], x["decode_tok_s"]) for x in logged] == [(x["config"], x["decode_tok_s"]) for x in rows],
+          f"sweep logged each row as it ran ({len(logged)} lines of sweep-rows.jsonl)")
     r = run(args + ["--sweep-out", out, "--sweep-configs", "4x4,1x1", "--sweep-max-cache", "0.0000001", "--json"])
     j = json.loads(r.stdout) if r.returncode == 0 else {"rows": []}
     check(len(j["rows"]) == 16 and all(x["skipped"] for x in j["rows"]),

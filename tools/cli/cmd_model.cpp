@@ -353,7 +353,13 @@ void run_sweep_cli(const BenchArgs& a) {
   o.probe = !a.skip_bandwidth;
   const fs::path dir = a.sweep_out;
   fs::create_directories(dir);
-  const SweepResult r = run_sweep(o, [](const SweepRow& row, int done, int total) {
+  // Each row as it is measured (a long sweep that is stopped keeps what it measured).
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(std::fopen((dir / "sweep-rows.jsonl").c_str(), "w"),
+                                                     &std::fclose);
+  MLKV_REQUIRE(log != nullptr, "cannot write ", (dir / "sweep-rows.jsonl").string());
+  const SweepResult r = run_sweep(o, [&log](const SweepRow& row, int done, int total) {
+    std::fprintf(log.get(), "%s\n", sweep_row_json(row).c_str());
+    std::fflush(log.get());
     if (row.skipped) {
       std::fprintf(stderr, "[%d/%d] %s %s ctx %d batch %d: skipped (cache over --sweep-max-cache)\n", done,
                    total, row.config.c_str(), row.cache_type.c_str(), row.context, row.batch);
@@ -362,6 +368,7 @@ void run_sweep_cli(const BenchArgs& a) {
                    row.cache_type.c_str(), row.context, row.batch, row.r.decode_tok_s);
     }
   });
+  log.reset();
   write_text_file((dir / "sweep.md").string(), sweep_markdown(r));
   write_text_file((dir / "sweep.json").string(), sweep_json(r));
   write_text_file((dir / "sweep.svg").string(), sweep_svg(r));
