@@ -620,7 +620,7 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--sweep-max-cache", a->sweep_max_cache_gib,
                     "Sweep: skip rows whose KV cache exceeds this many GiB (0: no limit)")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 1e6));
+        ->check(at_least(0));
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
     cmd->callback([a] {
