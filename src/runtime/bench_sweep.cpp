@@ -174,7 +174,10 @@ std::string sweep_markdown(const SweepResult& s) {
   return md;
 }
 
-std::string sweep_row_json(const SweepRow& r) {
+namespace {
+
+// A row's measurements; with_bound adds the bound the sweep's probes set.
+nlohmann::json row_object(const SweepRow& r, bool with_bound) {
   nlohmann::json j = {{"config", r.config},
                       {"kv_layers", r.shape.kv_layers},
                       {"kv_heads", r.shape.kv_heads},
@@ -183,42 +186,29 @@ std::string sweep_row_json(const SweepRow& r) {
                       {"context", r.context},
                       {"batch", r.batch},
                       {"skipped", r.skipped}};
-  if (!r.skipped) {
-    j["decode_tok_s"] = r.r.decode_tok_s;
-    j["decode_step_ms"] = r.r.decode_step_ms;
-    j["weight_bytes_per_step"] = r.r.weight_bytes;
-    j["kv_read_bytes_per_step"] = r.r.kv_read_bytes;
-    j["kv_cache_bytes"] = r.r.kv_cache_bytes;
-    j["step_flops"] = r.r.step_flops;
+  if (r.skipped) return j;
+  j["decode_tok_s"] = r.r.decode_tok_s;
+  j["decode_step_ms"] = r.r.decode_step_ms;
+  j["weight_bytes_per_step"] = r.r.weight_bytes;
+  j["kv_read_bytes_per_step"] = r.r.kv_read_bytes;
+  j["kv_cache_bytes"] = r.r.kv_cache_bytes;
+  j["step_flops"] = r.r.step_flops;
+  if (with_bound) {
+    j["bound_steps_s"] = r.bound_steps_s;
+    j["bound"] = r.bound_steps_s > 0 ? (r.compute_bound ? "compute" : "memory") : "unknown";
+    j["fraction_of_bound"] = r.fraction_of_bound;
+    j["fraction_above_100"] = r.fraction_of_bound > 1.0;
   }
-  return j.dump();
+  return j;
 }
+
+}  // namespace
+
+std::string sweep_row_json(const SweepRow& r) { return row_object(r, false).dump(); }
 
 std::string sweep_json(const SweepResult& s) {
   nlohmann::json rows = nlohmann::json::array();
-  for (const SweepRow& r : s.rows) {
-    nlohmann::json j = {{"config", r.config},
-                        {"kv_layers", r.shape.kv_layers},
-                        {"kv_heads", r.shape.kv_heads},
-                        {"cache_type", r.cache_type},
-                        {"kv_bytes_per_token", r.kv_bytes_per_token},
-                        {"context", r.context},
-                        {"batch", r.batch},
-                        {"skipped", r.skipped}};
-    if (!r.skipped) {
-      j["decode_tok_s"] = r.r.decode_tok_s;
-      j["decode_step_ms"] = r.r.decode_step_ms;
-      j["weight_bytes_per_step"] = r.r.weight_bytes;
-      j["kv_read_bytes_per_step"] = r.r.kv_read_bytes;
-      j["kv_cache_bytes"] = r.r.kv_cache_bytes;
-      j["step_flops"] = r.r.step_flops;
-      j["bound_steps_s"] = r.bound_steps_s;
-      j["bound"] = r.bound_steps_s > 0 ? (r.compute_bound ? "compute" : "memory") : "unknown";
-      j["fraction_of_bound"] = r.fraction_of_bound;
-      j["fraction_above_100"] = r.fraction_of_bound > 1.0;
-    }
-    rows.push_back(j);
-  }
+  for (const SweepRow& r : s.rows) rows.push_back(row_object(r, true));
   const nlohmann::json doc = {{"geometry", s.geometry},
                               {"weights", s.weights},
                               {"backend", s.backend},

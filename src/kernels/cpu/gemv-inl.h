@@ -56,17 +56,26 @@ inline void gemv_rows4_xn(const float* x, const W* w, int64_t K, float* out, boo
   }
 }
 
-template <typename W>
-void gemv4(const float* x, const W* w, int T, int64_t K, float* out) {
+// T token rows in tiles of kGemvTile, then 2, then 1: rows(std::integral_constant<int, NX>, x_t,
+// out_t, first) for each tile, first for the tile that streams the weight rows from memory.
+template <class Rows>
+inline void gemv_tiles(const float* x, int T, int64_t K, float* out, Rows rows) {
   int t = 0;
   for (; t + kGemvTile <= T; t += kGemvTile) {
-    gemv_rows4_xn<kGemvTile>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+    rows(std::integral_constant<int, kGemvTile>{}, x + int64_t{t} * K, out + t * 4, t == 0);
   }
   if (kGemvTile == 4 && t + 2 <= T) {
-    gemv_rows4_xn<2>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+    rows(std::integral_constant<int, 2>{}, x + int64_t{t} * K, out + t * 4, t == 0);
     t += 2;
   }
-  if (t < T) gemv_rows4_xn<1>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+  if (t < T) rows(std::integral_constant<int, 1>{}, x + int64_t{t} * K, out + t * 4, t == 0);
+}
+
+template <typename W>
+void gemv4(const float* x, const W* w, int T, int64_t K, float* out) {
+  gemv_tiles(x, T, K, out, [&](auto nx, const float* xt, float* o, bool first) {
+    gemv_rows4_xn<decltype(nx)::value>(xt, w, K, o, first);
+  });
 }
 
 // One weight row against T x rows: the row is loaded once per kLanes columns.
@@ -140,15 +149,9 @@ inline void gemv_q8_rows4_xn(const float* x, const char* w, int64_t K, float* ou
 
 void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
   const char* w = static_cast<const char*>(wv);
-  int t = 0;
-  for (; t + kGemvTile <= T; t += kGemvTile) {
-    gemv_q8_rows4_xn<kGemvTile>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
-  }
-  if (kGemvTile == 4 && t + 2 <= T) {
-    gemv_q8_rows4_xn<2>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
-    t += 2;
-  }
-  if (t < T) gemv_q8_rows4_xn<1>(x + int64_t{t} * K, w, K, out + t * 4, t == 0);
+  gemv_tiles(x, T, K, out, [&](auto nx, const float* xt, float* o, bool first) {
+    gemv_q8_rows4_xn<decltype(nx)::value>(xt, w, K, o, first);
+  });
 }
 
 // One q8_0 row against T token rows (the rows < 4 of a matrix's last block).
