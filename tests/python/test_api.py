@@ -246,6 +246,11 @@ def test_bad_inputs(tiny, tiny_path, workdir):
         mlkv.Model.load(not_a_model)
     with pytest.raises(ValueError, match="weights"):
         mlkv.Model.load(tiny_path, weights="q3")
+    # The tiny model's MLP is 172 wide: not whole 32-value q8_0 blocks, refused naming the matrix.
+    with pytest.raises(ValueError, match="multiple of 32.*down_proj"):
+        mlkv.Model.load(tiny_path, weights="q8_0")
+    assert_close(mlkv.Model.load(tiny_path, weights="bf16").score([1, 5, 9, 2]), tiny.score([1, 5, 9, 2]),
+                 rel=5e-2)
     with pytest.raises(ValueError, match="threads"):
         mlkv.Model.load(tiny_path, threads=0)
     with pytest.raises(ValueError, match="at least 2 tokens"):
