@@ -78,6 +78,16 @@ double measure_gemm_peak(Device device) {
   return best;
 }
 
+DecodeBound decode_bound(const BenchResult& r, int batch, double bandwidth, double gemm_peak) {
+  DecodeBound d;
+  d.mem_s = bandwidth > 0 ? static_cast<double>(r.weight_bytes + r.kv_read_bytes) / bandwidth : 0;
+  d.compute_s = gemm_peak > 0 ? r.step_flops / gemm_peak : 0;
+  const double s = std::max(d.mem_s, d.compute_s);
+  d.steps_s = s > 0 ? 1.0 / s : 0;
+  d.fraction = d.steps_s > 0 ? r.decode_tok_s / batch / d.steps_s : 0;
+  return d;
+}
+
 BenchResult bench_model(Model& model, const BenchOptions& o) {
   const ModelConfig& c = model.config();
   MLKV_REQUIRE(o.prompt >= 1 && o.gen >= 1 && o.batch >= 1 && o.reps >= 1,

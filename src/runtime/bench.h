@@ -36,6 +36,17 @@ struct BenchResult {
 
 BenchResult bench_model(Model& model, const BenchOptions& opt);
 
+// The bound of a decode step: the larger of its memory time (weights + K/V read, over the read
+// bandwidth in bytes/s) and its compute time (step FLOPs over the GEMM peak in FLOP/s). A ceiling
+// of 0 (not measured) leaves its time out; both 0 give steps_s 0 (no bound).
+struct DecodeBound {
+  double mem_s = 0, compute_s = 0;  // seconds per step
+  double steps_s = 0;               // 1 / max(mem_s, compute_s)
+  double fraction = 0;              // achieved steps/s (decode_tok_s / batch) over steps_s
+  bool compute_bound() const { return compute_s > mem_s; }
+};
+DecodeBound decode_bound(const BenchResult& r, int batch, double bandwidth, double gemm_peak);
+
 // The ceilings a decode step is set against, measured on the model's device.
 //  - read bandwidth, bytes/s: on the CPU all threads streaming 1 GiB (runtime/membw.h); on another
 //    device a device-to-device copy of 1 GiB (bytes read + written, the best of 5);

@@ -134,11 +134,10 @@ SweepResult run_sweep(const SweepOptions& opt,
   out.gemm = std::max(out.gemm_before, out.gemm_after);
   for (SweepRow& row : out.rows) {
     if (row.skipped || out.bw <= 0 || out.gemm <= 0) continue;
-    const double mem_s = static_cast<double>(row.r.weight_bytes + row.r.kv_read_bytes) / out.bw;
-    const double compute_s = row.r.step_flops / out.gemm;
-    row.compute_bound = compute_s > mem_s;
-    row.bound_steps_s = 1.0 / std::max(mem_s, compute_s);
-    row.fraction_of_bound = row.r.decode_tok_s / row.batch / row.bound_steps_s;
+    const DecodeBound d = decode_bound(row.r, row.batch, out.bw, out.gemm);
+    row.compute_bound = d.compute_bound();
+    row.bound_steps_s = d.steps_s;
+    row.fraction_of_bound = d.fraction;
   }
   return out;
 }

@@ -369,14 +369,11 @@ void run_sweep_cli(const BenchArgs& a) {
     }
   });
   log.reset();
-  write_text_file((dir / "sweep.md").string(), sweep_markdown(r));
-  write_text_file((dir / "sweep.json").string(), sweep_json(r));
+  const std::string md = sweep_markdown(r), js = sweep_json(r);
+  write_text_file((dir / "sweep.md").string(), md);
+  write_text_file((dir / "sweep.json").string(), js);
   write_text_file((dir / "sweep.svg").string(), sweep_svg(r));
-  if (a.json_out) {
-    std::printf("%s", sweep_json(r).c_str());
-  } else {
-    std::printf("%s", sweep_markdown(r).c_str());
-  }
+  std::printf("%s", (a.json_out ? js : md).c_str());
   std::fprintf(stderr, "mlkv: wrote %s, %s and %s\n", (dir / "sweep.md").c_str(), (dir / "sweep.json").c_str(),
                (dir / "sweep.svg").c_str());
 }
@@ -413,15 +410,11 @@ void run_bench(const BenchArgs& a) {
   const double bw_after = a.skip_bandwidth ? 0.0 : measure_device_bandwidth(mo.device);
   const double bw = std::max(bw_before, bw_after);
   const double gemm = a.skip_bandwidth ? 0.0 : measure_gemm_peak(mo.device);
-  // Bytes one decode step must stream: the weights once plus every layer's K/V view. The bound of
-  // a step is the larger of its memory time and its compute time.
-  const double step_bytes = static_cast<double>(r.weight_bytes + r.kv_read_bytes);
-  const double mem_s = bw > 0 ? step_bytes / bw : 0;
-  const double compute_s = gemm > 0 ? r.step_flops / gemm : 0;
-  const double bound_s = std::max(mem_s, compute_s);
-  const double bound_steps = bound_s > 0 ? 1.0 / bound_s : 0;
-  const double steps = r.decode_tok_s / a.batch;
-  const double fraction = bound_steps > 0 ? steps / bound_steps : 0;
+  // The bound of a step: the larger of its memory time (the weights once plus every layer's K/V
+  // view) and its compute time.
+  const DecodeBound bound = decode_bound(r, a.batch, bw, gemm);
+  const double mem_s = bound.mem_s, compute_s = bound.compute_s;
+  const double bound_steps = bound.steps_s, fraction = bound.fraction;
   // Above 100%: the probes read less than the step itself achieves (a busy machine, or caches
   // serving the step): the bound is not trustworthy.
   const bool over = fraction > 1.0;
@@ -449,7 +442,7 @@ void run_bench(const BenchArgs& a) {
               {"read_bandwidth_after_gb_s", bw_after / 1e9},
               {"gemm_peak_gflop_s", gemm / 1e9},
               {"step_flops", r.step_flops},
-              {"bound", compute_s > mem_s ? "compute" : "memory"},
+              {"bound", bound.compute_bound() ? "compute" : "memory"},
               {"bound_steps_s", bound_steps},
               {"fraction_of_bound", fraction},
               {"fraction_above_100", over}};
@@ -475,7 +468,7 @@ void run_bench(const BenchArgs& a) {
                 r.kv_read_bytes / 1e6, r.step_flops / 1e9);
     std::printf("bound           %.1f steps/s (%s: %.3f ms memory, %.3f ms compute); achieved "
                 "%.1f%% of it%s\n",
-                bound_steps, compute_s > mem_s ? "compute" : "memory", 1e3 * mem_s, 1e3 * compute_s,
+                bound_steps, bound.compute_bound() ? "compute" : "memory", 1e3 * mem_s, 1e3 * compute_s,
                 100.0 * fraction,
                 over ? " - ABOVE 100%: the probes under-read this machine, treat the bound as unknown"
                      : "");

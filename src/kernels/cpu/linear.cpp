@@ -2,8 +2,9 @@
 // Decode (n <= 32 token rows) is memory-bound: the streaming GEMV of the active instruction-set
 // path reads every weight row once, blocks of 4 rows split across threads so that each thread
 // streams its own part of w (f32, f16, bf16 or q8_0 rows, widened in registers). Larger n is
-// compute-bound and goes to BLAS sgemm. Low-precision weights at large n are widened block by block into per-thread scratch and multiplied by sgemm inside the
-// parallel loop (widening costs N K operations against the 2 n N K of the product).
+// compute-bound and goes to BLAS sgemm. Low-precision weights at large n are widened block by
+// block into per-thread scratch and multiplied by sgemm inside the parallel loop (widening costs
+// N K operations against the 2 n N K of the product).
 #include <omp.h>
 
 #include <algorithm>
