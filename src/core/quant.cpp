@@ -23,6 +23,19 @@ void quantize_row_q8_0(const float* x, void* dst, int64_t n) {
   }
 }
 
+void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n) {
+  for (int64_t b = 0; b < n / kQuantBlock; ++b) {
+    const float* xb = x + b * kQuantBlock;
+    float amax = 0.0f;
+    for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    d[b] = amax / 127.0f;
+    const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
+    for (int i = 0; i < kQuantBlock; ++i) {
+      q[b * kQuantBlock + i] = static_cast<int8_t>(std::lround(xb[i] * id));
+    }
+  }
+}
+
 void dequantize_row_q8_0(const void* src, float* y, int64_t n) {
   const auto* in = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQuantBlock; ++b, in += kQ8_0BlockBytes) {

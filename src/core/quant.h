@@ -24,4 +24,10 @@ void dequantize_row_q8_0(const void* src, float* y, int64_t n);
 void quantize_row_q4_0(const float* x, void* dst, int64_t n);
 void dequantize_row_q4_0(const void* src, float* y, int64_t n);
 
+// The query side of integer attention over q8_0 / q4_0 keys: n values (a multiple of 32) as int8
+// q[n] with one f32 scale d[n / 32] per block of 32, d = max|x| / 127, q = round(x / d), so that
+// q . k over a block is an exact int32 and x . y = sum over blocks of d_x d_y (q . k). The scale
+// stays f32 (llama.cpp rounds it to f16; nothing here is stored). |q| <= 127.
+void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n);
+
 }  // namespace mlkv

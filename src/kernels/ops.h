@@ -133,9 +133,10 @@ void attention_backward(const T* q, const T* k, const T* v, const T* o, const T*
 
 // Decode attention of n_q query rows q[r * ldq + i] that read the same KV head: out[r * ldo + i]
 // = softmax(scale q_r K^T) V over the positions of the chunks in order, key and value rows of d
-// values in their element formats (F32, F16, BF16, Q8_0, Q4_0: read directly, quantized blocks
-// widened in registers). scores: scratch of min(n_q, kMaxAttendGroup) * (sum of the chunks' n)
-// floats.
+// values in their element formats (F32, F16, BF16, Q8_0, Q4_0: read directly, never dequantized
+// into a copy). Over Q8_0 / Q4_0 keys (cpu::int_key_scores) the scores are integer dot products
+// with q_r rounded per block of 32 by quantize_query_q8 (core/quant.h). scores: scratch of
+// min(n_q, kMaxAttendGroup) * (sum of the chunks' n) floats.
 inline constexpr int kMaxAttendGroup = 64;
 void attend_chunks(const float* q, int n_q, int ldq, const KvChunk* chunks, int n_chunks,
                    DType k_dtype, DType v_dtype, int d, float scale, float* out, int ldo,

@@ -2,8 +2,10 @@
 // and over the cache's element formats: a few query rows that read the same KV head (the query
 // heads of one GQA/MQA group at one position) against key and value rows in the cache, given as
 // contiguous chunks of positions (one chunk when the sequence's cache blocks are consecutive,
-// several for a paged cache). Quantized rows are read block by block and widened in registers:
-// the cache is never dequantized into a copy.
+// several for a paged cache). Quantized rows are read block by block in registers, never
+// dequantized into a copy: q8_0 / q4_0 keys by integer dot products with the query quantized per
+// block (attn_scores_int below), block-format values widened with the block's scale folded into
+// the attention weight.
 //
 // Scores go 8 keys at a time: 8 accumulators of d-wide dot products, reduced together (vsum8, no
 // horizontal sum per key), the 8 keys' rows staying in L1 while every query row of the group uses
@@ -30,6 +32,11 @@ struct RowBF16 {
 };
 struct RowQ8 {  // 34-byte blocks: f16 scale, 32 int8
   static float scale(const char* b) { return load1(reinterpret_cast<const uint16_t*>(b)); }
+  // The scale of the block holding value i, and values [i, i + kLanes) without it.
+  static float block_scale(const char* row, int i) { return scale(row + (i / 32) * 34); }
+  static V raw(const char* row, int i) {
+    return vload_i8(reinterpret_cast<const int8_t*>(row + (i / 32) * 34 + 2) + i % 32);
+  }
   static V get(const char* row, int i) {
     const char* b = row + (i / 32) * 34;
     return vmul(vset1(scale(b)), vload_i8(reinterpret_cast<const int8_t*>(b + 2) + i % 32));
@@ -40,6 +47,10 @@ struct RowQ8 {  // 34-byte blocks: f16 scale, 32 int8
   }
 };
 struct RowQ4 {  // 18-byte blocks: f16 scale, 16 bytes of nibbles (value j low, j + 16 high)
+  static float block_scale(const char* row, int i) { return RowQ8::scale(row + (i / 32) * 18); }
+  static V raw(const char* row, int i) {
+    return vload_u4(reinterpret_cast<const uint8_t*>(row + (i / 32) * 18 + 2) + i % 16, i % 32 >= 16);
+  }
   static V get(const char* row, int i) {
     const char* b = row + (i / 32) * 18;
     return vmul(vset1(RowQ8::scale(b)),
@@ -98,16 +109,114 @@ void attn_scores(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, 
   }
 }
 
+// ---- scores over q8_0 / q4_0 keys by integer dot products ----
+// The query rows are quantized once per call, per block of 32 (quantize_query_q8: int8, f32
+// scale), so that each key block's dot product is an exact int32 (idot: maddubs/madd, or one
+// dpbusd with AVX-512 VNNI), as llama.cpp's quantized vec_dot does. 8 keys go at a time: their 8
+// integer sums of one block are reduced together (isum8), then scaled by the key blocks' f16
+// scales times the query block's scale and summed over the blocks. Every path (and the tail keys,
+// one at a time) forms the same exact integers and scales them in the same order.
+struct KeyQ8 {  // 34-byte blocks: f16 scale, 32 int8
+  static constexpr size_t kBlockBytes = 34;
+  using Row = RowQ8;
+  static I8x32 load(const char* b) { return iload32(reinterpret_cast<const int8_t*>(b + 2)); }
+  static int value(const char* b, int i) { return reinterpret_cast<const int8_t*>(b + 2)[i]; }
+};
+struct KeyQ4 {  // 18-byte blocks: f16 scale, 16 bytes of nibbles
+  static constexpr size_t kBlockBytes = 18;
+  using Row = RowQ4;
+  static I8x32 load(const char* b) { return iload_q4(reinterpret_cast<const uint8_t*>(b + 2)); }
+  static int value(const char* b, int i) {
+    const uint8_t q = reinterpret_cast<const uint8_t*>(b + 2)[i % 16];
+    return ((i >= 16 ? q >> 4 : q) & 15) - 8;
+  }
+};
+
+template <class KB>
+void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                     size_t row_bytes, float scale, float* scores, int64_t lds) {
+  if (!int_key_scores(DType::kQ8_0, d) || n_q > kMaxGroup) {  // larger heads: widened in registers
+    return attn_scores<typename KB::Row>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
+  }
+  const int nb = d / 32;
+  alignas(64) int8_t qq[kMaxGroup * kMaxIntHeadDim], aq[kMaxGroup * kMaxIntHeadDim];
+  float dq[kMaxGroup * (kMaxIntHeadDim / 32)];
+  for (int r = 0; r < n_q; ++r) {
+    quantize_query_q8(q + int64_t{r} * ldq, qq + r * d, dq + r * nb, d);
+    for (int b = 0; b < nb; ++b) {
+      const I8x32 a = iabs(iload32(qq + r * d + b * 32));
+      std::memcpy(aq + r * d + b * 32, &a, 32);
+    }
+  }
+  float ks[kMaxIntHeadDim / 32][8];  // the 8 keys' block scales
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    const char* K = static_cast<const char*>(ch[c].k);
+    const int n = ch[c].n;
+    int j0 = 0;
+    for (; j0 + 8 <= n; j0 += 8) {
+      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
+      for (size_t o = 0; o < 8 * row_bytes; o += 64) vprefetch(kb + 8 * row_bytes + o);
+      for (int b = 0; b < nb; ++b) {
+        for (int k = 0; k < 8; ++k) {
+          ks[b][k] = load1(reinterpret_cast<const uint16_t*>(kb + k * row_bytes + b * KB::kBlockBytes));
+        }
+      }
+      for (int r = 0; r < n_q; ++r) {
+        float acc[8] = {};
+        for (int b = 0; b < nb; ++b) {
+          const I8x32 qv = iload32(qq + r * d + b * 32), av = iload32(aq + r * d + b * 32);
+          I32Sums t[8];
+          for (int k = 0; k < 8; ++k) t[k] = idot(av, qv, KB::load(kb + k * row_bytes + b * KB::kBlockBytes));
+          float s[8];
+          isum8(t, s);
+          const float w = dq[r * nb + b];
+          for (int k = 0; k < 8; ++k) acc[k] += s[k] * (ks[b][k] * w);
+        }
+        float* out = scores + r * lds + off + j0;
+        for (int k = 0; k < 8; ++k) out[k] = acc[k] * scale;
+      }
+    }
+    for (; j0 < n; ++j0) {  // the last < 8 keys of the chunk
+      const char* kr = K + static_cast<size_t>(j0) * row_bytes;
+      for (int r = 0; r < n_q; ++r) {
+        float acc = 0.0f;
+        for (int b = 0; b < nb; ++b) {
+          const char* blk = kr + b * KB::kBlockBytes;
+          int32_t isum = 0;
+          for (int i = 0; i < 32; ++i) isum += int32_t{qq[r * d + b * 32 + i]} * KB::value(blk, i);
+          const float kscale = load1(reinterpret_cast<const uint16_t*>(blk));
+          acc += static_cast<float>(isum) * (kscale * dq[r * nb + b]);
+        }
+        scores[r * lds + off + j0] = acc * scale;
+      }
+    }
+  }
+}
+
 // out[0, NV * kLanes) (+)= sum_{j in [j0, j1)} p[j] V_j[c0, c0 + NV * kLanes).
 template <int NV, class R>
 void weighted_sum(const float* p, const char* Vm, size_t row_bytes, int c0, int j0, int j1,
                   float* out, bool first) {
   V acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = first ? vzero() : vload(out + kLanes * v);
-  for (int j = j0; j < j1; ++j) {
-    const V pj = vset1(p[j]);
-    const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
-    for (int v = 0; v < NV; ++v) acc[v] = vfma(pj, R::get(vr, c0 + kLanes * v), acc[v]);
+  if constexpr (std::is_same_v<R, RowQ8> || std::is_same_v<R, RowQ4>) {
+    // Block formats: the block's scale folded into the weight, p[j] d_b, once per block of 32
+    // values (c0 is a multiple of 8 kLanes, so a block's vectors are consecutive from its start).
+    constexpr int kPer = kLanes >= 32 ? 1 : 32 / kLanes;  // vectors per block
+    for (int j = j0; j < j1; ++j) {
+      const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
+      V w = vzero();
+      for (int v = 0; v < NV; ++v) {
+        if (v % kPer == 0) w = vset1(p[j] * R::block_scale(vr, c0 + kLanes * v));
+        acc[v] = vfma(w, R::raw(vr, c0 + kLanes * v), acc[v]);
+      }
+    }
+  } else {
+    for (int j = j0; j < j1; ++j) {
+      const V pj = vset1(p[j]);
+      const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
+      for (int v = 0; v < NV; ++v) acc[v] = vfma(pj, R::get(vr, c0 + kLanes * v), acc[v]);
+    }
   }
   for (int v = 0; v < NV; ++v) vstore(out + kLanes * v, acc[v]);
 }

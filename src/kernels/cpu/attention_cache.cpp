@@ -4,8 +4,10 @@
 // needs rotated keys from a slot that stores raw ones (the owner under pre sharing): it rotates a
 // copy. Long runs (prefill) use two GEMMs per head over the keys and values gathered into f32
 // scratch (no copy when the cache is f32, contiguous and needs no rotation); short runs (decode) go
-// to the attend kernel, one call per group of query heads that share a KV head, reading f32 or f16
-// cache rows directly, chunk by chunk.
+// to the attend kernel, one call per group of query heads that share a KV head, reading the cache
+// rows directly, chunk by chunk. Over q8_0 / q4_0 keys read as stored the attend kernel takes
+// integer dot products with the query rounded per block (kernels.h: int_key_scores), and the GEMM
+// path rounds the query the same way.
 #include <omp.h>
 
 #include <algorithm>
@@ -28,7 +30,8 @@ constexpr int kGemmMinRows = 16;    // runs at least this long use the GEMM path
 constexpr int kGemmRowBlock = 128;  // rows per score block (bounds the scratch to block x ctx)
 
 struct Scratch {
-  std::vector<float> keys, values, scores;
+  std::vector<float> keys, values, scores, query, qscale;
+  std::vector<int8_t> qi;
   std::vector<KvChunk> chunks, visible;
   std::vector<int32_t> pos;
   float* grow(std::vector<float>& v, size_t n) {
@@ -66,6 +69,20 @@ const float* keys_f32(const std::vector<KvChunk>& ch, DType dt, int len, int d, 
     rope_forward<float>(s.keys.data(), len, 1, d, s.pos.data(), rt);
   }
   return K;
+}
+
+// n rows of d query values (ldq apart) as quantize_query_q8 rounds them: [n, d] in scratch.
+const float* round_query_rows(const float* q, int ldq, int n, int d, Scratch& s) {
+  float* out = s.grow(s.query, size_t(n) * d);
+  s.qi.resize(static_cast<size_t>(d));
+  s.qscale.resize(static_cast<size_t>(d / kQuantBlock));
+  for (int t = 0; t < n; ++t) {
+    quantize_query_q8(q + int64_t{t} * ldq, s.qi.data(), s.qscale.data(), d);
+    for (int i = 0; i < d; ++i) {
+      out[int64_t{t} * d + i] = s.qscale[static_cast<size_t>(i / kQuantBlock)] * s.qi[static_cast<size_t>(i)];
+    }
+  }
+  return out;
 }
 
 // Rows of one run for one head via GEMM: S = Q K^T * scale, causal mask, softmax, O = S V.
@@ -162,7 +179,14 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
       if (r.n_rows >= kGemmMinRows) {
         const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, rotate_keys, rt, s);
         const float* V = gather_f32(s.chunks, false, slot.v_dtype, len, d, s.values, s, false);
-        head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
+        if (!rotate_keys && cpu::int_key_scores(slot.k_dtype, d)) {
+          // Decode reads these keys by integer dot products with the query rounded per block of
+          // 32; prefill rounds it the same way, so that both compute the same scores.
+          const float* qr = round_query_rows(qh, ldq, r.n_rows, d, s);
+          head_gemm(qr, d, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
+        } else {
+          head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
+        }
         continue;
       }
       float* sc = s.grow(s.scores, size_t(std::min(it.nh, kMaxAttendGroup)) * len);

@@ -36,7 +36,8 @@ struct Kernels {
 
   // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
   // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d
-  // values, row_bytes apart, in the format).
+  // values, row_bytes apart, in the format; q8_0 / q4_0 keys: integer dot products with q_r as
+  // quantize_query_q8 rounds it, see int_key_scores).
   void (*attn_scores[kNumKvFormats])(const float* q, int n_q, int ldq, const KvChunk* chunks,
                                      int n_chunks, int d, size_t row_bytes, float scale,
                                      float* scores, int64_t lds);
@@ -87,6 +88,16 @@ struct Kernels {
   void (*adamw)(float* p, float* g, float* m, float* v, int64_t n, const AdamWStep& h,
                 bool zero_grad);
 };
+
+// Whether attention over keys stored in this format reads them by integer dot products
+// (attend-inl.h: q8_0 / q4_0 keys, heads of a multiple of 32 values up to kMaxIntHeadDim): the
+// query rows are then read as quantize_query_q8 (core/quant.h) rounds them, in decode and, for the
+// same numbers, in prefill (attention_cache.cpp).
+inline constexpr int kMaxIntHeadDim = 256;
+inline bool int_key_scores(DType k_dtype, int head_dim) {
+  return (k_dtype == DType::kQ8_0 || k_dtype == DType::kQ4_0) && head_dim % 32 == 0 &&
+         head_dim <= kMaxIntHeadDim;
+}
 
 // T above this uses sgemm rather than the streaming GEMV (sgemm packs the weights on every call;
 // measured, it only wins beyond 32 rows).

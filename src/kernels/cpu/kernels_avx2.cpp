@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "core/half.h"
+#include "core/quant.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/target.h"
 

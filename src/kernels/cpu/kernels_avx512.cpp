@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "core/half.h"
+#include "core/quant.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/target.h"
 
@@ -28,12 +29,37 @@ namespace {
 #include "kernels/cpu/norm-inl.h"
 #include "kernels/cpu/table-inl.h"
 }  // namespace
+}  // namespace mlkv::ops::cpu::avx512
+MLKV_TARGET_END
+
+// The integer attention scores again with AVX-512 VNNI (dpbusd: one instruction per block of
+// 32 products where maddubs + madd take two), used when the CPU has it (Ice Lake, Zen 4 and
+// later; not Skylake-X).
+MLKV_TARGET_BEGIN(MLKV_TARGET_AVX512 ",avx512vnni")
+namespace mlkv::ops::cpu::avx512_vnni {
+namespace {
+#define MLKV_VNNI 1
+#include "kernels/cpu/vec_avx512.h"
+#include "kernels/cpu/attend-inl.h"
+#undef MLKV_VNNI
+}  // namespace
+void use_vnni(Kernels& k) {
+  k.attn_scores[3] = &attn_scores_int<KeyQ8>;
+  k.attn_scores[4] = &attn_scores_int<KeyQ4>;
+}
+}  // namespace mlkv::ops::cpu::avx512_vnni
+MLKV_TARGET_END
+
+namespace mlkv::ops::cpu::avx512 {
 const Kernels& table() {
-  static const Kernels k = make_table(Isa::kAvx512);
+  static const Kernels k = [] {
+    Kernels t = make_table(Isa::kAvx512);
+    if (__builtin_cpu_supports("avx512vnni")) avx512_vnni::use_vnni(t);
+    return t;
+  }();
   return k;
 }
 }  // namespace mlkv::ops::cpu::avx512
-MLKV_TARGET_END
 
 namespace mlkv::ops::cpu {
 const Kernels& avx512_kernels() { return avx512::table(); }

@@ -73,4 +73,37 @@ inline V vexp(V xv) {
   return {p * s1 * s2};
 }
 
+// ---- blocks of 32 int8 values: as in vec_avx2.h, one product at a time ----
+struct I8x32 {
+  int8_t v[32];
+};
+struct I32Sums {
+  int32_t s;
+};
+inline I8x32 iload32(const int8_t* p) {
+  I8x32 r;
+  std::memcpy(r.v, p, 32);
+  return r;
+}
+inline I8x32 iload_q4(const uint8_t* p) {
+  I8x32 r;
+  for (int j = 0; j < 16; ++j) {
+    r.v[j] = static_cast<int8_t>((p[j] & 15) - 8);
+    r.v[j + 16] = static_cast<int8_t>((p[j] >> 4) - 8);
+  }
+  return r;
+}
+inline I8x32 iabs(I8x32 q) {
+  for (int8_t& x : q.v) x = static_cast<int8_t>(x < 0 ? -x : x);
+  return q;
+}
+inline I32Sums idot(I8x32 aq, I8x32 q, I8x32 k) {
+  int32_t s = 0;
+  for (int i = 0; i < 32; ++i) s += int32_t{aq.v[i]} * (q.v[i] < 0 ? -k.v[i] : q.v[i] > 0 ? k.v[i] : 0);
+  return {s};
+}
+inline void isum8(const I32Sums* a, float* out) {
+  for (int k = 0; k < 8; ++k) out[k] = static_cast<float>(a[k].s);
+}
+
 inline void vprefetch(const void* p) { __builtin_prefetch(p); }

@@ -21,6 +21,7 @@
 
 #include "core/check.h"
 #include "core/half.h"
+#include "core/quant.h"
 #include "core/tensor.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
@@ -432,7 +433,9 @@ constexpr DType kKvFormats[] = {DType::kF32, DType::kF16, DType::kBF16, DType::k
 // Decode attention of a group of query rows sharing one KV head: head sizes on and off the vector
 // width, lengths across the 8-key and value blocks, groups wider than kMaxAttendGroup, every cache
 // format for keys and values (the result against the reference on the values the rows hold:
-// quantized rows are widened in registers, never beforehand), and keys and values cut into chunks.
+// quantized rows are read in registers, never widened beforehand; over q8_0 / q4_0 keys the
+// reference reads the query rows as the integer kernel quantizes them), and keys and values cut
+// into chunks.
 TEST_P(Kernels, DecodeAttention) {
   for (int d : {64, 128, 20, 8, 80}) {
     for (int len : {1, 7, 8, 300, 530}) {
@@ -461,7 +464,18 @@ TEST_P(Kernels, DecodeAttention) {
             }
             attend_chunks(qrows.data(), n_q, ldq, chunks.data(), int(chunks.size()), kt, vt, d, scale,
                           out.data(), ldo, scratch.data());
-            ref::attend(qrows.data(), n_q, ldq, ke.values.data(), ve.values.data(), len, d, scale,
+            // Over q8_0 / q4_0 keys the scores are integer dot products with the query rows
+            // quantized per block (quantize_query_q8); the reference reads those query values.
+            std::vector<float> qref = qrows;
+            if (cpu::int_key_scores(kt, d)) {
+              std::vector<int8_t> qi(static_cast<size_t>(d));
+              std::vector<float> qs(static_cast<size_t>(d / 32));
+              for (int r = 0; r < n_q; ++r) {
+                quantize_query_q8(qrows.data() + size_t(r) * ldq, qi.data(), qs.data(), d);
+                for (int i = 0; i < d; ++i) qref[size_t(r) * ldq + i] = qs[size_t(i / 32)] * qi[size_t(i)];
+              }
+            }
+            ref::attend(qref.data(), n_q, ldq, ke.values.data(), ve.values.data(), len, d, scale,
                         want.data(), ldo);
             const double bound = prob_bound(len + d, max_abs(ve.values));
             expect_close((tag + " k " + dtype_name(kt) + " v " + dtype_name(vt)).c_str(), out, want,
@@ -546,7 +560,15 @@ TEST_P(Kernels, CacheStoreAndAttention) {
                 V.insert(V.end(), vr.begin(), vr.end());
               }
               const int64_t o = (int64_t(r.row0 + t) * H + h) * d;
-              ref::attend(q.data() + o, 1, d, K.data(), V.data(), nvis, d, 1.0 / std::sqrt(double(d)),
+              // Keys read as stored q8_0 / q4_0 blocks: the query as quantize_query_q8 rounds it.
+              std::vector<float> qr(q.begin() + o, q.begin() + o + d);
+              if (!rotate && cpu::int_key_scores(kt, d)) {
+                std::vector<int8_t> qi(static_cast<size_t>(d));
+                std::vector<float> qs(static_cast<size_t>(d / 32));
+                quantize_query_q8(qr.data(), qi.data(), qs.data(), d);
+                for (int i = 0; i < d; ++i) qr[size_t(i)] = qs[size_t(i / 32)] * qi[size_t(i)];
+              }
+              ref::attend(qr.data(), 1, d, K.data(), V.data(), nvis, d, 1.0 / std::sqrt(double(d)),
                           want.data() + o, d);
             }
           }

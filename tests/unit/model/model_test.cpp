@@ -90,12 +90,16 @@ TEST_P(CacheFormats, CachedEqualsFullAndNearF32) {
     double cached;  // max |d logprob| of cached decoding against the prefill, same format
     double vs_f32;  // max |d logprob| against the f32 cache
   };
-  // Bounds about 2-3x the largest seen over the 24 cases (2026-12-01).
+  // Bounds about 2-3x the largest seen over the 24 cases (2026-12-01; q8_0 / q4_0 keys
+  // 2026-12-02, when attention over them became integer dot products with the query rounded per
+  // block: a query value that prefill and decode compute a rounding apart can round to
+  // neighbouring int8 steps, so cached and full now differ by up to 8e-4 (q8_0), 2.3e-3 (q8_0 keys,
+  // f16 values) and 1.7e-2 (q4_0), still far inside each format's distance from f32).
   const Case cases[] = {{DType::kF16, 5e-4, 1e-2},
                         {DType::kBF16, 1e-2, 6e-2},
                         {DType::kQ8_0, 2e-3, 0.15},
-                        {DType::kQ4_0, 6e-3, 2.0},
-                        {KvCacheType(DType::kQ8_0, DType::kF16), 2e-3, 0.1},
+                        {DType::kQ4_0, 4e-2, 2.0},
+                        {KvCacheType(DType::kQ8_0, DType::kF16), 6e-3, 0.1},
                         {KvCacheType(DType::kF32, DType::kQ4_0), 6e-3, 2.0}};
   for (const Case& k : cases) {
     const auto full = score_tokens(m, toks, false, k.type);

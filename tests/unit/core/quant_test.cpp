@@ -1,0 +1,73 @@
+// The block codecs of core/quant.h: the query-side quantizer of integer attention against its
+// definition (scale max|x| / 127, round to nearest, |q| <= 127) and the exact-integer identity
+// x . y = sum over blocks of d_x d_y (q_x . q_y) that the integer attention kernels rely on.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "core/half.h"
+#include "core/quant.h"
+
+namespace mlkv {
+namespace {
+
+TEST(QuantizeQuery, BlocksRoundToNearestWithinHalfAStep) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  const int n = 32 * 5;
+  std::vector<float> x(n);
+  for (float& v : x) v = nd(rng);
+  for (int i = 32; i < 64; ++i) x[size_t(i)] = 0.0f;  // an all-zero block
+  x[70] = -1e4f;                                       // one dominant value in block 2
+  std::vector<int8_t> q(n);
+  std::vector<float> d(n / 32);
+  quantize_query_q8(x.data(), q.data(), d.data(), n);
+  for (int b = 0; b < n / 32; ++b) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[size_t(b * 32 + i)]));
+    EXPECT_FLOAT_EQ(d[size_t(b)], amax / 127.0f) << "block " << b;
+    bool hits_127 = false;
+    for (int i = 0; i < 32; ++i) {
+      const size_t j = size_t(b * 32 + i);
+      EXPECT_LE(std::abs(int{q[j]}), 127);
+      hits_127 |= std::abs(int{q[j]}) == 127;
+      EXPECT_LE(std::fabs(x[j] - d[size_t(b)] * q[j]), 0.5001f * d[size_t(b)]) << "value " << j;
+      if (amax == 0.0f) EXPECT_EQ(q[j], 0);
+    }
+    EXPECT_EQ(hits_127, amax > 0.0f) << "block " << b << ": the largest value maps to +-127";
+  }
+  EXPECT_EQ(q[70], -127);
+}
+
+TEST(QuantizeQuery, IntegerDotEqualsTheDotOfTheValuesHeld) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int n = 128;
+  std::vector<float> x(n), y(n);
+  for (float& v : x) v = nd(rng);
+  for (float& v : y) v = nd(rng);
+  std::vector<int8_t> qx(n), qy(n);
+  std::vector<float> dx(n / 32), dy(n / 32);
+  quantize_query_q8(x.data(), qx.data(), dx.data(), n);
+  quantize_query_q8(y.data(), qy.data(), dy.data(), n);
+  double by_blocks = 0.0, by_values = 0.0, exact = 0.0;
+  for (int b = 0; b < n / 32; ++b) {
+    int32_t s = 0;
+    for (int i = b * 32; i < b * 32 + 32; ++i) s += int32_t{qx[size_t(i)]} * qy[size_t(i)];
+    by_blocks += double(dx[size_t(b)]) * dy[size_t(b)] * s;
+  }
+  for (int i = 0; i < n; ++i) {
+    by_values += double(dx[size_t(i / 32)]) * qx[size_t(i)] * (double(dy[size_t(i / 32)]) * qy[size_t(i)]);
+    exact += double(x[size_t(i)]) * y[size_t(i)];
+  }
+  EXPECT_NEAR(by_blocks, by_values, 1e-9 * std::fabs(by_values) + 1e-12);
+  // The quantization error of a 128-value dot of unit normals: each product off by at most
+  // ~(|x| d_y + |y| d_x) / 2, d ~ 3 / 127.
+  EXPECT_NEAR(by_blocks, exact, 0.15);
+}
+
+}  // namespace
+}  // namespace mlkv
