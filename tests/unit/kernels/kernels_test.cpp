@@ -95,13 +95,14 @@ class Kernels : public ::testing::TestWithParam<Isa> {
 };
 
 // y = x w^T + b: T <= 32 takes the streaming GEMV (tiles of 4, 2 and 1 token rows, blocks of 4
-// weight rows and a partial last block), larger T sgemm (low-precision weights widened block by
-// block); odd K exercise the column tails. Low-precision weights are checked against the f32
+// weight rows and a partial last block; more than one tile goes in slices of 128 columns, the last
+// one partial for K = 250 and 160), larger T sgemm (low-precision weights widened block by block);
+// odd K exercise the column tails. Low-precision weights are checked against the f32
 // reference over the same stored values widened (exact in f32: f16 and bf16 are subsets of f32,
 // and a q8_0 value d q has at most 11 + 7 significant bits), so every format meets the f32 bound.
 TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   const std::vector<std::pair<int, int>> shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}};
-  const std::vector<std::pair<int, int>> q8_shapes = {{32, 13}, {64, 96}, {256, 7}, {96, 201}};
+  const std::vector<std::pair<int, int>> q8_shapes = {{32, 13}, {64, 96}, {256, 7}, {96, 201}, {160, 9}};
   for (int T : {1, 2, 3, 5, 8, 9, 15, 32, 33, 40}) {
     for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) {
       for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : shapes) {
