@@ -80,14 +80,19 @@ inline void gemv_tiles(const float* x, int T, int64_t K, float* out, Rows rows) 
 // columns did best from 8 to 32 rows, wider slices less.
 inline constexpr int64_t kGemvSliceCols = 128;
 
-// acc[t][j] += x_t[0, n) . w_j[0, n) for t < NX (token rows K apart), n a multiple of kLanes.
+// acc[t][j] += x_t[0, n) . w_j[0, n) for t < NX (token rows K apart), n a multiple of kLanes;
+// pf (when not null): four rows to prefetch alongside, column for column.
 template <int NX>
-inline void gemv_slice(const float* x, int64_t K, const float* const* w, int64_t n, V (*acc)[4]) {
+inline void gemv_slice(const float* x, int64_t K, const float* const* w, int64_t n, V (*acc)[4],
+                       const float* const* pf) {
   V a[NX][4];
   for (int t = 0; t < NX; ++t) {
     for (int j = 0; j < 4; ++j) a[t][j] = acc[t][j];
   }
   for (int64_t k = 0; k < n; k += kLanes) {
+    if (pf != nullptr) {
+      for (int j = 0; j < 4; ++j) vprefetch(pf[j] + k);
+    }
     V xv[NX];
     for (int t = 0; t < NX; ++t) xv[t] = vload(x + t * K + k);
     for (int j = 0; j < 4; ++j) {
@@ -101,8 +106,10 @@ inline void gemv_slice(const float* x, int64_t K, const float* const* w, int64_t
 }
 
 // out[t * 4 + j] = x_t . w_j over columns [0, kv) (kv a multiple of kLanes), for T > kGemvTile
-// token rows: rows(k0, n, buf, w) points w[0..4) at the four weight rows' columns [k0, k0 + n)
-// as f32 (widened into buf when they are not f32) and prefetches the next block's.
+// token rows: rows(k0, n, buf, w, pf) points w[0..4) at the four weight rows' columns [k0, k0 + n)
+// as f32 (widened into buf when they are not f32, prefetching the next block's meanwhile), and
+// returns true with pf[0..4) set when the first tile should prefetch those instead (f32 rows, used
+// in place: the prefetches spread over the tile's loop rather than issued all at once).
 template <class Rows>
 inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, V (*acc)[4], Rows rows) {
   alignas(64) float buf[4 * kGemvSliceCols];
@@ -112,14 +119,18 @@ inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, V (*acc)[
   for (int64_t k0 = 0; k0 < kv; k0 += kGemvSliceCols) {
     const int64_t n = k0 + kGemvSliceCols < kv ? kGemvSliceCols : kv - k0;
     const float* w[4];
-    rows(k0, n, buf, w);
+    const float* pf[4];
+    const float* const* first = rows(k0, n, buf, w, pf) ? pf : nullptr;
     int t = 0;
-    for (; t + kGemvTile <= T; t += kGemvTile) gemv_slice<kGemvTile>(x + t * K + k0, K, w, n, acc + t);
-    if (kGemvTile == 4 && t + 2 <= T) {
-      gemv_slice<2>(x + t * K + k0, K, w, n, acc + t);
-      t += 2;
+    for (; t + kGemvTile <= T; t += kGemvTile, first = nullptr) {
+      gemv_slice<kGemvTile>(x + t * K + k0, K, w, n, acc + t, first);
     }
-    if (t < T) gemv_slice<1>(x + t * K + k0, K, w, n, acc + t);
+    if (kGemvTile == 4 && t + 2 <= T) {
+      gemv_slice<2>(x + t * K + k0, K, w, n, acc + t, first);
+      t += 2;
+      first = nullptr;
+    }
+    if (t < T) gemv_slice<1>(x + t * K + k0, K, w, n, acc + t, first);
   }
 }
 
@@ -128,16 +139,20 @@ void gemv4_sliced_fmt(const float* x, const W* w, int T, int64_t K, float* out) 
   const W* wr[4] = {w, w + K, w + 2 * K, w + 3 * K};
   const int64_t kv = K / kLanes * kLanes;
   V acc[kMaxGemvRows][4];
-  gemv4_sliced(x, T, K, kv, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf) {
+  gemv4_sliced(x, T, K, kv, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float** pf) {
     for (int j = 0; j < 4; ++j) {
-      for (int64_t c = 0; c < n; c += 64 / static_cast<int64_t>(sizeof(W))) vprefetch(wr[j] + 4 * K + k0 + c);
       if constexpr (std::is_same_v<W, float>) {
         wf[j] = wr[j] + k0;
+        pf[j] = wr[j] + 4 * K + k0;
       } else {
-        for (int64_t c = 0; c < n; c += kLanes) vstore(buf + j * kGemvSliceCols + c, vload(wr[j] + k0 + c));
+        for (int64_t c = 0; c < n; c += kLanes) {
+          if (c % (64 / static_cast<int64_t>(sizeof(W))) == 0) vprefetch(wr[j] + 4 * K + k0 + c);
+          vstore(buf + j * kGemvSliceCols + c, vload(wr[j] + k0 + c));
+        }
         wf[j] = buf + j * kGemvSliceCols;
       }
     }
+    return std::is_same_v<W, float>;
   });
   for (int t = 0; t < T; ++t) {
     for (int j = 0; j < 4; ++j) {
@@ -231,7 +246,7 @@ void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
     const size_t row_bytes = static_cast<size_t>(K / 32) * kQ8Block;
     const char* wr[4] = {w, w + row_bytes, w + 2 * row_bytes, w + 3 * row_bytes};
     V acc[kMaxGemvRows][4];
-    gemv4_sliced(x, T, K, K, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf) {
+    gemv4_sliced(x, T, K, K, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float**) {
       for (int j = 0; j < 4; ++j) {
         float* dst = buf + j * kGemvSliceCols;
         for (int64_t c = 0; c < n; c += 32) {
@@ -243,6 +258,7 @@ void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
         }
         wf[j] = dst;
       }
+      return false;
     });
     for (int t = 0; t < T; ++t) {
       for (int j = 0; j < 4; ++j) out[t * 4 + j] = vsum(acc[t][j]);
