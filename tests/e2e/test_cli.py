@@ -442,6 +442,18 @@ def test_bench_sweep(mlkv, wd):
                                 (["--sweep-ctx", "2"], "a context must be in", "a context of gen"),
                                 (["--sweep-cache", "q8_0"], "multiple of 32", "q8_0 on a head of 16")):
         expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep: {what}")
+    # A single run's options are not silently ignored by a sweep, nor the sweep's without --sweep.
+    for extra, needle in ((["--batch", "4"], "--batch sets up a single run"),
+                          (["--prompt", "64"], "use --sweep-ctx"),
+                          (["--cache-type", "f16"], "use --sweep-cache"),
+                          (["--cache-type-k", "f16"], "--cache-type-k sets up a single run"),
+                          (["--kv-heads", "1"], "use --sweep-configs"),
+                          (["--kv-layers", "2"], "use --sweep-configs"),
+                          (["--synthetic-context"], "always fills a synthetic context")):
+        expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep with {extra[0]}")
+    for extra in (["--sweep-batch", "2"], ["--sweep-out", out], ["--sweep-max-cache", "1"]):
+        expect_error(mlkv, ["bench", "--random", "tiny-neox", "--gen", "1", "--reps", "1", "--no-bandwidth", *extra],
+                     f"{extra[0]} applies only with --sweep", f"bench {extra[0]} without --sweep")
 
 
 def main():

@@ -616,7 +616,27 @@ void add_model_commands(CLI::App& app) {
         ->check(at_least(0));
     add_device_option(cmd, &a->device);
     add_threads_option(cmd, &a->threads);
-    cmd->callback([a] {
+    cmd->callback([a, cmd] {
+      // A single run's options with --sweep, or the sweep's without it, would be ignored: refused.
+      static const std::pair<const char*, const char*> kSingleRun[] = {
+          {"--batch", "use --sweep-batch"},
+          {"--prompt", "use --sweep-ctx"},
+          {"--cache-type", "use --sweep-cache"},
+          {"--cache-type-k", "use --sweep-cache KEYS/VALUES, e.g. q8_0/f16"},
+          {"--cache-type-v", "use --sweep-cache KEYS/VALUES, e.g. q8_0/f16"},
+          {"--kv-heads", "use --sweep-configs MxG"},
+          {"--kv-layers", "use --sweep-configs MxG"},
+          {"--synthetic-context", "the sweep always fills a synthetic context"}};
+      static const char* const kSweepOnly[] = {"--sweep-batch", "--sweep-ctx", "--sweep-cache",
+                                               "--sweep-configs", "--sweep-out", "--sweep-max-cache"};
+      for (const auto& [name, instead] : kSingleRun) {
+        MLKV_REQUIRE(!a->sweep || cmd->get_option(name)->count() == 0, name,
+                     " sets up a single run and does not apply to bench --sweep (", instead, ")");
+      }
+      for (const char* name : kSweepOnly) {
+        MLKV_REQUIRE(a->sweep || cmd->get_option(name)->count() == 0, name,
+                     " applies only with --sweep");
+      }
       a->cache_type = cache_type_arg(a->cache_type, a->cache_k, a->cache_v);
       if (a->sweep) {
         run_sweep_cli(*a);
