@@ -7,10 +7,30 @@
 
 namespace mlkv {
 
+namespace {
+
+// Whether the block's 32 values are all finite. A block holding a NaN or an infinity is stored
+// with a NaN scale and zero values, so that it reads back as NaN (as an f32 row would carry it)
+// rather than as finite numbers that hide it.
+bool block_finite(const float* xb) {
+  for (int i = 0; i < kQuantBlock; ++i) {
+    if (!std::isfinite(xb[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 void quantize_row_q8_0(const float* x, void* dst, int64_t n) {
   auto* out = static_cast<uint8_t*>(dst);
   for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQ8_0BlockBytes) {
     const float* xb = x + b * kQuantBlock;
+    if (!block_finite(xb)) {
+      const uint16_t nan = f32_to_f16(std::nanf(""));
+      std::memcpy(out, &nan, 2);
+      std::memset(out + 2, 0, kQuantBlock);
+      continue;
+    }
     float amax = 0.0f;
     for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
     const float d = amax / 127.0f;
@@ -26,10 +46,16 @@ void quantize_row_q8_0(const float* x, void* dst, int64_t n) {
 void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n) {
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
     const float* xb = x + b * kQuantBlock;
+    if (!block_finite(xb)) {
+      d[b] = std::nanf("");
+      std::memset(q + b * kQuantBlock, 0, kQuantBlock);
+      continue;
+    }
     float amax = 0.0f;
     for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
     d[b] = amax / 127.0f;
-    const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
+    // A scale so small that its reciprocal overflows: the values are 0 to f32 precision anyway.
+    const float id = d[b] != 0.0f && std::isfinite(1.0f / d[b]) ? 1.0f / d[b] : 0.0f;
     for (int i = 0; i < kQuantBlock; ++i) {
       q[b * kQuantBlock + i] = static_cast<int8_t>(std::lround(xb[i] * id));
     }
@@ -52,6 +78,12 @@ void quantize_row_q4_0(const float* x, void* dst, int64_t n) {
   auto* out = static_cast<uint8_t*>(dst);
   for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQ4_0BlockBytes) {
     const float* xb = x + b * kQuantBlock;
+    if (!block_finite(xb)) {
+      const uint16_t nan = f32_to_f16(std::nanf(""));
+      std::memcpy(out, &nan, 2);
+      std::memset(out + 2, 0x88, kQuantBlock / 2);  // nibbles of 8: values 0
+      continue;
+    }
     float amax = 0.0f, m = 0.0f;
     for (int i = 0; i < kQuantBlock; ++i) {
       if (std::fabs(xb[i]) > amax) {

@@ -3,9 +3,11 @@
 //   q8_0: blocks of 32 values: an f16 scale d, then 32 int8 q;        x = d q          (34 bytes)
 //   q4_0: blocks of 32 values: an f16 scale d, then 16 bytes of nibbles, value j in the low nibble
 //         of byte j and value j + 16 in its high nibble;                 x = d (q - 8)    (18 bytes)
-// Quantizing: q8_0 d = max|x| / 127, q = round(x / d); q4_0 d = m / -8 where m is the value of
-// largest magnitude (sign kept), q = min(15, int(x / d + 8.5)). Dequantizing is exact given the
-// stored bits. These scalar routines are the format's definition: the cache store and the weight
+// Quantizing: q8_0 d = max|x| / 127, q = round(x / d) (so |q| <= 127: the integer attention
+// kernels rely on it, attend-inl.h); q4_0 d = m / -8 where m is the value of largest magnitude
+// (sign kept), q = min(15, int(x / d + 8.5)). A block holding a NaN or an infinity gets a NaN
+// scale and zero values, so that it reads back as NaN. Dequantizing is exact given the stored
+// bits. These scalar routines are the format's definition: the cache store and the weight
 // loader use them on every instruction-set path, and the SIMD kernels that read blocks are tested
 // against them. Rows must hold a multiple of 32 values.
 #pragma once
@@ -27,7 +29,8 @@ void dequantize_row_q4_0(const void* src, float* y, int64_t n);
 // The query side of integer attention over q8_0 / q4_0 keys: n values (a multiple of 32) as int8
 // q[n] with one f32 scale d[n / 32] per block of 32, d = max|x| / 127, q = round(x / d), so that
 // q . k over a block is an exact int32 and x . y = sum over blocks of d_x d_y (q . k). The scale
-// stays f32 (llama.cpp rounds it to f16; nothing here is stored). |q| <= 127.
+// stays f32 (llama.cpp rounds it to f16; nothing here is stored). |q| <= 127. A block holding a
+// NaN or an infinity gets d = NaN and q = 0, so that the scores it enters are NaN.
 void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n);
 
 }  // namespace mlkv

@@ -181,7 +181,8 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
         const float* V = gather_f32(s.chunks, false, slot.v_dtype, len, d, s.values, s, false);
         if (!rotate_keys && cpu::int_key_scores(slot.k_dtype, d)) {
           // Decode reads these keys by integer dot products with the query rounded per block of
-          // 32; prefill rounds it the same way, so that both compute the same scores.
+          // 32; prefill rounds it by the same rule, so that both see the same query values (up to
+          // a query that prefill's GEMM and decode's GEMV compute a rounding apart).
           const float* qr = round_query_rows(qh, ldq, r.n_rows, d, s);
           head_gemm(qr, d, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
         } else {

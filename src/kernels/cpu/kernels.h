@@ -113,5 +113,7 @@ const Kernels& kernels_for(Isa isa);
 const Kernels& scalar_kernels();
 const Kernels& avx2_kernels();
 const Kernels& avx512_kernels();
+// The AVX-512 table without its VNNI entries (tests compare the two on a CPU with VNNI).
+const Kernels& avx512_kernels_without_vnni();
 
 }  // namespace mlkv::ops::cpu

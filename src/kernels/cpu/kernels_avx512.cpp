@@ -51,9 +51,13 @@ void use_vnni(Kernels& k) {
 MLKV_TARGET_END
 
 namespace mlkv::ops::cpu::avx512 {
+const Kernels& base_table() {
+  static const Kernels k = make_table(Isa::kAvx512);
+  return k;
+}
 const Kernels& table() {
   static const Kernels k = [] {
-    Kernels t = make_table(Isa::kAvx512);
+    Kernels t = base_table();
     if (__builtin_cpu_supports("avx512vnni")) avx512_vnni::use_vnni(t);
     return t;
   }();
@@ -63,4 +67,5 @@ const Kernels& table() {
 
 namespace mlkv::ops::cpu {
 const Kernels& avx512_kernels() { return avx512::table(); }
+const Kernels& avx512_kernels_without_vnni() { return avx512::base_table(); }
 }  // namespace mlkv::ops::cpu

@@ -35,7 +35,9 @@ TEST(QuantizeQuery, BlocksRoundToNearestWithinHalfAStep) {
       EXPECT_LE(std::abs(int{q[j]}), 127);
       hits_127 |= std::abs(int{q[j]}) == 127;
       EXPECT_LE(std::fabs(x[j] - d[size_t(b)] * q[j]), 0.5001f * d[size_t(b)]) << "value " << j;
-      if (amax == 0.0f) EXPECT_EQ(q[j], 0);
+      if (amax == 0.0f) {
+        EXPECT_EQ(q[j], 0);
+      }
     }
     EXPECT_EQ(hits_127, amax > 0.0f) << "block " << b << ": the largest value maps to +-127";
   }
@@ -67,6 +69,37 @@ TEST(QuantizeQuery, IntegerDotEqualsTheDotOfTheValuesHeld) {
   // The quantization error of a 128-value dot of unit normals: each product off by at most
   // ~(|x| d_y + |y| d_x) / 2, d ~ 3 / 127.
   EXPECT_NEAR(by_blocks, exact, 0.15);
+}
+
+// A NaN or an infinity in a block makes that block read back as NaN (NaN scale), in both cache
+// formats and in the query quantizer; the other blocks are untouched.
+TEST(QuantizeBlocks, NonFiniteBlocksReadBackAsNaN) {
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    std::vector<float> x(96);
+    for (int i = 0; i < 96; ++i) x[size_t(i)] = 0.01f * float(i - 40);
+    x[40] = bad;  // block 1
+    std::vector<uint8_t> q8(3 * kQ8_0BlockBytes), q4(3 * kQ4_0BlockBytes);
+    std::vector<float> y8(96), y4(96);
+    quantize_row_q8_0(x.data(), q8.data(), 96);
+    dequantize_row_q8_0(q8.data(), y8.data(), 96);
+    quantize_row_q4_0(x.data(), q4.data(), 96);
+    dequantize_row_q4_0(q4.data(), y4.data(), 96);
+    std::vector<int8_t> qq(96);
+    std::vector<float> dq(3);
+    quantize_query_q8(x.data(), qq.data(), dq.data(), 96);
+    for (int i = 0; i < 96; ++i) {
+      const bool in_bad = i >= 32 && i < 64;
+      EXPECT_EQ(std::isnan(y8[size_t(i)]), in_bad) << "q8_0 value " << i << " bad " << bad;
+      EXPECT_EQ(std::isnan(y4[size_t(i)]), in_bad) << "q4_0 value " << i << " bad " << bad;
+      if (in_bad) {
+        EXPECT_EQ(qq[size_t(i)], 0);
+      } else {
+        EXPECT_NEAR(y8[size_t(i)], x[size_t(i)], 0.01f);
+      }
+    }
+    EXPECT_TRUE(std::isnan(dq[1]));
+    EXPECT_FALSE(std::isnan(dq[0]) || std::isnan(dq[2]));
+  }
 }
 
 }  // namespace
