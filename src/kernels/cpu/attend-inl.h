@@ -238,39 +238,54 @@ void weighted_sum_any(int nv, const float* p, const char* Vm, size_t row_bytes, 
   }
 }
 
-// Query rows in passes of up to kRowsPerPass (the rows of a GQA/MQA group that read one KV head):
-// out rows [0, NR) (ldo apart), columns [c0, c0 + 2 kLanes), (+)= sum_{j in [j0, j1)} p[r ldp + j]
-// V_j: each value row's two vectors are read, and widened when quantized, once for all NR rows
-// instead of once per row. 2 NR accumulators: 24 of the 32 AVX-512 registers, 12 of AVX2's 16.
-inline constexpr int kRowsPerPass = kLanes == 16 ? 12 : kLanes == 8 ? 6 : 4;
+// Query rows in passes (the rows of a GQA/MQA group that read one KV head): out rows [0, NR) (ldo
+// apart), columns [c0, c0 + NV kLanes), (+)= sum_{j in [j0, j1)} p[r ldp + j] V_j: each value
+// row's NV vectors are read, and widened when quantized, once for all NR rows instead of once per
+// row. NV NR <= 24 accumulators (of AVX-512's 32 registers; 12 of AVX2's 16): 4 vectors x 6 rows
+// where the head allows, so that a pass reads whole 64-byte lines of each value row.
+inline constexpr int kRowAccumulators = kLanes == 16 ? 24 : kLanes == 8 ? 12 : 16;
 
-template <int NR, class R>
+template <int NV, int NR, class R>
 void weighted_sum_rows(const float* p, int64_t ldp, const char* Vm, size_t row_bytes, int c0, int j0,
                        int j1, float* out, int ldo, bool first) {
-  V acc[NR][2];
+  V acc[NR][NV];
   for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < 2; ++v) acc[r][v] = first ? vzero() : vload(out + int64_t{r} * ldo + c0 + kLanes * v);
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? vzero() : vload(out + int64_t{r} * ldo + c0 + kLanes * v);
   }
   for (int j = j0; j < j1; ++j) {
     const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
-    const V v0 = R::get(vr, c0), v1 = R::get(vr, c0 + kLanes);
+    V vv[NV];
+    for (int v = 0; v < NV; ++v) vv[v] = R::get(vr, c0 + kLanes * v);
     for (int r = 0; r < NR; ++r) {
       const V w = vset1(p[r * ldp + j]);
-      acc[r][0] = vfma(w, v0, acc[r][0]);
-      acc[r][1] = vfma(w, v1, acc[r][1]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = vfma(w, vv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < 2; ++v) vstore(out + int64_t{r} * ldo + c0 + kLanes * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) vstore(out + int64_t{r} * ldo + c0 + kLanes * v, acc[r][v]);
   }
 }
 
-template <class R, int N = kRowsPerPass>
+template <int NV, class R, int N = kRowAccumulators / NV>
 void weighted_sum_rows_any(int nr, const float* p, int64_t ldp, const char* Vm, size_t row_bytes,
                            int c0, int j0, int j1, float* out, int ldo, bool first) {
   if constexpr (N >= 1) {
-    if (nr == N) return weighted_sum_rows<N, R>(p, ldp, Vm, row_bytes, c0, j0, j1, out, ldo, first);
-    return weighted_sum_rows_any<R, N - 1>(nr, p, ldp, Vm, row_bytes, c0, j0, j1, out, ldo, first);
+    if (nr == N) return weighted_sum_rows<NV, N, R>(p, ldp, Vm, row_bytes, c0, j0, j1, out, ldo, first);
+    return weighted_sum_rows_any<NV, R, N - 1>(nr, p, ldp, Vm, row_bytes, c0, j0, j1, out, ldo, first);
+  }
+}
+
+// Passes of rows and column slices of NV vectors over one block of keys [j0, j1).
+template <int NV, class R>
+void values_rows(const float* p, int n_q, int64_t ldp, const char* Vm, size_t row_bytes, int d,
+                 int j0, int j1, float* out, int ldo, bool first) {
+  constexpr int kRows = kRowAccumulators / NV;
+  for (int cc = 0; cc < d; cc += NV * kLanes) {
+    for (int r0 = 0; r0 < n_q; r0 += kRows) {
+      const int nr = n_q - r0 < kRows ? n_q - r0 : kRows;
+      weighted_sum_rows_any<NV, R>(nr, p + r0 * ldp, ldp, Vm, row_bytes, cc, j0, j1,
+                                   out + int64_t{r0} * ldo, ldo, first);
+    }
   }
 }
 
@@ -299,12 +314,11 @@ void attn_values(const float* p, int n_q, int64_t ldp, const KvChunk* ch, int n_
       const char* Vm = static_cast<const char*>(ch[c].v);
       for (int j0 = 0; j0 < ch[c].n; j0 += kValueBlock) {
         const int j1 = ch[c].n < j0 + kValueBlock ? ch[c].n : j0 + kValueBlock;
-        for (int cc = 0; cc < d; cc += 2 * kLanes) {
-          for (int r0 = 0; r0 < n_q; r0 += kRowsPerPass) {
-            const int nr = n_q - r0 < kRowsPerPass ? n_q - r0 : kRowsPerPass;
-            weighted_sum_rows_any<R>(nr, p + r0 * ldp + off, ldp, Vm, row_bytes, cc, j0, j1,
-                                     out + int64_t{r0} * ldo, ldo, off == 0 && j0 == 0);
-          }
+        const bool first = off == 0 && j0 == 0;
+        if (d % (4 * kLanes) == 0) {
+          values_rows<4, R>(p + off, n_q, ldp, Vm, row_bytes, d, j0, j1, out, ldo, first);
+        } else {
+          values_rows<2, R>(p + off, n_q, ldp, Vm, row_bytes, d, j0, j1, out, ldo, first);
         }
       }
     }
