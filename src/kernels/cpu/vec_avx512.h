@@ -113,37 +113,6 @@ inline V vexp(V xv) {
   return {_mm512_mask_blend_ps(nan, y, xv.v)};
 }
 
-// ---- blocks of 32 int8 values: as in vec_avx2.h, 256 bits wide (one block per register) ----
-struct I8x32 {
-  __m256i v;
-};
-struct I32Sums {
-  __m256i v;
-};
-inline I8x32 iload32(const int8_t* p) { return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))}; }
-inline I8x32 iload_q4(const uint8_t* p) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m256i w = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-  return {_mm256_sub_epi8(_mm256_and_si256(w, _mm256_set1_epi8(15)), _mm256_set1_epi8(8))};
-}
-inline I8x32 iabs(I8x32 q) { return {_mm256_abs_epi8(q.v)}; }
-// |q_i| times k_i with the sign of q_i, summed in fours: one dpbusd with AVX-512 VNNI (the
-// kernels_avx512.cpp region built with MLKV_VNNI), else maddubs then madd as in vec_avx2.h.
-inline I32Sums idot(I8x32 aq, I8x32 q, I8x32 k) {
-  const __m256i s = _mm256_sign_epi8(k.v, q.v);
-#ifdef MLKV_VNNI
-  return {_mm256_dpbusd_epi32(_mm256_setzero_si256(), aq.v, s)};
-#else
-  return {_mm256_madd_epi16(_mm256_maddubs_epi16(aq.v, s), _mm256_set1_epi16(1))};
-#endif
-}
-inline void isum8(const I32Sums* a, float* out) {
-  const __m256i t0 = _mm256_hadd_epi32(a[0].v, a[1].v), t1 = _mm256_hadd_epi32(a[2].v, a[3].v);
-  const __m256i t2 = _mm256_hadd_epi32(a[4].v, a[5].v), t3 = _mm256_hadd_epi32(a[6].v, a[7].v);
-  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-  const __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
-                                     _mm256_permute2x128_si256(u0, u1, 0x31));
-  _mm256_storeu_ps(out, _mm256_cvtepi32_ps(s));
-}
+#include "kernels/cpu/vec_i8x32.h"
 
 inline void vprefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
