@@ -451,6 +451,16 @@ def test_bench_sweep(mlkv, wd):
                           (["--kv-layers", "2"], "use --sweep-configs"),
                           (["--synthetic-context"], "always fills a synthetic context")):
         expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep with {extra[0]}")
+    # OMP_WAIT_POLICY=PASSIVE (sleeping OpenMP threads) slows decode: bench says so, and only then.
+    one = [mlkv, "bench", "--random", "tiny-neox", "--gen", "1", "--reps", "1", "--no-bandwidth", "--threads", "1"]
+    for policy, warned in (("passive", True), ("ACTIVE", False), (None, False)):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        r = run(one, env=env)
+        check(r.returncode == 0 and ("OMP_WAIT_POLICY" in r.stderr) == warned,
+              f"bench with OMP_WAIT_POLICY={policy}: {'a' if warned else 'no'} warning "
+              f"(exit {r.returncode}, stderr {r.stderr.strip()[:120]!r})")
     for extra in (["--sweep-batch", "2"], ["--sweep-out", out], ["--sweep-max-cache", "1"]):
         expect_error(mlkv, ["bench", "--random", "tiny-neox", "--gen", "1", "--reps", "1", "--no-bandwidth", *extra],
                      f"{extra[0]} applies only with --sweep", f"bench {extra[0]} without --sweep")

@@ -1,11 +1,13 @@
 // Subcommands that run a model: info, score, generate (through the public API, mlkv/model.h) and
 // bench (on the engine directly: random models, bandwidth bound).
+#include <strings.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <limits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -311,6 +313,15 @@ void warn_if_busy() {
                  "mlkv: warning: load average %.2f on %d cores before the benchmark: other work "
                  "competes for the cores and the figures will be low\n",
                  load, cores);
+  }
+  // Sleeping OpenMP workers wake up late for each of a decode step's ~100 parallel regions
+  // (measured: batch-1 decode 30% slower, docs/BENCHMARKS.md).
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  if (wait != nullptr && strcasecmp(wait, "passive") == 0) {
+    std::fprintf(stderr,
+                 "mlkv: warning: OMP_WAIT_POLICY=%s: OpenMP threads sleep between parallel regions "
+                 "and decode runs up to 30%% slower; unset it (or set ACTIVE) to benchmark\n",
+                 wait);
   }
 }
 
