@@ -19,46 +19,36 @@ bool block_finite(const float* xb) {
   return true;
 }
 
+// One block of 32 values as int8 q (|q| <= 127); returns its scale d = max|x| / 127, q =
+// round(x / d): the rule of q8_0 rows and of the query. A non-finite block gives d = NaN, q = 0; a
+// scale so small that its reciprocal overflows gives q = 0 (the values are 0 to f32 precision).
+float quantize_block_q8(const float* xb, int8_t* q) {
+  if (!block_finite(xb)) {
+    std::memset(q, 0, kQuantBlock);
+    return std::nanf("");
+  }
+  float amax = 0.0f;
+  for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
+  for (int i = 0; i < kQuantBlock; ++i) q[i] = static_cast<int8_t>(std::lround(xb[i] * id));
+  return d;
+}
+
 }  // namespace
 
 void quantize_row_q8_0(const float* x, void* dst, int64_t n) {
   auto* out = static_cast<uint8_t*>(dst);
   for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQ8_0BlockBytes) {
-    const float* xb = x + b * kQuantBlock;
-    if (!block_finite(xb)) {
-      const uint16_t nan = f32_to_f16(std::nanf(""));
-      std::memcpy(out, &nan, 2);
-      std::memset(out + 2, 0, kQuantBlock);
-      continue;
-    }
-    float amax = 0.0f;
-    for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float d = quantize_block_q8(x + b * kQuantBlock, reinterpret_cast<int8_t*>(out + 2));
     const uint16_t dh = f32_to_f16(d);
     std::memcpy(out, &dh, 2);
-    for (int i = 0; i < kQuantBlock; ++i) {
-      out[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(std::lround(xb[i] * id)));
-    }
   }
 }
 
 void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n) {
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
-    const float* xb = x + b * kQuantBlock;
-    if (!block_finite(xb)) {
-      d[b] = std::nanf("");
-      std::memset(q + b * kQuantBlock, 0, kQuantBlock);
-      continue;
-    }
-    float amax = 0.0f;
-    for (int i = 0; i < kQuantBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-    d[b] = amax / 127.0f;
-    // A scale so small that its reciprocal overflows: the values are 0 to f32 precision anyway.
-    const float id = d[b] != 0.0f && std::isfinite(1.0f / d[b]) ? 1.0f / d[b] : 0.0f;
-    for (int i = 0; i < kQuantBlock; ++i) {
-      q[b * kQuantBlock + i] = static_cast<int8_t>(std::lround(xb[i] * id));
-    }
+    d[b] = quantize_block_q8(x + b * kQuantBlock, q + b * kQuantBlock);
   }
 }
 

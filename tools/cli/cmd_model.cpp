@@ -300,7 +300,7 @@ struct BenchArgs {
   double sweep_max_cache_gib = 12;
 };
 
-// Timings on a busy machine mean little: say so when other work is running.
+// Timings on a busy machine, or with sleeping OpenMP threads, are low: say so before a benchmark.
 void warn_if_busy() {
   double load = 0;
   if (FILE* f = std::fopen("/proc/loadavg", "r")) {

@@ -30,36 +30,41 @@ struct RowBF16 {
   static V get(const char* row, int i) { return vload_bf16(reinterpret_cast<const uint16_t*>(row) + i); }
   static float get1(const char* row, int i) { return bf16_to_f32(reinterpret_cast<const uint16_t*>(row)[i]); }
 };
+// The block formats, at two levels: a block b (its scale, its 32 values as int8 for the integer
+// scores, value i as an int) and a row (the scale of the block holding value i; values [i, i +
+// kLanes) without that scale, raw, and with it, get; one value, get1).
 struct RowQ8 {  // 34-byte blocks: f16 scale, 32 int8
+  static constexpr size_t kBlockBytes = 34;
   static float scale(const char* b) { return load1(reinterpret_cast<const uint16_t*>(b)); }
-  // The scale of the block holding value i, and values [i, i + kLanes) without it.
-  static float block_scale(const char* row, int i) { return scale(row + (i / 32) * 34); }
+  static I8x32 load(const char* b) { return iload32(reinterpret_cast<const int8_t*>(b + 2)); }
+  static int value(const char* b, int i) { return reinterpret_cast<const int8_t*>(b + 2)[i]; }
+  static float block_scale(const char* row, int i) { return scale(row + (i / 32) * kBlockBytes); }
   static V raw(const char* row, int i) {
-    return vload_i8(reinterpret_cast<const int8_t*>(row + (i / 32) * 34 + 2) + i % 32);
+    return vload_i8(reinterpret_cast<const int8_t*>(row + (i / 32) * kBlockBytes + 2) + i % 32);
   }
-  static V get(const char* row, int i) {
-    const char* b = row + (i / 32) * 34;
-    return vmul(vset1(scale(b)), vload_i8(reinterpret_cast<const int8_t*>(b + 2) + i % 32));
-  }
+  static V get(const char* row, int i) { return vmul(vset1(block_scale(row, i)), raw(row, i)); }
   static float get1(const char* row, int i) {
-    const char* b = row + (i / 32) * 34;
-    return scale(b) * static_cast<float>(reinterpret_cast<const int8_t*>(b + 2)[i % 32]);
+    const char* b = row + (i / 32) * kBlockBytes;
+    return scale(b) * static_cast<float>(value(b, i % 32));
   }
 };
 struct RowQ4 {  // 18-byte blocks: f16 scale, 16 bytes of nibbles (value j low, j + 16 high)
-  static float block_scale(const char* row, int i) { return RowQ8::scale(row + (i / 32) * 18); }
-  static V raw(const char* row, int i) {
-    return vload_u4(reinterpret_cast<const uint8_t*>(row + (i / 32) * 18 + 2) + i % 16, i % 32 >= 16);
-  }
-  static V get(const char* row, int i) {
-    const char* b = row + (i / 32) * 18;
-    return vmul(vset1(RowQ8::scale(b)),
-                vload_u4(reinterpret_cast<const uint8_t*>(b + 2) + i % 16, i % 32 >= 16));
-  }
-  static float get1(const char* row, int i) {
-    const char* b = row + (i / 32) * 18;
+  static constexpr size_t kBlockBytes = 18;
+  static float scale(const char* b) { return RowQ8::scale(b); }
+  static I8x32 load(const char* b) { return iload_q4(reinterpret_cast<const uint8_t*>(b + 2)); }
+  static int value(const char* b, int i) {
     const uint8_t q = reinterpret_cast<const uint8_t*>(b + 2)[i % 16];
-    return RowQ8::scale(b) * static_cast<float>(((i % 32 >= 16 ? q >> 4 : q) & 15) - 8);
+    return ((i >= 16 ? q >> 4 : q) & 15) - 8;
+  }
+  static float block_scale(const char* row, int i) { return scale(row + (i / 32) * kBlockBytes); }
+  static V raw(const char* row, int i) {
+    return vload_u4(reinterpret_cast<const uint8_t*>(row + (i / 32) * kBlockBytes + 2) + i % 16,
+                    i % 32 >= 16);
+  }
+  static V get(const char* row, int i) { return vmul(vset1(block_scale(row, i)), raw(row, i)); }
+  static float get1(const char* row, int i) {
+    const char* b = row + (i / 32) * kBlockBytes;
+    return scale(b) * static_cast<float>(value(b, i % 32));
   }
 };
 
@@ -116,27 +121,11 @@ void attn_scores(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, 
 // integer sums of one block are reduced together (isum8), then scaled by the key blocks' f16
 // scales times the query block's scale and summed over the blocks. Every path (and the tail keys,
 // one at a time) forms the same exact integers and scales them in the same order.
-struct KeyQ8 {  // 34-byte blocks: f16 scale, 32 int8
-  static constexpr size_t kBlockBytes = 34;
-  using Row = RowQ8;
-  static I8x32 load(const char* b) { return iload32(reinterpret_cast<const int8_t*>(b + 2)); }
-  static int value(const char* b, int i) { return reinterpret_cast<const int8_t*>(b + 2)[i]; }
-};
-struct KeyQ4 {  // 18-byte blocks: f16 scale, 16 bytes of nibbles
-  static constexpr size_t kBlockBytes = 18;
-  using Row = RowQ4;
-  static I8x32 load(const char* b) { return iload_q4(reinterpret_cast<const uint8_t*>(b + 2)); }
-  static int value(const char* b, int i) {
-    const uint8_t q = reinterpret_cast<const uint8_t*>(b + 2)[i % 16];
-    return ((i >= 16 ? q >> 4 : q) & 15) - 8;
-  }
-};
-
-template <class KB>
+template <class KB>  // RowQ8 or RowQ4
 void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
                      size_t row_bytes, float scale, float* scores, int64_t lds) {
   if (!int_key_scores(DType::kQ8_0, d) || n_q > kMaxGroup) {  // larger heads: widened in registers
-    return attn_scores<typename KB::Row>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
+    return attn_scores<KB>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
   }
   const int nb = d / 32;
   alignas(64) int8_t qq[kMaxGroup * kMaxIntHeadDim], aq[kMaxGroup * kMaxIntHeadDim];
@@ -158,7 +147,7 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
       for (size_t o = 0; o < 8 * row_bytes; o += 64) vprefetch(kb + 8 * row_bytes + o);
       for (int b = 0; b < nb; ++b) {
         for (int k = 0; k < 8; ++k) {
-          ks[b][k] = load1(reinterpret_cast<const uint16_t*>(kb + k * row_bytes + b * KB::kBlockBytes));
+          ks[b][k] = KB::scale(kb + k * row_bytes + b * KB::kBlockBytes);
         }
       }
       for (int r = 0; r < n_q; ++r) {
@@ -184,8 +173,7 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
           const char* blk = kr + b * KB::kBlockBytes;
           int32_t isum = 0;
           for (int i = 0; i < 32; ++i) isum += int32_t{qq[r * d + b * 32 + i]} * KB::value(blk, i);
-          const float kscale = load1(reinterpret_cast<const uint16_t*>(blk));
-          acc += static_cast<float>(isum) * (kscale * dq[r * nb + b]);
+          acc += static_cast<float>(isum) * (KB::scale(blk) * dq[r * nb + b]);
         }
         scores[r * lds + off + j0] = acc * scale;
       }

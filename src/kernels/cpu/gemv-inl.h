@@ -107,13 +107,14 @@ inline void gemv_slice(const float* x, int64_t K, const float* const* w, int64_t
 }
 
 // out[t * 4 + j] = x_t . w_j over columns [0, kv) (kv a multiple of kLanes), for T > kGemvTile
-// token rows: rows(k0, n, buf, w, pf) points w[0..4) at the four weight rows' columns [k0, k0 + n)
+// token rows (the caller adds columns [kv, K)): rows(k0, n, buf, w, pf) points w[0..4) at the four weight rows' columns [k0, k0 + n)
 // as f32 (widened into buf when they are not f32, prefetching the next block's meanwhile), and
 // returns true with pf[0..4) set when the first tile should prefetch those instead (f32 rows, used
 // in place: the prefetches spread over the tile's loop rather than issued all at once).
 template <class Rows>
-inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, V (*acc)[4], Rows rows) {
+inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, float* out, Rows rows) {
   alignas(64) float buf[4 * kGemvSliceCols];
+  V acc[kMaxGemvRows][4];
   for (int t = 0; t < T; ++t) {
     for (int j = 0; j < 4; ++j) acc[t][j] = vzero();
   }
@@ -133,14 +134,16 @@ inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, V (*acc)[
     }
     if (t < T) gemv_slice<1>(x + t * K + k0, K, w, n, acc + t, first);
   }
+  for (int t = 0; t < T; ++t) {
+    for (int j = 0; j < 4; ++j) out[t * 4 + j] = vsum(acc[t][j]);
+  }
 }
 
 template <typename W>
 void gemv4_sliced_fmt(const float* x, const W* w, int T, int64_t K, float* out) {
   const W* wr[4] = {w, w + K, w + 2 * K, w + 3 * K};
   const int64_t kv = K / kLanes * kLanes;
-  V acc[kMaxGemvRows][4];
-  gemv4_sliced(x, T, K, kv, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float** pf) {
+  gemv4_sliced(x, T, K, kv, out, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float** pf) {
     for (int j = 0; j < 4; ++j) {
       if constexpr (std::is_same_v<W, float>) {
         wf[j] = wr[j] + k0;
@@ -157,9 +160,7 @@ void gemv4_sliced_fmt(const float* x, const W* w, int T, int64_t K, float* out) 
   });
   for (int t = 0; t < T; ++t) {
     for (int j = 0; j < 4; ++j) {
-      float v = vsum(acc[t][j]);
-      for (int64_t kk = kv; kk < K; ++kk) v += load1(wr[j] + kk) * x[t * K + kk];
-      out[t * 4 + j] = v;
+      for (int64_t kk = kv; kk < K; ++kk) out[t * 4 + j] += load1(wr[j] + kk) * x[t * K + kk];
     }
   }
 }
@@ -246,8 +247,7 @@ void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
   if (T > kGemvTile) {  // sliced along K (gemv4_sliced), each slice of blocks widened once
     const size_t row_bytes = static_cast<size_t>(K / 32) * kQ8Block;
     const char* wr[4] = {w, w + row_bytes, w + 2 * row_bytes, w + 3 * row_bytes};
-    V acc[kMaxGemvRows][4];
-    gemv4_sliced(x, T, K, K, acc, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float**) {
+    gemv4_sliced(x, T, K, K, out, [&](int64_t k0, int64_t n, float* buf, const float** wf, const float**) {
       for (int j = 0; j < 4; ++j) {
         float* dst = buf + j * kGemvSliceCols;
         for (int64_t c = 0; c < n; c += 32) {
@@ -261,9 +261,6 @@ void gemv4_q8(const float* x, const void* wv, int T, int64_t K, float* out) {
       }
       return false;
     });
-    for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < 4; ++j) out[t * 4 + j] = vsum(acc[t][j]);
-    }
     return;
   }
   gemv_tiles(x, T, K, out, [&](auto nx, const float* xt, float* o, bool first) {

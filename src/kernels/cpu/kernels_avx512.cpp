@@ -44,8 +44,8 @@ namespace {
 #undef MLKV_VNNI
 }  // namespace
 void use_vnni(Kernels& k) {
-  k.attn_scores[3] = &attn_scores_int<KeyQ8>;
-  k.attn_scores[4] = &attn_scores_int<KeyQ4>;
+  k.attn_scores[3] = &attn_scores_int<RowQ8>;
+  k.attn_scores[4] = &attn_scores_int<RowQ4>;
 }
 }  // namespace mlkv::ops::cpu::avx512_vnni
 MLKV_TARGET_END

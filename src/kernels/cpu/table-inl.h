@@ -15,8 +15,8 @@ Kernels make_table(Isa isa) {
   k.attn_scores[0] = &attn_scores<RowF32>;
   k.attn_scores[1] = &attn_scores<RowF16>;
   k.attn_scores[2] = &attn_scores<RowBF16>;
-  k.attn_scores[3] = &attn_scores_int<KeyQ8>;
-  k.attn_scores[4] = &attn_scores_int<KeyQ4>;
+  k.attn_scores[3] = &attn_scores_int<RowQ8>;
+  k.attn_scores[4] = &attn_scores_int<RowQ4>;
   k.attn_values[0] = &attn_values<RowF32>;
   k.attn_values[1] = &attn_values<RowF16>;
   k.attn_values[2] = &attn_values<RowBF16>;
