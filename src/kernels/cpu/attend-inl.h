@@ -115,8 +115,8 @@ void attn_scores(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, 
 }
 
 // ---- scores over q8_0 / q4_0 keys by integer dot products ----
-// The query rows are quantized once per call, per block of 32 (quantize_query_q8: int8, f32
-// scale), so that each key block's dot product is an exact int32 (idot: maddubs/madd, or one
+// The query rows are quantized once per call, per block of 32 (iquantize32, quantize_query_q8's
+// rule: int8, f32 scale), so that each key block's dot product is an exact int32 (idot: maddubs/madd, or one
 // dpbusd with AVX-512 VNNI), as llama.cpp's quantized vec_dot does. 8 keys go at a time: their 8
 // integer sums of one block are reduced together (isum8), then scaled by the key blocks' f16
 // scales times the query block's scale and summed over the blocks. Every path (and the tail keys,
@@ -131,7 +131,7 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
   alignas(64) int8_t qq[kMaxGroup * kMaxIntHeadDim], aq[kMaxGroup * kMaxIntHeadDim];
   float dq[kMaxGroup * (kMaxIntHeadDim / 32)];
   for (int r = 0; r < n_q; ++r) {
-    quantize_query_q8(q + int64_t{r} * ldq, qq + r * d, dq + r * nb, d);
+    for (int b = 0; b < nb; ++b) dq[r * nb + b] = iquantize32(q + int64_t{r} * ldq + b * 32, qq + r * d + b * 32);
     for (int b = 0; b < nb; ++b) {
       const I8x32 a = iabs(iload32(qq + r * d + b * 32));
       std::memcpy(aq + r * d + b * 32, &a, 32);

@@ -77,7 +77,7 @@ const float* round_query_rows(const float* q, int ldq, int n, int d, Scratch& s)
   s.qi.resize(static_cast<size_t>(d));
   s.qscale.resize(static_cast<size_t>(d / kQuantBlock));
   for (int t = 0; t < n; ++t) {
-    quantize_query_q8(q + int64_t{t} * ldq, s.qi.data(), s.qscale.data(), d);
+    cpu::kernels().quantize_q8(q + int64_t{t} * ldq, s.qi.data(), s.qscale.data(), d);
     for (int i = 0; i < d; ++i) {
       out[int64_t{t} * d + i] = s.qscale[static_cast<size_t>(i / kQuantBlock)] * s.qi[static_cast<size_t>(i)];
     }

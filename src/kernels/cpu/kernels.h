@@ -33,6 +33,17 @@ struct Kernels {
   // out[t * 4 + j] for j < rows < 4 (the last, partial block of a matrix).
   void (*gemv_tail[kNumWeightFormats])(const float* x, const void* w, int rows, int T, int64_t K,
                                        float* out);
+  // q8_0 weights against token rows rounded to q8 blocks (gemv_int-inl.h), T <= kMaxGemvRows:
+  // xq [T, K] int8 and xd [T, K / 32] f32 scales as quantize_q8 writes them; out[t * 4 + j] =
+  // sum over blocks b of d_w[j, b] xd[t, b] (q_w[j, b] . xq[t, b]), each block's sum an exact
+  // integer (linear.cpp uses it for T <= kMaxGemvIntRows).
+  void (*gemv4_q8_int)(const int8_t* xq, const float* xd, const void* w, int T, int64_t K,
+                       float* out);
+  void (*gemv_tail_q8_int)(const int8_t* xq, const float* xd, const void* w, int rows, int T,
+                           int64_t K, float* out);
+  // x[0, n) (n a multiple of 32) as quantize_query_q8 (core/quant.h) rounds it: q[n] int8 and
+  // d[n / 32] block scales; the same numbers as the definition, bit for bit.
+  void (*quantize_q8)(const float* x, int8_t* q, float* d, int64_t n);
 
   // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
   // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d
@@ -102,6 +113,9 @@ inline bool int_key_scores(DType k_dtype, int head_dim) {
 // T above this uses sgemm rather than the streaming GEMV (sgemm packs the weights on every call;
 // measured, it only wins beyond 32 rows).
 inline constexpr int kMaxGemvRows = 32;
+// q8_0 weights multiply activations rounded to q8 blocks on every path (linear.cpp); at most this
+// many token rows take the integer GEMV (gemv4_q8_int), more the f32 one over the rounded rows.
+inline constexpr int kMaxGemvIntRows = 4;
 // Most query rows one attend call takes.
 inline constexpr int kMaxGroup = 64;
 

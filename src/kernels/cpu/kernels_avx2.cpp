@@ -20,6 +20,7 @@ namespace {
 #include "kernels/cpu/elementwise-inl.h"
 #include "kernels/cpu/attend-inl.h"
 #include "kernels/cpu/gemv-inl.h"
+#include "kernels/cpu/gemv_int-inl.h"
 #include "kernels/cpu/norm-inl.h"
 #include "kernels/cpu/table-inl.h"
 }  // namespace

@@ -26,14 +26,15 @@ namespace {
 #include "kernels/cpu/elementwise-inl.h"
 #include "kernels/cpu/attend-inl.h"
 #include "kernels/cpu/gemv-inl.h"
+#include "kernels/cpu/gemv_int-inl.h"
 #include "kernels/cpu/norm-inl.h"
 #include "kernels/cpu/table-inl.h"
 }  // namespace
 }  // namespace mlkv::ops::cpu::avx512
 MLKV_TARGET_END
 
-// The integer attention scores again with AVX-512 VNNI (dpbusd: one instruction per block of
-// 32 products where maddubs + madd take two), used when the CPU has it (Ice Lake, Zen 4 and
+// The integer attention scores and q8_0 GEMV again with AVX-512 VNNI (dpbusd: one instruction per
+// block of 32 products where maddubs + madd take two), used when the CPU has it (Ice Lake, Zen 4 and
 // later; not Skylake-X).
 MLKV_TARGET_BEGIN(MLKV_TARGET_AVX512 ",avx512vnni")
 namespace mlkv::ops::cpu::avx512_vnni {
@@ -41,11 +42,15 @@ namespace {
 #define MLKV_VNNI 1
 #include "kernels/cpu/vec_avx512.h"
 #include "kernels/cpu/attend-inl.h"
+#include "kernels/cpu/gemv_int-inl.h"
 #undef MLKV_VNNI
 }  // namespace
 void use_vnni(Kernels& k) {
   k.attn_scores[3] = &attn_scores_int<RowQ8>;
   k.attn_scores[4] = &attn_scores_int<RowQ4>;
+  k.gemv4_q8_int = &gemv4_q8_int;
+  k.gemv_tail_q8_int = &gemv_tail_q8_int;
+  k.quantize_q8 = &quantize_q8;  // no dpbusd in it: the same code as the base table's
 }
 }  // namespace mlkv::ops::cpu::avx512_vnni
 MLKV_TARGET_END

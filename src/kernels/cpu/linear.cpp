@@ -4,7 +4,9 @@
 // streams its own part of w (f32, f16, bf16 or q8_0 rows, widened in registers). Larger n is
 // compute-bound and goes to BLAS sgemm. Low-precision weights at large n are widened block by
 // block into per-thread scratch and multiplied by sgemm inside the parallel loop (widening costs
-// N K operations against the 2 n N K of the product).
+// N K operations against the 2 n N K of the product). q8_0 weights multiply activations rounded
+// to q8 blocks on every path: by integer block products for up to kMaxGemvIntRows token rows
+// (gemv_int-inl.h), else the paths above over the rounded rows.
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/quant.h"
 #include "core/tensor.h"
 #include "kernels/blas/blas.h"
 #include "kernels/cpu/kernels.h"
@@ -25,22 +28,17 @@ namespace {
 constexpr int kColBlock = 64;           // columns per work item in column reductions
 constexpr int64_t kElemParallel = 32768;  // fewer elements than this: one thread
 
-// w: N rows of row_bytes in weight format fmt (kernels.h's index).
-void matmul_streaming(const float* x, const char* w, size_t row_bytes, int fmt, const float* b,
-                      float* y, int T, int K, int N, bool accumulate) {
-  const cpu::Kernels& k = cpu::kernels();
+// y[t, n0 + j] (+)= r[t * 4 + j] (+ b[n0 + j]) for the blocks of 4 weight rows, split across
+// threads: rows4(n0, rows, r) fills r (rows <= 4 weight rows from n0, against the T token rows).
+template <class Rows4>
+void matmul_blocks(const float* b, float* y, int T, int N, bool accumulate, Rows4 rows4) {
   const int n_blocks = (N + 3) / 4;
 #pragma omp parallel for schedule(static)
   for (int blk = 0; blk < n_blocks; ++blk) {
     const int n0 = blk * 4;
     const int rows = std::min(4, N - n0);
     float r[cpu::kMaxGemvRows * 4];  // r[t * 4 + j]: weight row n0 + j against x row t
-    const char* wb = w + static_cast<size_t>(n0) * row_bytes;
-    if (rows == 4) {
-      k.gemv4[fmt](x, wb, T, K, r);
-    } else {
-      k.gemv_tail[fmt](x, wb, rows, T, K, r);
-    }
+    rows4(n0, rows, r);
     for (int t = 0; t < T; ++t) {
       float* dst = y + int64_t{t} * N + n0;
       for (int j = 0; j < rows; ++j) {
@@ -49,6 +47,20 @@ void matmul_streaming(const float* x, const char* w, size_t row_bytes, int fmt, 
       }
     }
   }
+}
+
+// w: N rows of row_bytes in weight format fmt (kernels.h's index).
+void matmul_streaming(const float* x, const char* w, size_t row_bytes, int fmt, const float* b,
+                      float* y, int T, int K, int N, bool accumulate) {
+  const cpu::Kernels& k = cpu::kernels();
+  matmul_blocks(b, y, T, N, accumulate, [&](int n0, int rows, float* r) {
+    const char* wb = w + static_cast<size_t>(n0) * row_bytes;
+    if (rows == 4) {
+      k.gemv4[fmt](x, wb, T, K, r);
+    } else {
+      k.gemv_tail[fmt](x, wb, rows, T, K, r);
+    }
+  });
 }
 
 // Low-precision weights at large n: blocks of 128 rows widened to f32 in per-thread scratch and
@@ -129,6 +141,40 @@ void linear_forward_lowp(const float* x, const void* w, DType wt, const float* b
   const int fmt = cpu::kv_format_index(wt);
   const size_t row_bytes = dtype_row_bytes(wt, K);
   const char* wb = static_cast<const char*>(w);
+  if (wt == DType::kQ8_0) {
+    // The activations rounded to q8 blocks (quantize_query_q8's rule, as llama.cpp pairs q8_0
+    // weights with q8_0 activations): integer block products for a few token rows, the f32
+    // paths over the rounded values for more, so every path computes the same function.
+    const cpu::Kernels& k = cpu::kernels();
+    const int64_t nb = K / kQuantBlock;
+    // Per calling thread (a server may run models on several); the parallel regions below see
+    // the buffers through plain pointers, not the worker threads' own thread_local copies.
+    thread_local std::vector<int8_t> xq_buf;
+    thread_local std::vector<float> xd_buf, xr_buf;
+    xq_buf.resize(size_t(n) * K);
+    xd_buf.resize(size_t(n) * nb);
+    int8_t* xq = xq_buf.data();
+    float* xd = xd_buf.data();
+    const bool par = int64_t{n} * K > kElemParallel;
+#pragma omp parallel for schedule(static) if (par)
+    for (int t = 0; t < n; ++t) k.quantize_q8(x + int64_t{t} * K, xq + int64_t{t} * K, xd + t * nb, K);
+    if (n <= cpu::kMaxGemvIntRows) {
+      matmul_blocks(b, y, n, N, accumulate, [&](int n0, int rows, float* r) {
+        const char* w4 = wb + static_cast<size_t>(n0) * row_bytes;
+        if (rows == 4) {
+          k.gemv4_q8_int(xq, xd, w4, n, K, r);
+        } else {
+          k.gemv_tail_q8_int(xq, xd, w4, rows, n, K, r);
+        }
+      });
+      return;
+    }
+    xr_buf.resize(size_t(n) * K);
+    float* xr = xr_buf.data();
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t i = 0; i < int64_t{n} * K; ++i) xr[i] = xd[i / kQuantBlock] * xq[i];
+    x = xr;
+  }
   if (n <= cpu::kMaxGemvRows) {
     matmul_streaming(x, wb, row_bytes, fmt, b, y, n, K, N, accumulate);
   } else {

@@ -12,6 +12,9 @@ Kernels make_table(Isa isa) {
   k.gemv_tail[1] = &gemv_tail_fmt<uint16_t>;
   k.gemv_tail[2] = &gemv_tail_fmt<Bf16>;
   k.gemv_tail[3] = &gemv_tail_q8;
+  k.gemv4_q8_int = &gemv4_q8_int;
+  k.gemv_tail_q8_int = &gemv_tail_q8_int;
+  k.quantize_q8 = &quantize_q8;
   k.attn_scores[0] = &attn_scores<RowF32>;
   k.attn_scores[1] = &attn_scores<RowF16>;
   k.attn_scores[2] = &attn_scores<RowBF16>;

@@ -38,3 +38,63 @@ inline void isum8(const I32Sums* a, float* out) {
                                      _mm256_permute2x128_si256(u0, u1, 0x31));
   _mm256_storeu_ps(out, _mm256_cvtepi32_ps(s));
 }
+
+// ---- quantizing a block of 32 floats, and f32 sums of blocks (the q8_0 x q8_0 GEMV) ----
+
+// quantize_query_q8's rule (core/quant.h) for one block x[0, 32): q = round(x / d) (half away from
+// zero, as std::lround), d = max|x| / 127 returned; a block holding a NaN or an infinity gives
+// q = 0 and d = NaN. The same IEEE operations in the same order as the definition, so the results
+// are identical: |x|'s maximum, d = amax / 127, id = 1 / d (0 when d = 0 or 1 / d overflows),
+// v = x id, then round(v) = trunc(v) + sign(v) where |v - trunc(v)| >= 0.5 (exact: the fraction of
+// a float below 2^23 is a float).
+inline float iquantize32(const float* x, int8_t* q) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4], amax = _mm256_setzero_ps();
+  int finite = 0xFF;
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 a = _mm256_andnot_ps(sign, v[i]);
+    finite &= _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(__builtin_inff()), _CMP_LT_OQ));
+    amax = _mm256_max_ps(amax, a);
+  }
+  if (finite != 0xFF) {
+    std::memset(q, 0, 32);
+    return __builtin_nanf("");
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  const float d = _mm_cvtss_f32(m) / 127.0f;
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  const __m256 id = _mm256_set1_ps(inv != __builtin_inff() ? inv : 0.0f);
+  __m256i r[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m256 s = _mm256_mul_ps(v[i], id);
+    const __m256 t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_andnot_ps(sign, _mm256_sub_ps(s, t));
+    const __m256 step = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, s));  // +-1
+    const __m256 up = _mm256_and_ps(_mm256_cmp_ps(f, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step);
+    r[i] = _mm256_cvttps_epi32(_mm256_add_ps(t, up));
+  }
+  // int32 -> int8 (|r| <= 127, no saturation): the packs interleave 128-bit lanes, the permute
+  // puts the 8 groups of four back in order.
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                      _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return d;
+}
+
+struct F32x8 {  // 8 partial f32 sums
+  __m256 v;
+};
+inline F32x8 fzero8() { return {_mm256_setzero_ps()}; }
+// acc + s scale, lane by lane: the partial sums of one block's integer products (exact in f32,
+// |s| < 2^24) times the block's scale.
+inline F32x8 ifma(I32Sums s, float scale, F32x8 acc) {
+  return {_mm256_fmadd_ps(_mm256_cvtepi32_ps(s.v), _mm256_set1_ps(scale), acc.v)};
+}
+inline float fsum8(F32x8 a) {
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+}

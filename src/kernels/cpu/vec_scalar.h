@@ -105,5 +105,16 @@ inline I32Sums idot(I8x32 aq, I8x32 q, I8x32 k) {
 inline void isum8(const I32Sums* a, float* out) {
   for (int k = 0; k < 8; ++k) out[k] = static_cast<float>(a[k].s);
 }
+inline float iquantize32(const float* x, int8_t* q) {
+  float d;
+  quantize_query_q8(x, q, &d, 32);
+  return d;
+}
+struct F32x8 {
+  float s;
+};
+inline F32x8 fzero8() { return {0.0f}; }
+inline F32x8 ifma(I32Sums s, float scale, F32x8 acc) { return {std::fma(static_cast<float>(s.s), scale, acc.s)}; }
+inline float fsum8(F32x8 a) { return a.s; }
 
 inline void vprefetch(const void* p) { __builtin_prefetch(p); }

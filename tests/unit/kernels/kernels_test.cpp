@@ -100,13 +100,24 @@ class Kernels : public ::testing::TestWithParam<Isa> {
 // odd K exercise the column tails. Low-precision weights are checked against the f32
 // reference over the same stored values widened (exact in f32: f16 and bf16 are subsets of f32,
 // and a q8_0 value d q has at most 11 + 7 significant bits), so every format meets the f32 bound.
+// q8_0 weights multiply the activations as quantize_query_q8 rounds them (integer block products
+// for T <= kMaxGemvIntRows, the f32 paths over the rounded rows beyond): the reference takes the
+// rounded x.
 TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   const std::vector<std::pair<int, int>> shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}};
   const std::vector<std::pair<int, int>> q8_shapes = {{32, 13}, {64, 96}, {256, 7}, {96, 201}, {160, 9}};
-  for (int T : {1, 2, 3, 5, 8, 9, 15, 32, 33, 40}) {
+  for (int T : {1, 2, 3, 4, 5, 8, 9, 15, 32, 33, 40}) {
     for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) {
       for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : shapes) {
-        const auto x = randn(size_t(T) * K, 1 + T), w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+        auto x = randn(size_t(T) * K, 1 + T);
+        const auto w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
+        std::vector<float> x_in = x;  // what the layer is given; x: what it multiplies
+        if (wt == DType::kQ8_0) {
+          std::vector<int8_t> q(x.size());
+          std::vector<float> d(x.size() / 32);
+          quantize_query_q8(x.data(), q.data(), d.data(), int64_t(x.size()));
+          for (size_t i = 0; i < x.size(); ++i) x[i] = d[i / 32] * q[i];  // one f32 rounding: in the bound
+        }
         // The stored weights and the f32 values they hold.
         const Tensor wf = [&] {
           Tensor t({N, K});
@@ -124,8 +135,8 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
           linear_forward<float>(x.data(), w.data(), b.data(), got.data(), T, K, N);
           linear_forward<float>(x.data(), w.data(), nullptr, acc.data(), T, K, N, true);
         } else {
-          linear_forward_lowp(x.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
-          linear_forward_lowp(x.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
+          linear_forward_lowp(x_in.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
+          linear_forward_lowp(x_in.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
         }
         // |error| <= 2 K eps sum_k |x_k w_k| (+ the bias or accumulator it is added to).
         auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
@@ -141,6 +152,50 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
       }
     }
   }
+}
+
+// The kernels' activation quantizer is quantize_query_q8 bit for bit (the scales' bits and every
+// int8): random blocks over 24 binades, values that land exactly halfway between two steps
+// (rounded away from zero, as std::lround), all-zero blocks, blocks so small that 1 / d
+// overflows (q = 0), and blocks holding a NaN or an infinity (d = NaN, q = 0).
+TEST_P(Kernels, QuantizeQ8MatchesDefinition) {
+  std::vector<float> x;
+  std::mt19937 g(7);
+  std::normal_distribution<float> nd;
+  for (int b = 0; b < 200; ++b) {
+    const float scale = std::ldexp(1.0f, b % 24 - 12);
+    for (int i = 0; i < 32; ++i) x.push_back(nd(g) * scale);
+  }
+  // Halves: the largest value 127 makes d = 1 and id = 1, so x / d is x itself: 0.5, -0.5, 1.5,
+  // -1.5, ..., 15.5, -15.5, then 2.5 + 2^-20 (just above a half).
+  x.push_back(127.0f);
+  for (int i = 0; i < 30; ++i) x.push_back((i % 2 ? -1.0f : 1.0f) * (0.5f + float(i / 2)));
+  x.push_back(2.5f + std::ldexp(1.0f, -20));
+  for (int i = 0; i < 32; ++i) x.push_back(0.0f);
+  for (int i = 0; i < 32; ++i) x.push_back(i % 2 ? 1e-44f : -3e-45f);  // d subnormal: 1 / d = inf
+  for (int i = 0; i < 32; ++i) x.push_back(i == 5 ? 3.0e38f : -1.0f);  // the largest finite values
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    for (int i = 0; i < 32; ++i) x.push_back(i == 17 ? bad : 1.0f);
+  }
+  const int64_t n = int64_t(x.size());
+  std::vector<int8_t> qr(x.size()), qk(x.size(), 99);
+  std::vector<float> dr(x.size() / 32), dk(x.size() / 32, -1.0f);
+  quantize_query_q8(x.data(), qr.data(), dr.data(), n);
+  cpu::kernels().quantize_q8(x.data(), qk.data(), dk.data(), n);
+  for (size_t b = 0; b < dr.size(); ++b) {
+    const bool both_nan = std::isnan(dr[b]) && std::isnan(dk[b]);
+    EXPECT_TRUE(both_nan || std::memcmp(&dr[b], &dk[b], 4) == 0) << "block " << b << ": d " << dk[b] << " vs " << dr[b];
+    for (int i = 0; i < 32; ++i) {
+      ASSERT_EQ(int(qk[b * 32 + i]), int(qr[b * 32 + i])) << "block " << b << " value " << i << " x " << x[b * 32 + i];
+    }
+  }
+  // The halves went away from zero (the rule, not the SIMD unit's ties-to-even).
+  const int8_t* halves = qk.data() + 200 * 32;
+  EXPECT_EQ(int(halves[1]), 1);    // 0.5
+  EXPECT_EQ(int(halves[2]), -1);   // -0.5
+  EXPECT_EQ(int(halves[5]), 3);    // 2.5
+  EXPECT_EQ(int(halves[6]), -3);   // -2.5
+  EXPECT_EQ(int(halves[31]), 3);   // 2.5 + 2^-20
 }
 
 // The formats the CPU linear layer does not take, and q8_0 rows that are not whole blocks, are
@@ -523,8 +578,8 @@ TEST_P(Kernels, QuantizedKeysKeepNaN) {
   }
 }
 
-// AVX-512 scores over q8_0 / q4_0 keys with VNNI (dpbusd) and without (maddubs + madd) form the
-// same integers and scale them in the same order: equal results.
+// AVX-512 scores over q8_0 / q4_0 keys, and the q8_0 GEMV, with VNNI (dpbusd) and without
+// (maddubs + madd) form the same integers and scale them in the same order: equal results.
 TEST(KernelsInt, VnniAndMaddubsAgree) {
   if (!cpu::cpu_supports(cpu::Isa::kAvx512) || !__builtin_cpu_supports("avx512vnni")) {
     GTEST_SKIP() << "this CPU has no AVX-512 VNNI: only one of the two paths can run";
@@ -545,6 +600,25 @@ TEST(KernelsInt, VnniAndMaddubsAgree) {
       for (size_t i = 0; i < a.size(); ++i) {
         ASSERT_EQ(a[i], b[i]) << dtype_name(kt) << " d=" << d << " score " << i;
       }
+    }
+  }
+  // The q8_0 x q8 GEMV: 4 weight rows and a tail of 3, against 1 to 5 token rows.
+  ASSERT_NE(vnni.gemv4_q8_int, base.gemv4_q8_int) << "the VNNI GEMV is not installed";
+  for (int T : {1, 2, 3, 4, 5}) {
+    const int K = 160;
+    const auto x = randn(size_t(T) * K, 20 + T), w = randn(size_t(4) * K, 21);
+    std::vector<int8_t> xq(x.size());
+    std::vector<float> xd(x.size() / 32);
+    quantize_query_q8(x.data(), xq.data(), xd.data(), int64_t(x.size()));
+    const Encoded we = encode_rows(w, K, DType::kQ8_0);
+    float a[4 * 5], b[4 * 5];
+    vnni.gemv4_q8_int(xq.data(), xd.data(), we.bytes.data(), T, K, a);
+    base.gemv4_q8_int(xq.data(), xd.data(), we.bytes.data(), T, K, b);
+    for (int i = 0; i < 4 * T; ++i) ASSERT_EQ(a[i], b[i]) << "gemv T=" << T << " output " << i;
+    vnni.gemv_tail_q8_int(xq.data(), xd.data(), we.bytes.data(), 3, T, K, a);
+    base.gemv_tail_q8_int(xq.data(), xd.data(), we.bytes.data(), 3, T, K, b);
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < 3; ++j) ASSERT_EQ(a[t * 4 + j], b[t * 4 + j]) << "tail T=" << T << " " << t << "," << j;
     }
   }
 }

@@ -350,9 +350,12 @@ TEST(ModelErrors, BadBatches) {
 namespace mlkv {
 namespace {
 
-// f16, bf16 and q8_0 weights: identical (up to f32 summation order) to an f32 model whose weights
-// were rounded to the format first (Tensor::to and back, core/quant.h's rule for q8_0), on both
-// the streaming (decode) and the widened (prefill) matmul paths, full and cached.
+// f16 and bf16 weights: identical (up to f32 summation order) to an f32 model whose weights were
+// rounded to the format first (Tensor::to and back), on both the streaming (decode) and the
+// widened (prefill) matmul paths, full and cached. q8_0 weights (core/quant.h's rule) also round
+// the activations they multiply to q8 blocks (exact against a reference in the kernel test
+// LinearForwardEveryWeightFormat): full (the f32 sgemm over the rounded rows) == cached (integer
+// block products), and near the f32 model over the rounded weights by the activations' rounding.
 TEST(WeightsLowPrecision, MatchesF32ModelWithRoundedWeights) {
   for (WeightType wt : {WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
     const DType dt = wt == WeightType::kF16 ? DType::kF16 : wt == WeightType::kBF16 ? DType::kBF16 : DType::kQ8_0;
@@ -379,8 +382,11 @@ TEST(WeightsLowPrecision, MatchesF32ModelWithRoundedWeights) {
         rounded.tok_embd = w.tok_embd;
       }
       Model ref(LoadedModel{rc, rounded});
-      EXPECT_LT(max_abs_diff(a, score_tokens(ref, toks, false)), 2e-5);
-      EXPECT_LT(max_abs_diff(a_cached, score_tokens(ref, toks, true)), 2e-5);
+      // Activations rounded to 1/254 of their block's largest value move this random model's
+      // log-probs (logits of tens) by up to ~0.25 (measured 0.09 and 0.24).
+      const double tol = dt == DType::kQ8_0 ? 0.5 : 2e-5;
+      EXPECT_LT(max_abs_diff(a, score_tokens(ref, toks, false)), tol);
+      EXPECT_LT(max_abs_diff(a_cached, score_tokens(ref, toks, true)), tol);
       // Bytes a decode step streams: 2 of 4 bytes per value for f16/bf16, 34 of 128 for q8_0
       // (plus the f32 norms and biases).
       if (c.tied_embeddings) continue;  // the f32 model streams an untied output matrix
