@@ -52,6 +52,23 @@ void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n) {
   }
 }
 
+void hadamard32(float* x, int64_t n) {
+  const float norm = 0.17677669529663687f;  // 1 / sqrt(32)
+  for (int64_t b = 0; b < n / kQuantBlock; ++b) {
+    float* v = x + b * kQuantBlock;
+    for (int h = 1; h < kQuantBlock; h *= 2) {
+      for (int i = 0; i < kQuantBlock; i += 2 * h) {
+        for (int j = i; j < i + h; ++j) {
+          const float a = v[j], c = v[j + h];
+          v[j] = a + c;
+          v[j + h] = a - c;
+        }
+      }
+    }
+    for (int i = 0; i < kQuantBlock; ++i) v[i] *= norm;
+  }
+}
+
 void dequantize_row_q8_0(const void* src, float* y, int64_t n) {
   const auto* in = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQuantBlock; ++b, in += kQ8_0BlockBytes) {

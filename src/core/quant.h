@@ -33,4 +33,11 @@ void dequantize_row_q4_0(const void* src, float* y, int64_t n);
 // NaN or an infinity gets d = NaN and q = 0, so that the scores it enters are NaN.
 void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n);
 
+// x <- H x for each block of 32 of x[0, n) (n a multiple of 32), H the 32 x 32 Walsh-Hadamard
+// matrix (Sylvester's construction) over sqrt(32): orthogonal and symmetric, so its own inverse and
+// (H a) . (H b) = a . b. Keys rotated so before quantizing (--cache-type-k q4_0+hadamard) spread
+// an outlier's magnitude over their block (QuaRot, Ashkboos et al. 2024, reports 4-bit KV nearly
+// lossless with it); the query is rotated the same way at attention. 5 butterfly stages per block.
+void hadamard32(float* x, int64_t n);
+
 }  // namespace mlkv

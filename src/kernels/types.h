@@ -77,6 +77,9 @@ struct KvSlotView {
   // Keys are stored after rotary (true), or before it (pre sharing: consumers read them raw; a
   // reader that needs them rotated rotates a copy).
   bool keys_rotated = true;
+  // Keys stored as hadamard32 (core/quant.h) of the above, per block of 32 (q8_0 / q4_0 keys,
+  // CPU): a reader multiplies them by the query rotated the same way, or rotates them back.
+  bool k_hadamard = false;
 
   // Row index of (seq, pos) within a head's region.
   size_t row(int seq, int pos) const {

@@ -34,7 +34,7 @@ int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCa
 KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type, Device device,
                  int block_size, int n_blocks)
     : layout_(layout), n_seq_(n_seq), n_ctx_(n_ctx), k_codec_(&kv_codec(type.k)),
-      v_codec_(&kv_codec(type.v)) {
+      v_codec_(&kv_codec(type.v)), k_hadamard_(type.k_hadamard) {
   type.check_fits(layout.head_dim);
   MLKV_REQUIRE(n_seq > 0, "KV cache: number of sequences must be positive (got ", n_seq, ")");
   MLKV_REQUIRE(n_ctx > 0, "KV cache: context length must be positive (got ", n_ctx, ")");
@@ -78,6 +78,7 @@ ops::KvSlotView KVCache::view(int slot) const {
   v.v = base + static_cast<size_t>(layout_.n_head_kv) * k_head_stride_;
   v.block_tables = block_tables_.data();
   v.keys_rotated = slot_keys_rotated(slot);
+  v.k_hadamard = k_hadamard_;
   return v;
 }
 

@@ -57,7 +57,7 @@ class KVCache {
   int n_ctx() const { return n_ctx_; }
   int n_slots() const { return layout_.n_slots(); }
   int block_size() const { return block_size_; }
-  KvCacheType type() const { return {k_codec_->dtype, v_codec_->dtype}; }
+  KvCacheType type() const { return {k_codec_->dtype, v_codec_->dtype, k_hadamard_}; }
   Device device() const { return storage_.device(); }
 
   // Owner slot holding the K/V that layer il attends with.
@@ -96,6 +96,7 @@ class KVCache {
   int n_seq_, n_ctx_, block_size_, blocks_per_seq_, n_blocks_;
   const KvCodec* k_codec_;
   const KvCodec* v_codec_;
+  bool k_hadamard_ = false;  // keys stored rotated (KvCacheType::k_hadamard)
   size_t k_row_bytes_, v_row_bytes_, k_head_stride_, v_head_stride_, slot_stride_;  // bytes
   Tensor storage_;  // U8 [n_slots][K, V][n_head_kv][n_blocks][block_size][row_bytes]
   // Sequences.

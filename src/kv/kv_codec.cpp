@@ -1,10 +1,13 @@
 #include "kv/kv_codec.h"
 
+#include <utility>
+
 #include "core/check.h"
 
 namespace mlkv {
 
 namespace {
+constexpr const char* kHadamardSuffix = "+hadamard";
 const KvCodec kCodecs[] = {{DType::kF32, "f32"},
                            {DType::kF16, "f16"},
                            {DType::kBF16, "bf16"},
@@ -29,8 +32,9 @@ const KvCodec& kv_codec(const std::string& name) {
 }
 
 std::string KvCacheType::name() const {
-  if (k == v) return kv_codec(k).name;
-  return std::string("k ") + kv_codec(k).name + " / v " + kv_codec(v).name;
+  if (k == v && !k_hadamard) return kv_codec(k).name;
+  return std::string("k ") + kv_codec(k).name + (k_hadamard ? kHadamardSuffix : "") + " / v " +
+         kv_codec(v).name;
 }
 
 void KvCacheType::check_fits(int head_dim) const {
@@ -48,16 +52,41 @@ size_t KvCacheType::pair_bytes(int head_dim) const {
   return kv_codec(k).row_bytes(head_dim) + kv_codec(v).row_bytes(head_dim);
 }
 
+bool strip_hadamard_suffix(std::string* name) {
+  const std::string suffix = kHadamardSuffix;
+  if (name->size() <= suffix.size() ||
+      name->compare(name->size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return false;
+  }
+  name->resize(name->size() - suffix.size());
+  return true;
+}
+
+void check_hadamard(DType t, bool keys, const std::string& option) {
+  MLKV_REQUIRE(keys, option, ": the Hadamard rotation (", kHadamardSuffix,
+               ") applies to keys only: give it in --cache-type-k (or KEYS of KEYS/VALUES)");
+  MLKV_REQUIRE(t == DType::kQ8_0 || t == DType::kQ4_0, option,
+               ": the Hadamard rotation is for quantized keys (q8_0", kHadamardSuffix, " or q4_0",
+               kHadamardSuffix, "), not ", dtype_name(t));
+}
+
 KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k,
                                 const std::string& v) {
-  auto one = [](const std::string& s, const char* option) {
+  // The format, and whether the name asks for rotated keys.
+  auto one = [](std::string s, const char* option, bool keys) {
+    const bool had = strip_hadamard_suffix(&s);
     for (const KvCodec& c : kCodecs) {
-      if (s == c.name) return c.dtype;
+      if (s != c.name) continue;
+      if (had) check_hadamard(c.dtype, keys, option);
+      return std::make_pair(c.dtype, had);
     }
-    fail(option, " must be one of ", kv_codec_names(), " (got '", s, "')");
+    fail(option, " must be one of ", kv_codec_names(), " (q8_0 / q4_0 keys may add ",
+         kHadamardSuffix, ") (got '", s, had ? kHadamardSuffix : "", "')");
   };
-  const DType base = both.empty() ? DType::kF32 : one(both, "--cache-type");
-  return {k.empty() ? base : one(k, "--cache-type-k"), v.empty() ? base : one(v, "--cache-type-v")};
+  const auto base = both.empty() ? std::make_pair(DType::kF32, false) : one(both, "--cache-type", true);
+  const auto kt = k.empty() ? base : one(k, "--cache-type-k", true);
+  const DType vt = v.empty() ? base.first : one(v, "--cache-type-v", false).first;
+  return {kt.first, vt, kt.second};
 }
 
 }  // namespace mlkv

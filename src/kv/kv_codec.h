@@ -30,14 +30,18 @@ const KvCodec& kv_codec(const std::string& name);
 const char* kv_codec_names();
 
 // The formats of a cache's keys and of its values (--cache-type-k / --cache-type-v); one DType
-// gives both.
+// gives both. k_hadamard: q8_0 / q4_0 keys are stored rotated by core/quant.h's hadamard32 (the
+// "+hadamard" suffix of a key type, "q4_0+hadamard"); the CPU attention rotates the query to match.
 struct KvCacheType {
   DType k = DType::kF32, v = DType::kF32;
+  bool k_hadamard = false;
   KvCacheType() = default;
   KvCacheType(DType both) : k(both), v(both) {}  // NOLINT: implicit on purpose
-  KvCacheType(DType k_, DType v_) : k(k_), v(v_) {}
-  bool operator==(const KvCacheType& o) const { return k == o.k && v == o.v; }
-  // "f16", or "k q8_0 / v f16" when they differ.
+  KvCacheType(DType k_, DType v_, bool k_hadamard_ = false) : k(k_), v(v_), k_hadamard(k_hadamard_) {}
+  bool operator==(const KvCacheType& o) const {
+    return k == o.k && v == o.v && k_hadamard == o.k_hadamard;
+  }
+  // "f16", or "k q8_0 / v f16" when they differ ("k q4_0+hadamard / v q4_0" with rotated keys).
   std::string name() const;
   // Bytes of one position of one KV head, K and V: row_bytes(k) + row_bytes(v).
   // Throws mlkv::Error when a block format does not divide head_dim.
@@ -46,7 +50,15 @@ struct KvCacheType {
 };
 
 // Parses --cache-type style values: "f16" for both, or the two of --cache-type-k / -v (empty:
-// the other's, or f32). Throws mlkv::Error naming the option and the valid names.
+// the other's, or f32). "q8_0+hadamard" / "q4_0+hadamard" in --cache-type or --cache-type-k rotate
+// the keys (only keys, and only of those two formats). Throws mlkv::Error naming the option and the
+// valid names.
+// Removes a trailing "+hadamard" from a key type's name; true when there was one.
+bool strip_hadamard_suffix(std::string* name);
+// Throws mlkv::Error (naming option) unless a Hadamard rotation may apply: to keys (keys true) of
+// q8_0 or q4_0.
+void check_hadamard(DType t, bool keys, const std::string& option);
+
 KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k = "",
                                 const std::string& v = "");
 

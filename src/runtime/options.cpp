@@ -8,23 +8,42 @@ namespace mlkv {
 
 KvCacheType parse_cache_type(const std::string& s, const std::string& what) {
   const size_t slash = s.find('/');
-  auto one = [&](const std::string& t) {
+  // One format; keys: whether it names the keys' (a "+hadamard" suffix is theirs alone).
+  auto one = [&](std::string t, bool keys, bool* hadamard) {
+    *hadamard = strip_hadamard_suffix(&t);
+    DType d = DType::kF32;
     try {
-      return kv_codec(t).dtype;
+      d = kv_codec(t).dtype;
     } catch (const Error&) {
-      fail(what, " must be one of ", kv_codec_names(), ", or KEYS/VALUES such as q8_0/f16 (got '",
-           s, "')");
+      fail(what, " must be one of ", kv_codec_names(),
+           " (q8_0 / q4_0 keys may add +hadamard), or KEYS/VALUES such as q8_0/f16 (got '", s, "')");
     }
+    if (*hadamard) check_hadamard(d, keys, what);
+    return d;
   };
-  if (slash == std::string::npos) return one(s);
-  return KvCacheType(one(s.substr(0, slash)), one(s.substr(slash + 1)));
+  bool hk = false, hv = false;
+  if (slash == std::string::npos) {
+    const DType d = one(s, true, &hk);
+    return KvCacheType(d, d, hk);
+  }
+  const DType k = one(s.substr(0, slash), true, &hk);
+  return KvCacheType(k, one(s.substr(slash + 1), false, &hv), hk);
 }
 
 std::string cache_type_arg(const std::string& both, const std::string& k, const std::string& v) {
   KvCacheType t = both.empty() ? KvCacheType() : parse_cache_type(both, "--cache-type");
-  if (!k.empty()) t.k = parse_cache_type(k, "--cache-type-k").k;
-  if (!v.empty()) t.v = parse_cache_type(v, "--cache-type-v").v;
-  const std::string kn = kv_codec(t.k).name, vn = kv_codec(t.v).name;
+  if (!k.empty()) {
+    const KvCacheType kt = parse_cache_type(k, "--cache-type-k");
+    t.k = kt.k;
+    t.k_hadamard = kt.k_hadamard;
+  }
+  if (!v.empty()) {
+    MLKV_REQUIRE(v.find("+hadamard") == std::string::npos,
+                 "--cache-type-v: the Hadamard rotation (+hadamard) applies to keys only");
+    t.v = parse_cache_type(v, "--cache-type-v").v;
+  }
+  const std::string kn = std::string(kv_codec(t.k).name) + (t.k_hadamard ? "+hadamard" : "");
+  const std::string vn = kv_codec(t.v).name;
   return kn == vn ? kn : kn + "/" + vn;
 }
 

@@ -11,7 +11,8 @@
 
 namespace mlkv {
 
-// A cache type: one format for keys and values ("q8_0"), or KEYS/VALUES ("q8_0/f16"). Throws
+// A cache type: one format for keys and values ("q8_0"), or KEYS/VALUES ("q8_0/f16"); a key
+// format of q8_0 / q4_0 may add "+hadamard" (KvCacheType::k_hadamard). Throws
 // mlkv::Error "<what> must be one of f32, f16, bf16, q8_0, q4_0, or KEYS/VALUES ... (got '<s>')".
 KvCacheType parse_cache_type(const std::string& s, const std::string& what);
 // The cache type of --cache-type, --cache-type-k and --cache-type-v (each may be empty; the

@@ -313,10 +313,10 @@ TEST(PublicApi, Errors) {
   EXPECT_EQ(error_of([&] {
               e.score({1, 2}, false, "f64");
             }),
-            "cache_type must be one of f32, f16, bf16, q8_0, q4_0, or KEYS/VALUES such as q8_0/f16 (got "
+            "cache_type must be one of f32, f16, bf16, q8_0, q4_0 (q8_0 / q4_0 keys may add +hadamard), or KEYS/VALUES such as q8_0/f16 (got "
             "'f64')");
   EXPECT_EQ(error_of([&] { e.kv_bytes(16, 1, "int8"); }),
-            "cache_type must be one of f32, f16, bf16, q8_0, q4_0, or KEYS/VALUES such as q8_0/f16 (got "
+            "cache_type must be one of f32, f16, bf16, q8_0, q4_0 (q8_0 / q4_0 keys may add +hadamard), or KEYS/VALUES such as q8_0/f16 (got "
             "'int8')");
   EXPECT_EQ(error_of([&] { e.kv_bytes(16, 1, "bf16"); }), "(no error)");
   EXPECT_NE(error_of([&] { e.info().kv_bytes_per_token("int8"); }), "(no error)");

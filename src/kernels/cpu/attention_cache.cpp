@@ -7,7 +7,8 @@
 // to the attend kernel, one call per group of query heads that share a KV head, reading the cache
 // rows directly, chunk by chunk. Over q8_0 / q4_0 keys read as stored the attend kernel takes
 // integer dot products with the query rounded per block (kernels.h: int_key_scores), and the GEMM
-// path rounds the query the same way.
+// path rounds the query the same way. Keys stored Hadamard-rotated (KvSlotView::k_hadamard) meet
+// a query rotated the same way, or are rotated back where a reader applies the rotary itself.
 #include <omp.h>
 
 #include <algorithm>
@@ -30,7 +31,7 @@ constexpr int kGemmMinRows = 16;    // runs at least this long use the GEMM path
 constexpr int kGemmRowBlock = 128;  // rows per score block (bounds the scratch to block x ctx)
 
 struct Scratch {
-  std::vector<float> keys, values, scores, query, qscale;
+  std::vector<float> keys, values, scores, query, qscale, qrot, krow;
   std::vector<int8_t> qi;
   std::vector<KvChunk> chunks, visible;
   std::vector<int32_t> pos;
@@ -59,16 +60,27 @@ const float* gather_f32(const std::vector<KvChunk>& ch, bool keys, DType dt, int
   return buf;
 }
 
-// Keys [0, len) of one KV head as f32, rotated when asked.
+// Keys [0, len) of one KV head as f32, rotated when asked. Keys stored Hadamard-rotated
+// (hadamard) come back as stored when not rotated (the caller rotates the query), and are rotated
+// back (H is its own inverse) before the rotary when they are.
 const float* keys_f32(const std::vector<KvChunk>& ch, DType dt, int len, int d, bool rotate,
-                      const RopeTable<float>& rt, Scratch& s) {
+                      bool hadamard, const RopeTable<float>& rt, Scratch& s) {
   const float* K = gather_f32(ch, true, dt, len, d, s.keys, s, rotate);
   if (rotate) {
+    if (hadamard) hadamard32(s.keys.data(), int64_t{len} * d);
     s.pos.resize(static_cast<size_t>(len));
     for (int j = 0; j < len; ++j) s.pos[static_cast<size_t>(j)] = j;
     rope_forward<float>(s.keys.data(), len, 1, d, s.pos.data(), rt);
   }
   return K;
+}
+
+// n rows of d query values (ldq apart) times the keys' Hadamard rotation: [n, d] in s.qrot.
+const float* hadamard_rows(const float* q, int ldq, int n, int d, Scratch& s) {
+  float* out = s.grow(s.qrot, size_t(n) * d);
+  for (int t = 0; t < n; ++t) std::memcpy(out + int64_t{t} * d, q + int64_t{t} * ldq, size_t(d) * 4);
+  hadamard32(out, int64_t{n} * d);
+  return out;
 }
 
 // n rows of d query values (ldq apart) as quantize_query_q8 rounds them: [n, d] in scratch.
@@ -132,9 +144,16 @@ void encode_row(DType dt, const float* src, char* dst, int d) {
 void kv_store(const KvSlotView& slot, const int32_t* seq, const int32_t* pos, int n, const float* k,
               const float* v) {
   const int g = slot.n_head_kv, d = slot.head_dim;
+  std::vector<float> rotated(slot.k_hadamard ? size_t(d) : 0);  // a key row times H
   for (int i = 0; i < n; ++i) {
     for (int h = 0; h < g; ++h) {
-      encode_row(slot.k_dtype, k + (int64_t{i} * g + h) * d, slot.k_row(seq[i], h, pos[i]), d);
+      const float* kr = k + (int64_t{i} * g + h) * d;
+      if (slot.k_hadamard) {
+        std::memcpy(rotated.data(), kr, size_t(d) * 4);
+        hadamard32(rotated.data(), d);
+        kr = rotated.data();
+      }
+      encode_row(slot.k_dtype, kr, slot.k_row(seq[i], h, pos[i]), d);
       encode_row(slot.v_dtype, v + (int64_t{i} * g + h) * d, slot.v_row(seq[i], h, pos[i]), d);
     }
   }
@@ -177,23 +196,28 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
       float* oh = out + int64_t{r.row0} * ldq + int64_t{it.h0} * d;
       slot.chunks(r.seq, kvh, len, &s.chunks);
       if (r.n_rows >= kGemmMinRows) {
-        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, rotate_keys, rt, s);
+        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, rotate_keys, slot.k_hadamard, rt, s);
         const float* V = gather_f32(s.chunks, false, slot.v_dtype, len, d, s.values, s, false);
+        const float* qk = qh;  // the query rows as the stored keys want them
+        int ldk = ldq;
+        if (!rotate_keys && slot.k_hadamard) {
+          qk = hadamard_rows(qh, ldq, r.n_rows, d, s);
+          ldk = d;
+        }
         if (!rotate_keys && cpu::int_key_scores(slot.k_dtype, d)) {
           // Decode reads these keys by integer dot products with the query rounded per block of
           // 32; prefill rounds it by the same rule, so that both see the same query values (up to
           // a query that prefill's GEMM and decode's GEMV compute a rounding apart).
-          const float* qr = round_query_rows(qh, ldq, r.n_rows, d, s);
-          head_gemm(qr, d, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
-        } else {
-          head_gemm(qh, ldq, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
+          qk = round_query_rows(qk, ldk, r.n_rows, d, s);
+          ldk = d;
         }
+        head_gemm(qk, ldk, K, V, r.n_rows, r.pos0, d, scale, oh, ldq, s);
         continue;
       }
       float* sc = s.grow(s.scores, size_t(std::min(it.nh, kMaxAttendGroup)) * len);
       if (rotate_keys) {
         // Rotated keys in f32 scratch; values read as stored, chunk by chunk.
-        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, true, rt, s);
+        const float* K = keys_f32(s.chunks, slot.k_dtype, len, d, true, slot.k_hadamard, rt, s);
         std::vector<KvChunk>& vis = s.visible;
         for (int t = 0; t < r.n_rows; ++t) {
           const int n_vis = r.pos0 + t + 1;
@@ -217,8 +241,11 @@ void attention_cached(const KvSlotView& slot, const std::vector<AttnRun>& runs, 
             vis.push_back({ch.k, ch.v, std::min(ch.n, n_vis - p)});
             p += ch.n;
           }
-          attend_chunks(qh + int64_t{t} * ldq, it.nh, d, vis.data(), static_cast<int>(vis.size()),
-                        slot.k_dtype, slot.v_dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
+          // Hadamard-rotated keys: the group's query heads rotated the same way (one row).
+          const float* qt = slot.k_hadamard ? hadamard_rows(qh + int64_t{t} * ldq, d, it.nh, d, s)
+                                            : qh + int64_t{t} * ldq;
+          attend_chunks(qt, it.nh, d, vis.data(), static_cast<int>(vis.size()), slot.k_dtype,
+                        slot.v_dtype, d, scale, oh + int64_t{t} * ldq, d, sc);
         }
       }
     }

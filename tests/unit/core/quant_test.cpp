@@ -102,5 +102,41 @@ TEST(QuantizeBlocks, NonFiniteBlocksReadBackAsNaN) {
   }
 }
 
+// hadamard32 is the 32 x 32 Sylvester Hadamard matrix over sqrt(32), H[i][j] = (-1)^popcount(i & j)
+// / sqrt(32), block by block: against that matrix in double, its own inverse, and dot products kept.
+TEST(Hadamard32, IsTheNormalizedSylvesterMatrixPerBlock) {
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(96), y;
+  for (float& v : x) v = nd(g);
+  x[40] = 50.0f;  // an outlier: spread over its block
+  y = x;
+  hadamard32(y.data(), 96);
+  for (int b = 0; b < 3; ++b) {
+    for (int i = 0; i < 32; ++i) {
+      double want = 0;
+      for (int j = 0; j < 32; ++j) want += (__builtin_popcount(i & j) % 2 ? -1.0 : 1.0) * x[size_t(b * 32 + j)];
+      want /= std::sqrt(32.0);
+      EXPECT_NEAR(y[size_t(b * 32 + i)], want, 1e-5 * (1 + std::fabs(want))) << b << " " << i;
+    }
+  }
+  float ymax = 0;
+  for (int i = 32; i < 64; ++i) ymax = std::max(ymax, std::fabs(y[size_t(i)]));
+  EXPECT_LT(ymax, 50.0f / 4);  // 50 / sqrt(32) = 8.8 plus the others' share
+  std::vector<float> z = y;
+  hadamard32(z.data(), 96);
+  for (size_t i = 0; i < 96; ++i) {
+    EXPECT_NEAR(z[i], x[i], 1e-5f * (1 + std::fabs(x[i]))) << "H H x != x at " << i;
+  }
+  // (H a) . (H b) = a . b within a block.
+  std::vector<float> a(x.begin(), x.begin() + 32), bv(x.begin() + 32, x.begin() + 64);
+  double ab = 0, hab = 0;
+  for (int i = 0; i < 32; ++i) ab += double(a[size_t(i)]) * bv[size_t(i)];
+  hadamard32(a.data(), 32);
+  hadamard32(bv.data(), 32);
+  for (int i = 0; i < 32; ++i) hab += double(a[size_t(i)]) * bv[size_t(i)];
+  EXPECT_NEAR(hab, ab, 1e-4 * (1 + std::fabs(ab)));
+}
+
 }  // namespace
 }  // namespace mlkv

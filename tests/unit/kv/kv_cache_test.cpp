@@ -3,6 +3,8 @@
 // tables, copy_seq across them, and the bookkeeping of sequences.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <cstring>
 #include <string>
 #include <vector>
@@ -58,6 +60,23 @@ TEST(KvCache, BytesAreTwoTokensOwnersHeadsRowBytes) {
   EXPECT_EQ(KvCacheType(DType::kQ8_0, DType::kF16).name(), "k q8_0 / v f16");
   EXPECT_THROW(parse_kv_cache_type("q5_1"), Error);
   EXPECT_THROW(parse_kv_cache_type("f32", "int4"), Error);
+  // Hadamard-rotated keys: a suffix of q8_0 / q4_0 key types, never of values or other formats.
+  EXPECT_EQ(parse_kv_cache_type("q4_0+hadamard"), KvCacheType(DType::kQ4_0, DType::kQ4_0, true));
+  EXPECT_EQ(parse_kv_cache_type("f16", "q8_0+hadamard"), KvCacheType(DType::kQ8_0, DType::kF16, true));
+  EXPECT_EQ(KvCacheType(DType::kQ4_0, DType::kQ4_0, true).name(), "k q4_0+hadamard / v q4_0");
+  EXPECT_NE(KvCacheType(DType::kQ4_0, DType::kQ4_0, true), KvCacheType(DType::kQ4_0));
+  for (auto [both, k, v] : {std::tuple<const char*, const char*, const char*>{"f16+hadamard", "", ""},
+                            {"", "", "q4_0+hadamard"},
+                            {"", "bf16+hadamard", ""},
+                            {"", "+hadamard", ""}}) {
+    EXPECT_THROW(parse_kv_cache_type(both, k, v), Error) << both << " / " << k << " / " << v;
+  }
+  try {
+    parse_kv_cache_type("", "", "q8_0+hadamard");
+    ADD_FAILURE() << "rotated values accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keys only"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(KVCache(l, 0, 10), Error);
   EXPECT_THROW(KVCache(l, 1, 0), Error);
   EXPECT_THROW(KVCache(l, 1, 10, DType::kF64), Error);  // not a cache format

@@ -100,7 +100,11 @@ TEST_P(CacheFormats, CachedEqualsFullAndNearF32) {
                         {DType::kQ8_0, 2e-3, 0.15},
                         {DType::kQ4_0, 4e-2, 2.0},
                         {KvCacheType(DType::kQ8_0, DType::kF16), 6e-3, 0.1},
-                        {KvCacheType(DType::kF32, DType::kQ4_0), 6e-3, 2.0}};
+                        {KvCacheType(DType::kF32, DType::kQ4_0), 6e-3, 2.0},
+                        // Hadamard-rotated keys: the same bounds as without (the rotation is
+                        // orthogonal; a query not rotated to match would miss q8_0's 0.15).
+                        {KvCacheType(DType::kQ8_0, DType::kQ8_0, true), 2e-3, 0.15},
+                        {KvCacheType(DType::kQ4_0, DType::kQ4_0, true), 4e-2, 2.0}};
   for (const Case& k : cases) {
     const auto full = score_tokens(m, toks, false, k.type);
     const auto cached = score_tokens(m, toks, true, k.type);
