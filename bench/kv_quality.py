@@ -19,7 +19,8 @@ import os
 import subprocess
 import sys
 
-FORMATS = ["f32", "f16", "bf16", "q8_0", "q4_0", ("q8_0", "q4_0")]
+FORMATS = ["f32", "f16", "bf16", "q8_0", ("q8_0+hadamard", "q8_0"), "q4_0", ("q4_0+hadamard", "q4_0"),
+           ("q8_0", "q4_0")]
 
 
 def run(cmd, **kw):

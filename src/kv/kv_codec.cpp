@@ -67,7 +67,7 @@ void check_hadamard(DType t, bool keys, const std::string& option) {
                ") applies to keys only: give it in --cache-type-k (or KEYS of KEYS/VALUES)");
   MLKV_REQUIRE(t == DType::kQ8_0 || t == DType::kQ4_0, option,
                ": the Hadamard rotation is for quantized keys (q8_0", kHadamardSuffix, " or q4_0",
-               kHadamardSuffix, "), not ", dtype_name(t));
+               kHadamardSuffix, "), not ", kv_codec(t).name);
 }
 
 KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k,

@@ -102,7 +102,9 @@ void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, st
                   "KV cache element type of keys and values: f32, f16, bf16, q8_0 or q4_0 "
                   "(q8_0/q4_0: blocks of 32 along the head, CPU)")
       ->capture_default_str();
-  cmd->add_option("--cache-type-k", *k, "KV cache type of the keys (overrides --cache-type)");
+  cmd->add_option("--cache-type-k", *k,
+                  "KV cache type of the keys (overrides --cache-type); q8_0+hadamard / q4_0+hadamard rotate "
+                  "each block of 32 by a Hadamard matrix before quantizing");
   cmd->add_option("--cache-type-v", *v, "KV cache type of the values (overrides --cache-type)");
 }
 

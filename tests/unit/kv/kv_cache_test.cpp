@@ -77,6 +77,12 @@ TEST(KvCache, BytesAreTwoTokensOwnersHeadsRowBytes) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("keys only"), std::string::npos) << e.what();
   }
+  try {
+    parse_kv_cache_type("", "bf16+hadamard", "");
+    ADD_FAILURE() << "rotated bf16 keys accepted";
+  } catch (const Error& e) {  // the format as the user spells it
+    EXPECT_NE(std::string(e.what()).find("not bf16"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(KVCache(l, 0, 10), Error);
   EXPECT_THROW(KVCache(l, 1, 0), Error);
   EXPECT_THROW(KVCache(l, 1, 10, DType::kF64), Error);  // not a cache format
