@@ -11,10 +11,13 @@ Side by side with llama.cpp (built beside the project for the measurement, never
 whose {w} is replaced by the weight format, naming the same model converted to GGUF
 (llama.cpp's convert_hf_to_gguf.py --outtype f32|f16|q8_0). llama-bench then runs in the same
 rounds: 64 tokens generated at a depth of 128 (-p 0 -n 64 -d 128 -r 5), mlkv's setting.
+--llama-args adds llama-bench options; where one lists several values (e.g. "--repack 0,1"),
+llama-bench runs each in turn and the fastest counts.
 """
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 
@@ -27,12 +30,13 @@ def run(mlkv, model, weights, threads, gen):
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
-def run_llama(llama_bench, gguf, threads, gen):
-    cmd = [llama_bench, "-m", gguf, "-p", "0", "-n", str(gen), "-d", "128", "-r", "5", "-o", "json"]
+def run_llama(llama_bench, gguf, threads, gen, extra):
+    cmd = [llama_bench, "-m", gguf, "-p", "0", "-n", str(gen), "-d", "128", "-r", "5", "-o", "json",
+           *shlex.split(extra)]
     if threads:
         cmd += ["-t", str(threads)]
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-    return out[0]["avg_ts"]
+    return max(o["avg_ts"] for o in out)
 
 
 def main():
@@ -45,6 +49,7 @@ def main():
     ap.add_argument("--weights", default="f32,f16", help="comma-separated weight formats")
     ap.add_argument("--llama-bench", default="", help="llama.cpp's llama-bench binary")
     ap.add_argument("--gguf", default="", help="GGUF path pattern with {w}, e.g. /tmp/p160-{w}.gguf")
+    ap.add_argument("--llama-args", default="", help='more llama-bench options, e.g. "--repack 0,1"')
     a = ap.parse_args()
     formats = a.weights.split(",")
     res = {w: [] for w in formats}
@@ -53,7 +58,7 @@ def main():
         for w in formats:
             res[w].append(run(a.mlkv, a.model, w, a.threads, a.gen))
             if w in llama:
-                llama[w].append(run_llama(a.llama_bench, a.gguf.format(w=w), a.threads, a.gen))
+                llama[w].append(run_llama(a.llama_bench, a.gguf.format(w=w), a.threads, a.gen, a.llama_args))
     head = "| weights | MB read per step | read GB/s | bound tok/s | decode tok/s | % of bound | prefill tok/s (128) | runs (% of bound) |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---|"
     if llama:

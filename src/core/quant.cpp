@@ -125,4 +125,28 @@ void dequantize_row_q4_0(const void* src, float* y, int64_t n) {
   }
 }
 
+void pack_panels16(const float* src, int64_t N, int64_t K, float* dst) {
+  const int64_t n16 = N / kPanelRows * kPanelRows;
+  for (int64_t p = 0; p < n16; p += kPanelRows) {
+    float* panel = dst + p * K;
+    for (int64_t i = 0; i < kPanelRows; ++i) {
+      const float* row = src + (p + i) * K;
+      for (int64_t k = 0; k < K; ++k) panel[k * kPanelRows + i] = row[k];
+    }
+  }
+  for (int64_t i = n16 * K; i < N * K; ++i) dst[i] = src[i];
+}
+
+void unpack_panels16(const float* src, int64_t N, int64_t K, float* dst) {
+  const int64_t n16 = N / kPanelRows * kPanelRows;
+  for (int64_t p = 0; p < n16; p += kPanelRows) {
+    const float* panel = src + p * K;
+    for (int64_t i = 0; i < kPanelRows; ++i) {
+      float* row = dst + (p + i) * K;
+      for (int64_t k = 0; k < K; ++k) row[k] = panel[k * kPanelRows + i];
+    }
+  }
+  for (int64_t i = n16 * K; i < N * K; ++i) dst[i] = src[i];
+}
+
 }  // namespace mlkv

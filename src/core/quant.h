@@ -40,4 +40,15 @@ void quantize_query_q8(const float* x, int8_t* q, float* d, int64_t n);
 // lossless with it); the query is rotated the same way at attention. 5 butterfly stages per block.
 void hadamard32(float* x, int64_t n);
 
+// The panel layout of f32 weight matrices for decode (DType::kF32P16): rows in panels of 16,
+// each panel [K][16] (the 16 rows' values of column k side by side), so that the GEMV reads one
+// contiguous stream per panel and broadcasts each activation against 16 rows at once, with no
+// horizontal sums (kernels/cpu/gemv_panels-inl.h). The last N % 16 rows stay row-major after the
+// panels. Rows [16 p, 16 p + 16) of a packed matrix occupy the bytes rows [16 p, 16 p + 16) of the
+// row-major one would, so row blocks of a multiple of 16 can be addressed alike. Exact (a
+// permutation). src and dst [N, K] must not overlap.
+inline constexpr int kPanelRows = 16;
+void pack_panels16(const float* src, int64_t N, int64_t K, float* dst);
+void unpack_panels16(const float* src, int64_t N, int64_t K, float* dst);
+
 }  // namespace mlkv

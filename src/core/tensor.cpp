@@ -76,6 +76,7 @@ size_t dtype_size(DType t) {
     case DType::kF64: return 8;
     case DType::kQ8_0: return 0;
     case DType::kQ4_0: return 0;
+    case DType::kF32P16: return 4;
   }
   return 0;
 }
@@ -94,7 +95,7 @@ size_t dtype_row_bytes(DType t, int64_t n) {
 
 bool dtype_is_float(DType t) {
   return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64 ||
-         t == DType::kQ8_0 || t == DType::kQ4_0;
+         t == DType::kQ8_0 || t == DType::kQ4_0 || t == DType::kF32P16;
 }
 
 const char* dtype_name(DType t) {
@@ -108,6 +109,7 @@ const char* dtype_name(DType t) {
     case DType::kF64: return "F64";
     case DType::kQ8_0: return "Q8_0";
     case DType::kQ4_0: return "Q4_0";
+    case DType::kF32P16: return "F32_P16";
   }
   return "?";
 }
@@ -283,6 +285,8 @@ Tensor Tensor::to(DType dt) const {
     same.dtype_ = dt;
     return same;
   }
+  MLKV_REQUIRE((dt != DType::kF32P16 && dtype_ != DType::kF32P16) || shape_.size() == 2,
+               "the F32_P16 layout is for matrices (got a tensor of shape ", shape_str(), ")");
   Tensor out(shape_, dt, Device::kCpu);
   const size_t n = static_cast<size_t>(numel_);
   // Through f32 (every conversion here is exact into f32 or rounds once out of it), except
@@ -302,6 +306,11 @@ Tensor Tensor::to(DType dt) const {
     }
     case DType::kQ8_0: tmp.resize(n); dequantize_row_q8_0(raw(), tmp.data(), numel_); src = tmp.data(); break;
     case DType::kQ4_0: tmp.resize(n); dequantize_row_q4_0(raw(), tmp.data(), numel_); src = tmp.data(); break;
+    case DType::kF32P16:
+      tmp.resize(n);
+      unpack_panels16(static_cast<const float*>(raw()), shape_[0], shape_[1], tmp.data());
+      src = tmp.data();
+      break;
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   switch (dt) {
@@ -317,6 +326,7 @@ Tensor Tensor::to(DType dt) const {
     }
     case DType::kQ8_0: quantize_row_q8_0(src, out.raw(), numel_); break;  // blocks run along rows
     case DType::kQ4_0: quantize_row_q4_0(src, out.raw(), numel_); break;
+    case DType::kF32P16: pack_panels16(src, shape_[0], shape_[1], static_cast<float*>(out.raw())); break;
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   return out;

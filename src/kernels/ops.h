@@ -26,10 +26,11 @@ namespace mlkv::ops {
 template <typename T>
 void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int N,
                     bool accumulate = false);
-// The same with w [N, K] stored as F16 or BF16 (half the bytes a decode step streams) or Q8_0
-// (rows of K / 32 blocks of 34 bytes, core/quant.h; K a multiple of 32): the products are those
-// of f32 arithmetic over the stored values widened exactly to f32. Throws mlkv::Error for another
-// type or a Q8_0 K that is not a multiple of 32.
+// The same with w [N, K] stored as F16 or BF16 (half the bytes a decode step streams), Q8_0
+// (rows of K / 32 blocks of 34 bytes, core/quant.h; K a multiple of 32) or F32_P16 (f32 in panels
+// of 16 rows, core/quant.h): the products are those of f32 arithmetic over the stored values
+// widened exactly to f32 (for Q8_0 also over x rounded to q8 blocks). Throws mlkv::Error for
+// another type or a Q8_0 K that is not a multiple of 32.
 void linear_forward_lowp(const float* x, const void* w, DType wt, const float* b, float* y, int n,
                          int K, int N, bool accumulate = false);
 // dx[n, K] (+)= dy[n, N] w (accumulate_dx: += or writes; dx may be null); dw[N, K] += dy^T x

@@ -160,6 +160,13 @@ Model::Model(LoadedModel m, const ModelOptions& opt)
     if (cfg_.tied_embeddings) output_f16_ = embd.to(dt);
     w_.tok_embd = std::move(embd);
   }
+  if (opt_.weights == WeightType::kF32 && opt_.device == Device::kCpu && opt_.panels) {
+    // One matrix at a time, so that loading needs one matrix more than the model, not twice it.
+    // Lookups (and a tied output matrix) read the embedding table row by row: it stays.
+    for (auto& p : list_params(cfg_, w_)) {
+      if (p.tensor != &w_.tok_embd && p.tensor->ndim() == 2) *p.tensor = p.tensor->to(DType::kF32P16);
+    }
+  }
   if (opt_.device != Device::kCpu) {
     for (auto& p : list_params(cfg_, w_)) *p.tensor = p.tensor->to(opt_.device);
     if (!output_f16_.empty()) output_f16_ = output_f16_.to(opt_.device);

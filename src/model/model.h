@@ -46,14 +46,19 @@ using ops::AttnRun;
 // How the forward pass stores its projection matrices. f16 and bf16 halve the bytes a decode step
 // streams (and the resident size), q8_0 (llama.cpp's blocks of 32 int8 and an f16 scale,
 // core/quant.h: 34 bytes per 32 values) takes 0.53 of f16's; accumulation stays f32, the
-// embedding table stays f32. On the CPU the stored values are widened exactly to f32 and
-// multiplied in f32; on the GPU bf16 products round the activations to bf16 too, and q8_0 is
-// CPU-only.
+// embedding table stays f32. On the CPU f16 / bf16 values are widened exactly to f32 and
+// multiplied in f32, and q8_0 weights multiply the activations rounded to q8 blocks (as llama.cpp
+// does); on the GPU bf16 products round the activations to bf16 too, and q8_0 is CPU-only.
 enum class WeightType { kF32, kF16, kBF16, kQ8_0 };
 
 struct ModelOptions {
   WeightType weights = WeightType::kF32;
   Device device = Device::kCpu;
+  // f32 matrices on the CPU are stored in panels of 16 rows (DType::kF32P16, core/quant.h), the
+  // layout the decode GEMV streams fastest (kernels/cpu/gemv_panels-inl.h); the same values, the
+  // same bytes. false keeps them row-major (the embedding table, and a tied output matrix, always
+  // are).
+  bool panels = true;
 };
 
 class Model {

@@ -1,5 +1,5 @@
 // Measures the machine's DRAM read bandwidth the way decode uses it: all threads streaming a
-// buffer much larger than the caches, summing with AVX2. The figure is the bound batch-1 decode
+// buffer much larger than the caches (several prefetched streams per thread), summing with AVX2. The figure is the bound batch-1 decode
 // is compared against (weight bytes per token / bandwidth = best possible seconds per token).
 #pragma once
 

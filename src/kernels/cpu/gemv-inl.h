@@ -134,9 +134,12 @@ inline void gemv4_sliced(const float* x, int T, int64_t K, int64_t kv, float* ou
     }
     if (t < T) gemv_slice<1>(x + t * K + k0, K, w, n, acc + t, first);
   }
-  for (int t = 0; t < T; ++t) {
-    for (int j = 0; j < 4; ++j) out[t * 4 + j] = vsum(acc[t][j]);
-  }
+  // out[i] = sum of the lanes of acc's i-th vector (acc[t][j] is the vector t * 4 + j): eight
+  // at a time, reduced together.
+  const V* a = &acc[0][0];
+  int i = 0;
+  for (; i + 8 <= 4 * T; i += 8) vsum8(a + i, out + i);
+  for (; i < 4 * T; ++i) out[i] = vsum(a[i]);
 }
 
 template <typename W>

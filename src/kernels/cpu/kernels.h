@@ -45,6 +45,12 @@ struct Kernels {
   // d[n / 32] block scales; the same numbers as the definition, bit for bit.
   void (*quantize_q8)(const float* x, int8_t* q, float* d, int64_t n);
 
+  // f32 weights in panels of 16 rows (DType::kF32P16, core/quant.h; gemv_panels-inl.h), any T:
+  // out[t * ldo + i] (+)= x_t . w_i for t < T and the rows i < 16 n_panels of the n_panels panels
+  // at w (x [T, K] row-major; accumulate: add to out, else write it).
+  void (*gemv_panels)(const float* x, int T, int64_t K, const float* w, int n_panels, float* out,
+                      int64_t ldo, bool accumulate);
+
   // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
   // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d
   // values, row_bytes apart, in the format; q8_0 / q4_0 keys: integer dot products with q_r as

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "core/half.h"
 #include "core/quant.h"
@@ -21,6 +22,7 @@ namespace {
 #include "kernels/cpu/attend-inl.h"
 #include "kernels/cpu/gemv-inl.h"
 #include "kernels/cpu/gemv_int-inl.h"
+#include "kernels/cpu/gemv_panels-inl.h"
 #include "kernels/cpu/norm-inl.h"
 #include "kernels/cpu/table-inl.h"
 }  // namespace

@@ -6,7 +6,8 @@
 // block into per-thread scratch and multiplied by sgemm inside the parallel loop (widening costs
 // N K operations against the 2 n N K of the product). q8_0 weights multiply activations rounded
 // to q8 blocks on every path: by integer block products for up to kMaxGemvIntRows token rows
-// (gemv_int-inl.h), else the paths above over the rounded rows.
+// (gemv_int-inl.h), else the paths above over the rounded rows. f32 weights packed in panels of
+// 16 rows (inference on the CPU) take one kernel for every n (matmul_panels).
 #include <omp.h>
 
 #include <algorithm>
@@ -100,6 +101,38 @@ void add_bias_rows(float* y, const float* b, int n, int N) {
   }
 }
 
+// f32 weights in panels of 16 rows (DType::kF32P16), any number of token rows: the panels split
+// across threads in groups (4 panels for up to 4 token rows, else 2; fewer when a small matrix
+// would leave a thread idle), each group's outputs written straight into y; the last N % 16
+// rows (row-major) by dot products. Every thread streams its own panels once per K chunk.
+void matmul_panels(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
+                   bool accumulate) {
+  const cpu::Kernels& k = cpu::kernels();
+  const int n_panels = N / kPanelRows;
+  const int n16 = n_panels * kPanelRows;
+  int group = T <= 4 ? 4 : 2;
+  group = std::max(1, std::min(group, n_panels / std::max(1, omp_get_max_threads())));
+  const int n_items = (n_panels + group - 1) / group;
+  const bool tail = n16 < N;
+#pragma omp parallel for schedule(static)
+  for (int it = 0; it < n_items + (tail ? 1 : 0); ++it) {
+    if (it < n_items) {
+      const int p0 = it * group;
+      k.gemv_panels(x, T, K, w + int64_t{p0} * kPanelRows * K, std::min(group, n_panels - p0),
+                    y + int64_t{p0} * kPanelRows, N, accumulate);
+    } else {
+      for (int t = 0; t < T; ++t) {
+        for (int i = n16; i < N; ++i) {
+          const float v = k.dot_n(x + int64_t{t} * K, w + int64_t{i} * K, K);
+          float& dst = y[int64_t{t} * N + i];
+          dst = accumulate ? dst + v : v;
+        }
+      }
+    }
+  }
+  if (b != nullptr) add_bias_rows(y, b, T, N);
+}
+
 // db[N] += column sums of dy[n, N]; columns split across threads, rows summed in order.
 void colsum_add(const float* dy, int n, int N, float* db) {
   const cpu::Kernels& k = cpu::kernels();
@@ -132,9 +165,13 @@ void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int 
 
 void linear_forward_lowp(const float* x, const void* w, DType wt, const float* b, float* y, int n,
                          int K, int N, bool accumulate) {
+  if (wt == DType::kF32P16) {
+    if (n > 0 && N > 0) matmul_panels(x, static_cast<const float*>(w), b, y, n, K, N, accumulate);
+    return;
+  }
   MLKV_REQUIRE(wt == DType::kF16 || wt == DType::kBF16 || wt == DType::kQ8_0,
-               "linear layers on the CPU take f32, f16, bf16 or q8_0 weights (got ", dtype_name(wt),
-               ")");
+               "linear layers on the CPU take f32 (row-major or in panels), f16, bf16 or q8_0 "
+               "weights (got ", dtype_name(wt), ")");
   MLKV_REQUIRE(K % dtype_block_values(wt) == 0,
                "q8_0 weights need rows of a multiple of 32 values (got ", K, ")");
   if (n <= 0 || N <= 0) return;

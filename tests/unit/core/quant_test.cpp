@@ -8,8 +8,10 @@
 #include <random>
 #include <vector>
 
+#include "core/check.h"
 #include "core/half.h"
 #include "core/quant.h"
+#include "core/tensor.h"
 
 namespace mlkv {
 namespace {
@@ -136,6 +138,33 @@ TEST(Hadamard32, IsTheNormalizedSylvesterMatrixPerBlock) {
   hadamard32(bv.data(), 32);
   for (int i = 0; i < 32; ++i) hab += double(a[size_t(i)]) * bv[size_t(i)];
   EXPECT_NEAR(hab, ab, 1e-4 * (1 + std::fabs(ab)));
+}
+
+// The F32_P16 layout by its definition (row n, column k at (n / 16) 16 K + 16 k + n % 16 for the
+// rows of whole panels, row-major after them), through Tensor::to both ways, exact; and refused
+// for a tensor that is not a matrix.
+TEST(PanelLayout, PacksRowsOfSixteenSideBySide) {
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{13, 5}, {16, 3}, {50, 7}, {64, 33}}) {
+    Tensor w({N, K});
+    for (int64_t i = 0; i < N * K; ++i) w.data()[i] = float(i) * 0.5f - 3.0f;
+    const Tensor p = w.to(DType::kF32P16);
+    ASSERT_EQ(p.dtype(), DType::kF32P16);
+    ASSERT_EQ(p.nbytes(), w.nbytes());
+    const float* pv = static_cast<const float*>(p.raw());
+    const int64_t n16 = N / 16 * 16;
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t at = n < n16 ? (n / 16) * 16 * K + 16 * k + n % 16 : n * K + k;
+        ASSERT_EQ(pv[at], w.data()[n * K + k]) << "N " << N << " K " << K << " row " << n << " col " << k;
+      }
+    }
+    const Tensor back = p.to(DType::kF32);
+    for (int64_t i = 0; i < N * K; ++i) ASSERT_EQ(back.data()[i], w.data()[i]);
+    const Tensor h = p.to(DType::kF16);  // through f32
+    EXPECT_EQ(h.to(DType::kF32).data()[K + 1], w.to(DType::kF16).to(DType::kF32).data()[K + 1]);
+  }
+  EXPECT_THROW(Tensor({64}).to(DType::kF32P16), Error);
+  EXPECT_THROW(Tensor({2, 16, 4}).to(DType::kF32P16), Error);
 }
 
 }  // namespace

@@ -406,6 +406,31 @@ TEST(WeightsLowPrecision, MatchesF32ModelWithRoundedWeights) {
   }
 }
 
+// f32 matrices on the CPU are held in panels of 16 rows by default (DType::kF32P16): the model
+// must score as the row-major one does, full (40 rows: a panel GEMM) and cached (1-row decode
+// steps), for matrices with and without row-major tail rows (vocabulary 61 = 3 panels + 13 rows).
+TEST(WeightsPanels, ScoreAsTheRowMajorModel) {
+  for (Family fam : {Family::kGptNeoX, Family::kLlama}) {
+    SCOPED_TRACE(fam == Family::kLlama ? "llama" : "gpt-neox");
+    ModelConfig c = tiny_config(fam, 3, 32, 4, 2, {0, 0, 2}, KvShareRope::kPost);
+    c.n_vocab = 61;
+    const ModelWeights w = random_weights(c, 22);
+    Model panels(LoadedModel{c, w});
+    ModelOptions rows_opt;
+    rows_opt.panels = false;
+    Model rows(LoadedModel{c, w}, rows_opt);
+    EXPECT_EQ(panels.weights().layers[0].wq.dtype(), DType::kF32P16);
+    EXPECT_EQ(rows.weights().layers[0].wq.dtype(), DType::kF32);
+    EXPECT_EQ(panels.weights().tok_embd.dtype(), DType::kF32);  // lookups read rows
+    EXPECT_EQ(panels.decode_weight_bytes(), rows.decode_weight_bytes());
+    const auto toks = random_tokens(40, c.n_vocab, 5);
+    for (bool cached : {false, true}) {
+      EXPECT_LT(max_abs_diff(score_tokens(panels, toks, cached), score_tokens(rows, toks, cached)), 2e-5)
+          << (cached ? "cached" : "full");
+    }
+  }
+}
+
 // q8_0 weights need whole 32-value blocks in every matrix row; a model whose hidden size is not a
 // multiple of 32 is refused at load, naming a matrix, rather than quantized out of bounds.
 TEST(WeightsLowPrecision, Q8RefusesRowsOfPartialBlocks) {
