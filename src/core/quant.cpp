@@ -125,28 +125,39 @@ void dequantize_row_q4_0(const void* src, float* y, int64_t n) {
   }
 }
 
-void pack_panels16(const float* src, int64_t N, int64_t K, float* dst) {
+namespace {
+template <typename T>
+void pack_panels(const T* src, int64_t N, int64_t K, T* dst) {
   const int64_t n16 = N / kPanelRows * kPanelRows;
   for (int64_t p = 0; p < n16; p += kPanelRows) {
-    float* panel = dst + p * K;
+    T* panel = dst + p * K;
     for (int64_t i = 0; i < kPanelRows; ++i) {
-      const float* row = src + (p + i) * K;
+      const T* row = src + (p + i) * K;
       for (int64_t k = 0; k < K; ++k) panel[k * kPanelRows + i] = row[k];
     }
   }
   for (int64_t i = n16 * K; i < N * K; ++i) dst[i] = src[i];
 }
 
-void unpack_panels16(const float* src, int64_t N, int64_t K, float* dst) {
+template <typename T>
+void unpack_panels(const T* src, int64_t N, int64_t K, T* dst) {
   const int64_t n16 = N / kPanelRows * kPanelRows;
   for (int64_t p = 0; p < n16; p += kPanelRows) {
-    const float* panel = src + p * K;
+    const T* panel = src + p * K;
     for (int64_t i = 0; i < kPanelRows; ++i) {
-      float* row = dst + (p + i) * K;
+      T* row = dst + (p + i) * K;
       for (int64_t k = 0; k < K; ++k) row[k] = panel[k * kPanelRows + i];
     }
   }
   for (int64_t i = n16 * K; i < N * K; ++i) dst[i] = src[i];
+}
+}  // namespace
+
+void pack_panels16(const float* src, int64_t N, int64_t K, float* dst) { pack_panels(src, N, K, dst); }
+void unpack_panels16(const float* src, int64_t N, int64_t K, float* dst) { unpack_panels(src, N, K, dst); }
+void pack_panels16(const uint16_t* src, int64_t N, int64_t K, uint16_t* dst) { pack_panels(src, N, K, dst); }
+void unpack_panels16(const uint16_t* src, int64_t N, int64_t K, uint16_t* dst) {
+  unpack_panels(src, N, K, dst);
 }
 
 }  // namespace mlkv

@@ -47,8 +47,11 @@ void hadamard32(float* x, int64_t n);
 // panels. Rows [16 p, 16 p + 16) of a packed matrix occupy the bytes rows [16 p, 16 p + 16) of the
 // row-major one would, so row blocks of a multiple of 16 can be addressed alike. Exact (a
 // permutation). src and dst [N, K] must not overlap.
+// The same for 16-bit elements (f16, bf16: DType::kF16P16, kBF16P16).
 inline constexpr int kPanelRows = 16;
 void pack_panels16(const float* src, int64_t N, int64_t K, float* dst);
 void unpack_panels16(const float* src, int64_t N, int64_t K, float* dst);
+void pack_panels16(const uint16_t* src, int64_t N, int64_t K, uint16_t* dst);
+void unpack_panels16(const uint16_t* src, int64_t N, int64_t K, uint16_t* dst);
 
 }  // namespace mlkv

@@ -77,6 +77,8 @@ size_t dtype_size(DType t) {
     case DType::kQ8_0: return 0;
     case DType::kQ4_0: return 0;
     case DType::kF32P16: return 4;
+    case DType::kF16P16: return 2;
+    case DType::kBF16P16: return 2;
   }
   return 0;
 }
@@ -95,7 +97,7 @@ size_t dtype_row_bytes(DType t, int64_t n) {
 
 bool dtype_is_float(DType t) {
   return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64 ||
-         t == DType::kQ8_0 || t == DType::kQ4_0 || t == DType::kF32P16;
+         t == DType::kQ8_0 || t == DType::kQ4_0 || dtype_is_panels(t);
 }
 
 const char* dtype_name(DType t) {
@@ -110,6 +112,8 @@ const char* dtype_name(DType t) {
     case DType::kQ8_0: return "Q8_0";
     case DType::kQ4_0: return "Q4_0";
     case DType::kF32P16: return "F32_P16";
+    case DType::kF16P16: return "F16_P16";
+    case DType::kBF16P16: return "BF16_P16";
   }
   return "?";
 }
@@ -285,8 +289,8 @@ Tensor Tensor::to(DType dt) const {
     same.dtype_ = dt;
     return same;
   }
-  MLKV_REQUIRE((dt != DType::kF32P16 && dtype_ != DType::kF32P16) || shape_.size() == 2,
-               "the F32_P16 layout is for matrices (got a tensor of shape ", shape_str(), ")");
+  MLKV_REQUIRE((!dtype_is_panels(dt) && !dtype_is_panels(dtype_)) || shape_.size() == 2,
+               "the panel layouts are for matrices (got a tensor of shape ", shape_str(), ")");
   Tensor out(shape_, dt, Device::kCpu);
   const size_t n = static_cast<size_t>(numel_);
   // Through f32 (every conversion here is exact into f32 or rounds once out of it), except
@@ -311,6 +315,19 @@ Tensor Tensor::to(DType dt) const {
       unpack_panels16(static_cast<const float*>(raw()), shape_[0], shape_[1], tmp.data());
       src = tmp.data();
       break;
+    case DType::kF16P16:
+    case DType::kBF16P16: {
+      std::vector<uint16_t> h(n);
+      unpack_panels16(static_cast<const uint16_t*>(raw()), shape_[0], shape_[1], h.data());
+      tmp.resize(n);
+      if (dtype_ == DType::kF16P16) {
+        f16_to_f32_n(h.data(), tmp.data(), n);
+      } else {
+        bf16_to_f32_n(h.data(), tmp.data(), n);
+      }
+      src = tmp.data();
+      break;
+    }
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   switch (dt) {
@@ -327,6 +344,17 @@ Tensor Tensor::to(DType dt) const {
     case DType::kQ8_0: quantize_row_q8_0(src, out.raw(), numel_); break;  // blocks run along rows
     case DType::kQ4_0: quantize_row_q4_0(src, out.raw(), numel_); break;
     case DType::kF32P16: pack_panels16(src, shape_[0], shape_[1], static_cast<float*>(out.raw())); break;
+    case DType::kF16P16:
+    case DType::kBF16P16: {
+      std::vector<uint16_t> h(n);
+      if (dt == DType::kF16P16) {
+        f32_to_f16_n(src, h.data(), n);
+      } else {
+        f32_to_bf16_n(src, h.data(), n);
+      }
+      pack_panels16(h.data(), shape_[0], shape_[1], static_cast<uint16_t*>(out.raw()));
+      break;
+    }
     default: fail("cannot convert a ", dtype_name(dtype_), " tensor to ", dtype_name(dt));
   }
   return out;

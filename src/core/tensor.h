@@ -18,10 +18,16 @@ namespace mlkv {
 
 // Element types of tensors in files, caches and compute. Q8_0 and Q4_0 are block formats
 // (core/quant.h: 32 values per block with a shared scale); the rest hold one value per element.
-// F32_P16 is f32 in a layout for the decode GEMV, never in a file: a matrix [N, K] stored as
-// N / 16 panels of [K][16] (row n, column k of panel p = n / 16 at p 16 K + 16 k + n % 16), the
-// last N % 16 rows row-major after them (core/quant.h: pack_panels16).
-enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8, kF64, kQ8_0, kQ4_0, kF32P16 };
+// F32_P16 (F16_P16, BF16_P16) is f32 (f16, bf16) in a layout for the decode GEMV, never in a
+// file: a matrix [N, K] stored as N / 16 panels of [K][16] (row n, column k of panel p = n / 16 at
+// p 16 K + 16 k + n % 16), the last N % 16 rows row-major after them (core/quant.h:
+// pack_panels16).
+enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8, kF64, kQ8_0, kQ4_0, kF32P16, kF16P16, kBF16P16 };
+
+// Whether t is one of the panel layouts (F32_P16, F16_P16, BF16_P16).
+inline bool dtype_is_panels(DType t) {
+  return t == DType::kF32P16 || t == DType::kF16P16 || t == DType::kBF16P16;
+}
 
 // Bytes of one element; for a block format, 0 (use dtype_row_bytes).
 size_t dtype_size(DType t);
@@ -30,7 +36,7 @@ int dtype_block_values(DType t);
 // Bytes of n values (n a multiple of dtype_block_values): n * size, or n / 32 blocks.
 size_t dtype_row_bytes(DType t, int64_t n);
 // Whether t is a floating format values can be converted to and from (F32, F16, BF16, F64, Q8_0,
-// Q4_0; F32_P16 for matrices only).
+// Q4_0; the panel layouts for matrices only).
 bool dtype_is_float(DType t);
 const char* dtype_name(DType t);  // safetensors spelling: "F32", "F16", "BF16", ...
 // Parses a safetensors dtype string; returns false for an unknown one.

@@ -151,8 +151,10 @@ Model::Model(LoadedModel m, const ModelOptions& opt)
   if (opt_.weights != WeightType::kF32) {
     // Matrices in f16/bf16/q8_0; the tied output matrix gets a copy (lookups read the f32
     // embedding).
-    const DType dt = opt_.weights == WeightType::kF16    ? DType::kF16
-                     : opt_.weights == WeightType::kBF16 ? DType::kBF16
+    // f16 / bf16 matrices on the CPU in panels of 16 rows, as f32 ones below.
+    const bool panels = opt_.panels && opt_.device == Device::kCpu;
+    const DType dt = opt_.weights == WeightType::kF16    ? (panels ? DType::kF16P16 : DType::kF16)
+                     : opt_.weights == WeightType::kBF16 ? (panels ? DType::kBF16P16 : DType::kBF16)
                                                          : DType::kQ8_0;
     Tensor embd = std::move(w_.tok_embd);
     w_.tok_embd = Tensor();

@@ -54,10 +54,10 @@ enum class WeightType { kF32, kF16, kBF16, kQ8_0 };
 struct ModelOptions {
   WeightType weights = WeightType::kF32;
   Device device = Device::kCpu;
-  // f32 matrices on the CPU are stored in panels of 16 rows (DType::kF32P16, core/quant.h), the
-  // layout the decode GEMV streams fastest (kernels/cpu/gemv_panels-inl.h); the same values, the
-  // same bytes. false keeps them row-major (the embedding table, and a tied output matrix, always
-  // are).
+  // f32, f16 and bf16 matrices on the CPU are stored in panels of 16 rows (DType::kF32P16,
+  // kF16P16, kBF16P16, core/quant.h), the layout the decode GEMV streams fastest
+  // (kernels/cpu/gemv_panels-inl.h); the same values, the same bytes. false keeps them row-major
+  // (the embedding table, and a tied f32 output matrix, always are).
   bool panels = true;
 };
 

@@ -1,6 +1,7 @@
-// Products with f32 weights in panels of 16 rows (DType::kF32P16, core/quant.h: panel p holds rows
-// [16 p, 16 p + 16) as [K][16]), written once over the vector type V of the build that includes
-// this file (vec_{scalar,avx2,avx512}.h): out[t, i] (+)= x_t . w_i.
+// Products with weights in panels of 16 rows (DType::kF32P16, kF16P16, kBF16P16, core/quant.h:
+// panel p holds rows [16 p, 16 p + 16) as [K][16]), written once over the vector type V of the
+// build that includes this file (vec_{scalar,avx2,avx512}.h) and over the element type W (f16 and
+// bf16 widened exactly to f32 in registers): out[t, i] (+)= x_t . w_i.
 //
 // Each step of k loads the 16 weights of column k of P panels (P 16 / kLanes vectors, one cache
 // line per panel) and multiplies them by the broadcast x_t[k] of NT token rows into P 16 NT
@@ -29,8 +30,8 @@ inline constexpr int kPanelWide = kLanes == 16 ? 4 : kLanes == 8 ? 2 : 1;
 
 // out[t * ldo + i] (+)= x_t[k0, k0 + kc) . w_i[k0, k0 + kc) for t < NT, i < 16 P; w points at
 // column k0 of the first panel, panels 16 K apart; load: add to out (else it starts at zero).
-template <int P, int NT>
-inline void panel_tile(const float* x, int64_t K, const float* w, int64_t kc, float* out, int64_t ldo,
+template <int P, int NT, typename W>
+inline void panel_tile(const float* x, int64_t K, const W* w, int64_t kc, float* out, int64_t ldo,
                        bool load, bool prefetch) {
   constexpr int NW = P * kPanelVecs;
   V acc[NT][NW];
@@ -40,8 +41,9 @@ inline void panel_tile(const float* x, int64_t K, const float* w, int64_t kc, fl
   for (int64_t k = 0; k < kc; ++k) {
     V wv[NW];
     for (int p = 0; p < P; ++p) {
-      const float* col = w + p * kPanelRows * K + k * kPanelRows;
-      if (prefetch) vprefetch(col + 32 * kPanelRows);  // 2 KiB ahead in the panel's stream
+      const W* col = w + p * kPanelRows * K + k * kPanelRows;
+      // 32 columns ahead in the panel's stream (2 KiB of f32, 1 KiB of f16 / bf16), a line at a time.
+      if (prefetch && (sizeof(W) == 4 || k % 2 == 0)) vprefetch(col + 32 * kPanelRows);
       for (int v = 0; v < kPanelVecs; ++v) wv[p * kPanelVecs + v] = vload(col + v * kLanes);
     }
     for (int t = 0; t < NT; ++t) {
@@ -54,17 +56,17 @@ inline void panel_tile(const float* x, int64_t K, const float* w, int64_t kc, fl
   }
 }
 
-template <int P, int... NT>
-inline void panel_tile_n(int nt, const float* x, int64_t K, const float* w, int64_t kc, float* out,
+template <int P, typename W, int... NT>
+inline void panel_tile_n(int nt, const float* x, int64_t K, const W* w, int64_t kc, float* out,
                          int64_t ldo, bool load, bool prefetch, std::integer_sequence<int, NT...>) {
-  using Fn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, bool, bool);
-  static constexpr Fn kTiles[] = {&panel_tile<P, NT + 1>...};
+  using Fn = void (*)(const float*, int64_t, const W*, int64_t, float*, int64_t, bool, bool);
+  static constexpr Fn kTiles[] = {&panel_tile<P, NT + 1, W>...};
   kTiles[nt - 1](x, K, w, kc, out, ldo, load, prefetch);
 }
 
 // P panels at w against T token rows: chunks of K, tiles of token rows within each chunk.
-template <int P>
-inline void panels_p(const float* x, int T, int64_t K, const float* w, float* out, int64_t ldo,
+template <int P, typename W>
+inline void panels_p(const float* x, int T, int64_t K, const W* w, float* out, int64_t ldo,
                      bool accumulate) {
   for (int64_t k0 = 0; k0 < K; k0 += kPanelChunk) {
     const int64_t kc = K - k0 < kPanelChunk ? K - k0 : kPanelChunk;
@@ -77,10 +79,12 @@ inline void panels_p(const float* x, int T, int64_t K, const float* w, float* ou
   }
 }
 
-// The table's entry: n_panels panels at w, kPanelWide at a time for few token rows, else 2 (one
-// without AVX-512), the rest one by one.
-void gemv_panels(const float* x, int T, int64_t K, const float* w, int n_panels, float* out,
+// The table's entries (W: float, uint16_t for f16, Bf16): n_panels panels at w, kPanelWide at a
+// time for few token rows, else 2 (one without AVX-512), the rest one by one.
+template <typename W>
+void gemv_panels(const float* x, int T, int64_t K, const void* wv, int n_panels, float* out,
                  int64_t ldo, bool accumulate) {
+  const W* w = static_cast<const W*>(wv);
   int p = 0;
   if (T <= 4) {
     for (; p + kPanelWide <= n_panels; p += kPanelWide) {

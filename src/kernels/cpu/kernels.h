@@ -45,11 +45,12 @@ struct Kernels {
   // d[n / 32] block scales; the same numbers as the definition, bit for bit.
   void (*quantize_q8)(const float* x, int8_t* q, float* d, int64_t n);
 
-  // f32 weights in panels of 16 rows (DType::kF32P16, core/quant.h; gemv_panels-inl.h), any T:
-  // out[t * ldo + i] (+)= x_t . w_i for t < T and the rows i < 16 n_panels of the n_panels panels
-  // at w (x [T, K] row-major; accumulate: add to out, else write it).
-  void (*gemv_panels)(const float* x, int T, int64_t K, const float* w, int n_panels, float* out,
-                      int64_t ldo, bool accumulate);
+  // Weights in panels of 16 rows (core/quant.h; gemv_panels-inl.h), any T, per element format
+  // (0 f32 DType::kF32P16, 1 f16 kF16P16, 2 bf16 kBF16P16): out[t * ldo + i] (+)= x_t . w_i for
+  // t < T and the rows i < 16 n_panels of the n_panels panels at w (x [T, K] row-major;
+  // accumulate: add to out, else write it).
+  void (*gemv_panels[3])(const float* x, int T, int64_t K, const void* w, int n_panels, float* out,
+                         int64_t ldo, bool accumulate);
 
   // ---- decode attention over KV-cache rows, per element format (kv_format_index) ----
   // scores[r * lds + j] = scale q_r . K_j over the chunks' positions in order (key rows of d

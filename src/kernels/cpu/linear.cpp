@@ -6,8 +6,8 @@
 // block into per-thread scratch and multiplied by sgemm inside the parallel loop (widening costs
 // N K operations against the 2 n N K of the product). q8_0 weights multiply activations rounded
 // to q8 blocks on every path: by integer block products for up to kMaxGemvIntRows token rows
-// (gemv_int-inl.h), else the paths above over the rounded rows. f32 weights packed in panels of
-// 16 rows (inference on the CPU) take one kernel for every n (matmul_panels).
+// (gemv_int-inl.h), else the paths above over the rounded rows. f32, f16 and bf16 weights packed
+// in panels of 16 rows (inference on the CPU) take one kernel for every n (matmul_panels).
 #include <omp.h>
 
 #include <algorithm>
@@ -101,13 +101,16 @@ void add_bias_rows(float* y, const float* b, int n, int N) {
   }
 }
 
-// f32 weights in panels of 16 rows (DType::kF32P16), any number of token rows: the panels split
-// across threads in groups (4 panels for up to 4 token rows, else 2; fewer when a small matrix
-// would leave a thread idle), each group's outputs written straight into y; the last N % 16
-// rows (row-major) by dot products. Every thread streams its own panels once per K chunk.
-void matmul_panels(const float* x, const float* w, const float* b, float* y, int T, int K, int N,
-                   bool accumulate) {
+// Weights in panels of 16 rows (DType::kF32P16 / kF16P16 / kBF16P16; fmt: 0 / 1 / 2), any number
+// of token rows: the panels split across threads in groups (4 panels for up to 4 token rows, else
+// 2; fewer when a small matrix would leave a thread idle), each group's outputs written straight
+// into y; the last N % 16 rows (row-major) widened to f32 once and taken by dot products. Every
+// thread streams its own panels once per K chunk.
+void matmul_panels(const float* x, const void* w, int fmt, const float* b, float* y, int T, int K,
+                   int N, bool accumulate) {
   const cpu::Kernels& k = cpu::kernels();
+  const size_t esize = fmt == 0 ? 4 : 2;
+  const char* wb = static_cast<const char*>(w);
   const int n_panels = N / kPanelRows;
   const int n16 = n_panels * kPanelRows;
   int group = T <= 4 ? 4 : 2;
@@ -118,12 +121,14 @@ void matmul_panels(const float* x, const float* w, const float* b, float* y, int
   for (int it = 0; it < n_items + (tail ? 1 : 0); ++it) {
     if (it < n_items) {
       const int p0 = it * group;
-      k.gemv_panels(x, T, K, w + int64_t{p0} * kPanelRows * K, std::min(group, n_panels - p0),
-                    y + int64_t{p0} * kPanelRows, N, accumulate);
+      k.gemv_panels[fmt](x, T, K, wb + size_t(p0) * kPanelRows * K * esize,
+                         std::min(group, n_panels - p0), y + int64_t{p0} * kPanelRows, N, accumulate);
     } else {
+      std::vector<float> rows(size_t(N - n16) * K);
+      k.rows_to_f32[fmt](wb + size_t(n16) * K * esize, size_t(K) * esize, N - n16, K, rows.data());
       for (int t = 0; t < T; ++t) {
         for (int i = n16; i < N; ++i) {
-          const float v = k.dot_n(x + int64_t{t} * K, w + int64_t{i} * K, K);
+          const float v = k.dot_n(x + int64_t{t} * K, rows.data() + int64_t{i - n16} * K, K);
           float& dst = y[int64_t{t} * N + i];
           dst = accumulate ? dst + v : v;
         }
@@ -165,8 +170,9 @@ void linear_forward(const T* x, const T* w, const T* b, T* y, int n, int K, int 
 
 void linear_forward_lowp(const float* x, const void* w, DType wt, const float* b, float* y, int n,
                          int K, int N, bool accumulate) {
-  if (wt == DType::kF32P16) {
-    if (n > 0 && N > 0) matmul_panels(x, static_cast<const float*>(w), b, y, n, K, N, accumulate);
+  if (dtype_is_panels(wt)) {
+    const int fmt = wt == DType::kF32P16 ? 0 : wt == DType::kF16P16 ? 1 : 2;
+    if (n > 0 && N > 0) matmul_panels(x, w, fmt, b, y, n, K, N, accumulate);
     return;
   }
   MLKV_REQUIRE(wt == DType::kF16 || wt == DType::kBF16 || wt == DType::kQ8_0,

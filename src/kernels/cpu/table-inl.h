@@ -15,7 +15,9 @@ Kernels make_table(Isa isa) {
   k.gemv4_q8_int = &gemv4_q8_int;
   k.gemv_tail_q8_int = &gemv_tail_q8_int;
   k.quantize_q8 = &quantize_q8;
-  k.gemv_panels = &gemv_panels;
+  k.gemv_panels[0] = &gemv_panels<float>;
+  k.gemv_panels[1] = &gemv_panels<uint16_t>;
+  k.gemv_panels[2] = &gemv_panels<Bf16>;
   k.attn_scores[0] = &attn_scores<RowF32>;
   k.attn_scores[1] = &attn_scores<RowF16>;
   k.attn_scores[2] = &attn_scores<RowBF16>;

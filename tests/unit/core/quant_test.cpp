@@ -162,6 +162,16 @@ TEST(PanelLayout, PacksRowsOfSixteenSideBySide) {
     for (int64_t i = 0; i < N * K; ++i) ASSERT_EQ(back.data()[i], w.data()[i]);
     const Tensor h = p.to(DType::kF16);  // through f32
     EXPECT_EQ(h.to(DType::kF32).data()[K + 1], w.to(DType::kF16).to(DType::kF32).data()[K + 1]);
+    // 16-bit panels: the same values as the row-major f16 / bf16 tensor, in the same layout.
+    for (auto [panel, plain] : {std::pair{DType::kF16P16, DType::kF16}, {DType::kBF16P16, DType::kBF16}}) {
+      const Tensor hp = w.to(panel), hr = w.to(plain);
+      ASSERT_EQ(hp.nbytes(), hr.nbytes());
+      const Tensor a = hp.to(DType::kF32), r = hr.to(DType::kF32);
+      for (int64_t i = 0; i < N * K; ++i) ASSERT_EQ(a.data()[i], r.data()[i]) << dtype_name(panel);
+      const auto* hv = static_cast<const uint16_t*>(hp.raw());
+      const auto* rv = static_cast<const uint16_t*>(hr.raw());
+      if (N >= 16) EXPECT_EQ(hv[16 * 1 + 2], rv[2 * K + 1]) << "row 2, column 1 of the first panel";
+    }
   }
   EXPECT_THROW(Tensor({64}).to(DType::kF32P16), Error);
   EXPECT_THROW(Tensor({2, 16, 4}).to(DType::kF32P16), Error);

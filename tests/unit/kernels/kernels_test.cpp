@@ -102,7 +102,7 @@ class Kernels : public ::testing::TestWithParam<Isa> {
 // and a q8_0 value d q has at most 11 + 7 significant bits), so every format meets the f32 bound.
 // q8_0 weights multiply the activations as quantize_query_q8 rounds them (integer block products
 // for T <= kMaxGemvIntRows, the f32 paths over the rounded rows beyond): the reference takes the
-// rounded x. f32 weights in panels of 16 rows (F32_P16) take one kernel for every T.
+// rounded x. Weights in panels of 16 rows (F32_P16, F16_P16, BF16_P16) take one kernel for every T.
 TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   const std::vector<std::pair<int, int>> shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}};
   const std::vector<std::pair<int, int>> q8_shapes = {{32, 13}, {64, 96}, {256, 7}, {96, 201}, {160, 9}};
@@ -110,8 +110,9 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   // columns with a partial last one (K 600), groups of 4 and 2 panels and single ones.
   const std::vector<std::pair<int, int>> panel_shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}, {600, 50}, {40, 112}};
   for (int T : {1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 32, 33, 40}) {
-    for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kF32P16}) {
-      for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : wt == DType::kF32P16 ? panel_shapes : shapes) {
+    for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kF32P16,
+                     DType::kF16P16, DType::kBF16P16}) {
+      for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : dtype_is_panels(wt) ? panel_shapes : shapes) {
         auto x = randn(size_t(T) * K, 1 + T);
         const auto w = randn(size_t(N) * K, 2 + K), b = randn(size_t(N), 3);
         std::vector<float> x_in = x;  // what the layer is given; x: what it multiplies

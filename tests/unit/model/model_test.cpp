@@ -428,6 +428,20 @@ TEST(WeightsPanels, ScoreAsTheRowMajorModel) {
       EXPECT_LT(max_abs_diff(score_tokens(panels, toks, cached), score_tokens(rows, toks, cached)), 2e-5)
           << (cached ? "cached" : "full");
     }
+    // f16 / bf16 weights: panels of 16-bit values against the row-major ones.
+    for (WeightType wt : {WeightType::kF16, WeightType::kBF16}) {
+      Model p16(LoadedModel{c, w}, ModelOptions{wt});
+      ModelOptions ro{wt};
+      ro.panels = false;
+      Model r16(LoadedModel{c, w}, ro);
+      EXPECT_EQ(p16.weights().layers[0].w_down.dtype(),
+                wt == WeightType::kF16 ? DType::kF16P16 : DType::kBF16P16);
+      EXPECT_EQ(p16.decode_weight_bytes(), r16.decode_weight_bytes());
+      for (bool cached : {false, true}) {
+        EXPECT_LT(max_abs_diff(score_tokens(p16, toks, cached), score_tokens(r16, toks, cached)), 2e-5)
+            << (wt == WeightType::kF16 ? "f16 " : "bf16 ") << (cached ? "cached" : "full");
+      }
+    }
   }
 }
 
