@@ -64,7 +64,7 @@ bool strip_hadamard_suffix(std::string* name) {
 
 void check_hadamard(DType t, bool keys, const std::string& option) {
   MLKV_REQUIRE(keys, option, ": the Hadamard rotation (", kHadamardSuffix,
-               ") applies to keys only: give it in --cache-type-k (or KEYS of KEYS/VALUES)");
+               ") applies to keys only (the KEYS of KEYS/VALUES, or --cache-type-k)");
   MLKV_REQUIRE(t == DType::kQ8_0 || t == DType::kQ4_0, option,
                ": the Hadamard rotation is for quantized keys (q8_0", kHadamardSuffix, " or q4_0",
                kHadamardSuffix, "), not ", kv_codec(t).name);

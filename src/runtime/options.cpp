@@ -32,6 +32,11 @@ KvCacheType parse_cache_type(const std::string& s, const std::string& what) {
 
 std::string cache_type_arg(const std::string& both, const std::string& k, const std::string& v) {
   KvCacheType t = both.empty() ? KvCacheType() : parse_cache_type(both, "--cache-type");
+  // -k and -v name one format each: a KEYS/VALUES pair there would lose one half.
+  for (const auto& [arg, opt] : {std::pair{&k, "--cache-type-k"}, std::pair{&v, "--cache-type-v"}}) {
+    MLKV_REQUIRE(arg->find('/') == std::string::npos, opt, " takes one format (got '", *arg,
+                 "'); a KEYS/VALUES pair goes in --cache-type");
+  }
   if (!k.empty()) {
     const KvCacheType kt = parse_cache_type(k, "--cache-type-k");
     t.k = kt.k;

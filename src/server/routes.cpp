@@ -350,6 +350,7 @@ void install_routes(httplib::Server& srv, ServeState& st) {
     if (req.matches[1] != opt.model_id) {
       reply_error(res, 404, "the model '" + std::string(req.matches[1]) + "' does not exist");
     } else {
+      res.status = 200;  // set before counting: the library fills in 200 only after the handler
       res.set_content(dump(model_object()), "application/json");
     }
     metrics.count("/v1/models/ID", res.status);
@@ -589,6 +590,7 @@ void install_routes(httplib::Server& srv, ServeState& st) {
                 {"model", opt.model_id},
                 {"choices", choices},
                 {"usage", usage()}};
+      res.status = 200;  // set before counting: the library fills in 200 only after the handler
       if (failed) {
         res.status = 500;
         j["error"] = openai::error_body(500, "generation failed: " + error)["error"];

@@ -119,6 +119,15 @@ def test_cache_types(mlkv, wd):
                      f"{cmd[0]} with q8_0 keys on a head of 8")
     expect_error(mlkv, ["info", d, "--cache-type-v", "q5_1"], "--cache-type-v must be one of",
                  "an unknown value format")
+    # -k / -v take one format: a pair there would silently lose a half; an empty value would read
+    # as "not given" (f32).
+    for opt in ("--cache-type-k", "--cache-type-v"):
+        expect_error(mlkv, ["info", d, opt, "q8_0/f16"], "takes one format", f"a KEYS/VALUES pair in {opt}")
+    for opt in ("--cache-type", "--cache-type-k", "--cache-type-v"):
+        r = run([mlkv, "info", d, opt, ""])  # a usage error (CLI11's exit code 2), naming the option
+        check(r.returncode == 2 and f"{opt}: empty" in r.stderr, f"an empty {opt}: exit {r.returncode}, "
+              f"stderr {r.stderr.strip()[:120]!r}")
+    expect_error(mlkv, ["info", d, "--cache-type-v", "q4_0+hadamard"], "keys only", "rotated values")
 
 
 def test_real_model_cache_formats(mlkv, wd, shared):

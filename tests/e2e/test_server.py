@@ -160,6 +160,9 @@ def test_http_edges(mlkv, wd):
         routes = set(re.findall(r'^mlkv_requests_total\{route="([^"]*)",', text, re.M))
         check(routes <= {"/v1/completions", "/health", "unknown"} and "unknown" in routes,
               f"request paths are not metric labels: {sorted(routes)}")
+        statuses = set(re.findall(r'^mlkv_requests_total\{route="/v1/completions",status="([^"]*)"\}', text, re.M))
+        check("200" in statuses and all(s.isdigit() and len(s) == 3 for s in statuses),
+              f"a completion that returned 200 is counted as 200: statuses {sorted(statuses)}")
     finally:
         rc = stop_server(srv)
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")

@@ -98,14 +98,21 @@ int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx) {
 }
 
 void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, std::string* v) {
+  // An empty value would read as "not given" (f32): refused instead.
+  const auto non_empty = [](const std::string& s) {
+    return s.empty() ? std::string("empty: give a format such as f16 or q8_0") : std::string();
+  };
   cmd->add_option("--cache-type", *both,
                   "KV cache element type of keys and values: f32, f16, bf16, q8_0 or q4_0 "
-                  "(q8_0/q4_0: blocks of 32 along the head, CPU)")
-      ->capture_default_str();
+                  "(q8_0/q4_0: blocks of 32 along the head, CPU), or KEYS/VALUES such as q8_0/f16")
+      ->capture_default_str()
+      ->check(non_empty);
   cmd->add_option("--cache-type-k", *k,
                   "KV cache type of the keys (overrides --cache-type); q8_0+hadamard / q4_0+hadamard rotate "
-                  "each block of 32 by a Hadamard matrix before quantizing");
-  cmd->add_option("--cache-type-v", *v, "KV cache type of the values (overrides --cache-type)");
+                  "each block of 32 by a Hadamard matrix before quantizing")
+      ->check(non_empty);
+  cmd->add_option("--cache-type-v", *v, "KV cache type of the values (overrides --cache-type)")
+      ->check(non_empty);
 }
 
 }  // namespace mlkv::cli

@@ -122,10 +122,12 @@ void run_eval(const EvalArgs& a) {
   const eval::EvalReport rep = eval::evaluate(model, tok.get(), inputs, o);
 
   const json& d = rep.document;
-  std::printf("model: %s (%s, %lld params, %lld KV bytes/token f32)\n", a.model.c_str(),
-              d["config"].get<std::string>().c_str(),
+  std::printf("model: %s (%s, %lld params, %lld KV bytes/token f32; cache %s: %lld bytes/token)\n",
+              a.model.c_str(), d["config"].get<std::string>().c_str(),
               static_cast<long long>(d["n_params"].get<int64_t>()),
-              static_cast<long long>(d["kv_bytes_per_token_f32"].get<int64_t>()));
+              static_cast<long long>(d["kv_bytes_per_token_f32"].get<int64_t>()),
+              d["settings"]["cache_type"].get<std::string>().c_str(),
+              static_cast<long long>(d["settings"]["kv_bytes_per_token"].get<int64_t>()));
   std::printf("%-28s %-16s %12s %10s\n", "input", "metric", "value", "stderr");
   for (const std::string& name : rep.names) print_result(name, d["results"][name]);
   if (!a.json_path.empty()) write_text_file(a.json_path, d.dump(2) + "\n");
