@@ -70,7 +70,7 @@ SweepResult run_sweep(const SweepOptions& opt,
   }
   std::vector<KvCacheType> types;
   for (const std::string& t : opt.cache_types) {
-    types.push_back(parse_cache_type(t, "cache type"));
+    types.push_back(parse_cache_type(t, "--sweep-cache"));
     KVCache probe(kv_layout(base), 1, 1, types.back(), opt.model.device);  // refuses a misfit now
   }
   for (const SweepConfig& s : configs) {

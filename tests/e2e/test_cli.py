@@ -451,6 +451,11 @@ def test_bench_sweep(mlkv, wd):
                                 (["--sweep-ctx", "2"], "a context must be in", "a context of gen"),
                                 (["--sweep-cache", "q8_0"], "multiple of 32", "q8_0 on a head of 16")):
         expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep: {what}")
+    # A bad cache type is refused before the output folder is made, naming the option.
+    fresh = os.path.join(wd, "sweep-refused")
+    expect_error(mlkv, [*args[1:], "--sweep-out", fresh, "--sweep-cache", "f16+hadamard"], "--sweep-cache:",
+                 "bench --sweep: rotated f16 keys")
+    check(not os.path.exists(fresh), "a refused sweep makes no output folder")
     # A single run's options are not silently ignored by a sweep, nor the sweep's without --sweep.
     for extra, needle in ((["--batch", "4"], "--batch sets up a single run"),
                           (["--prompt", "64"], "use --sweep-ctx"),

@@ -358,6 +358,8 @@ void run_sweep_cli(const BenchArgs& a) {
   o.batches = a.sweep_batches;
   o.contexts = a.sweep_contexts;
   o.cache_types = a.sweep_cache_types;
+  // Checked before the output folder is made (run_sweep parses them again).
+  for (const std::string& t : o.cache_types) parse_cache_type(t, "--sweep-cache");
   o.gen = a.gen;
   o.reps = a.reps;
   o.max_cache_bytes = static_cast<int64_t>(a.sweep_max_cache_gib * 1073741824.0);
