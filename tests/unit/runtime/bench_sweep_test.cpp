@@ -47,7 +47,7 @@ TEST(BenchSweep, RefusesWhatTheGeometryCannotHold) {
   EXPECT_NE(error_of(o).find("must not be empty"), std::string::npos);
   o.batches = {1};
   o.cache_types = {"q9"};
-  EXPECT_NE(error_of(o).find("cache type must be one of"), std::string::npos) << error_of(o);
+  EXPECT_NE(error_of(o).find("--sweep-cache must be one of"), std::string::npos) << error_of(o);
   o.geometry = "pythia-1b";
   EXPECT_NE(error_of(o).find("unknown model geometry"), std::string::npos);
 }
