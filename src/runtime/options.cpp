@@ -37,16 +37,13 @@ std::string cache_type_arg(const std::string& both, const std::string& k, const 
     MLKV_REQUIRE(arg->find('/') == std::string::npos, opt, " takes one format (got '", *arg,
                  "'); a KEYS/VALUES pair goes in --cache-type");
   }
+  // One format each: kv_codec's parser knows which half may carry the rotation.
   if (!k.empty()) {
-    const KvCacheType kt = parse_cache_type(k, "--cache-type-k");
+    const KvCacheType kt = parse_kv_cache_type("", k, "");
     t.k = kt.k;
     t.k_hadamard = kt.k_hadamard;
   }
-  if (!v.empty()) {
-    MLKV_REQUIRE(v.find("+hadamard") == std::string::npos,
-                 "--cache-type-v: the Hadamard rotation (+hadamard) applies to keys only");
-    t.v = parse_cache_type(v, "--cache-type-v").v;
-  }
+  if (!v.empty()) t.v = parse_kv_cache_type("", "", v).v;
   const std::string kn = std::string(kv_codec(t.k).name) + (t.k_hadamard ? "+hadamard" : "");
   const std::string vn = kv_codec(t.v).name;
   return kn == vn ? kn : kn + "/" + vn;
