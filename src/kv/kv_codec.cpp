@@ -32,9 +32,8 @@ const KvCodec& kv_codec(const std::string& name) {
 }
 
 std::string KvCacheType::name() const {
-  if (k == v && !k_hadamard) return kv_codec(k).name;
-  return std::string("k ") + kv_codec(k).name + (k_hadamard ? kHadamardSuffix : "") + " / v " +
-         kv_codec(v).name;
+  const std::string kn = std::string(kv_codec(k).name) + (k_hadamard ? kHadamardSuffix : "");
+  return k == v ? kn : kn + "/" + kv_codec(v).name;
 }
 
 void KvCacheType::check_fits(int head_dim) const {
@@ -70,23 +69,25 @@ void check_hadamard(DType t, bool keys, const std::string& option) {
                kHadamardSuffix, "), not ", kv_codec(t).name);
 }
 
+KvFormat parse_kv_format(std::string name, bool keys, const std::string& option,
+                         const std::string& alternatives, const std::string& given) {
+  const std::string as_given = given.empty() ? name : given;
+  const bool rotated = strip_hadamard_suffix(&name);
+  for (const KvCodec& c : kCodecs) {
+    if (name != c.name) continue;
+    if (rotated) check_hadamard(c.dtype, keys, option);
+    return {c.dtype, rotated};
+  }
+  fail(option, " must be one of ", kv_codec_names(), " (q8_0 / q4_0 keys may add ", kHadamardSuffix,
+       ")", alternatives, " (got '", as_given, "')");
+}
+
 KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k,
                                 const std::string& v) {
-  // The format, and whether the name asks for rotated keys.
-  auto one = [](std::string s, const char* option, bool keys) {
-    const bool had = strip_hadamard_suffix(&s);
-    for (const KvCodec& c : kCodecs) {
-      if (s != c.name) continue;
-      if (had) check_hadamard(c.dtype, keys, option);
-      return std::make_pair(c.dtype, had);
-    }
-    fail(option, " must be one of ", kv_codec_names(), " (q8_0 / q4_0 keys may add ",
-         kHadamardSuffix, ") (got '", s, had ? kHadamardSuffix : "", "')");
-  };
-  const auto base = both.empty() ? std::make_pair(DType::kF32, false) : one(both, "--cache-type", true);
-  const auto kt = k.empty() ? base : one(k, "--cache-type-k", true);
-  const DType vt = v.empty() ? base.first : one(v, "--cache-type-v", false).first;
-  return {kt.first, vt, kt.second};
+  const KvFormat base = both.empty() ? KvFormat() : parse_kv_format(both, true, "--cache-type");
+  const KvFormat kt = k.empty() ? base : parse_kv_format(k, true, "--cache-type-k");
+  const DType vt = v.empty() ? base.dtype : parse_kv_format(v, false, "--cache-type-v").dtype;
+  return {kt.dtype, vt, kt.hadamard};
 }
 
 }  // namespace mlkv

@@ -41,7 +41,8 @@ struct KvCacheType {
   bool operator==(const KvCacheType& o) const {
     return k == o.k && v == o.v && k_hadamard == o.k_hadamard;
   }
-  // "f16", or "k q8_0 / v f16" when they differ ("k q4_0+hadamard / v q4_0" with rotated keys).
+  // As parse_cache_type reads it back: "f16", "q8_0/f16" when keys and values differ,
+  // "q4_0+hadamard" with rotated keys ("q4_0+hadamard/f16").
   std::string name() const;
   // Bytes of one position of one KV head, K and V: row_bytes(k) + row_bytes(v).
   // Throws mlkv::Error when a block format does not divide head_dim.
@@ -61,5 +62,17 @@ void check_hadamard(DType t, bool keys, const std::string& option);
 
 KvCacheType parse_kv_cache_type(const std::string& both, const std::string& k = "",
                                 const std::string& v = "");
+
+// One format name as the options take it: a codec's name, keys (keys true) of q8_0 / q4_0 may add
+// "+hadamard". Returns the format and whether the keys are rotated. Throws mlkv::Error naming
+// option: "OPTION must be one of NAMES (q8_0 / q4_0 keys may add +hadamard)ALTERNATIVES (got
+// 'GIVEN')", where given is the value as the user wrote it (default: name) and alternatives what
+// else the option takes (", or KEYS/VALUES ..."), or check_hadamard's error.
+struct KvFormat {
+  DType dtype = DType::kF32;
+  bool hadamard = false;
+};
+KvFormat parse_kv_format(std::string name, bool keys, const std::string& option,
+                         const std::string& alternatives = "", const std::string& given = "");
 
 }  // namespace mlkv

@@ -9,25 +9,15 @@ namespace mlkv {
 KvCacheType parse_cache_type(const std::string& s, const std::string& what) {
   const size_t slash = s.find('/');
   // One format; keys: whether it names the keys' (a "+hadamard" suffix is theirs alone).
-  auto one = [&](std::string t, bool keys, bool* hadamard) {
-    *hadamard = strip_hadamard_suffix(&t);
-    DType d = DType::kF32;
-    try {
-      d = kv_codec(t).dtype;
-    } catch (const Error&) {
-      fail(what, " must be one of ", kv_codec_names(),
-           " (q8_0 / q4_0 keys may add +hadamard), or KEYS/VALUES such as q8_0/f16 (got '", s, "')");
-    }
-    if (*hadamard) check_hadamard(d, keys, what);
-    return d;
+  auto one = [&](const std::string& t, bool keys) {
+    return parse_kv_format(t, keys, what, ", or KEYS/VALUES such as q8_0/f16", s);
   };
-  bool hk = false, hv = false;
   if (slash == std::string::npos) {
-    const DType d = one(s, true, &hk);
-    return KvCacheType(d, d, hk);
+    const KvFormat f = one(s, true);
+    return KvCacheType(f.dtype, f.dtype, f.hadamard);
   }
-  const DType k = one(s.substr(0, slash), true, &hk);
-  return KvCacheType(k, one(s.substr(slash + 1), false, &hv), hk);
+  const KvFormat k = one(s.substr(0, slash), true);
+  return KvCacheType(k.dtype, one(s.substr(slash + 1), false).dtype, k.hadamard);
 }
 
 std::string cache_type_arg(const std::string& both, const std::string& k, const std::string& v) {
@@ -44,9 +34,7 @@ std::string cache_type_arg(const std::string& both, const std::string& k, const 
     t.k_hadamard = kt.k_hadamard;
   }
   if (!v.empty()) t.v = parse_kv_cache_type("", "", v).v;
-  const std::string kn = std::string(kv_codec(t.k).name) + (t.k_hadamard ? "+hadamard" : "");
-  const std::string vn = kv_codec(t.v).name;
-  return kn == vn ? kn : kn + "/" + vn;
+  return t.name();
 }
 
 WeightType parse_weight_type(const std::string& s, const std::string& what) {

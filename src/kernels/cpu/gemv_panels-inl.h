@@ -56,6 +56,93 @@ inline void panel_tile(const float* x, int64_t K, const W* w, int64_t kc, float*
   }
 }
 
+// The tile above with NM more token rows whose accumulators live in out instead of registers
+// (AVX-512 has 32 vector registers: 2 panels x 12 rows take 24). k goes two columns at a time, so
+// each memory row's accumulator is loaded, multiplied into twice and stored once per two columns;
+// the register rows' FMAs and these loads and stores overlap with the weights' stream instead of
+// a separate pass over the chunk from L1 after it (a batch of 16 = 12 + 4 token rows). The asm
+// barrier keeps GCC from promoting the memory accumulators into registers (and spilling).
+template <int P, int NR, int NM, typename W>
+inline void panel_tile_mem(const float* x, int64_t K, const W* w, int64_t kc, float* out,
+                           int64_t ldo, bool load, bool prefetch) {
+  constexpr int NW = P * kPanelVecs;
+  V acc[NR][NW];
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) acc[t][j] = load ? vload(out + t * ldo + j * kLanes) : vzero();
+  }
+  float* mo = out + NR * ldo;
+  const float* mx = x + NR * K;
+  if (!load) {
+    for (int t = 0; t < NM; ++t) {
+      for (int j = 0; j < NW; ++j) vstore(mo + t * ldo + j * kLanes, vzero());
+    }
+  }
+  int64_t k = 0;
+  for (; k + 2 <= kc; k += 2) {
+    V w0[NW], w1[NW];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const W* col = w + p * kPanelRows * K + k * kPanelRows;
+      if (prefetch) {
+        vprefetch(col + 32 * kPanelRows);
+        if (sizeof(W) == 4) vprefetch(col + 33 * kPanelRows);
+      }
+#pragma GCC unroll 4
+      for (int v = 0; v < kPanelVecs; ++v) {
+        w0[p * kPanelVecs + v] = vload(col + v * kLanes);
+        w1[p * kPanelVecs + v] = vload(col + kPanelRows + v * kLanes);
+      }
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) {
+      const V x0 = vset1(x[t * K + k]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) acc[t][j] = vfma(w0[j], x0, acc[t][j]);
+      const V x1 = vset1(x[t * K + k + 1]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) acc[t][j] = vfma(w1[j], x1, acc[t][j]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NM; ++t) {
+      const V x0 = vset1(mx[t * K + k]);
+      const V x1 = vset1(mx[t * K + k + 1]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) {
+        float* a = mo + t * ldo + j * kLanes;
+        vstore(a, vfma(w1[j], x1, vfma(w0[j], x0, vload(a))));
+      }
+    }
+    asm volatile("" ::: "memory");
+  }
+  for (; k < kc; ++k) {
+    V w0[NW];
+    for (int p = 0; p < P; ++p) {
+      const W* col = w + p * kPanelRows * K + k * kPanelRows;
+      for (int v = 0; v < kPanelVecs; ++v) w0[p * kPanelVecs + v] = vload(col + v * kLanes);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NR; ++t) {
+      const V x0 = vset1(x[t * K + k]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NW; ++j) acc[t][j] = vfma(w0[j], x0, acc[t][j]);
+    }
+    for (int t = 0; t < NM; ++t) {
+      const V x0 = vset1(mx[t * K + k]);
+      for (int j = 0; j < NW; ++j) {
+        float* a = mo + t * ldo + j * kLanes;
+        vstore(a, vfma(w0[j], x0, vload(a)));
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NR; ++t) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NW; ++j) vstore(out + t * ldo + j * kLanes, acc[t][j]);
+  }
+}
+
 template <int P, typename W, int... NT>
 inline void panel_tile_n(int nt, const float* x, int64_t K, const W* w, int64_t kc, float* out,
                          int64_t ldo, bool load, bool prefetch, std::integer_sequence<int, NT...>) {
@@ -73,6 +160,23 @@ inline void panels_p(const float* x, int T, int64_t K, const W* w, float* out, i
     const bool load = accumulate || k0 > 0;
     for (int t0 = 0; t0 < T; t0 += kPanelTile) {
       const int nt = T - t0 < kPanelTile ? T - t0 : kPanelTile;
+      if constexpr (kLanes == 16 && P == 2) {
+        // 1-4 rows after this full tile: they ride along in memory (panel_tile_mem).
+        const int rest = T - t0 - nt;
+        if (nt == kPanelTile && rest > 0 && rest <= 4) {
+          const float* xt = x + t0 * K + k0;
+          const W* wk = w + k0 * kPanelRows;
+          float* ot = out + t0 * ldo;
+          const bool pf = t0 == 0;
+          switch (rest) {
+            case 1: panel_tile_mem<P, kPanelTile, 1>(xt, K, wk, kc, ot, ldo, load, pf); break;
+            case 2: panel_tile_mem<P, kPanelTile, 2>(xt, K, wk, kc, ot, ldo, load, pf); break;
+            case 3: panel_tile_mem<P, kPanelTile, 3>(xt, K, wk, kc, ot, ldo, load, pf); break;
+            default: panel_tile_mem<P, kPanelTile, 4>(xt, K, wk, kc, ot, ldo, load, pf); break;
+          }
+          break;
+        }
+      }
       panel_tile_n<P>(nt, x + t0 * K + k0, K, w + k0 * kPanelRows, kc, out + t0 * ldo, ldo, load,
                       /*prefetch=*/t0 == 0, std::make_integer_sequence<int, kPanelTile>{});
     }

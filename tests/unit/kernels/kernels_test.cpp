@@ -109,7 +109,7 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   // Panels of 16 rows: no full panel (N 13), panels and row-major tail rows, chunks of 256
   // columns with a partial last one (K 600), groups of 4 and 2 panels and single ones.
   const std::vector<std::pair<int, int>> panel_shapes = {{37, 13}, {64, 96}, {250, 7}, {33, 200}, {600, 50}, {40, 112}};
-  for (int T : {1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 32, 33, 40}) {
+  for (int T : {1, 2, 3, 4, 5, 8, 9, 13, 14, 15, 16, 17, 28, 32, 33, 40}) {
     for (DType wt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kF32P16,
                      DType::kF16P16, DType::kBF16P16}) {
       for (auto [K, N] : wt == DType::kQ8_0 ? q8_shapes : dtype_is_panels(wt) ? panel_shapes : shapes) {

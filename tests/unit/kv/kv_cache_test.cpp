@@ -57,14 +57,25 @@ TEST(KvCache, BytesAreTwoTokensOwnersHeadsRowBytes) {
   EXPECT_EQ(parse_kv_cache_type("q8_0"), KvCacheType(DType::kQ8_0));
   EXPECT_EQ(parse_kv_cache_type("f16", "q4_0"), KvCacheType(DType::kQ4_0, DType::kF16));
   EXPECT_EQ(parse_kv_cache_type("", "", "bf16"), KvCacheType(DType::kF32, DType::kBF16));
-  EXPECT_EQ(KvCacheType(DType::kQ8_0, DType::kF16).name(), "k q8_0 / v f16");
+  EXPECT_EQ(KvCacheType(DType::kQ8_0, DType::kF16).name(), "q8_0/f16");
   EXPECT_THROW(parse_kv_cache_type("q5_1"), Error);
   EXPECT_THROW(parse_kv_cache_type("f32", "int4"), Error);
   // Hadamard-rotated keys: a suffix of q8_0 / q4_0 key types, never of values or other formats.
   EXPECT_EQ(parse_kv_cache_type("q4_0+hadamard"), KvCacheType(DType::kQ4_0, DType::kQ4_0, true));
   EXPECT_EQ(parse_kv_cache_type("f16", "q8_0+hadamard"), KvCacheType(DType::kQ8_0, DType::kF16, true));
-  EXPECT_EQ(KvCacheType(DType::kQ4_0, DType::kQ4_0, true).name(), "k q4_0+hadamard / v q4_0");
+  EXPECT_EQ(KvCacheType(DType::kQ4_0, DType::kQ4_0, true).name(), "q4_0+hadamard");
   EXPECT_NE(KvCacheType(DType::kQ4_0, DType::kQ4_0, true), KvCacheType(DType::kQ4_0));
+  // name() is what the options read back: "K" or "K/V", each half a format name.
+  for (const KvCacheType& t : {KvCacheType(DType::kF16), KvCacheType(DType::kQ8_0, DType::kF16),
+                               KvCacheType(DType::kQ4_0, DType::kQ4_0, true),
+                               KvCacheType(DType::kQ8_0, DType::kBF16, true)}) {
+    const std::string n = t.name();
+    const size_t slash = n.find('/');
+    const KvCacheType back = slash == std::string::npos
+                                 ? parse_kv_cache_type(n)
+                                 : parse_kv_cache_type("", n.substr(0, slash), n.substr(slash + 1));
+    EXPECT_EQ(back, t) << n;
+  }
   for (auto [both, k, v] : {std::tuple<const char*, const char*, const char*>{"f16+hadamard", "", ""},
                             {"", "", "q4_0+hadamard"},
                             {"", "bf16+hadamard", ""},
