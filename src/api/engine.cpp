@@ -191,7 +191,7 @@ std::vector<Generation> Engine::generate(const std::vector<std::vector<int32_t>>
   out.reserve(res.size());
   for (const GenerateResult& r : res) {
     out.push_back(
-        {r.tokens, impl_->tokenizer ? impl_->tokenizer->decode(r.tokens) : "", r.finish_reason, ""});
+        {r.tokens, impl_->tokenizer ? impl_->tokenizer->decode(r.tokens) : "", r.finish_reason, "", {}, {}});
   }
   return out;
 }

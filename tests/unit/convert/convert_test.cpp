@@ -288,7 +288,9 @@ TEST(Convert, WidenMlp) {
     EXPECT_EQ(z.w_down[int64_t{3} * zero.config.n_ff + F], 0.0f);
     if (c.mlp_bias) {  // a new neuron's input biases are its model neuron's
       EXPECT_EQ(z.b_up[F], z.b_up[0]);
-      if (fam == Family::kLlama) EXPECT_EQ(z.b_gate[F], z.b_gate[0]);
+      if (fam == Family::kLlama) {
+        EXPECT_EQ(z.b_gate[F], z.b_gate[0]);
+      }
     }
   }
 }
