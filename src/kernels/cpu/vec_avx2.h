@@ -78,6 +78,24 @@ inline float vmaxall(V a) {
   return _mm_cvtss_f32(lo);
 }
 // out[k] = vsum(a[k]) for k < 8, as one vector: no horizontal sum per k.
+// a[i] lane j <-> a[j] lane i: an 8 x 8 transpose in registers.
+inline void vtranspose(V* a) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(a[i].v, a[i + 1].v);
+    t[i + 1] = _mm256_unpackhi_ps(a[i].v, a[i + 1].v);
+  }
+  for (int g = 0; g < 8; g += 4) {
+    u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xee);
+    u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    a[i].v = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    a[4 + i].v = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
 inline void vsum8(const V* a, float* out) {
   const __m256 t0 = _mm256_hadd_ps(a[0].v, a[1].v), t1 = _mm256_hadd_ps(a[2].v, a[3].v);
   const __m256 t2 = _mm256_hadd_ps(a[4].v, a[5].v), t3 = _mm256_hadd_ps(a[6].v, a[7].v);

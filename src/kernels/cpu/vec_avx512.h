@@ -73,6 +73,37 @@ inline float vmaxall(V a) {
   lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
   return _mm_cvtss_f32(lo);
 }
+// a[i] lane j <-> a[j] lane i: a 16 x 16 transpose in registers (64 shuffles).
+inline void vtranspose(V* a) {
+  // 1: pairs of rows interleaved; per 128-bit lane L, t[2m] holds rows 2m, 2m + 1 of columns
+  // 4L, 4L + 1 and t[2m + 1] of columns 4L + 2, 4L + 3.
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(a[i].v, a[i + 1].v);
+    t[i + 1] = _mm512_unpackhi_ps(a[i].v, a[i + 1].v);
+  }
+  // 2: u[4g + m], lane L: rows 4g .. 4g + 3 of column 4L + c(m), c = {0, 2, 1, 3}.
+  for (int g = 0; g < 4; ++g) {
+    const __m512d t0 = _mm512_castps_pd(t[4 * g]), t1 = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d t2 = _mm512_castps_pd(t[4 * g + 2]), t3 = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+  }
+  // 3, 4: column 4L + c(m) gathers lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+  constexpr int kCol[4] = {0, 2, 1, 3};
+  for (int m = 0; m < 4; ++m) {
+    const __m512 x = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);   // lanes 0, 2 of each
+    const __m512 y = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);   // lanes 1, 3
+    const __m512 z = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+    const __m512 w = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+    a[0 + kCol[m]].v = _mm512_shuffle_f32x4(x, z, 0x88);
+    a[4 + kCol[m]].v = _mm512_shuffle_f32x4(y, w, 0x88);
+    a[8 + kCol[m]].v = _mm512_shuffle_f32x4(x, z, 0xdd);
+    a[12 + kCol[m]].v = _mm512_shuffle_f32x4(y, w, 0xdd);
+  }
+}
 inline void vsum8(const V* a, float* out) {
   __m256 h[8];
   for (int k = 0; k < 8; ++k) h[k] = half_sum(a[k].v);

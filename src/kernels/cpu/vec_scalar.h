@@ -44,6 +44,8 @@ inline V vcopysign(V mag, V sgn) { return {std::copysign(mag.v, sgn.v)}; }
 
 inline float vsum(V a) { return a.v; }
 inline float vmaxall(V a) { return a.v; }
+// A 1 x 1 transpose: nothing to do (the interface of the vector builds).
+inline void vtranspose(V*) {}
 inline void vsum8(const V* a, float* out) {
   for (int k = 0; k < 8; ++k) out[k] = a[k].v;
 }

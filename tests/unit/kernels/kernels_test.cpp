@@ -502,7 +502,7 @@ TEST_P(Kernels, DecodeAttention) {
       // 96 (an odd number of 32-value blocks) and 288 (above the integer kernels' 256, so q8_0 /
       // q4_0 keys are widened and the query is not rounded): fewer shapes.
       if ((d == 96 || d == 288) && len != 300 && len != 7) continue;
-      for (int n_q : {1, 3, 8, 12, 70}) {
+      for (int n_q : {1, 3, 5, 8, 9, 12, 16, 70}) {
         const int ldq = n_q * d + 5, ldo = n_q * d + 3;  // strides wider than the rows
         const auto qrows = randn(size_t(n_q) * ldq, 2 + len);
         const auto K = randn(size_t(len) * d, 3 + n_q), V = randn(size_t(len) * d, 4 + d);
