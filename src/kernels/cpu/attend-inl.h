@@ -178,12 +178,98 @@ void attn_scores(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, 
 // integer sums of one block are reduced together (isum8), then scaled by the key blocks' f16
 // scales times the query block's scale and summed over the blocks. Every path (and the tail keys,
 // one at a time) forms the same exact integers and scales them in the same order.
+template <class KB>
+void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                     size_t row_bytes, float scale, float* scores, int64_t lds);
+
+#ifdef MLKV_VNNI
+// q8_0 keys against a group of 9-16 query rows (MQA / MLKV groups) with the rows in the lanes of
+// 512-bit dpbusd: lane r of qt[b][g] holds row r's 4 int8 values [32 b + 4 g, 32 b + 4 g + 4), and
+// a key's 4 values at the same place, broadcast and offset by 128 to unsigned (xor 0x80), give
+// every row's 4 products at once: sum (k + 128) q = k.q + 128 sum q, the second term subtracted
+// per block (corr). The integers are the exact k.q of the 8-key path; each block's sum is then
+// scaled by the key's f16 scale times the row's query scale and added in block order, as there.
+// Blocks of 16 keys; their [key][row] sums are transposed once into rows of scores. The last
+// len % 16 keys of a chunk go through the 8-key path.
+inline void scores_q8_lanes(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                            size_t row_bytes, float scale, float* scores, int64_t lds) {
+  const int nb = d / 32;
+  alignas(64) int8_t qt[kMaxIntHeadDim / 32][8][16 * 4] = {};
+  alignas(64) int8_t qq[kMaxIntHeadDim];
+  alignas(64) float dqv[kMaxIntHeadDim / 32][16] = {};
+  alignas(64) int32_t corr[kMaxIntHeadDim / 32][16] = {};
+  for (int r = 0; r < n_q; ++r) {
+    for (int b = 0; b < nb; ++b) {
+      dqv[b][r] = iquantize32(q + int64_t{r} * ldq + b * 32, qq + b * 32);
+      int32_t sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        qt[b][i / 4][r * 4 + i % 4] = qq[b * 32 + i];
+        sum += qq[b * 32 + i];
+      }
+      corr[b][r] = 128 * sum;
+    }
+  }
+  const __m512i flip = _mm512_set1_epi32(int32_t(0x80808080u));
+  const V vscale = vset1(scale);
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    const char* K = static_cast<const char*>(ch[c].k);
+    const int n = ch[c].n;
+    int j0 = 0;
+    for (; j0 + 16 <= n; j0 += 16) {
+      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
+      for (size_t o = 0; o < 16 * row_bytes; o += 64) {
+        vprefetch(kb + 16 * row_bytes + o);
+        __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
+      }
+      V acc[16];
+      for (int k = 0; k < 16; ++k) acc[k] = vzero();
+      for (int b = 0; b < nb; ++b) {
+        __m512i is[16];
+        for (int k = 0; k < 16; ++k) is[k] = _mm512_setzero_si512();
+        const char* kv = kb + b * RowQ8::kBlockBytes + 2;
+        for (int g = 0; g < 8; ++g) {
+          const __m512i qv = _mm512_load_si512(qt[b][g]);
+          for (int k = 0; k < 16; ++k) {
+            int32_t k4;
+            std::memcpy(&k4, kv + k * row_bytes + 4 * g, 4);
+            is[k] = _mm512_dpbusd_epi32(is[k], _mm512_xor_si512(_mm512_set1_epi32(k4), flip), qv);
+          }
+        }
+        const __m512i cb = _mm512_load_si512(corr[b]);
+        const V dq = vload(dqv[b]);
+        for (int k = 0; k < 16; ++k) {
+          const V sk = {_mm512_cvtepi32_ps(_mm512_sub_epi32(is[k], cb))};
+          const V w = vmul(vset1(RowQ8::scale(kb + k * row_bytes + b * RowQ8::kBlockBytes)), dq);
+          acc[k] = vfma(sk, w, acc[k]);
+        }
+      }
+      vtranspose(acc);
+      for (int r = 0; r < n_q; ++r) vstore(scores + r * lds + off + j0, vmul(acc[r], vscale));
+    }
+    if (j0 < n) {
+      const KvChunk rest{K + static_cast<size_t>(j0) * row_bytes, nullptr, n - j0};
+      attn_scores_int<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
+    }
+  }
+}
+#endif
+
 template <class KB>  // RowQ8 or RowQ4
 void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
                      size_t row_bytes, float scale, float* scores, int64_t lds) {
   if (!int_key_scores(DType::kQ8_0, d) || n_q > kMaxGroup) {  // larger heads: widened in registers
     return attn_scores<KB>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
   }
+#ifdef MLKV_VNNI
+  // A chunk of 16 keys or more: the 8-key path below takes the rest of a shorter one.
+  bool lanes_chunks = true;
+  for (int c = 0; c < n_ch; ++c) lanes_chunks = lanes_chunks && ch[c].n >= 16;
+  if constexpr (std::is_same_v<KB, RowQ8>) {
+    if (2 * n_q > 16 && n_q <= 16 && lanes_chunks) {
+      return scores_q8_lanes(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
+    }
+  }
+#endif
   const int nb = d / 32;
   alignas(64) int8_t qq[kMaxGroup * kMaxIntHeadDim], aq[kMaxGroup * kMaxIntHeadDim];
   float dq[kMaxGroup * (kMaxIntHeadDim / 32)];

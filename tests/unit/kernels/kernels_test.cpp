@@ -556,8 +556,8 @@ TEST_P(Kernels, DecodeAttention) {
 // Over q8_0 / q4_0 keys a NaN stays visible as in f32: a NaN in a query row makes that row's
 // output NaN (its block's scale is NaN), a NaN key (stored as a NaN block) every row's.
 TEST_P(Kernels, QuantizedKeysKeepNaN) {
-  const int d = 64, len = 37, n_q = 3;
-  for (DType kt : {DType::kQ8_0, DType::kQ4_0}) {
+  const int d = 64, len = 37;
+  for (auto [kt, n_q] : {std::pair{DType::kQ8_0, 3}, {DType::kQ4_0, 3}, {DType::kQ8_0, 12}}) {
     for (bool nan_key : {false, true}) {
       auto q = randn(size_t(n_q) * d, 5);
       auto K = randn(size_t(len) * d, 6);
@@ -583,7 +583,8 @@ TEST_P(Kernels, QuantizedKeysKeepNaN) {
 }
 
 // AVX-512 scores over q8_0 / q4_0 keys, and the q8_0 GEMV, with VNNI (dpbusd) and without
-// (maddubs + madd) form the same integers and scale them in the same order: equal results.
+// (maddubs + madd) form the same integers and scale them in the same order: equal results. Groups
+// of 9-16 rows over q8_0 keys take the rows-in-lanes path with VNNI (scores_q8_lanes).
 TEST(KernelsInt, VnniAndMaddubsAgree) {
   if (!cpu::cpu_supports(cpu::Isa::kAvx512) || !__builtin_cpu_supports("avx512vnni")) {
     GTEST_SKIP() << "this CPU has no AVX-512 VNNI: only one of the two paths can run";
@@ -592,8 +593,8 @@ TEST(KernelsInt, VnniAndMaddubsAgree) {
   for (DType kt : {DType::kQ8_0, DType::kQ4_0}) {
     const int fi = cpu::kv_format_index(kt);
     ASSERT_NE(vnni.attn_scores[fi], base.attn_scores[fi]) << "the VNNI entry is not installed";
-    for (int d : {64, 96, 256}) {
-      const int len = 203, n_q = 5;
+    for (auto [d, n_q] : {std::pair{64, 5}, {96, 5}, {256, 5}, {64, 12}, {128, 16}, {256, 9}}) {
+      const int len = 203;
       const auto q = randn(size_t(n_q) * d, 8 + d), K = randn(size_t(len) * d, 9 + d);
       const Encoded ke = encode_rows(K, d, kt);
       const KvChunk c{ke.bytes.data(), nullptr, len};
