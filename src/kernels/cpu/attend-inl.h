@@ -22,6 +22,16 @@ inline constexpr int kKeyPrefetchL2 = 32;
 // raised decode attention of one query row per KV head from 13.7 to 17-17.8 GB/s (2-core Xeon).
 inline constexpr int kValuePrefetch = 32;
 
+// While n keys from kb are scored: the next n keys into L1 and the n keys kKeyPrefetchL2 ahead
+// into L2, a line at a time.
+inline void prefetch_keys(const char* kb, int n, size_t row_bytes) {
+  const size_t bytes = static_cast<size_t>(n) * row_bytes;
+  for (size_t o = 0; o < bytes; o += 64) {
+    vprefetch(kb + bytes + o);
+    __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
+  }
+}
+
 // Readers of one row of head_dim values stored at `row` in each format. get(row, i) gives values
 // [i, i + kLanes) (i a multiple of kLanes, so never across a 32-value block); get1 one value.
 struct RowF32 {
@@ -89,10 +99,7 @@ void scores_block8(const float* q, int n_q, int ldq, const char* K, size_t row_b
   if (d % kLanes == 0) {
     for (; j0 + 8 <= len; j0 += 8) {
       const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      for (size_t o = 0; o < 8 * row_bytes; o += 64) {
-        vprefetch(kb + 8 * row_bytes + o);
-        __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
-      }
+      prefetch_keys(kb, 8, row_bytes);
       for (int r = 0; r < n_q; ++r) {
         const float* qr = q + int64_t{r} * ldq;
         V acc[8];
@@ -217,10 +224,7 @@ inline void scores_q8_lanes(const float* q, int n_q, int ldq, const KvChunk* ch,
     int j0 = 0;
     for (; j0 + 16 <= n; j0 += 16) {
       const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      for (size_t o = 0; o < 16 * row_bytes; o += 64) {
-        vprefetch(kb + 16 * row_bytes + o);
-        __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
-      }
+      prefetch_keys(kb, 16, row_bytes);
       V acc[16];
       for (int k = 0; k < 16; ++k) acc[k] = vzero();
       for (int b = 0; b < nb; ++b) {
@@ -287,10 +291,7 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
     int j0 = 0;
     for (; j0 + 8 <= n; j0 += 8) {
       const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      for (size_t o = 0; o < 8 * row_bytes; o += 64) {
-        vprefetch(kb + 8 * row_bytes + o);
-        __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
-      }
+      prefetch_keys(kb, 8, row_bytes);
       for (int b = 0; b < nb; ++b) {
         for (int k = 0; k < 8; ++k) {
           ks[b][k] = KB::scale(kb + k * row_bytes + b * KB::kBlockBytes);
