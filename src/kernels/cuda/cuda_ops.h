@@ -10,7 +10,10 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+
+#include "core/tensor.h"  // DType
 
 namespace mlkv::cuda {
 
@@ -78,6 +81,56 @@ void attention_backward_bf16(cudaStream_t s, const float* q, const float* k, con
                              const float* o, const float* lse, const float* dout, float* dq,
                              float* dk, float* dv, int batch, int ctx, int n_head, int n_head_kv,
                              int head_dim, float* scratch);
+
+// ---- decode: the KV cache on the GPU and attention against it (attention_cached.cu) ----
+// Cache rows hold f32, f16 or bf16 values (KvFmt, the backend's kv_fmt of the slot's DType).
+enum KvFmt { kFmtF32 = 0, kFmtF16 = 1, kFmtBF16 = 2 };
+
+// Token t's K/V heads (k, v: [n, n_head_kv, d]) into cache row rows[t] of each head (rows on the
+// device); kc, vc: the slot's keys and values, head h at + h * *_head_stride bytes.
+void kv_store(cudaStream_t s, const int32_t* rows, int n, int n_head_kv, int d, const float* k,
+              const float* v, char* kc, char* vc, size_t k_head_stride, size_t v_head_stride,
+              size_t k_row_bytes, size_t v_row_bytes, int kf, int vf);
+
+inline constexpr int kCachedThreads = 128;
+inline constexpr int kCachedWarps = kCachedThreads / 32;
+inline constexpr size_t kCachedSmemMax = 96 * 1024;  // dynamic shared memory per block, bytes
+
+// One attention call against the cache: R query rows, each its group's G = n_head / n_head_kv
+// heads, the context of each row cut into n_split chunks of `chunk` keys.
+struct CachedArgs {
+  const float* q;      // [rows, n_head, d]
+  const char* k;       // the slot's keys: head h at k + h * k_head_stride
+  const char* v;
+  size_t k_head_stride, v_head_stride, k_row_bytes, v_row_bytes;
+  // meta: [R] batch row, [R] position, [R] offset of the row's block table in `blocks`
+  const int32_t* meta;
+  const int32_t* blocks;
+  int R, block_size, n_head, n_head_kv, d, G, chunk, n_split;
+  float scale;
+  bool rotate;  // keys are raw: rotate them at their position on the way in
+  const float* cos_t;
+  const float* sin_t;
+  int n_rot;
+  float* part_o;   // [R, n_head_kv, n_split, G, d] unnormalised sums
+  float* part_ml;  // [R, n_head_kv, n_split, G, 2] running max and sum of exp
+};
+// Whether the vectorised kernel applies (16-byte aligned rows and heads, d a multiple of both
+// formats' vectors, a value row's vectors dividing the block).
+bool cached_vec_ok(const CachedArgs& a, int kf, int vf);
+// The parts: one block per (row, KV head, chunk) with smem bytes of dynamic shared memory.
+void attn_cached_parts(cudaStream_t s, const CachedArgs& a, int kf, int vf, bool vec, size_t smem);
+// out[meta row, h, :] = the parts of (row, h) combined (softmax over all chunks).
+void attn_cached_combine(cudaStream_t s, const CachedArgs& a, float* out);
+
+// ---- decode products (gemv.cu) ----
+inline constexpr int kGemvMaxRows = 8;
+// Whether gemv applies: n <= kGemvMaxRows, K a multiple of the 16-byte vector, 16-byte aligned x
+// and w, f32 / f16 / bf16 weights (MLKV_CUDA_NO_GEMV unset).
+bool gemv_ok(const float* x, const void* w, int n, int K, DType wt);
+// y [n, N] (+)= x [n, K] w^T + b (b [N] or null; w [N, K] of type wt), one launch.
+void gemv(cudaStream_t s, const float* x, const void* w, DType wt, const float* b, float* y, int n,
+          int K, int N, bool accumulate);
 
 // ---- optimizer ----
 void adamw_update(cudaStream_t s, float* p, float* g, float* m, float* v, int64_t n, float beta1,
