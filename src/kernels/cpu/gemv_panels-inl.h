@@ -11,8 +11,9 @@
 // Measured on a 2-core Xeon (AVX-512), Pythia-160M geometry, f32 weights: a decode step of 16
 // token rows at context 64 took 20.1-20.5 ms against 26.2-27.3 for the row layout, one token row
 // 15.4-16.4 ms against 18.3, and a 128-token prefill ran 1.2x OpenBLAS sgemm over row-major
-// weights; from ~512 tokens on sgemm is as fast and at 1024 about 10% faster (a tile of 12 token
-// rows and 2 panels reaches ~60-70% of the FMA peak where sgemm reaches more).
+// weights; from ~512 tokens on sgemm was as fast and at 1024 about 10% faster (a tile of 12 token
+// rows and 2 panels reaches ~60-70% of the FMA peak where sgemm reaches more) until many token
+// rows went in blocks that keep x in L2 (gemv_panels below: 1024 tokens 1.04x, 2000 1.14x).
 //
 // K goes in chunks of kPanelChunk columns; the partial sums wait in out between chunks, so the
 // chunk of the P panels (P 16 KiB at 256 columns) stays in L1 while every tile of NT token rows
@@ -186,9 +187,34 @@ inline void panels_p(const float* x, int T, int64_t K, const W* w, float* out, i
 // The table's entries (W: float, uint16_t for f16, Bf16): n_panels panels at w, kPanelWide at a
 // time for few token rows, else 2 (one without AVX-512), the rest one by one.
 template <typename W>
+void gemv_panels_rows(const float* x, int T, int64_t K, const W* w, int n_panels, float* out,
+                      int64_t ldo, bool accumulate);
+
+// Many token rows (prefill) in blocks of a quarter of the L2 cache's worth of x, once x is larger
+// than three quarters of it: each pair of panels then reads its x from L2 rather than from L3 or
+// memory, at the price of reading the weights once per block (from L3 after the first), which
+// costs less while K < 4096 (x is re-read once per 32 weight rows, the weights once per block).
+// A 2-core Xeon (2 MiB L2), 3 alternating runs: prefill of 1024 tokens 1048-1086 -> 1072-1149
+// tok/s (medians 1053 -> 1097), 2000 tokens 851-923 -> 1016-1049 (905 -> 1028).
+template <typename W>
 void gemv_panels(const float* x, int T, int64_t K, const void* wv, int n_panels, float* out,
                  int64_t ldo, bool accumulate) {
   const W* w = static_cast<const W*>(wv);
+  const int64_t l2 = l2_cache_bytes(), x_bytes = int64_t{T} * K * int64_t{sizeof(float)};
+  int64_t tb = T;
+  if (4 * x_bytes > 3 * l2) {
+    tb = l2 / 4 / (K * int64_t{sizeof(float)});
+    tb = tb < kPanelTile ? kPanelTile : tb - tb % kPanelTile;
+  }
+  for (int t0 = 0; t0 < T; t0 += int(tb)) {
+    const int nt = T - t0 < tb ? T - t0 : int(tb);
+    gemv_panels_rows<W>(x + t0 * K, nt, K, w, n_panels, out + t0 * ldo, ldo, accumulate);
+  }
+}
+
+template <typename W>
+void gemv_panels_rows(const float* x, int T, int64_t K, const W* w, int n_panels, float* out,
+                      int64_t ldo, bool accumulate) {
   int p = 0;
   if (T <= 4) {
     for (; p + kPanelWide <= n_panels; p += kPanelWide) {

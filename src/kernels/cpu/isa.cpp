@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include <unistd.h>
+
 #include "core/check.h"
 
 namespace mlkv::ops::cpu {
@@ -75,6 +77,14 @@ Isa active_isa() {
                isa_name(isa), " kernels (it supports up to ", isa_name(best_isa()), ")");
   g_isa.store(static_cast<int>(isa));
   return isa;
+}
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return b > 0 ? int64_t{b} : int64_t{1} << 20;
+  }();
+  return bytes;
 }
 
 }  // namespace mlkv::ops::cpu

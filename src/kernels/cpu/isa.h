@@ -7,6 +7,8 @@
 // kernels themselves (kernels/cpu/kernels.h) or the threading around them (kernels/cpu/*.cpp).
 #pragma once
 
+#include <cstdint>
+
 namespace mlkv::ops::cpu {
 
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -27,5 +29,9 @@ Isa best_isa();
 Isa active_isa();
 // Forces a path for the rest of the process (tests); throws mlkv::Error when the CPU lacks it.
 void set_isa(Isa isa);
+
+// This CPU's level-2 cache in bytes (per core), as the C library reports it (sysconf); 1 MiB when
+// it does not say. Read once.
+int64_t l2_cache_bytes();
 
 }  // namespace mlkv::ops::cpu

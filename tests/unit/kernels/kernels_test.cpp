@@ -158,6 +158,34 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
   }
 }
 
+// Many token rows against weights in panels: x [400, 2048] (3.2 MB) exceeds three quarters of any
+// L2 cache, so gemv_panels takes the token rows in blocks (a partial last one) and re-reads the
+// panels per block; the result is the reference's within the f32 bound, written and accumulated.
+TEST_P(Kernels, LinearForwardPanelsInRowBlocks) {
+  const int T = 400, K = 2048, N = 40;  // 2 panels and 8 row-major tail rows
+  const auto x = randn(size_t(T) * K, 31), w = randn(size_t(N) * K, 32), b = randn(size_t(N), 33);
+  for (DType wt : {DType::kF32P16, DType::kBF16P16}) {
+    Tensor wf({N, K});
+    std::copy(w.begin(), w.end(), wf.data());
+    const Tensor stored = wf.to(wt), widened = stored.to(DType::kF32);
+    const std::vector<float> wu(widened.data(), widened.data() + widened.numel());
+    std::vector<float> want(size_t(T) * N), got(want.size()), acc(want.size(), 1.0f), want_acc(want.size(), 1.0f);
+    ref::linear_forward(x.data(), wu.data(), b.data(), want.data(), T, K, N);
+    ref::linear_forward(x.data(), wu.data(), (const float*)nullptr, want_acc.data(), T, K, N, true);
+    linear_forward_lowp(x.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
+    linear_forward_lowp(x.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
+    auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
+      const int t = int(i) / N, o = int(i) % N;
+      double sum = 0;
+      for (int k = 0; k < K; ++k) sum += std::fabs(double(x[size_t(t) * K + k]) * wu[size_t(o) * K + k]);
+      return 2.0 * K * kEps * sum + 2 * kEps * std::fabs(bias ? b[size_t(o)] : base[i]);
+    };
+    const std::string tag = std::string("linear T=400 K=2048 ") + dtype_name(wt);
+    expect_close(tag.c_str(), got, want, [&](size_t i) { return tol(want, i, true); });
+    expect_close((tag + " +=").c_str(), acc, want_acc, [&](size_t i) { return tol(want_acc, i, false) + 2 * kEps; });
+  }
+}
+
 // The kernels' activation quantizer is quantize_query_q8 bit for bit (the scales' bits and every
 // int8): random blocks over 24 binades, values that land exactly halfway between two steps
 // (rounded away from zero, as std::lround), all-zero blocks, blocks so small that 1 / d
