@@ -184,16 +184,17 @@ inline void panels_p(const float* x, int T, int64_t K, const W* w, float* out, i
   }
 }
 
-// The table's entries (W: float, uint16_t for f16, Bf16): n_panels panels at w, kPanelWide at a
-// time for few token rows, else 2 (one without AVX-512), the rest one by one.
+// n_panels panels at w against T token rows: kPanelWide at a time for few token rows, else 2
+// (one without AVX-512), the rest one by one.
 template <typename W>
 void gemv_panels_rows(const float* x, int T, int64_t K, const W* w, int n_panels, float* out,
                       int64_t ldo, bool accumulate);
 
-// Many token rows (prefill) in blocks of a quarter of the L2 cache's worth of x, once x is larger
-// than three quarters of it: each pair of panels then reads its x from L2 rather than from L3 or
-// memory, at the price of reading the weights once per block (from L3 after the first), which
-// costs less while K < 4096 (x is re-read once per 32 weight rows, the weights once per block).
+// The table's entries (W: float, uint16_t for f16, Bf16). Many token rows (prefill) go in blocks
+// of a quarter of the L2 cache's worth of x once x is larger than three quarters of it: each pair
+// of panels then reads its x from L2 rather than from L3 or memory, at the price of reading the
+// weights once per block (from L3 after the first), which costs less while K < 4096 (x is re-read
+// once per 32 weight rows, the weights once per block).
 // A 2-core Xeon (2 MiB L2), 3 alternating runs: prefill of 1024 tokens 1048-1086 -> 1072-1149
 // tok/s (medians 1053 -> 1097), 2000 tokens 851-923 -> 1016-1049 (905 -> 1028).
 template <typename W>
