@@ -13,6 +13,14 @@ const KvCodec kCodecs[] = {{DType::kF32, "f32"},
                            {DType::kBF16, "bf16"},
                            {DType::kQ8_0, "q8_0"},
                            {DType::kQ4_0, "q4_0"}};
+
+// The codec spelled `name`, or null.
+const KvCodec* find_kv_codec(const std::string& name) {
+  for (const KvCodec& c : kCodecs) {
+    if (name == c.name) return &c;
+  }
+  return nullptr;
+}
 }  // namespace
 
 const char* kv_codec_names() { return "f32, f16, bf16, q8_0, q4_0"; }
@@ -25,9 +33,7 @@ const KvCodec& kv_codec(DType dtype) {
 }
 
 const KvCodec& kv_codec(const std::string& name) {
-  for (const KvCodec& c : kCodecs) {
-    if (name == c.name) return c;
-  }
+  if (const KvCodec* c = find_kv_codec(name)) return *c;
   fail("KV cache type must be one of ", kv_codec_names(), " (got '", name, "')");
 }
 
@@ -73,10 +79,9 @@ KvFormat parse_kv_format(std::string name, bool keys, const std::string& option,
                          const std::string& alternatives, const std::string& given) {
   const std::string as_given = given.empty() ? name : given;
   const bool rotated = strip_hadamard_suffix(&name);
-  for (const KvCodec& c : kCodecs) {
-    if (name != c.name) continue;
-    if (rotated) check_hadamard(c.dtype, keys, option);
-    return {c.dtype, rotated};
+  if (const KvCodec* c = find_kv_codec(name)) {
+    if (rotated) check_hadamard(c->dtype, keys, option);
+    return {c->dtype, rotated};
   }
   fail(option, " must be one of ", kv_codec_names(), " (q8_0 / q4_0 keys may add ", kHadamardSuffix,
        ")", alternatives, " (got '", as_given, "')");

@@ -22,14 +22,24 @@ inline constexpr int kKeyPrefetchL2 = 32;
 // raised decode attention of one query row per KV head from 13.7 to 17-17.8 GB/s (2-core Xeon).
 inline constexpr int kValuePrefetch = 32;
 
+// The 64-byte lines of [p, p + bytes) into L1, or with L2 into L2 only.
+template <bool L2 = false>
+inline void prefetch_lines(const char* p, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) {
+    if constexpr (L2) {
+      __builtin_prefetch(p + o, 0, 2);
+    } else {
+      vprefetch(p + o);
+    }
+  }
+}
+
 // While n keys from kb are scored: the next n keys into L1 and the n keys kKeyPrefetchL2 ahead
-// into L2, a line at a time.
+// into L2.
 inline void prefetch_keys(const char* kb, int n, size_t row_bytes) {
   const size_t bytes = static_cast<size_t>(n) * row_bytes;
-  for (size_t o = 0; o < bytes; o += 64) {
-    vprefetch(kb + bytes + o);
-    __builtin_prefetch(kb + kKeyPrefetchL2 * row_bytes + o, 0, 2);
-  }
+  prefetch_lines(kb + bytes, bytes);
+  prefetch_lines<true>(kb + kKeyPrefetchL2 * row_bytes, bytes);
 }
 
 // Readers of one row of head_dim values stored at `row` in each format. get(row, i) gives values
@@ -265,11 +275,10 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
     return attn_scores<KB>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
   }
 #ifdef MLKV_VNNI
-  // A chunk of 16 keys or more: the 8-key path below takes the rest of a shorter one.
-  bool lanes_chunks = true;
-  for (int c = 0; c < n_ch; ++c) lanes_chunks = lanes_chunks && ch[c].n >= 16;
+  // Chunks of 16 keys or more (the 8-key path below takes a shorter one whole).
   if constexpr (std::is_same_v<KB, RowQ8>) {
-    if (2 * n_q > 16 && n_q <= 16 && lanes_chunks) {
+    if (2 * n_q > 16 && n_q <= 16 &&
+        std::all_of(ch, ch + n_ch, [](const KvChunk& c) { return c.n >= 16; })) {
       return scores_q8_lanes(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
     }
   }
@@ -342,9 +351,7 @@ void weighted_sum(const float* p, const char* Vm, size_t row_bytes, int c0, int 
     constexpr int kPer = kLanes >= 32 ? 1 : 32 / kLanes;  // vectors per block
     for (int j = j0; j < j1; ++j) {
       const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
-      if (c0 == 0) {
-        for (size_t o = 0; o < row_bytes; o += 64) vprefetch(vr + kValuePrefetch * row_bytes + o);
-      }
+      if (c0 == 0) prefetch_lines(vr + kValuePrefetch * row_bytes, row_bytes);
       V w = vzero();
       for (int v = 0; v < NV; ++v) {
         if (v % kPer == 0) w = vset1(p[j] * R::block_scale(vr, c0 + kLanes * v));
@@ -355,9 +362,7 @@ void weighted_sum(const float* p, const char* Vm, size_t row_bytes, int c0, int 
     for (int j = j0; j < j1; ++j) {
       const V pj = vset1(p[j]);
       const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
-      if (c0 == 0) {
-        for (size_t o = 0; o < row_bytes; o += 64) vprefetch(vr + kValuePrefetch * row_bytes + o);
-      }
+      if (c0 == 0) prefetch_lines(vr + kValuePrefetch * row_bytes, row_bytes);
       for (int v = 0; v < NV; ++v) acc[v] = vfma(pj, R::get(vr, c0 + kLanes * v), acc[v]);
     }
   }
@@ -397,10 +402,7 @@ void weighted_sum_rows(const float* p, int64_t ldp, const char* Vm, size_t row_b
   }
   for (int j = j0; j < j1; ++j) {
     const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
-    if (pf) {
-      const char* pr = pf + static_cast<size_t>(j - j0) * row_bytes;
-      for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(pr + o, 0, 2);
-    }
+    if (pf) prefetch_lines<true>(pf + static_cast<size_t>(j - j0) * row_bytes, row_bytes);
     V vv[NV];
     for (int v = 0; v < NV; ++v) vv[v] = R::get(vr, c0 + kLanes * v);
     for (int r = 0; r < NR; ++r) {

@@ -77,7 +77,6 @@ inline float vmaxall(V a) {
   lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
   return _mm_cvtss_f32(lo);
 }
-// out[k] = vsum(a[k]) for k < 8, as one vector: no horizontal sum per k.
 // a[i] lane j <-> a[j] lane i: an 8 x 8 transpose in registers.
 inline void vtranspose(V* a) {
   __m256 t[8], u[8];
@@ -96,6 +95,7 @@ inline void vtranspose(V* a) {
     a[4 + i].v = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
   }
 }
+// out[k] = vsum(a[k]) for k < 8, as one vector: no horizontal sum per k.
 inline void vsum8(const V* a, float* out) {
   const __m256 t0 = _mm256_hadd_ps(a[0].v, a[1].v), t1 = _mm256_hadd_ps(a[2].v, a[3].v);
   const __m256 t2 = _mm256_hadd_ps(a[4].v, a[5].v), t3 = _mm256_hadd_ps(a[6].v, a[7].v);

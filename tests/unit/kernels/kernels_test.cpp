@@ -94,6 +94,25 @@ class Kernels : public ::testing::TestWithParam<Isa> {
   void TearDown() override { cpu::set_isa(cpu::best_isa()); }
 };
 
+// A linear layer's outputs against the f64 reference: got = x w^T + b and acc = 1 + x w^T (acc
+// started at 1 and accumulated into), where x is what the layer multiplied and wu the f32 values
+// its weights hold. |error| <= 2 K eps sum_k |x_k w_k| (+ the bias or accumulator it is added to).
+void expect_linear(const std::string& tag, const std::vector<float>& x, const std::vector<float>& wu,
+                   const std::vector<float>& b, int T, int K, int N, const std::vector<float>& got,
+                   const std::vector<float>& acc) {
+  std::vector<float> want(size_t(T) * N), want_acc(size_t(T) * N, 1.0f);
+  ref::linear_forward(x.data(), wu.data(), b.data(), want.data(), T, K, N);
+  ref::linear_forward(x.data(), wu.data(), (const float*)nullptr, want_acc.data(), T, K, N, true);
+  auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
+    const int t = int(i) / N, o = int(i) % N;
+    double s = 0;
+    for (int k = 0; k < K; ++k) s += std::fabs(double(x[size_t(t) * K + k]) * wu[size_t(o) * K + k]);
+    return 2.0 * K * kEps * s + 2 * kEps * std::fabs(bias ? b[size_t(o)] : base[i]);
+  };
+  expect_close(tag.c_str(), got, want, [&](size_t i) { return tol(want, i, true); });
+  expect_close((tag + " +=").c_str(), acc, want_acc, [&](size_t i) { return tol(want_acc, i, false) + 2 * kEps; });
+}
+
 // y = x w^T + b: T <= 32 takes the streaming GEMV (tiles of 4, 2 and 1 token rows, blocks of 4
 // weight rows and a partial last block; more than one tile goes in slices of 128 columns, the last
 // one partial for K = 250 and 160), larger T sgemm (low-precision weights widened block by block);
@@ -131,10 +150,7 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
         const Tensor stored = wt == DType::kF32 ? wf : wf.to(wt);
         const Tensor widened = stored.to(DType::kF32);
         const std::vector<float> wu(widened.data(), widened.data() + widened.numel());
-        std::vector<float> want(size_t(T) * N), got(size_t(T) * N, 0.0f), acc(size_t(T) * N, 1.0f),
-            want_acc(size_t(T) * N, 1.0f);
-        ref::linear_forward(x.data(), wu.data(), b.data(), want.data(), T, K, N);
-        ref::linear_forward(x.data(), wu.data(), (const float*)nullptr, want_acc.data(), T, K, N, true);
+        std::vector<float> got(size_t(T) * N, 0.0f), acc(size_t(T) * N, 1.0f);
         if (wt == DType::kF32) {
           linear_forward<float>(x.data(), w.data(), b.data(), got.data(), T, K, N);
           linear_forward<float>(x.data(), w.data(), nullptr, acc.data(), T, K, N, true);
@@ -142,17 +158,8 @@ TEST_P(Kernels, LinearForwardEveryWeightFormat) {
           linear_forward_lowp(x_in.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
           linear_forward_lowp(x_in.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
         }
-        // |error| <= 2 K eps sum_k |x_k w_k| (+ the bias or accumulator it is added to).
-        auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
-          const int t = int(i) / N, o = int(i) % N;
-          double s = 0;
-          for (int k = 0; k < K; ++k) s += std::fabs(double(x[size_t(t) * K + k]) * wu[size_t(o) * K + k]);
-          return 2.0 * K * kEps * s + 2 * kEps * std::fabs(bias ? b[size_t(o)] : base[i]);
-        };
-        const std::string tag = "linear T=" + std::to_string(T) + " K=" + std::to_string(K) + " " +
-                                dtype_name(wt);
-        expect_close(tag.c_str(), got, want, [&](size_t i) { return tol(want, i, true); });
-        expect_close((tag + " +=").c_str(), acc, want_acc, [&](size_t i) { return tol(want_acc, i, false) + 2 * kEps; });
+        expect_linear("linear T=" + std::to_string(T) + " K=" + std::to_string(K) + " " + dtype_name(wt),
+                      x, wu, b, T, K, N, got, acc);
       }
     }
   }
@@ -169,20 +176,10 @@ TEST_P(Kernels, LinearForwardPanelsInRowBlocks) {
     std::copy(w.begin(), w.end(), wf.data());
     const Tensor stored = wf.to(wt), widened = stored.to(DType::kF32);
     const std::vector<float> wu(widened.data(), widened.data() + widened.numel());
-    std::vector<float> want(size_t(T) * N), got(want.size()), acc(want.size(), 1.0f), want_acc(want.size(), 1.0f);
-    ref::linear_forward(x.data(), wu.data(), b.data(), want.data(), T, K, N);
-    ref::linear_forward(x.data(), wu.data(), (const float*)nullptr, want_acc.data(), T, K, N, true);
+    std::vector<float> got(size_t(T) * N), acc(got.size(), 1.0f);
     linear_forward_lowp(x.data(), stored.raw(), wt, b.data(), got.data(), T, K, N);
     linear_forward_lowp(x.data(), stored.raw(), wt, nullptr, acc.data(), T, K, N, true);
-    auto tol = [&](const std::vector<float>& base, size_t i, bool bias) {
-      const int t = int(i) / N, o = int(i) % N;
-      double sum = 0;
-      for (int k = 0; k < K; ++k) sum += std::fabs(double(x[size_t(t) * K + k]) * wu[size_t(o) * K + k]);
-      return 2.0 * K * kEps * sum + 2 * kEps * std::fabs(bias ? b[size_t(o)] : base[i]);
-    };
-    const std::string tag = std::string("linear T=400 K=2048 ") + dtype_name(wt);
-    expect_close(tag.c_str(), got, want, [&](size_t i) { return tol(want, i, true); });
-    expect_close((tag + " +=").c_str(), acc, want_acc, [&](size_t i) { return tol(want_acc, i, false) + 2 * kEps; });
+    expect_linear(std::string("linear T=400 K=2048 ") + dtype_name(wt), x, wu, b, T, K, N, got, acc);
   }
 }
 
