@@ -196,8 +196,8 @@ void attn_scores(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, 
 // scales times the query block's scale and summed over the blocks. Every path (and the tail keys,
 // one at a time) forms the same exact integers and scales them in the same order.
 template <class KB>
-void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
-                     size_t row_bytes, float scale, float* scores, int64_t lds);
+void scores_int_block8(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                       size_t row_bytes, float scale, float* scores, int64_t lds);
 
 #ifdef MLKV_VNNI
 // q8_0 keys against a group of 9-16 query rows (MQA / MLKV groups) with the rows in the lanes of
@@ -262,7 +262,97 @@ inline void scores_q8_lanes(const float* q, int n_q, int ldq, const KvChunk* ch,
     }
     if (j0 < n) {
       const KvChunk rest{K + static_cast<size_t>(j0) * row_bytes, nullptr, n - j0};
-      attn_scores_int<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
+      scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
+    }
+  }
+}
+
+// 8 registers of 16 int32 partial sums (key k: lanes 0-7 the 8 partials of its first block, 8-15
+// of its second) reduced together, with no horizontal sum per key, into one register: lane
+// 8 (k / 4) + 4 h + k % 4 holds block h of key k. Pairs of keys interleave within 128-bit lanes
+// (unpack 32, then 64 bits), then the two 128-bit halves of each block are added.
+inline __m512i reduce8_pairs(const __m512i* s) {
+  __m512i t[4];
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * i], s[2 * i + 1]),
+                            _mm512_unpackhi_epi32(s[2 * i], s[2 * i + 1]));
+  }
+  const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi64(t[0], t[1]), _mm512_unpackhi_epi64(t[0], t[1]));
+  const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2], t[3]), _mm512_unpackhi_epi64(t[2], t[3]));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// q8_0 keys against 1-8 query rows (one query head per KV head, or a GQA group) with a key's two
+// blocks (64 values) in one 512-bit register, offset to unsigned (xor 0x80) once for every row:
+// one dpbusd per row and key gives 16 partial sums of k.q + 128 sum q, the second term cancelled
+// by starting block h's lane 8 h at -128 sum q. 8 keys' partial sums are reduced together
+// (reduce8_pairs); the key blocks' f16 scales are gathered in the same lane order. The integers
+// are the exact k.q of the 8-key path, scaled by the key's scale times the query block's scale
+// and added in block order as there (bit-identical). d a multiple of 64, at most kMaxIntHeadDim.
+inline void scores_q8_keys(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                           size_t row_bytes, float scale, float* scores, int64_t lds) {
+  constexpr int kPairs = kMaxIntHeadDim / 64;
+  const int np = d / 64;
+  alignas(64) int8_t qz[8][kPairs][64];
+  alignas(64) float dqv[8][kPairs][16];
+  alignas(64) int32_t cz[8][kPairs][16] = {};
+  for (int r = 0; r < n_q; ++r) {
+    for (int b = 0; b < 2 * np; ++b) {
+      int8_t* qb = qz[r][b / 2] + 32 * (b % 2);
+      const float dq = iquantize32(q + int64_t{r} * ldq + b * 32, qb);
+      int32_t sum = 0;
+      for (int i = 0; i < 32; ++i) sum += qb[i];
+      cz[r][b / 2][8 * (b % 2)] = -128 * sum;
+      for (int k = 0; k < 8; ++k) dqv[r][b / 2][8 * (k / 4) + 4 * (b % 2) + k % 4] = dq;
+    }
+  }
+  alignas(64) int32_t ix[16];
+  for (int k = 0; k < 8; ++k) {
+    for (int h = 0; h < 2; ++h) ix[8 * (k / 4) + 4 * h + k % 4] = k * int(row_bytes) + h * int(RowQ8::kBlockBytes);
+  }
+  const __m512i sidx = _mm512_load_si512(ix);
+  const __m512i flip = _mm512_set1_epi32(int32_t(0x80808080u));
+  const __m512i first8 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 acc[8];
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    const char* K = static_cast<const char*>(ch[c].k);
+    const int n = ch[c].n;
+    int j0 = 0;
+    for (; j0 + 8 <= n; j0 += 8) {
+      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
+      prefetch_keys(kb, 8, row_bytes);
+      for (int p = 0; p < np; ++p) {
+        const char* kp = kb + p * 2 * RowQ8::kBlockBytes;
+        __m512i kz[8];
+        for (int k = 0; k < 8; ++k) {
+          const char* kr = kp + k * row_bytes + 2;
+          const __m512i lo = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr)));
+          kz[k] = _mm512_xor_si512(_mm512_inserti64x4(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr + RowQ8::kBlockBytes)), 1), flip);
+        }
+        const __m512 ks = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(sidx, kp, 1)));
+        for (int r = 0; r < n_q; ++r) {
+          const __m512i qv = _mm512_load_si512(qz[r][p]), c0 = _mm512_load_si512(cz[r][p]);
+          __m512i sums[8];
+          for (int k = 0; k < 8; ++k) sums[k] = _mm512_dpbusd_epi32(c0, kz[k], qv);
+          const __m512 sf = _mm512_cvtepi32_ps(reduce8_pairs(sums));
+          const __m512 w = _mm512_mul_ps(ks, _mm512_load_ps(dqv[r][p]));
+          // In the lanes of block 0 of the pair: acc + s w of block 0, then of block 1 (its lanes
+          // moved over), fused as the 8-key path's acc += s * (scale * dq) compiles.
+          const __m512 a = _mm512_fmadd_ps(sf, w, p == 0 ? _mm512_setzero_ps() : acc[r]);
+          acc[r] = _mm512_fmadd_ps(_mm512_shuffle_f32x4(sf, sf, _MM_SHUFFLE(2, 3, 0, 1)),
+                                   _mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(2, 3, 0, 1)), a);
+        }
+      }
+      for (int r = 0; r < n_q; ++r) {
+        const __m512 o = _mm512_permutexvar_ps(first8, _mm512_mul_ps(acc[r], vscale));
+        _mm256_storeu_ps(scores + r * lds + off + j0, _mm512_castps512_ps256(o));
+      }
+    }
+    if (j0 < n) {
+      const KvChunk rest{K + static_cast<size_t>(j0) * row_bytes, nullptr, n - j0};
+      scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
     }
   }
 }
@@ -275,14 +365,24 @@ void attn_scores_int(const float* q, int n_q, int ldq, const KvChunk* ch, int n_
     return attn_scores<KB>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
   }
 #ifdef MLKV_VNNI
-  // Chunks of 16 keys or more (the 8-key path below takes a shorter one whole).
   if constexpr (std::is_same_v<KB, RowQ8>) {
+    // Groups of 9-16 rows over chunks of 16 keys or more; 1-8 rows over chunks of 8 or more (the
+    // 8-key path below takes a shorter one whole).
     if (2 * n_q > 16 && n_q <= 16 &&
         std::all_of(ch, ch + n_ch, [](const KvChunk& c) { return c.n >= 16; })) {
       return scores_q8_lanes(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
     }
+    if (n_q <= 8 && d % 64 == 0 && std::all_of(ch, ch + n_ch, [](const KvChunk& c) { return c.n >= 8; })) {
+      return scores_q8_keys(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
+    }
   }
 #endif
+  scores_int_block8<KB>(q, n_q, ldq, ch, n_ch, d, row_bytes, scale, scores, lds);
+}
+
+template <class KB>
+void scores_int_block8(const float* q, int n_q, int ldq, const KvChunk* ch, int n_ch, int d,
+                       size_t row_bytes, float scale, float* scores, int64_t lds) {
   const int nb = d / 32;
   alignas(64) int8_t qq[kMaxGroup * kMaxIntHeadDim], aq[kMaxGroup * kMaxIntHeadDim];
   float dq[kMaxGroup * (kMaxIntHeadDim / 32)];

@@ -609,7 +609,8 @@ TEST_P(Kernels, QuantizedKeysKeepNaN) {
 
 // AVX-512 scores over q8_0 / q4_0 keys, and the q8_0 GEMV, with VNNI (dpbusd) and without
 // (maddubs + madd) form the same integers and scale them in the same order: equal results. Groups
-// of 9-16 rows over q8_0 keys take the rows-in-lanes path with VNNI (scores_q8_lanes).
+// of 9-16 rows over q8_0 keys take the rows-in-lanes path with VNNI (scores_q8_lanes), 1-8 rows
+// at d a multiple of 64 the keys-in-registers path (scores_q8_keys).
 TEST(KernelsInt, VnniAndMaddubsAgree) {
   if (!cpu::cpu_supports(cpu::Isa::kAvx512) || !__builtin_cpu_supports("avx512vnni")) {
     GTEST_SKIP() << "this CPU has no AVX-512 VNNI: only one of the two paths can run";
@@ -618,7 +619,8 @@ TEST(KernelsInt, VnniAndMaddubsAgree) {
   for (DType kt : {DType::kQ8_0, DType::kQ4_0}) {
     const int fi = cpu::kv_format_index(kt);
     ASSERT_NE(vnni.attn_scores[fi], base.attn_scores[fi]) << "the VNNI entry is not installed";
-    for (auto [d, n_q] : {std::pair{64, 5}, {96, 5}, {256, 5}, {64, 12}, {128, 16}, {256, 9}}) {
+    for (auto [d, n_q] : {std::pair{64, 5}, {96, 5}, {256, 5}, {64, 1}, {128, 3}, {64, 8}, {64, 12},
+                          {128, 16}, {256, 9}}) {
       const int len = 203;
       const auto q = randn(size_t(n_q) * d, 8 + d), K = randn(size_t(len) * d, 9 + d);
       const Encoded ke = encode_rows(K, d, kt);
