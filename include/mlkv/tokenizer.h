@@ -49,12 +49,24 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // The same, but null instead of an error when none can be found or read (an optional tokenizer).
 std::unique_ptr<Tokenizer> try_load_tokenizer(const std::string& path);
 
+// Whether text decoded after `context` starts the text: every context id decodes to nothing (none,
+// or only BOS / EOS). A continuation that does not start the text keeps the space a
+// SentencePiece-style tokenizer drops from the first piece of a text ("▁there" -> " there").
+bool starts_text(const Tokenizer& tok, const std::vector<int32_t>& context);
+
+// The text `ids` add after `context` (a prompt): decode(context + ids) = decode(context) + this
+// (byte for byte where both are valid UTF-8); decode(ids) drops the leading space of a
+// SentencePiece continuation instead.
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context,
+                                const std::vector<int32_t>& ids);
+
 // Streams decoded text token by token without ever emitting broken UTF-8: bytes of an incomplete
 // multi-byte sequence are held back until the sequence completes. The concatenation of push()
-// results plus flush() equals tokenizer.decode(all ids).
+// results plus flush() equals tokenizer.decode(all ids), or with at_start = false (a continuation
+// after text: starts_text) decode_continuation(context, all ids).
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& tok);
+  explicit StreamDecoder(const Tokenizer& tok, bool at_start = true);
   ~StreamDecoder();
   std::string push(int32_t id);  // the text that became printable with this token
   std::string flush();           // whatever is held back (invalid tail -> U+FFFD)

@@ -47,8 +47,8 @@ def _check_stop(stop: Union[None, str, Sequence[str]]) -> List[str]:
 class _Tracker:
     """What one prompt has generated so far, and whether a stop string ended it."""
 
-    def __init__(self, tok, stop: List[str], eos_ids, max_tokens: int, stop_at_eos: bool):
-        self.tok, self.stop, self.eos_ids = tok, stop, set(eos_ids)
+    def __init__(self, tok, prompt: List[int], stop: List[str], eos_ids, max_tokens: int, stop_at_eos: bool):
+        self.tok, self.prompt, self.stop, self.eos_ids = tok, prompt, stop, set(eos_ids)
         self.max_tokens, self.stop_at_eos = max_tokens, stop_at_eos
         self.tokens: List[int] = []
         self.stopped_text: Optional[str] = None  # text before the stop string, once one came
@@ -58,7 +58,7 @@ class _Tracker:
             return
         self.tokens.append(int(token))
         if self.stop and self.tok is not None:
-            text = self.tok.decode(self.tokens)
+            text = self.tok.decode_continuation(self.prompt, self.tokens)
             hits = [text.find(s) for s in self.stop if s in text]
             if hits:
                 self.stopped_text = text[: min(hits)]
@@ -75,7 +75,7 @@ class _Tracker:
             return {k: engine_result[k] for k in ("tokens", "text", "finish_reason")}
         # Ended early because every prompt was done: eos or length, known exactly here.
         eos = self.stop_at_eos and bool(self.tokens) and self.tokens[-1] in self.eos_ids
-        text = self.tok.decode(self.tokens) if self.tok is not None else ""
+        text = self.tok.decode_continuation(self.prompt, self.tokens) if self.tok is not None else ""
         return {"tokens": list(self.tokens), "text": text, "finish_reason": "eos" if eos else "length"}
 
 
@@ -248,7 +248,7 @@ class Model:
             res = self._engine.generate(ids, **args)
             out = [{k: r[k] for k in ("tokens", "text", "finish_reason")} for r in res]
             return out[0] if single else out
-        trackers = [_Tracker(self.tokenizer, stop, self._eos_ids(), max_tokens, not ignore_eos) for _ in ids]
+        trackers = [_Tracker(self.tokenizer, p, stop, self._eos_ids(), max_tokens, not ignore_eos) for p in ids]
 
         def on_token(i: int, token: int) -> None:
             trackers[i].push(token)
@@ -287,7 +287,7 @@ class Model:
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model has none")
         tok = self.tokenizer
-        trackers = [_Tracker(tok, stop, self._eos_ids(), max_tokens, not ignore_eos) for _ in ids]
+        trackers = [_Tracker(tok, p, stop, self._eos_ids(), max_tokens, not ignore_eos) for p in ids]
         events: "queue.Queue[tuple]" = queue.Queue()
         cancelled = threading.Event()
 
@@ -332,7 +332,7 @@ class Model:
                 if tok is not None:
                     full = trackers[i].stopped_text
                     if full is None:
-                        full = tok.decode(trackers[i].tokens)
+                        full = tok.decode_continuation(trackers[i].prompt, trackers[i].tokens)
                         while full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: held back
                             full = full[:-1]
                     text = full[len(emitted[i]):] if full.startswith(emitted[i]) else ""

@@ -50,6 +50,15 @@ void bind_tokenizer(py::module_& m) {
           "decode", [](const Tokenizer& t, const std::vector<int32_t>& ids) { return utf8(t.decode(ids)); },
           py::arg("ids"), "List of token ids -> text. Raises ValueError for an id outside the vocabulary.")
       .def(
+          "decode_continuation",
+          [](const Tokenizer& t, const std::vector<int32_t>& context, const std::vector<int32_t>& ids) {
+            return utf8(decode_continuation(t, context, ids));
+          },
+          py::arg("context"), py::arg("ids"),
+          "The text ids add after context (a prompt): decode(context + ids) == decode(context) + "
+          "this, where decode(ids) alone would drop the leading space of a SentencePiece "
+          "continuation. Raises ValueError for an id outside the vocabulary.")
+      .def(
           "token_piece", [](const Tokenizer& t, int32_t id) { return utf8(t.token_piece(id)); },
           py::arg("id"), "The raw vocabulary piece of one id ('Ġthe', '▁the', '<0x0A>').")
       .def(

@@ -189,9 +189,12 @@ std::vector<Generation> Engine::generate(const std::vector<std::vector<int32_t>>
   const std::vector<GenerateResult> res = mlkv::generate(impl_->model, reqs, go);
   std::vector<Generation> out;
   out.reserve(res.size());
-  for (const GenerateResult& r : res) {
-    out.push_back(
-        {r.tokens, impl_->tokenizer ? impl_->tokenizer->decode(r.tokens) : "", r.finish_reason, "", {}, {}});
+  for (size_t i = 0; i < res.size(); ++i) {
+    const GenerateResult& r = res[i];
+    // The continuation of prompt i: " there" after "once upon a time", not "there".
+    out.push_back({r.tokens,
+                   impl_->tokenizer ? decode_continuation(*impl_->tokenizer, prompts[i], r.tokens) : "",
+                   r.finish_reason, "", {}, {}});
   }
   return out;
 }

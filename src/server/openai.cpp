@@ -434,11 +434,19 @@ json completion_logprobs(const std::vector<int32_t>& prompt, const Generation& g
                          size_t n_generated, const Tokenizer* tok, size_t text_offset0) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
   size_t off = text_offset0;
+  // The strings of the tokens as they stand in the text (joined: the echoed prompt and the
+  // completion), so a SentencePiece text's first piece has no leading space there.
+  bool at_start = echo || tok == nullptr || starts_text(*tok, prompt);
+  auto text_of = [&](int32_t id) {
+    return tok != nullptr ? tok->token_bytes_at(id, at_start) : std::to_string(id);
+  };
   auto add = [&](int32_t id, const TokenLogprob* lp) {
-    const std::string t = token_text(id, tok);
+    const std::string t = text_of(id);
     tokens.push_back(t);
     offs.push_back(off);
     off += tok != nullptr ? t.size() : 0;
+    const bool was_at_start = at_start;
+    if (tok != nullptr && !tok->token_bytes(id).empty()) at_start = false;
     if (lp == nullptr) {
       lps.push_back(nullptr);
       tops.push_back(nullptr);
@@ -447,7 +455,7 @@ json completion_logprobs(const std::vector<int32_t>& prompt, const Generation& g
     lps.push_back(lp->logprob);
     json top = json::object();
     for (const auto& [tid, v] : lp->top) {
-      const std::string key = token_text(tid, tok);
+      const std::string key = tok != nullptr ? tok->token_bytes_at(tid, was_at_start) : std::to_string(tid);
       if (!top.contains(key)) top[key] = v;
     }
     tops.push_back(top);

@@ -99,7 +99,9 @@ class StopMatcher {
 
 // The legacy completions `logprobs` object of one choice: tokens (their text), token_logprobs,
 // top_logprobs ({text: logprob}) and text_offset; entries with no log-prob (the first prompt
-// token) are null. Token text is the token's bytes (the id as a string without a tokenizer).
+// token) are null. Token text is the token's bytes as they stand in the text, so that the tokens
+// join to the choice's text (a SentencePiece text's first piece without its leading space); the id
+// as a string without a tokenizer.
 json completion_logprobs(const std::vector<int32_t>& prompt, const Generation& g, bool echo,
                          size_t n_generated, const Tokenizer* tok, size_t text_offset0);
 // The chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}.

@@ -457,7 +457,9 @@ void install_routes(httplib::Server& srv, ServeState& st) {
       Choice& ch = job->choices[i];
       ch.prompt_index = i / static_cast<size_t>(c.n);
       if (tok != nullptr) {
-        ch.decoder = std::make_unique<StreamDecoder>(*tok);
+        // The text continues the prompt's (" there" after "once upon a time", as decoding the
+        // whole sequence gives it; a chat reply continues its rendered prompt the same way).
+        ch.decoder = std::make_unique<StreamDecoder>(*tok, starts_text(*tok, c.prompts[ch.prompt_index]));
         if (!c.stop.empty()) ch.stop = std::make_unique<openai::StopMatcher>(c.stop);
       }
     }

@@ -106,6 +106,21 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_from_dir(dir);
 }
 
+bool starts_text(const Tokenizer& tok, const std::vector<int32_t>& context) {
+  for (int32_t id : context) {
+    if (!tok.token_bytes(id).empty()) return false;
+  }
+  return true;
+}
+
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& context,
+                                const std::vector<int32_t>& ids) {
+  StreamDecoder d(tok, starts_text(tok, context));
+  std::string out;
+  for (int32_t id : ids) out += d.push(id);
+  return out + d.flush();
+}
+
 std::unique_ptr<Tokenizer> try_load_tokenizer(const std::string& path) {
   try {
     return load_tokenizer(path);
@@ -122,7 +137,8 @@ struct StreamDecoder::Impl {
   bool at_start = true;  // only tokens that decode to nothing so far
 };
 
-StreamDecoder::StreamDecoder(const Tokenizer& tok) : impl_(std::make_unique<Impl>(Impl{tok, {}, true})) {}
+StreamDecoder::StreamDecoder(const Tokenizer& tok, bool at_start)
+    : impl_(std::make_unique<Impl>(Impl{tok, {}, at_start})) {}
 StreamDecoder::~StreamDecoder() = default;
 
 std::string StreamDecoder::push(int32_t id) {

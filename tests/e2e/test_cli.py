@@ -49,6 +49,13 @@ def expect_error(mlkv, args, needle, what):
     check(ok, f"{what}: exit {r.returncode}, stderr {r.stderr.strip()[:160]!r}")
 
 
+def expect_usage(mlkv, args, needle, what):
+    """A usage error: exit 2 and CLI11's "<option>: <why>" line naming the option, before anything loads."""
+    r = run([mlkv, *args])
+    check(r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr,
+          f"{what}: exit {r.returncode}, stderr {r.stderr.strip()[:160]!r}")
+
+
 def read_st_header(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
@@ -117,17 +124,20 @@ def test_cache_types(mlkv, wd):
                 ["generate", small, "--tokens", "1 2", "-n", "2"]):
         expect_error(mlkv, [*cmd, "--cache-type-k", "q8_0"], "multiple of 32",
                      f"{cmd[0]} with q8_0 keys on a head of 8")
-    expect_error(mlkv, ["info", d, "--cache-type-v", "q5_1"], "--cache-type-v must be one of",
+    expect_usage(mlkv, ["info", d, "--cache-type-v", "q5_1"], "--cache-type-v: must be one of",
                  "an unknown value format")
     # -k / -v take one format: a pair there would silently lose a half; an empty value would read
     # as "not given" (f32).
     for opt in ("--cache-type-k", "--cache-type-v"):
-        expect_error(mlkv, ["info", d, opt, "q8_0/f16"], "takes one format", f"a KEYS/VALUES pair in {opt}")
+        expect_usage(mlkv, ["info", d, opt, "q8_0/f16"], "takes one format", f"a KEYS/VALUES pair in {opt}")
     for opt in ("--cache-type", "--cache-type-k", "--cache-type-v"):
         r = run([mlkv, "info", d, opt, ""])  # a usage error (CLI11's exit code 2), naming the option
         check(r.returncode == 2 and f"{opt}: empty" in r.stderr, f"an empty {opt}: exit {r.returncode}, "
               f"stderr {r.stderr.strip()[:120]!r}")
-    expect_error(mlkv, ["info", d, "--cache-type-v", "q4_0+hadamard"], "keys only", "rotated values")
+    expect_usage(mlkv, ["info", d, "--cache-type-v", "q4_0+hadamard"], "keys only", "rotated values")
+    # A cache too large to address is an error, not a wrapped negative size.
+    expect_error(mlkv, ["info", d, "--ctx", "2147483647", "--batch", "2147483647"], "more than can be addressed",
+                 "a cache of 2^31 x 2^31 positions")
 
 
 def test_real_model_cache_formats(mlkv, wd, shared):
@@ -174,6 +184,32 @@ def test_generate(mlkv, wd):
     seq = [1, 2, 3] + g1["results"][0]["tokens"]
     s = json.loads(run([mlkv, "score", d, "--tokens", " ".join(map(str, seq)), "--json"]).stdout)
     check(len(s["logprobs"]) == len(seq) - 1, "score: n-1 log-probs")
+
+
+def test_continuation_text(mlkv, wd):
+    """A text prompt's continuation is the text the whole sequence decodes to after the prompt's (its
+    first word keeps its space), streamed or not; a run refused before generating prints nothing."""
+    m = os.path.join(SHARED, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if not os.path.exists(m):
+        print("skip continuation text: shared model missing")
+        return
+    tok = os.path.join(os.path.dirname(m), "tok512.bin")
+    prompt = "Once upon a time there"  # greedy: " align, ..." (a first piece with a space)
+    r = run([mlkv, "generate", m, "--tokenizer", tok, "-p", prompt, "-n", "8", "--ignore-eos", "--json"])
+    res = json.loads(r.stdout)["results"][0] if r.returncode == 0 else {"prompt_tokens": [], "tokens": [], "text": ""}
+    ids = " ".join(map(str, res["prompt_tokens"] + res["tokens"]))
+    whole = run([mlkv, "tokenizer", "decode", "-t", tok, ids]).stdout.rstrip("\n")
+    before = run([mlkv, "tokenizer", "decode", "-t", tok, " ".join(map(str, res["prompt_tokens"]))]).stdout.rstrip("\n")
+    check(before == prompt and whole == before + res["text"] and res["text"].startswith(" "),
+          f"generate --json: the continuation after the prompt's text ({res['text']!r}, whole {whole!r})")
+    r = run([mlkv, "generate", m, "--tokenizer", tok, "-p", prompt, "-n", "8", "--ignore-eos"])
+    check(r.returncode == 0 and r.stdout == whole + "\n", f"generate streams prompt + continuation: {r.stdout!r}")
+    r = run([mlkv, "generate", m, "--tokenizer", tok, "-p", prompt, "-p", prompt, "-n", "8", "--ignore-eos"])
+    check(r.returncode == 0 and r.stdout.splitlines() == [f"[{i}] {whole}" for i in range(2)],
+          f"generate, two prompts: {r.stdout!r}")
+    r = run([mlkv, "generate", m, "--tokenizer", tok, "-p", prompt, "--ctx", "2"])
+    check(r.returncode == 1 and r.stdout == "" and "context" in r.stderr,
+          f"a refused run prints nothing: exit {r.returncode}, stdout {r.stdout!r}")
 
 
 def test_tiny_temperature(mlkv, wd):
@@ -409,7 +445,7 @@ def test_weight_formats(mlkv, wd, shared):
     if os.path.exists(tiny):
         expect_error(mlkv, ["score", tiny, "--tokens", "1 2 3", "--weights", "q8_0"], "multiple of 32",
                      "q8_0 weights on a model with 172-wide rows")
-    expect_error(mlkv, ["score", d, "--tokens", "1 2", "--weights", "q4_0"], "f32, f16, bf16 or q8_0",
+    expect_usage(mlkv, ["score", d, "--tokens", "1 2", "--weights", "q4_0"], "--weights: must be f32, f16, bf16 or q8_0",
                  "an unknown weight format")
 
 
@@ -453,7 +489,7 @@ def test_bench_sweep(mlkv, wd):
         expect_error(mlkv, [*args[1:], "--sweep-out", out, *extra], needle, f"bench --sweep: {what}")
     # A bad cache type is refused before the output folder is made, naming the option.
     fresh = os.path.join(wd, "sweep-refused")
-    expect_error(mlkv, [*args[1:], "--sweep-out", fresh, "--sweep-cache", "f16+hadamard"], "--sweep-cache:",
+    expect_usage(mlkv, [*args[1:], "--sweep-out", fresh, "--sweep-cache", "f16+hadamard"], "--sweep-cache:",
                  "bench --sweep: rotated f16 keys")
     check(not os.path.exists(fresh), "a refused sweep makes no output folder")
     # A single run's options are not silently ignored by a sweep, nor the sweep's without --sweep.
@@ -494,6 +530,7 @@ def main():
     test_eos_ids(a.mlkv, a.workdir, a.shared)
     test_bad_input(a.mlkv, a.workdir)
     test_tiny_temperature(a.mlkv, a.workdir)
+    test_continuation_text(a.mlkv, a.workdir)
     test_weight_formats(a.mlkv, a.workdir, a.shared)
     test_bench_sweep(a.mlkv, a.workdir)
     if FAILURES:

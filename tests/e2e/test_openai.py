@@ -171,6 +171,15 @@ def test_api(mlkv, wd, shared):
         check(len(L.token_logprobs) == 8 and all(len(t) <= 3 and abs(max(t.values()) - x) < 1e-6
                                                  for t, x in zip(L.top_logprobs, L.token_logprobs)),
               "logprobs=3: the greedy token is the most likely of the top 3")
+        # The text continues the prompt's text: the whole sequence decodes to prompt + text (a first
+        # word keeps its space), and with echo the tokens spell the text at their offsets.
+        r = c.completions.create(model="aidreams260K", prompt="Once upon a time there", max_tokens=6,
+                                 temperature=0, echo=True, logprobs=1)
+        L = r.choices[0].logprobs
+        check(r.choices[0].text.startswith("Once upon a time there ") and "".join(L.tokens) == r.choices[0].text
+              and all(r.choices[0].text[o:o + len(t)] == t for o, t in zip(L.text_offset, L.tokens)),
+              f"echo: the tokens spell the text at their offsets ({r.choices[0].text!r}, {L.tokens[:6]}, "
+              f"{L.text_offset[:6]})")
         # echo: the prompt's log-probs are `mlkv score`'s.
         pid = gen_ids[:10]
         r = c.completions.create(model="aidreams260K", prompt=pid, max_tokens=0, echo=True, logprobs=1, temperature=0)

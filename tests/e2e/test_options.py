@@ -9,6 +9,11 @@
    the allowed range - never exit 0 with the value applied or silently read as "not given".
 3. Range rules that depend on other options are checked in the command: exit 1 with
    "mlkv: error:" naming the options (e.g. --warmup beyond --steps).
+4. Every text option that names one of a set of things (a KV-cache format, a weight format, a
+   device, a strategy, a preset: NAMED) refuses a misspelt, wrongly cased or empty value the same
+   way: exit 2 with "<option>: " and what is allowed, before anything loads. Every other text
+   option is listed in FREE_TEXT (paths, prompts, lists), so an enumerated option added later
+   without a check makes this fail.
 
 usage: test_options.py --mlkv build/bin/mlkv --workdir DIR
 """
@@ -87,6 +92,51 @@ def numeric_options(mlkv, sub):
     return opts
 
 
+# Text options that name one of a set of things, with a valid value (whose other case must fail too).
+NAMED = {
+    "--cache-type": "q8_0", "--cache-type-k": "q8_0", "--cache-type-v": "f16", "--weights": "bf16",
+    "--device": "cpu", "--kl-base": "f32", "--sweep-cache": "f16", "--random": "tiny-neox",
+    "--preset": None, "--share": "post", "--schedule": "cosine", "--dtype": "f16", "--precision": "bf16",
+    "--merge": "mean", "--widen-mlp": "copy", "--calibration-stream": "source", "--template": "plain",
+    "--model-type": "unigram", "--chat-template": "chatml",
+}
+# Text options whose value is free: paths, text, token ids, lists and maps checked in the command.
+FREE_TEXT = {
+    "--kv-budget", "--tokenizer", "-t", "--out", "-o", "--txt-docs", "--text-field", "--text", "--shard",
+    "--task", "--eval-dir", "--json", "--tokens", "--prompt", "-p", "--host", "--model-name", "--api-key",
+    "--data-root", "--configs", "--labels", "--title", "--data", "--init", "--teacher", "--kv-source",
+    "--val", "--owners", "--calibration", "--sweep-configs", "--sweep-out",
+}
+TEXT_OPTION = re.compile(r"^((?:-\w,)?--[\w-]+|-\w)\s+TEXT")
+
+
+def named_options(mlkv, wd):
+    walked = 0
+    for sub, rest in {**SUBCOMMANDS, "reproduce": ["--out", "OUT"]}.items():
+        r = run([mlkv, *sub.split(), "--help"])
+        for line in r.stdout.splitlines():
+            m = TEXT_OPTION.match(line.strip())
+            if not m:
+                continue
+            names = m.group(1).split(",")
+            name = names[-1]
+            if any(n in FREE_TEXT for n in names):
+                continue
+            check(name in NAMED, f"{sub} {name}: a text option in neither NAMED nor FREE_TEXT")
+            good = NAMED.get(name)
+            bad = ["bogus", ""] + ([good.upper()] if good and good.upper() != good else [])
+            for value in bad:
+                dst = os.path.join(wd, "never-written")
+                args = [x if x not in ("OUT", "DST") else dst for x in rest]
+                r2 = run([mlkv, *sub.split(), *args, name, value])
+                said = r2.stderr.splitlines()[0] if r2.stderr else ""
+                ok = (r2.returncode == 2 and said.startswith(f"{name}: ") and (value in said or "empty" in said)
+                      and not os.path.exists(dst))
+                check(ok, f"{sub} {name} {value!r}: exit {r2.returncode}, {said!r}")
+                walked += 1
+    check(walked > 60, f"{walked} misspelt names walked")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -110,6 +160,7 @@ def main():
                 check(ok, f"{sub} {name}={value}: exit {r.returncode}, {said!r}")
                 walked += 1
     check(walked > 100, f"{walked} bad values walked")
+    named_options(a.mlkv, a.workdir)
 
     # 0 meant "not given" for convert's --kv-heads: an explicit 0 no longer writes an unconverted copy.
     dst = os.path.join(a.workdir, "convert-out")
@@ -140,7 +191,7 @@ def main():
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)
-    print("every numeric option is range-checked")
+    print("every numeric option is range-checked, every named value checked")
 
 
 if __name__ == "__main__":

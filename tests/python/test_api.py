@@ -89,7 +89,10 @@ def test_generate_equals_cli(tiny, tiny_path, temp, top_k, top_p, seed):
     cli = cli_json(*args)["results"]
     assert [r["tokens"] for r in ours] == [r["tokens"] for r in cli]
     assert [r["finish_reason"] for r in ours] == [r["finish_reason"] for r in cli]
-    assert [r["text"] for r in ours] == [tiny.decode(r["tokens"]) for r in ours]
+    # The text continues the prompt's: decode(prompt + tokens) == decode(prompt) + text.
+    tok = tiny.tokenizer
+    assert [r["text"] for r in ours] == [tok.decode_continuation(p, r["tokens"]) for p, r in zip(prompts, ours)]
+    assert all(tok.decode(p + r["tokens"]) == tok.decode(p) + r["text"] for p, r in zip(prompts, ours))
     # Text prompts give the same as their ids; a single prompt gives a single result.
     one = tiny.generate("Once upon a time", max_tokens=24, temperature=temp, top_k=top_k,
                         top_p=top_p, seed=seed, add_bos=True)

@@ -8,6 +8,8 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "core/device.h"
+#include "runtime/options.h"
 
 namespace mlkv::cli {
 
@@ -97,22 +99,65 @@ int sequences_in_budget(int64_t budget, int64_t bytes_per_token, int ctx) {
   return static_cast<int>(std::min<int64_t>(budget / per_seq, int64_t{1} << 20));
 }
 
+CLI::Validator parsed_by(std::function<void(const std::string&)> parse) {
+  return CLI::Validator(
+      [parse = std::move(parse)](std::string& s) -> std::string {
+        if (s.empty()) return "empty: give a value";
+        try {
+          parse(s);
+          return {};
+        } catch (const Error& e) {
+          // CLI11 puts the option's name in front: drop the parser's own ("--x must be ...").
+          std::string m = e.what();
+          if (m.rfind("--", 0) == 0 && m.find(' ') != std::string::npos) m.erase(0, m.find(' ') + 1);
+          return m;
+        }
+      },
+      "");
+}
+
+CLI::Validator cache_format(const char* what) {
+  return parsed_by([what](const std::string& s) { parse_cache_type(s, what); });
+}
+
+CLI::Validator one_of(const char* what, std::vector<std::string> names) {
+  return parsed_by([what, names = std::move(names)](const std::string& s) {
+    if (std::find(names.begin(), names.end(), s) != names.end()) return;
+    std::string list;
+    for (size_t i = 0; i < names.size(); ++i) {
+      list += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+    }
+    fail(what, " must be ", list, " (got '", s, "')");
+  });
+}
+
+CLI::Validator weight_format() {
+  return parsed_by([](const std::string& s) { parse_weight_type(s, "--weights"); });
+}
+
+CLI::Validator device_name() {
+  return parsed_by([](const std::string& s) {
+    try {
+      parse_device(s);
+    } catch (const Error&) {
+      fail("--device must be cpu, cuda or cuda:N (got '", s, "')");
+    }
+  });
+}
+
 void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, std::string* v) {
-  // An empty value would read as "not given" (f32): refused instead.
-  const auto non_empty = [](const std::string& s) {
-    return s.empty() ? std::string("empty: give a format such as f16 or q8_0") : std::string();
-  };
+  // An empty value would read as "not given" (f32): refused instead (parsed_by).
   cmd->add_option("--cache-type", *both,
                   "KV cache element type of keys and values: f32, f16, bf16, q8_0 or q4_0 "
                   "(q8_0/q4_0: blocks of 32 along the head, CPU), or KEYS/VALUES such as q8_0/f16")
       ->capture_default_str()
-      ->check(non_empty);
+      ->check(cache_format("--cache-type"));
   cmd->add_option("--cache-type-k", *k,
                   "KV cache type of the keys (overrides --cache-type); q8_0+hadamard / q4_0+hadamard rotate "
                   "each block of 32 by a Hadamard matrix before quantizing")
-      ->check(non_empty);
+      ->check(parsed_by([](const std::string& s) { cache_type_arg("", s, ""); }));
   cmd->add_option("--cache-type-v", *v, "KV cache type of the values (overrides --cache-type)")
-      ->check(non_empty);
+      ->check(parsed_by([](const std::string& s) { cache_type_arg("", "", s); }));
 }
 
 }  // namespace mlkv::cli

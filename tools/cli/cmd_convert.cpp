@@ -141,7 +141,8 @@ void add_convert_commands(CLI::App& app) {
   cmd->add_option("--merge", a->merge,
                   "Cross-layer K/V merge: pairwise (authors), mean, owner, calibrated (owner's K/V "
                   "and query/output maps fitted on --calibration text)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(parsed_by([](const std::string& s) { parse_merge(s); }));
   cmd->add_option("--calibration", a->calibration,
                   "Calibration text for --merge calibrated / --owners auto: a text file (tokenized "
                   "with the model's tokenizer) or a token shard from `mlkv tokenize`");
@@ -155,16 +156,20 @@ void add_convert_commands(CLI::App& app) {
   cmd->add_option("--calibration-stream", a->calibration_stream,
                   "Activations each layer is calibrated on: converted (the converted model's own, "
                   "earlier layers folded) or source")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(parsed_by([](const std::string& s) { parse_calibration_stream(s, "--calibration-stream"); }));
   cmd->add_option(
          "--widen-mlp", a->widen,
          "Give back the removed parameters by widening every MLP: none, copy (authors: copies of "
          "existing neurons), zero (copied inputs, zero outputs: same function)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(parsed_by([](const std::string& s) { parse_widen(s); }));
   cmd->add_option("--share", a->share, "kv_share_rope of the output: post or pre")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(one_of("--share", {"post", "pre"}));
   cmd->add_option("--dtype", a->dtype, "Output dtype: same (as the source), f32, f16, bf16")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(one_of("--dtype", {"same", "f32", "f16", "bf16"}));
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder to copy into the output");
   cmd->add_flag("--force", a->force, "Replace an existing model folder at DST");
   cmd->add_flag("--fuse-qkv", a->fuse_qkv,

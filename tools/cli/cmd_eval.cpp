@@ -152,7 +152,8 @@ void add_eval_commands(CLI::App& app) {
                   "Where task names are looked up (default $MLKV_EVAL_DIR or ../shared/data/eval)");
   cmd->add_option(
       "--template", a->o.tmpl,
-      "Prompt template for every task: qa, sciq, plain, lambada (default: by file name)");
+      "Prompt template for every task: qa, sciq, plain, lambada (default: by file name)")
+      ->check(one_of("--template", {"qa", "sciq", "plain", "lambada"}));
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: next to the model)");
   cmd->add_option("--limit", a->o.limit,
@@ -180,12 +181,15 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option("--kl-base", a->kl_base,
                   "Also score every perplexity window with this cache format (e.g. f32) and report "
                   "the KL divergence of the next-token distributions with --cache-type from it "
-                  "(mean, max, p99), the share of equal argmax and the perplexity ratio");
+                  "(mean, max, p99), the share of equal argmax and the perplexity ratio")
+      ->check(cache_format("--kl-base"));
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(device_name());
   cmd->add_option("--weights", a->weights,
                   "In-memory projection weights: f32, f16, bf16 or q8_0 (CPU)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(weight_format());
   cmd->add_option("-t,--threads", a->threads, "Threads (0 or not given: all cores)")
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   cmd->callback([a] { run_eval(*a); });

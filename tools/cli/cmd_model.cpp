@@ -39,7 +39,8 @@ void add_weights_option(CLI::App* cmd, std::string* w) {
   cmd->add_option("--weights", *w,
                   "In-memory projection weights: f32, f16 or bf16 (half the bytes per decode step) "
                   "or q8_0 (34 bytes per 32 values; CPU)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(weight_format());
 }
 
 std::string list_str(const std::vector<int>& v) {
@@ -62,7 +63,8 @@ void add_device_option(CLI::App* cmd, std::string* device) {
   cmd->add_option("--device", *device,
                   "Where to compute: cpu, or cuda / cuda:N in a CUDA build (weights, activations "
                   "and the KV cache on that GPU)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(device_name());
 }
 
 void add_threads_option(CLI::App* cmd, int* threads) {
@@ -236,15 +238,21 @@ void run_generate(const GenerateArgs& a) {
   opt.n_ctx = a.ctx;
   opt.cache_type = a.cache_type;
   opt.stop_at_eos = !a.ignore_eos;
-  // Text of a single prompt streams as it is generated.
+  // Text of a single prompt streams as it is generated: the prompt once the first token has come
+  // (a run refused before that prints nothing), then the continuation of its text.
   std::unique_ptr<StreamDecoder> stream;
   std::function<void(int, int32_t)> on_token;
   const bool streaming = tok != nullptr && prompts.size() == 1 && !a.json_out;
+  bool echoed = false;
+  auto echo_prompt = [&] {
+    if (echoed) return;
+    echoed = true;
+    std::fputs(a.tokens.empty() ? a.prompts[0].c_str() : tok->decode(prompts[0]).c_str(), stdout);
+  };
   if (streaming) {
-    stream = std::make_unique<StreamDecoder>(*tok);
-    std::fputs(a.prompts[0].c_str(), stdout);
-    std::fflush(stdout);
+    stream = std::make_unique<StreamDecoder>(*tok, starts_text(*tok, prompts[0]));
     on_token = [&](int, int32_t id) {
+      echo_prompt();
       std::fputs(stream->push(id).c_str(), stdout);
       std::fflush(stdout);
     };
@@ -255,6 +263,7 @@ void run_generate(const GenerateArgs& a) {
   size_t n_gen = 0;
   for (const auto& r : res) n_gen += r.tokens.size();
   if (streaming) {
+    echo_prompt();
     std::printf("%s\n", stream->flush().c_str());
     std::fflush(stdout);
     std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tok/s, finish: %s]\n", n_gen, secs,
@@ -581,7 +590,8 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("model", a->model,
                     "Model folder (default: a random model of --random geometry)");
     cmd->add_option("--random", a->random, "Geometry of a random model when no MODEL is given")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(parsed_by([](const std::string& s) { geometry_preset(s); }));
     cmd->add_option("--kv-heads", a->kv_heads, "Random model: KV heads per layer")
         ->check(at_least(1));
     cmd->add_option("--kv-layers", a->kv_layers, "Random model: KV layers (authors' owner rule)")
@@ -617,7 +627,8 @@ void add_model_commands(CLI::App& app) {
         ->check(at_least(1));
     cmd->add_option("--sweep-cache", a->sweep_cache_types, "Sweep: cache types (f32, f16, q8_0, q8_0/f16, ...)")
         ->delimiter(',')
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(cache_format("--sweep-cache"));
     cmd->add_option("--sweep-configs", a->sweep_configs,
                     "Sweep: MxG configurations (KV layers x KV heads each; default: MHA, GQA with "
                     "h/3 heads, MLKV with l/3 layers, MQA, MLKV l/2 x 1, 2 x 1, 1 x 1)")

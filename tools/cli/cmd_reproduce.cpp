@@ -99,7 +99,8 @@ void add_reproduce_commands(CLI::App& app) {
   c->add_option("--preset", a->preset,
                 "ci (about a minute), demo (<= 30 minutes on 2 cores), full (hours, resumable); "
                 "one of " + presets)
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(parsed_by([](const std::string& s) { experiment::reproduce_preset(s); }));
   c->add_option("--out,-o", a->out, "Output folder (rerun with the same folder to resume)")
       ->required();
   c->add_option("--data-root", a->data_root,

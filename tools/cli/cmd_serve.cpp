@@ -142,9 +142,11 @@ void add_serve_commands(CLI::App& app) {
       ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   add_cache_type_options(cmd, &a->cache_type, &a->cache_k, &a->cache_v);
   cmd->add_option("--weights", a->weights, "In-memory projection weights: f32, f16, bf16 or q8_0 (CPU)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(weight_format());
   cmd->add_option("--device", a->device, "Where to compute: cpu, or cuda / cuda:N in a CUDA build")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(device_name());
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: the model folder)");
   cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Accept only token-id prompts");

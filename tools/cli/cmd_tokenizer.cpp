@@ -121,7 +121,9 @@ void add_train(CLI::App* parent) {
       ->required()
       ->check(at_least(kMinTrainVocab));
   c->add_option("--out,-o", o->out_dir, "Output folder")->required();
-  c->add_option("--model-type", o->model_type, "bpe or unigram")->capture_default_str();
+  c->add_option("--model-type", o->model_type, "bpe or unigram")
+      ->capture_default_str()
+      ->check(one_of("--model-type", {"bpe", "unigram"}));
   c->add_option("--character-coverage", o->character_coverage,
                 "Share of characters covered by the vocabulary (the rest uses byte fallback)")
       ->capture_default_str()

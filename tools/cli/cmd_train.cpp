@@ -153,7 +153,8 @@ void add_train(CLI::App& app) {
       ->needs(teacher);
   c->add_option("--preset", a->preset,
                 "From scratch: geometry preset (pythia-14m, pythia-70m, pythia-160m, "
-                "pythia-410m, tiny-neox, llama-tiny)");
+                "pythia-410m, tiny-neox, llama-tiny)")
+      ->check(parsed_by([](const std::string& s) { geometry_preset(s); }));
   // Geometry overrides: not given (0 inside) keeps the preset's, so an explicit 0 is refused.
   c->add_option("--layers", a->layers, "From scratch: number of layers")->check(at_least(1));
   c->add_option("--embd", a->embd, "From scratch: hidden size")->check(at_least(1));
@@ -166,7 +167,8 @@ void add_train(CLI::App& app) {
   c->add_option("--kv-source", a->kv_source,
                 "From scratch: explicit layer->owner map, e.g. 0,0,2,2");
   c->add_option("--share", a->share,
-                "From scratch: keys consumers read: post (after rotary) or pre");
+                "From scratch: keys consumers read: post (after rotary) or pre")
+      ->check(one_of("--share", {"post", "pre"}));
   c->add_option("--ff", a->ff, "From scratch: MLP width (default 4 x embd; SwiGLU 8/3 x embd)")
       ->check(at_least(1));
   c->add_option("--vocab", a->vocab, "From scratch: vocabulary size (default: the data's)")
@@ -205,7 +207,8 @@ void add_train(CLI::App& app) {
       ->check(interval(0, 1, false, /*hi_open=*/true))
       ->excludes(warmup);
   c->add_option("--schedule", o.schedule, "After warmup: cosine, linear or constant")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(one_of("--schedule", {"cosine", "linear", "constant"}));
   c->add_option("--weight-decay", o.adam.weight_decay,
                 "AdamW decoupled weight decay (not on norms, biases)")
       ->capture_default_str()
@@ -257,7 +260,8 @@ void add_train(CLI::App& app) {
   c->add_flag("--no-shuffle", a->no_shuffle,
               "Take rows in file order (exact comparisons with other trainers)");
   c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(one_of("--dtype", {"f32", "f16", "bf16"}));
   c->add_option("--tokenizer", o.tokenizer,
                 "Tokenizer to copy into --out (default: the data's or --init's)");
   c->add_flag("--quiet,-q", o.quiet, "No progress output");
@@ -265,11 +269,13 @@ void add_train(CLI::App& app) {
   c->add_option("--precision", a->precision,
                 "Products: f32, or bf16 mixed precision (GPU; f32 master weights and optimizer "
                 "state)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(one_of("--precision", {"f32", "bf16"}));
   c->add_option("--device", a->device,
                 "Where to train: cpu, or cuda / cuda:N in a CUDA build (checkpoints are the same "
                 "files on every device)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(device_name());
   c->add_flag("--json", a->json_out, "Print the summary as JSON");
   c->callback([a] { run_train(*a); });
 }

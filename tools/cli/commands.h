@@ -5,6 +5,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
+#include <string>
+#include <vector>
+
 namespace mlkv::cli {
 
 void add_model_commands(CLI::App& app);      // info, score, generate, bench   (cmd_model.cpp)
@@ -30,8 +34,24 @@ CLI::Validator above(double lo);     // > lo
 // lo <= v <= hi; lo_open / hi_open make that end strict (< instead of <=).
 CLI::Validator interval(double lo, double hi, bool lo_open = false, bool hi_open = false);
 
-// --cache-type, --cache-type-k and --cache-type-v into *both, *k, *v (cache_type_arg in
-// runtime/options.h combines them).
+// Options that name one of a set of things (a format, a device, a strategy), for ->check(): the
+// value goes through `parse` (which throws mlkv::Error naming the option, the value and what is
+// allowed) when the command line is read, so a misspelt value is a usage error (exit 2) like an
+// out-of-range number, before anything loads; e.g. "--weights: must be f32, f16, bf16 or q8_0
+// (got 'q4_0')". An empty value is refused too (it would read as "not given").
+CLI::Validator parsed_by(std::function<void(const std::string&)> parse);
+// A KV-cache format as --cache-type takes it (parse_cache_type: f16, q8_0/f16, q4_0+hadamard, ...).
+CLI::Validator cache_format(const char* what);
+// One of `names` exactly: "<what> must be a, b or c (got 'x')".
+CLI::Validator one_of(const char* what, std::vector<std::string> names);
+// --weights: f32, f16, bf16 or q8_0 (parse_weight_type).
+CLI::Validator weight_format();
+// --device: cpu, cuda or cuda:N by spelling (whether this build and machine have it is checked
+// when the command runs: exit 1).
+CLI::Validator device_name();
+
+// --cache-type, --cache-type-k and --cache-type-v into *both, *k, *v, each checked by
+// parsed_by (cache_type_arg in runtime/options.h combines them).
 void add_cache_type_options(CLI::App* cmd, std::string* both, std::string* k, std::string* v);
 
 // How many sequences of ctx tokens fit a KV-cache budget of the given bytes per token (at most

@@ -61,20 +61,36 @@ void check_stream(const Tokenizer& tok, const std::vector<int32_t>& ids, const s
   ASSERT_EQ(streamed, whole) << what << ": streamed text differs from decode()";
 }
 
+// ids split after k: the continuation decoded after ids[0, k) is what decode(ids) adds to
+// decode(ids[0, k)), whenever that is a prefix (not a character cut in two at k). A SentencePiece
+// continuation keeps the space of its first piece ("▁there" after "once upon a time").
+int check_continuation(const Tokenizer& tok, const std::vector<int32_t>& ids, size_t k, const std::string& what) {
+  const std::vector<int32_t> head(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k)),
+      tail(ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end());
+  const std::string whole = tok.decode(ids), before = tok.decode(head);
+  if (whole.compare(0, before.size(), before) != 0) return 0;
+  std::string joined = before;
+  joined += decode_continuation(tok, head, tail);
+  EXPECT_EQ(joined, whole) << what << ", split after " << k;
+  return 1;
+}
+
 void round_trip(const std::string& rel, bool nfc_stable, int n_cases) {
   MLKV_REQUIRE_SHARED();
   auto tok = load_tokenizer(test::shared_path(rel));
   std::mt19937 rng(12345);
-  int done = 0;
+  int done = 0, continued = 0;
   for (int i = 0; i < n_cases; ++i) {
     std::string text = random_text(rng, 120, nfc_stable);
     if (has_special_text(text)) continue;
     auto ids = tok->encode(text);
     ASSERT_EQ(tok->decode(ids), text) << rel << ": round trip failed for case " << i;
     check_stream(*tok, ids, rel + " text case " + std::to_string(i));
+    continued += check_continuation(*tok, ids, rng() % (ids.size() + 1), rel + " text case " + std::to_string(i));
     ++done;
   }
   EXPECT_GT(done, n_cases * 9 / 10);
+  EXPECT_GT(continued, n_cases / 3) << "continuations checked";
   // Random ids: byte pieces and multi-byte tokens cut characters anywhere.
   std::uniform_int_distribution<int32_t> any_id(0, tok->n_vocab() - 1), byte_id(0, 300);
   for (int i = 0; i < n_cases; ++i) {
@@ -88,6 +104,19 @@ TEST(TokenizerRoundTrip, GptNeoxNfcText) { round_trip("tokenizers/gpt-neox-20b/t
 TEST(TokenizerRoundTrip, Gpt2AnyText) { round_trip("tokenizers/gpt2", false, 300); }
 TEST(TokenizerRoundTrip, Llama2SentencePieceAnyText) { round_trip("tokenizers/llama2/tokenizer.model", false, 300); }
 TEST(TokenizerRoundTrip, Llama2cAnyText) { round_trip("models/aidreams260K/tok512.bin", false, 300); }
+
+// The case as a user meets it: a prompt, then the generated words.
+TEST(TokenizerRoundTrip, ContinuationKeepsItsLeadingSpace) {
+  MLKV_REQUIRE_SHARED();
+  auto tok = load_tokenizer(test::shared_path("tokenizers/llama2/tokenizer.model"));
+  const auto prompt = tok->encode("Once upon a time", true), all = tok->encode("Once upon a time there was", true);
+  ASSERT_EQ(std::vector<int32_t>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(prompt.size())), prompt);
+  const std::vector<int32_t> gen(all.begin() + static_cast<std::ptrdiff_t>(prompt.size()), all.end());
+  EXPECT_EQ(tok->decode(gen), "there was");  // a text of its own: no leading space
+  EXPECT_EQ(decode_continuation(*tok, prompt, gen), " there was");
+  EXPECT_EQ(decode_continuation(*tok, {tok->bos_id()}, gen), "there was");  // only BOS before it
+  EXPECT_FALSE(starts_text(*tok, prompt));
+}
 
 TEST(TokenizerRoundTrip, StreamHoldsBackSplitCharacters) {
   MLKV_REQUIRE_SHARED();
