@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
+#include <vector>
 
 #include "core/check.h"
 #include "core/half.h"
@@ -24,6 +26,25 @@ TEST(Tensor, ShapeTypeDeviceAndZeroFill) {
   EXPECT_EQ(d.nbytes(), 40u);
   d.data_as<double>()[4] = 2.5;
   EXPECT_EQ(d.data_as<double>()[4], 2.5);
+}
+
+// Blocks of 2 MiB or more start on a 2 MiB boundary (whole huge pages) and read as zeros to their
+// last byte; sizes that are not a multiple of a page, many at once, freed in any order.
+TEST(Tensor, LargeBlocksAreZeroAndStartOnA2MiBBoundary) {
+  std::vector<std::unique_ptr<void, AlignedFree>> blocks;
+  for (size_t n : {size_t{1} << 21, (size_t{5} << 20) + 123, (size_t{3} << 21) + 4096, size_t{(1 << 21) - 1}}) {
+    auto b = aligned_alloc_zeroed(n);
+    auto* p = static_cast<unsigned char*>(b.get());
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % (n >= (size_t{1} << 21) ? size_t{1} << 21 : 64), 0u) << n;
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i += 4093) nonzero += p[i] != 0;
+    EXPECT_EQ(nonzero + p[n - 1], 0u) << n;
+    p[0] = p[n - 1] = 7;  // writable to the end
+    blocks.push_back(std::move(b));
+  }
+  blocks.erase(blocks.begin() + 1);
+  blocks.clear();
 }
 
 TEST(Tensor, CopiesMovesAndEmptyTensors) {
