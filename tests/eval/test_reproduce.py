@@ -118,7 +118,7 @@ def main():
     os.makedirs(a.workdir)
     root = os.path.join(a.shared, "data")
 
-    expect_error(a, ["--preset", "huge", "--out", os.path.join(a.workdir, "x")], "unknown --preset 'huge'")
+    expect_error(a, ["--preset", "huge", "--out", os.path.join(a.workdir, "x")], "unknown --preset 'huge'", code=2)
     expect_error(a, ["--preset", "ci", "--out", os.path.join(a.workdir, "x"), "--data-root", root,
                      "--configs", "MLKV-7"], "unknown configuration 'MLKV-7'")
     expect_error(a, ["--preset", "ci", "--out", os.path.join(a.workdir, "x"), "--data-root",

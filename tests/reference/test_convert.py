@@ -169,7 +169,7 @@ def check_cases(args, failures: list[str]) -> dict:
 
 
 def check_errors(args, failures: list[str]) -> None:
-    """Impossible conversions: exit 1, a clear message, nothing written."""
+    """Impossible conversions: exit 1 (a misspelt option value: 2), a clear message, nothing written."""
     d = os.path.join(args.workdir, "errors")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -186,13 +186,15 @@ def check_errors(args, failures: list[str]) -> None:
         ("kv_source pointing forward", mha, ["--kv-source", "0,2,2,3"], "points forward"),
         ("source already shares", shared, ["--kv-heads", "2"], "already shares K/V across layers"),
         ("two layer options", mha, ["--kv-layers", "2", "--owners", "0,2"], "at most one of"),
-        ("unknown merge", mha, ["--merge", "sum"], "--merge must be"),
+        ("unknown merge", mha, ["--merge", "sum"], "--merge: must be"),  # a usage error: exit 2
         ("missing source", os.path.join(d, "nope"), [], "neither a model folder"),
     ]
     for name, src, extra, needle in bad_cases:
         dst = os.path.join(d, "out")
         r = run([args.mlkv, "convert", src, dst] + extra, check=False)
-        ok = r.returncode == 1 and "mlkv: error:" in r.stderr and needle in r.stderr and not os.path.exists(dst)
+        usage = needle.startswith("--")  # CLI11's "<option>: <why>" (exit 2)
+        ok = (r.returncode == (2 if usage else 1) and (usage or "mlkv: error:" in r.stderr) and needle in r.stderr
+              and not os.path.exists(dst))
         leftovers = [f for f in os.listdir(d) if f.startswith(".out.tmp")]
         print(f"error: {name:32s} exit {r.returncode}  {r.stderr.strip()[:90]}{'' if ok and not leftovers else '  FAIL'}")
         if not ok or leftovers:
