@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -141,6 +142,24 @@ void AlignedFree::operator()(void* p) const noexcept {
   } else {
     std::free(p);
   }
+}
+
+int64_t first_non_finite(const float* p, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = n < i0 + kChunk ? n : i0 + kChunk;
+    uint32_t bad = 0;  // an all-ones exponent: NaN or infinity
+    for (int64_t i = i0; i < i1; ++i) {
+      uint32_t b;
+      std::memcpy(&b, p + i, 4);
+      bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad == 0) continue;
+    for (int64_t i = i0; i < i1; ++i) {
+      if (!std::isfinite(p[i])) return i;
+    }
+  }
+  return -1;
 }
 
 std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes) {

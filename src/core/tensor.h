@@ -51,6 +51,10 @@ constexpr DType dtype_of<double>() { return DType::kF64; }
 template <>
 constexpr DType dtype_of<int32_t>() { return DType::kI32; }
 
+// The index of the first NaN or infinity among p[0, n), or -1 when every value is finite (one
+// vectorisable pass; a checkpoint's weights are checked with it as they load).
+int64_t first_non_finite(const float* p, int64_t n);
+
 // Frees what aligned_alloc_zeroed returned: heap blocks with free(), large blocks with munmap().
 struct AlignedFree {
   size_t mapped_bytes = 0;  // non-zero: the block came from mmap and has this length

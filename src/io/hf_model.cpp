@@ -33,10 +33,18 @@ bool is_ignorable_buffer(const std::string& name) {
          ends_with("rotary_emb.inv_freq");
 }
 
+// A weight that holds a NaN or an infinity makes every output NaN: refused at load, naming it.
+void require_finite(const float* p, int64_t n, const std::string& name, const TensorEntry& e) {
+  const int64_t i = first_non_finite(p, n);
+  MLKV_REQUIRE(i < 0, "tensor '", name, "' in '", *e.file, "' holds a non-finite value (", p[i < 0 ? 0 : i],
+               ") at element ", i, ": the checkpoint is damaged (NaN or infinite weights make every output NaN)");
+}
+
 void copy_checked(const TensorEntry& e, Tensor& dst, const std::string& name) {
   MLKV_REQUIRE(e.shape == dst.shape(), "tensor '", name, "' in '", *e.file, "' has shape ",
                e.shape_str(), " but the config calls for ", dst.shape_str());
   entry_to_f32(e, dst.data());
+  require_finite(dst.data(), dst.numel(), name, e);
 }
 
 // GPT-NeoX fused qkv: rows are laid out per head as [q(d), k(d), v(d)].
@@ -48,12 +56,14 @@ void unfuse_qkv(const ModelConfig& c, const TensorEntry& w_e, const TensorEntry*
                " but the config calls for [", 3 * H * d, ", ", E, "]");
   Tensor fused({3 * H * d, E});
   entry_to_f32(w_e, fused.data());
+  require_finite(fused.data(), fused.numel(), prefix + "weight", w_e);
   Tensor fused_b;
   if (b_e != nullptr) {
     MLKV_REQUIRE(b_e->shape == std::vector<int64_t>{3 * H * d}, "tensor '", prefix,
                  "bias' has shape ", b_e->shape_str(), ", expected [", 3 * H * d, "]");
     fused_b = Tensor({3 * H * d});
     entry_to_f32(*b_e, fused_b.data());
+    require_finite(fused_b.data(), fused_b.numel(), prefix + "bias", *b_e);
   }
   Tensor* dst_w[3] = {&l.wq, &l.wk, &l.wv};
   Tensor* dst_b[3] = {&l.bq, &l.bk, &l.bv};

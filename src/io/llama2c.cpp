@@ -84,6 +84,9 @@ LoadedModel load_llama2c(const uint8_t* data, size_t size, const std::string& pa
   const uint8_t* p = data + 28;  // f32 values, read with memcpy (no alignment assumed)
   auto take = [&](Tensor& t) {
     std::memcpy(t.data(), p, static_cast<size_t>(t.numel()) * 4);
+    const int64_t bad = first_non_finite(t.data(), t.numel());
+    MLKV_REQUIRE(bad < 0, "'", path, "' holds a non-finite weight (", t.data()[bad < 0 ? 0 : bad], ") at float ",
+                 (p - (data + 28)) / 4 + bad, " of its weights: the file is damaged (NaN or infinite weights make every output NaN)");
     p += t.numel() * 4;
   };
   auto& layers = m.weights.layers;

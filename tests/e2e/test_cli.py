@@ -337,6 +337,24 @@ def test_bad_input(mlkv, wd):
         h["model.norm.weight"]["dtype"] = "Q4_K"
     expect_error(mlkv, ["score", variant("dtype", dtype), *tok], "unknown dtype 'Q4_K'", "unknown dtype")
 
+    # A NaN or an infinity in a weight: refused at load, naming the tensor (it would make every
+    # output NaN), in safetensors (f32 here) and in a llama2.c file.
+    for name, bits in (("nan", 0x7FC00000), ("inf", 0x7F800000), ("-inf", 0xFF800000)):
+        k = "model.layers.1.mlp.down_proj.weight"
+        o = header[k]["data_offsets"][0] + 4 * 37
+        bad = data[:o] + struct.pack("<I", bits) + data[o + 4:]
+        expect_error(mlkv, ["score", variant("w" + name, data_override=bad), *tok],
+                     f"tensor '{k}'", f"a {name} weight")
+    l2c = os.path.join(SHARED, "data", "models", "aidreams260K", "aidreams260K.bin")
+    if os.path.exists(l2c):
+        with open(l2c, "rb") as f:
+            raw2 = bytearray(f.read())
+        raw2[28 + 4 * 1000:28 + 4 * 1001] = struct.pack("<I", 0x7FC00000)
+        bad_bin = os.path.join(wd, "nan-weight.bin")
+        with open(bad_bin, "wb") as f:
+            f.write(raw2)
+        expect_error(mlkv, ["score", bad_bin, *tok], "non-finite weight", "a NaN weight in a llama2.c file")
+
     # A valid file without one tensor: its bytes go too, the others move up (the tensors must
     # tile the data buffer).
     gone = "model.layers.1.mlp.down_proj.weight"

@@ -170,7 +170,9 @@ TEST(PanelLayout, PacksRowsOfSixteenSideBySide) {
       for (int64_t i = 0; i < N * K; ++i) ASSERT_EQ(a.data()[i], r.data()[i]) << dtype_name(panel);
       const auto* hv = static_cast<const uint16_t*>(hp.raw());
       const auto* rv = static_cast<const uint16_t*>(hr.raw());
-      if (N >= 16) EXPECT_EQ(hv[16 * 1 + 2], rv[2 * K + 1]) << "row 2, column 1 of the first panel";
+      if (N >= 16) {
+        EXPECT_EQ(hv[16 * 1 + 2], rv[2 * K + 1]) << "row 2, column 1 of the first panel";
+      }
     }
   }
   EXPECT_THROW(Tensor({64}).to(DType::kF32P16), Error);

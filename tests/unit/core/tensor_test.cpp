@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -45,6 +46,26 @@ TEST(Tensor, LargeBlocksAreZeroAndStartOnA2MiBBoundary) {
   }
   blocks.erase(blocks.begin() + 1);
   blocks.clear();
+}
+
+// NaN and both infinities are found where they are, across the scan's chunks; the largest
+// finite values, denormals and -0 are not.
+TEST(Tensor, FirstNonFiniteFindsNaNAndInfinities) {
+  std::vector<float> v(10000, 1.0f);
+  v[1] = std::numeric_limits<float>::max();
+  v[2] = -std::numeric_limits<float>::max();
+  v[3] = std::numeric_limits<float>::denorm_min();
+  v[4] = -0.0f;
+  EXPECT_EQ(first_non_finite(v.data(), int64_t(v.size())), -1);
+  EXPECT_EQ(first_non_finite(v.data(), 0), -1);
+  for (int64_t at : {int64_t{0}, int64_t{4095}, int64_t{4096}, int64_t{9999}}) {
+    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+      std::vector<float> w = v;
+      w[size_t(at)] = bad;
+      if (at < 9999) w[9999] = std::nanf("");  // a later one does not hide the first
+      EXPECT_EQ(first_non_finite(w.data(), int64_t(w.size())), at) << bad;
+    }
+  }
 }
 
 TEST(Tensor, CopiesMovesAndEmptyTensors) {
