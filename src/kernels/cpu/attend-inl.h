@@ -42,6 +42,24 @@ inline void prefetch_keys(const char* kb, int n, size_t row_bytes) {
   prefetch_lines<true>(kb + kKeyPrefetchL2 * row_bytes, bytes);
 }
 
+// The chunks' keys in blocks of N: block(kb, j) for the N key rows at kb (prefetch_keys done),
+// the first at position j of the concatenated chunks; then rest(kb, n, j) for a chunk's last
+// n < N keys, if any.
+template <int N, class Block, class Rest>
+inline void for_key_blocks(const KvChunk* ch, int n_ch, size_t row_bytes, Block&& block, Rest&& rest) {
+  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
+    const char* K = static_cast<const char*>(ch[c].k);
+    const int n = ch[c].n;
+    int j0 = 0;
+    for (; j0 + N <= n; j0 += N) {
+      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
+      prefetch_keys(kb, N, row_bytes);
+      block(kb, off + j0);
+    }
+    if (j0 < n) rest(K + static_cast<size_t>(j0) * row_bytes, n - j0, off + j0);
+  }
+}
+
 // Readers of one row of head_dim values stored at `row` in each format. get(row, i) gives values
 // [i, i + kLanes) (i a multiple of kLanes, so never across a 32-value block); get1 one value.
 struct RowF32 {
@@ -228,43 +246,38 @@ inline void scores_q8_lanes(const float* q, int n_q, int ldq, const KvChunk* ch,
   }
   const __m512i flip = _mm512_set1_epi32(int32_t(0x80808080u));
   const V vscale = vset1(scale);
-  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
-    const char* K = static_cast<const char*>(ch[c].k);
-    const int n = ch[c].n;
-    int j0 = 0;
-    for (; j0 + 16 <= n; j0 += 16) {
-      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      prefetch_keys(kb, 16, row_bytes);
-      V acc[16];
-      for (int k = 0; k < 16; ++k) acc[k] = vzero();
-      for (int b = 0; b < nb; ++b) {
-        __m512i is[16];
-        for (int k = 0; k < 16; ++k) is[k] = _mm512_setzero_si512();
-        const char* kv = kb + b * RowQ8::kBlockBytes + 2;
-        for (int g = 0; g < 8; ++g) {
-          const __m512i qv = _mm512_load_si512(qt[b][g]);
+  for_key_blocks<16>(
+      ch, n_ch, row_bytes,
+      [&](const char* kb, int j) {
+        V acc[16];
+        for (int k = 0; k < 16; ++k) acc[k] = vzero();
+        for (int b = 0; b < nb; ++b) {
+          __m512i is[16];
+          for (int k = 0; k < 16; ++k) is[k] = _mm512_setzero_si512();
+          const char* kv = kb + b * RowQ8::kBlockBytes + 2;
+          for (int g = 0; g < 8; ++g) {
+            const __m512i qv = _mm512_load_si512(qt[b][g]);
+            for (int k = 0; k < 16; ++k) {
+              int32_t k4;
+              std::memcpy(&k4, kv + k * row_bytes + 4 * g, 4);
+              is[k] = _mm512_dpbusd_epi32(is[k], _mm512_xor_si512(_mm512_set1_epi32(k4), flip), qv);
+            }
+          }
+          const __m512i cb = _mm512_load_si512(corr[b]);
+          const V dq = vload(dqv[b]);
           for (int k = 0; k < 16; ++k) {
-            int32_t k4;
-            std::memcpy(&k4, kv + k * row_bytes + 4 * g, 4);
-            is[k] = _mm512_dpbusd_epi32(is[k], _mm512_xor_si512(_mm512_set1_epi32(k4), flip), qv);
+            const V sk = {_mm512_cvtepi32_ps(_mm512_sub_epi32(is[k], cb))};
+            const V w = vmul(vset1(RowQ8::scale(kb + k * row_bytes + b * RowQ8::kBlockBytes)), dq);
+            acc[k] = vfma(sk, w, acc[k]);
           }
         }
-        const __m512i cb = _mm512_load_si512(corr[b]);
-        const V dq = vload(dqv[b]);
-        for (int k = 0; k < 16; ++k) {
-          const V sk = {_mm512_cvtepi32_ps(_mm512_sub_epi32(is[k], cb))};
-          const V w = vmul(vset1(RowQ8::scale(kb + k * row_bytes + b * RowQ8::kBlockBytes)), dq);
-          acc[k] = vfma(sk, w, acc[k]);
-        }
-      }
-      vtranspose(acc);
-      for (int r = 0; r < n_q; ++r) vstore(scores + r * lds + off + j0, vmul(acc[r], vscale));
-    }
-    if (j0 < n) {
-      const KvChunk rest{K + static_cast<size_t>(j0) * row_bytes, nullptr, n - j0};
-      scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
-    }
-  }
+        vtranspose(acc);
+        for (int r = 0; r < n_q; ++r) vstore(scores + r * lds + j, vmul(acc[r], vscale));
+      },
+      [&](const char* kb, int n, int j) {
+        const KvChunk rest{kb, nullptr, n};
+        scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + j, lds);
+      });
 }
 
 // 8 registers of 16 int32 partial sums (key k: lanes 0-7 the 8 partials of its first block, 8-15
@@ -316,45 +329,41 @@ inline void scores_q8_keys(const float* q, int n_q, int ldq, const KvChunk* ch, 
   const __m512i first8 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11);
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 acc[8];
-  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
-    const char* K = static_cast<const char*>(ch[c].k);
-    const int n = ch[c].n;
-    int j0 = 0;
-    for (; j0 + 8 <= n; j0 += 8) {
-      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      prefetch_keys(kb, 8, row_bytes);
-      for (int p = 0; p < np; ++p) {
-        const char* kp = kb + p * 2 * RowQ8::kBlockBytes;
-        __m512i kz[8];
-        for (int k = 0; k < 8; ++k) {
-          const char* kr = kp + k * row_bytes + 2;
-          const __m512i lo = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr)));
-          kz[k] = _mm512_xor_si512(_mm512_inserti64x4(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr + RowQ8::kBlockBytes)), 1), flip);
+  for_key_blocks<8>(
+      ch, n_ch, row_bytes,
+      [&](const char* kb, int j) {
+        for (int p = 0; p < np; ++p) {
+          const char* kp = kb + p * 2 * RowQ8::kBlockBytes;
+          __m512i kz[8];
+          for (int k = 0; k < 8; ++k) {
+            const char* kr = kp + k * row_bytes + 2;
+            const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr));
+            const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr + RowQ8::kBlockBytes));
+            kz[k] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(b0), b1, 1), flip);
+          }
+          const __m512 ks = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(sidx, kp, 1)));
+          for (int r = 0; r < n_q; ++r) {
+            const __m512i qv = _mm512_load_si512(qz[r][p]), c0 = _mm512_load_si512(cz[r][p]);
+            __m512i sums[8];
+            for (int k = 0; k < 8; ++k) sums[k] = _mm512_dpbusd_epi32(c0, kz[k], qv);
+            const __m512 sf = _mm512_cvtepi32_ps(reduce8_pairs(sums));
+            const __m512 w = _mm512_mul_ps(ks, _mm512_load_ps(dqv[r][p]));
+            // In the lanes of block 0 of the pair: acc + s w of block 0, then of block 1 (its
+            // lanes moved over), fused as the 8-key path's acc += s * (scale * dq) compiles.
+            const __m512 a = _mm512_fmadd_ps(sf, w, p == 0 ? _mm512_setzero_ps() : acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_shuffle_f32x4(sf, sf, _MM_SHUFFLE(2, 3, 0, 1)),
+                                     _mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(2, 3, 0, 1)), a);
+          }
         }
-        const __m512 ks = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(sidx, kp, 1)));
         for (int r = 0; r < n_q; ++r) {
-          const __m512i qv = _mm512_load_si512(qz[r][p]), c0 = _mm512_load_si512(cz[r][p]);
-          __m512i sums[8];
-          for (int k = 0; k < 8; ++k) sums[k] = _mm512_dpbusd_epi32(c0, kz[k], qv);
-          const __m512 sf = _mm512_cvtepi32_ps(reduce8_pairs(sums));
-          const __m512 w = _mm512_mul_ps(ks, _mm512_load_ps(dqv[r][p]));
-          // In the lanes of block 0 of the pair: acc + s w of block 0, then of block 1 (its lanes
-          // moved over), fused as the 8-key path's acc += s * (scale * dq) compiles.
-          const __m512 a = _mm512_fmadd_ps(sf, w, p == 0 ? _mm512_setzero_ps() : acc[r]);
-          acc[r] = _mm512_fmadd_ps(_mm512_shuffle_f32x4(sf, sf, _MM_SHUFFLE(2, 3, 0, 1)),
-                                   _mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(2, 3, 0, 1)), a);
+          const __m512 o = _mm512_permutexvar_ps(first8, _mm512_mul_ps(acc[r], vscale));
+          _mm256_storeu_ps(scores + r * lds + j, _mm512_castps512_ps256(o));
         }
-      }
-      for (int r = 0; r < n_q; ++r) {
-        const __m512 o = _mm512_permutexvar_ps(first8, _mm512_mul_ps(acc[r], vscale));
-        _mm256_storeu_ps(scores + r * lds + off + j0, _mm512_castps512_ps256(o));
-      }
-    }
-    if (j0 < n) {
-      const KvChunk rest{K + static_cast<size_t>(j0) * row_bytes, nullptr, n - j0};
-      scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + off + j0, lds);
-    }
-  }
+      },
+      [&](const char* kb, int n, int j) {
+        const KvChunk rest{kb, nullptr, n};
+        scores_int_block8<RowQ8>(q, n_q, ldq, &rest, 1, d, row_bytes, scale, scores + j, lds);
+      });
 }
 #endif
 
@@ -394,47 +403,42 @@ void scores_int_block8(const float* q, int n_q, int ldq, const KvChunk* ch, int 
     }
   }
   float ks[kMaxIntHeadDim / 32][8];  // the 8 keys' block scales
-  for (int c = 0, off = 0; c < n_ch; off += ch[c].n, ++c) {
-    const char* K = static_cast<const char*>(ch[c].k);
-    const int n = ch[c].n;
-    int j0 = 0;
-    for (; j0 + 8 <= n; j0 += 8) {
-      const char* kb = K + static_cast<size_t>(j0) * row_bytes;
-      prefetch_keys(kb, 8, row_bytes);
-      for (int b = 0; b < nb; ++b) {
-        for (int k = 0; k < 8; ++k) {
-          ks[b][k] = KB::scale(kb + k * row_bytes + b * KB::kBlockBytes);
-        }
-      }
-      for (int r = 0; r < n_q; ++r) {
-        float acc[8] = {};
+  for_key_blocks<8>(
+      ch, n_ch, row_bytes,
+      [&](const char* kb, int j) {
         for (int b = 0; b < nb; ++b) {
-          const I8x32 qv = iload32(qq + r * d + b * 32), av = iload32(aq + r * d + b * 32);
-          I32Sums t[8];
-          for (int k = 0; k < 8; ++k) t[k] = idot(av, qv, KB::load(kb + k * row_bytes + b * KB::kBlockBytes));
-          float s[8];
-          isum8(t, s);
-          const float w = dq[r * nb + b];
-          for (int k = 0; k < 8; ++k) acc[k] += s[k] * (ks[b][k] * w);
+          for (int k = 0; k < 8; ++k) ks[b][k] = KB::scale(kb + k * row_bytes + b * KB::kBlockBytes);
         }
-        float* out = scores + r * lds + off + j0;
-        for (int k = 0; k < 8; ++k) out[k] = acc[k] * scale;
-      }
-    }
-    for (; j0 < n; ++j0) {  // the last < 8 keys of the chunk
-      const char* kr = K + static_cast<size_t>(j0) * row_bytes;
-      for (int r = 0; r < n_q; ++r) {
-        float acc = 0.0f;
-        for (int b = 0; b < nb; ++b) {
-          const char* blk = kr + b * KB::kBlockBytes;
-          int32_t isum = 0;
-          for (int i = 0; i < 32; ++i) isum += int32_t{qq[r * d + b * 32 + i]} * KB::value(blk, i);
-          acc += static_cast<float>(isum) * (KB::scale(blk) * dq[r * nb + b]);
+        for (int r = 0; r < n_q; ++r) {
+          float acc[8] = {};
+          for (int b = 0; b < nb; ++b) {
+            const I8x32 qv = iload32(qq + r * d + b * 32), av = iload32(aq + r * d + b * 32);
+            I32Sums t[8];
+            for (int k = 0; k < 8; ++k) t[k] = idot(av, qv, KB::load(kb + k * row_bytes + b * KB::kBlockBytes));
+            float s[8];
+            isum8(t, s);
+            const float w = dq[r * nb + b];
+            for (int k = 0; k < 8; ++k) acc[k] += s[k] * (ks[b][k] * w);
+          }
+          float* out = scores + r * lds + j;
+          for (int k = 0; k < 8; ++k) out[k] = acc[k] * scale;
         }
-        scores[r * lds + off + j0] = acc * scale;
-      }
-    }
-  }
+      },
+      [&](const char* kb, int n, int j) {  // the last < 8 keys of a chunk, one at a time
+        for (int i = 0; i < n; ++i) {
+          const char* kr = kb + static_cast<size_t>(i) * row_bytes;
+          for (int r = 0; r < n_q; ++r) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; ++b) {
+              const char* blk = kr + b * KB::kBlockBytes;
+              int32_t isum = 0;
+              for (int e = 0; e < 32; ++e) isum += int32_t{qq[r * d + b * 32 + e]} * KB::value(blk, e);
+              acc += static_cast<float>(isum) * (KB::scale(blk) * dq[r * nb + b]);
+            }
+            scores[r * lds + j + i] = acc * scale;
+          }
+        }
+      });
 }
 
 // out[0, NV * kLanes) (+)= sum_{j in [j0, j1)} p[j] V_j[c0, c0 + NV * kLanes).
