@@ -508,7 +508,17 @@ void weighted_sum_rows(const float* p, int64_t ldp, const char* Vm, size_t row_b
     const char* vr = Vm + static_cast<size_t>(j) * row_bytes;
     if (pf) prefetch_lines<true>(pf + static_cast<size_t>(j - j0) * row_bytes, row_bytes);
     V vv[NV];
-    for (int v = 0; v < NV; ++v) vv[v] = R::get(vr, c0 + kLanes * v);
+    if constexpr (std::is_same_v<R, RowQ8> || std::is_same_v<R, RowQ4>) {
+      // One scale per block (as in weighted_sum: c0 is a multiple of NV kLanes), not per vector.
+      constexpr int kPer = kLanes >= 32 ? 1 : 32 / kLanes;
+      V sb = vzero();
+      for (int v = 0; v < NV; ++v) {
+        if (v % kPer == 0) sb = vset1(R::block_scale(vr, c0 + kLanes * v));
+        vv[v] = vmul(sb, R::raw(vr, c0 + kLanes * v));
+      }
+    } else {
+      for (int v = 0; v < NV; ++v) vv[v] = R::get(vr, c0 + kLanes * v);
+    }
     for (int r = 0; r < NR; ++r) {
       const V w = vset1(p[r * ldp + j]);
       for (int v = 0; v < NV; ++v) acc[r][v] = vfma(w, vv[v], acc[r][v]);
@@ -572,7 +582,10 @@ void attn_values(const float* p, int n_q, int64_t ldp, const KvChunk* ch, int n_
         const bool first = off == 0 && j0 == 0;
         // The next block's rows, while this one is read from L1 (not past the chunk's end).
         const char* next = j1 + (j1 - j0) <= ch[c].n ? Vm + static_cast<size_t>(j1) * row_bytes : nullptr;
-        if (d % (4 * kLanes) == 0) {
+        // Quantized rows are widened once per pass of rows: a group of more rows than a 4-vector
+        // pass holds goes in 2-vector passes of twice the rows (each vector widened once).
+        constexpr bool kWiden = std::is_same_v<R, RowQ8> || std::is_same_v<R, RowQ4>;
+        if (d % (4 * kLanes) == 0 && !(kWiden && n_q > kRowAccumulators / 4)) {
           values_rows<4, R>(p + off, n_q, ldp, Vm, row_bytes, d, j0, j1, out, ldo, first, next);
         } else {
           values_rows<2, R>(p + off, n_q, ldp, Vm, row_bytes, d, j0, j1, out, ldo, first, next);
