@@ -144,6 +144,10 @@ void AlignedFree::operator()(void* p) const noexcept {
   }
 }
 
+void advise_small_pages(void* p, size_t n_bytes) {
+  if (p != nullptr && n_bytes >= kMmapThreshold) madvise(p, n_bytes, MADV_NOHUGEPAGE);
+}
+
 int64_t first_non_finite(const float* p, int64_t n) {
   constexpr int64_t kChunk = 4096;
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {

@@ -55,6 +55,11 @@ constexpr DType dtype_of<int32_t>() { return DType::kI32; }
 // vectorisable pass; a checkpoint's weights are checked with it as they load).
 int64_t first_non_finite(const float* p, int64_t n);
 
+// Asks that the untouched pages of a large host block [p, p + n_bytes) from aligned_alloc_zeroed stay
+// 4 KiB pages (MADV_NOHUGEPAGE): for memory filled sparsely over time, where a 2 MiB page per first
+// touch would commit (and zero) far more than is used. Smaller blocks: nothing to do.
+void advise_small_pages(void* p, size_t n_bytes);
+
 // Frees what aligned_alloc_zeroed returned: heap blocks with free(), large blocks with munmap().
 struct AlignedFree {
   size_t mapped_bytes = 0;  // non-zero: the block came from mmap and has this length

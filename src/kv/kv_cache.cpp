@@ -67,6 +67,10 @@ KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type,
   in_use_.assign(static_cast<size_t>(n_seq), 0);
 }
 
+void KVCache::prefer_small_pages() {
+  if (storage_.device() == Device::kCpu) advise_small_pages(storage_.raw(), storage_.nbytes());
+}
+
 ops::KvSlotView KVCache::view(int slot) const {
   MLKV_CHECK(slot >= 0 && slot < n_slots());
   ops::KvSlotView v;

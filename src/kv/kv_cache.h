@@ -52,6 +52,10 @@ class KVCache {
   // n_seq * n_ctx * layout.bytes_per_token(type): what the default layout allocates.
   static int64_t bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type);
   int64_t bytes() const { return static_cast<int64_t>(storage_.nbytes()); }
+  // A cache that fills as sequences come and grow (the scheduler's, for generate and serve): its
+  // host memory stays in 4 KiB pages (advise_small_pages), since each (layer, head) region would
+  // otherwise commit a 2 MiB page at a sequence's first token. Call before the cache is written.
+  void prefer_small_pages();
 
   int n_seq() const { return n_seq_; }
   int n_ctx() const { return n_ctx_; }

@@ -37,6 +37,9 @@ Scheduler::Scheduler(Model& model, int n_parallel, int n_ctx, KvCacheType cache_
       block_size_(block_size),
       cache_(model.new_cache(n_parallel, n_ctx_, cache_elem, block_size,
                              pool_blocks(n_parallel, n_ctx_, block_size, n_blocks))) {
+  // Measured: serve --kv-budget 1G on huge pages held 241 MB after 3 short requests (39 MB on
+  // 4 KiB pages) and the first request took 0.65 s instead of 0.06 s.
+  cache_.prefer_small_pages();
   if (block_size_ > 0) {
     pool_ = std::make_unique<BlockPool>(cache_.n_blocks(), block_size_);
     for (int s = 0; s < n_parallel; ++s) cache_.set_block_table(s, {});

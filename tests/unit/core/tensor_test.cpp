@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <cstdlib>
+#include <cstdio>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -66,6 +70,37 @@ TEST(Tensor, FirstNonFiniteFindsNaNAndInfinities) {
       EXPECT_EQ(first_non_finite(w.data(), int64_t(w.size())), at) << bad;
     }
   }
+}
+
+// The VmFlags of the mapping that holds p (/proc/self/smaps), "" when none is found.
+std::string vm_flags(const void* p) {
+  std::ifstream f("/proc/self/smaps");
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  std::string line;
+  bool inside = false;
+  while (std::getline(f, line)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = a >= lo && a < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+// Large blocks are advised onto huge pages (VmFlags "hg"); advise_small_pages turns that into
+// "nh" (a KV cache that fills over time keeps 4 KiB pages).
+TEST(Tensor, LargeBlocksAdviseHugePagesUnlessAskedNotTo) {
+  if (std::getenv("MLKV_NO_HUGEPAGES") != nullptr) GTEST_SKIP() << "MLKV_NO_HUGEPAGES is set";
+  auto b = aligned_alloc_zeroed(size_t{8} << 20);
+  const std::string before = vm_flags(b.get());
+  if (before.empty()) GTEST_SKIP() << "no /proc/self/smaps here";
+  EXPECT_NE(before.find(" hg"), std::string::npos) << before;
+  advise_small_pages(b.get(), size_t{8} << 20);
+  const std::string after = vm_flags(b.get());
+  EXPECT_NE(after.find(" nh"), std::string::npos) << after;
+  EXPECT_EQ(after.find(" hg"), std::string::npos) << after;
 }
 
 TEST(Tensor, CopiesMovesAndEmptyTensors) {
