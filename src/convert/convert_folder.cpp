@@ -12,15 +12,15 @@ namespace mlkv {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-DType parse_dtype(const std::string& s, DType same) {
+DType parse_output_dtype(const std::string& s, DType same) {
   if (s == "same") return same;
   if (s == "f32") return DType::kF32;
   if (s == "f16") return DType::kF16;
   if (s == "bf16") return DType::kBF16;
   fail("--dtype must be same, f32, f16 or bf16 (got '", s, "')");
 }
+
+namespace {
 
 // Files that travel with the weights so the output is a complete model folder.
 const char* const kSideFiles[] = {
@@ -125,7 +125,7 @@ FolderConversion convert_folder(const std::string& src, const std::string& dst,
   }
   FolderConversion c;
   c.src = in.config;
-  c.dtype = parse_dtype(opt.dtype, in.config.file_dtype);
+  c.dtype = parse_output_dtype(opt.dtype, in.config.file_dtype);
   const std::vector<fs::path> side = tokenizer_files(src, opt.tokenizer);
 
   const LoadedModel out =

@@ -34,6 +34,10 @@ struct FolderConversion {
   std::vector<std::string> tokenizer_files;  // file names copied into dst
 };
 
+// The output dtype of a conversion: "same" (the source's file dtype: same), f32, f16 or bf16.
+// Throws mlkv::Error "--dtype must be same, f32, f16 or bf16 (got '<s>')".
+DType parse_output_dtype(const std::string& s, DType same = DType::kF32);
+
 // Converts the model at src (HF folder or llama2.c .bin) and writes it to dst, which must not
 // exist, be an empty folder, or (force) be a model folder. Every option is checked before
 // anything is written (the calibration file is read before any computing); a failure leaves

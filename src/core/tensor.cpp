@@ -173,11 +173,6 @@ std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes) {
       const char* e = std::getenv("MLKV_NO_HUGEPAGES");
       return e == nullptr || *e == '\0' || std::strcmp(e, "0") == 0;
     }();
-    if (!huge) {
-      void* p = mmap(nullptr, n_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) throw std::bad_alloc();
-      return std::unique_ptr<void, AlignedFree>(p, AlignedFree{n_bytes});
-    }
     // Map 2 MiB more, keep the part from the first 2 MiB boundary (the rest goes back at once), so
     // that every whole 2 MiB of the block can be one huge page.
     constexpr size_t kHuge = size_t{1} << 21, kPage = 4096;
@@ -188,7 +183,7 @@ std::unique_ptr<void, AlignedFree> aligned_alloc_zeroed(size_t n_bytes) {
     char* a = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge);
     if (a > p) munmap(p, static_cast<size_t>(a - p));
     if (p + len + kHuge > a + len) munmap(a + len, static_cast<size_t>(p + len + kHuge - (a + len)));
-    madvise(a, len, MADV_HUGEPAGE);  // advice: an error (THP disabled in this kernel) changes nothing
+    if (huge) madvise(a, len, MADV_HUGEPAGE);  // advice: an error (THP disabled) changes nothing
     return std::unique_ptr<void, AlignedFree>(a, AlignedFree{n_bytes});
   }
   size_t rounded = (n_bytes + 63) / 64 * 64;

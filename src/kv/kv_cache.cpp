@@ -26,15 +26,14 @@ size_t region_bytes(int64_t positions, size_t row_bytes) {
 int64_t KVCache::bytes_needed(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type) {
   type.check_fits(layout.head_dim);
   const int64_t n = int64_t{n_seq} * n_ctx;
+  const size_t k_row = kv_codec(type.k).row_bytes(layout.head_dim), v_row = kv_codec(type.v).row_bytes(layout.head_dim);
   // In long double first: n_seq x n_ctx x the bytes of a position can pass 2^63 (int32 sizes).
-  const long double rows = static_cast<long double>(layout.n_slots()) * layout.n_head_kv * n;
-  const long double want = rows * static_cast<long double>(kv_codec(type.k).row_bytes(layout.head_dim) +
-                                                           kv_codec(type.v).row_bytes(layout.head_dim));
+  const long double want = static_cast<long double>(layout.n_slots()) * layout.n_head_kv * n *
+                           static_cast<long double>(k_row + v_row);
   MLKV_REQUIRE(want < 0x1p62L, "a KV cache of ", n_seq, " sequences x ", n_ctx, " positions would take ",
                static_cast<double>(want), " bytes, more than can be addressed");
   return int64_t{layout.n_slots()} * layout.n_head_kv *
-         static_cast<int64_t>(region_bytes(n, kv_codec(type.k).row_bytes(layout.head_dim)) +
-                              region_bytes(n, kv_codec(type.v).row_bytes(layout.head_dim)));
+         static_cast<int64_t>(region_bytes(n, k_row) + region_bytes(n, v_row));
 }
 
 KVCache::KVCache(const KvLayout& layout, int n_seq, int n_ctx, KvCacheType type, Device device,

@@ -166,10 +166,10 @@ void add_convert_commands(CLI::App& app) {
       ->check(parsed_by([](const std::string& s) { parse_widen(s); }));
   cmd->add_option("--share", a->share, "kv_share_rope of the output: post or pre")
       ->capture_default_str()
-      ->check(one_of("--share", {"post", "pre"}));
+      ->check(parsed_by([](const std::string& s) { parse_share_rope(s, "--share"); }));
   cmd->add_option("--dtype", a->dtype, "Output dtype: same (as the source), f32, f16, bf16")
       ->capture_default_str()
-      ->check(one_of("--dtype", {"same", "f32", "f16", "bf16"}));
+      ->check(parsed_by([](const std::string& s) { parse_output_dtype(s); }));
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer file or folder to copy into the output");
   cmd->add_flag("--force", a->force, "Replace an existing model folder at DST");
   cmd->add_flag("--fuse-qkv", a->fuse_qkv,

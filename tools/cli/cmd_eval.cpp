@@ -17,6 +17,7 @@
 #include "core/mmap_file.h"
 #include "kernels/threads.h"
 #include "eval/evaluate.h"
+#include "eval/tasks.h"
 #include "model/model.h"
 #include "runtime/options.h"
 #include "tokenizer/tokenizer.h"
@@ -153,7 +154,7 @@ void add_eval_commands(CLI::App& app) {
   cmd->add_option(
       "--template", a->o.tmpl,
       "Prompt template for every task: qa, sciq, plain, lambada (default: by file name)")
-      ->check(one_of("--template", {"qa", "sciq", "plain", "lambada"}));
+      ->check(parsed_by([](const std::string& s) { eval::apply_template(s, ""); }));
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer file or folder (default: next to the model)");
   cmd->add_option("--limit", a->o.limit,

@@ -57,24 +57,28 @@ ModelConfig build_config(const TrainArgs& a, uint32_t data_vocab, int32_t data_e
   return geometry_from_overrides(a.preset, g);
 }
 
+// --precision: f32, or bf16 mixed precision.
+DType parse_precision(const std::string& s) {
+  MLKV_REQUIRE(s == "f32" || s == "bf16", "--precision must be f32 or bf16 (got '", s, "')");
+  return s == "bf16" ? DType::kBF16 : DType::kF32;
+}
+
+// --dtype of the written model.
+DType parse_out_dtype(const std::string& s) {
+  if (s == "f32") return DType::kF32;
+  if (s == "f16") return DType::kF16;
+  if (s == "bf16") return DType::kBF16;
+  fail("--dtype must be f32, f16 or bf16 (got '", s, "')");
+}
+
 void run_train(TrainArgs& a) {
   train::Dist& dist = train::Dist::get();
   try {
     train::TrainOptions& o = a.o;
     o.shuffle = !a.no_shuffle;
     o.device = parse_device_option(a.device, "--device");
-    MLKV_REQUIRE(a.precision == "f32" || a.precision == "bf16",
-                 "--precision must be f32 or bf16 (got '", a.precision, "')");
-    o.precision = a.precision == "bf16" ? DType::kBF16 : DType::kF32;
-    if (a.dtype == "f32") {
-      o.out_dtype = DType::kF32;
-    } else if (a.dtype == "f16") {
-      o.out_dtype = DType::kF16;
-    } else if (a.dtype == "bf16") {
-      o.out_dtype = DType::kBF16;
-    } else {
-      fail("--dtype must be f32, f16 or bf16 (got '", a.dtype, "')");
-    }
+    o.precision = parse_precision(a.precision);
+    o.out_dtype = parse_out_dtype(a.dtype);
     const bool geometry_given = a.layers || a.embd || a.heads || a.kv_heads || a.kv_layers ||
                                 a.ff || a.vocab || a.model_ctx || !a.kv_source.empty() ||
                                 !a.share.empty() || a.tied;
@@ -168,7 +172,7 @@ void add_train(CLI::App& app) {
                 "From scratch: explicit layer->owner map, e.g. 0,0,2,2");
   c->add_option("--share", a->share,
                 "From scratch: keys consumers read: post (after rotary) or pre")
-      ->check(one_of("--share", {"post", "pre"}));
+      ->check(parsed_by([](const std::string& s) { parse_share_rope(s, "--share"); }));
   c->add_option("--ff", a->ff, "From scratch: MLP width (default 4 x embd; SwiGLU 8/3 x embd)")
       ->check(at_least(1));
   c->add_option("--vocab", a->vocab, "From scratch: vocabulary size (default: the data's)")
@@ -208,7 +212,7 @@ void add_train(CLI::App& app) {
       ->excludes(warmup);
   c->add_option("--schedule", o.schedule, "After warmup: cosine, linear or constant")
       ->capture_default_str()
-      ->check(one_of("--schedule", {"cosine", "linear", "constant"}));
+      ->check(parsed_by([](const std::string& s) { train::LrSchedule::parse(s); }));
   c->add_option("--weight-decay", o.adam.weight_decay,
                 "AdamW decoupled weight decay (not on norms, biases)")
       ->capture_default_str()
@@ -261,7 +265,7 @@ void add_train(CLI::App& app) {
               "Take rows in file order (exact comparisons with other trainers)");
   c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")
       ->capture_default_str()
-      ->check(one_of("--dtype", {"f32", "f16", "bf16"}));
+      ->check(parsed_by([](const std::string& s) { parse_out_dtype(s); }));
   c->add_option("--tokenizer", o.tokenizer,
                 "Tokenizer to copy into --out (default: the data's or --init's)");
   c->add_flag("--quiet,-q", o.quiet, "No progress output");
@@ -270,7 +274,7 @@ void add_train(CLI::App& app) {
                 "Products: f32, or bf16 mixed precision (GPU; f32 master weights and optimizer "
                 "state)")
       ->capture_default_str()
-      ->check(one_of("--precision", {"f32", "bf16"}));
+      ->check(parsed_by([](const std::string& s) { parse_precision(s); }));
   c->add_option("--device", a->device,
                 "Where to train: cpu, or cuda / cuda:N in a CUDA build (checkpoints are the same "
                 "files on every device)")
