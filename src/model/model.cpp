@@ -254,6 +254,8 @@ void Model::validate_batch(const Batch& b, const KVCache& cache, std::vector<Att
   }
 }
 
+void Model::set_profile(OpProfile* p) { net_->profile = p; }
+
 void Model::forward(const Batch& b, KVCache& cache, float* logits) {
   std::vector<AttnRun> runs;
   validate_batch(b, cache, &runs);
@@ -352,6 +354,7 @@ void Model::issue_ops(const Batch& b, KVCache& cache, const std::vector<AttnRun>
   a.u = a.act = s.up.data();
   a.gate = s.gate.empty() ? nullptr : s.gate.data();
 
+  net_->lap_start();
   net_->embed(w_, b.token.data(), T, x);
   CacheAttention attn(be, c, cache, b, runs, rt);
   for (int il = 0; il < c.n_layer; ++il) {
@@ -364,6 +367,7 @@ void Model::issue_ops(const Batch& b, KVCache& cache, const std::vector<AttnRun>
                      n_out);
   const Tensor& w_out = output_f16_.empty() ? w_.output_matrix() : output_f16_;
   be.linear_forward(s.xn.data(), w_out, Tensor(), out, n_out, E, c.n_vocab, false);
+  net_->lap(Op::kHead, false);
 }
 
 }  // namespace mlkv

@@ -100,6 +100,12 @@ class Model {
   // Steps that were replayed (or recorded and run) as a graph so far.
   int64_t graph_launches() const;
 
+  // When set, forward() adds every op's wall time to *p (model/transformer.h's OpProfile: the
+  // embedding, each layer's norms, projections, attention and MLP, and the output head with its
+  // final norm). Timed on the calling thread: meaningful on the CPU, whose ops finish before they
+  // return. nullptr stops it.
+  void set_profile(OpProfile* p);
+
  private:
   struct Scratch;
   struct Graphs;

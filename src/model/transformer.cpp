@@ -15,7 +15,7 @@ const char* op_name(Op op) {
     case Op::kAttnOut: return "attention output projection";
     case Op::kMlpMatmul: return "MLP projections";
     case Op::kActivation: return "MLP activation";
-    case Op::kHead: return "output layer + cross-entropy";
+    case Op::kHead: return "output layer (+ loss in training)";
     case Op::kResidual: return "residual adds / copies";
     case Op::kCount: break;
   }

@@ -132,12 +132,14 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
     }
     const double t_prefill = t.seconds();
     t.reset();
+    if (rep > 0) model.set_profile(o.profile);
     for (int step = 0; step < o.gen; ++step) {
       b.clear();
       for (int s = 0; s < o.batch; ++s) b.add((step * 31 + s) % c.n_vocab, s, o.prompt + step, true);
       model.forward(b, cache, logits.data());
     }
     const double t_decode = t.seconds();
+    model.set_profile(nullptr);
     if (rep == 0) continue;
     if (!o.synthetic_context) prefill.push_back(o.batch * o.prompt / t_prefill);
     decode.push_back(o.batch * o.gen / t_decode);
@@ -146,6 +148,35 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
   r.decode_tok_s = median(decode);
   r.decode_step_ms = 1e3 * o.batch / r.decode_tok_s;
   return r;
+}
+
+std::vector<ProfileRow> decode_profile(const Model& model, const BenchResult& r,
+                                       const OpProfile& p, int steps) {
+  MLKV_REQUIRE(steps > 0, "decode_profile: no steps");
+  double bytes[static_cast<int>(Op::kCount)] = {};
+  auto add = [&](Op op, std::initializer_list<const Tensor*> ts) {
+    for (const Tensor* t : ts) bytes[static_cast<int>(op)] += static_cast<double>(t->nbytes());
+  };
+  double layers = 0;
+  for (const LayerWeights& l : model.weights().layers) {
+    add(Op::kQkv, {&l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv});
+    add(Op::kAttnOut, {&l.wo, &l.bo});
+    add(Op::kMlpMatmul, {&l.w_gate, &l.b_gate, &l.w_up, &l.b_up, &l.w_down, &l.b_down});
+    add(Op::kNorm, {&l.attn_norm, &l.attn_norm_b, &l.ffn_norm, &l.ffn_norm_b});
+  }
+  for (Op op : {Op::kQkv, Op::kAttnOut, Op::kMlpMatmul, Op::kNorm}) layers += bytes[static_cast<int>(op)];
+  // The output matrix (and the final norm): what a step streams besides the layers.
+  bytes[static_cast<int>(Op::kHead)] = static_cast<double>(r.weight_bytes) - layers;
+  bytes[static_cast<int>(Op::kAttention)] = static_cast<double>(r.kv_read_bytes);
+  std::vector<ProfileRow> rows;
+  double sum = 0;
+  for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
+    const double ms = 1e3 * p.fwd[i] / steps;
+    sum += ms;
+    if (ms > 0) rows.push_back({op_name(static_cast<Op>(i)), ms, bytes[i]});
+  }
+  rows.push_back({"other", std::max(0.0, r.decode_step_ms - sum), 0});
+  return rows;
 }
 
 }  // namespace mlkv

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "model/model.h"
 
@@ -19,6 +21,9 @@ struct BenchOptions {
   // Attention cost does not depend on the values, so this measures decode at long contexts without
   // spending minutes on prefill.
   bool synthetic_context = false;
+  // When set, the timed decode steps (reps x gen of them, not the warm-up) add their ops' wall
+  // time here (Model::set_profile; the CPU backend only).
+  OpProfile* profile = nullptr;
 };
 
 struct BenchResult {
@@ -35,6 +40,18 @@ struct BenchResult {
 };
 
 BenchResult bench_model(Model& model, const BenchOptions& opt);
+
+// A decode step op by op, from the OpProfile of `steps` timed steps: each op kind's wall time per
+// step and the bytes it must read per step (its weight matrices and biases; for attention the K/V
+// of r.kv_read_bytes; 0 for ops that only touch activations), and a last row "other" for the rest
+// of r.decode_step_ms (batch validation, cache bookkeeping). Kinds that took no time are left out.
+struct ProfileRow {
+  std::string op;
+  double ms_per_step = 0;
+  double bytes_per_step = 0;
+};
+std::vector<ProfileRow> decode_profile(const Model& model, const BenchResult& r,
+                                       const OpProfile& p, int steps);
 
 // The bound of a decode step: the larger of its memory time (weights + K/V read, over the read
 // bandwidth in bytes/s) and its compute time (step FLOPs over the GEMM peak in FLOP/s). A ceiling

@@ -534,6 +534,40 @@ def test_bench_sweep(mlkv, wd):
                      f"{extra[0]} applies only with --sweep", f"bench {extra[0]} without --sweep")
 
 
+def test_bench_profile(mlkv, wd):
+    """bench --profile: the decode step op by op; the weight bytes of its rows add up to the step's
+    weight bytes, attention's to the K/V read, their times to about the step; refused with --sweep."""
+    args = [mlkv, "bench", "--random", "tiny-neox", "--prompt", "24", "--gen", "8", "--reps", "3",
+            "--no-bandwidth", "--threads", "1", "--profile"]
+    for extra in ([], ["--cache-type", "f16", "--weights", "f16"]):
+        r = run(args + extra + ["--json"])
+        j = json.loads(r.stdout) if r.returncode == 0 else {}
+        rows = {x["op"]: x for x in j.get("profile", [])}
+        want = {"embedding", "norms", "q/k/v projections", "attention (softmax, QK^T, PV)",
+                "attention output projection", "MLP projections", "output layer (+ loss in training)", "other"}
+        check(want <= set(rows), f"bench --profile {' '.join(extra)}: rows {sorted(rows)}")
+        if not want <= set(rows):
+            continue
+        weights = sum(x["bytes_per_step"] for k, x in rows.items() if not k.startswith("attention (softmax"))
+        check(weights == j["weight_bytes_per_step"],
+              f"profile weight bytes {weights} == the step's {j['weight_bytes_per_step']}")
+        check(rows["attention (softmax, QK^T, PV)"]["bytes_per_step"] == j["kv_read_bytes_per_step"],
+              "profile attention bytes == the step's K/V read")
+        check(rows["embedding"]["bytes_per_step"] == 0 and rows["other"]["bytes_per_step"] == 0,
+              "embedding and other read no weights in the profile")
+        ops = sum(x["ms_per_step"] for k, x in rows.items() if k != "other")
+        step = j["decode_step_ms"]
+        check(all(x["ms_per_step"] >= 0 for x in rows.values()) and 0.3 * step <= ops <= 3 * step,
+              f"profile ops {ops:.4f} ms about the step's {step:.4f} ms")
+    r = run(args)
+    check(r.returncode == 0 and "decode step, op by op" in r.stdout and "MLP projections" in r.stdout,
+          "bench --profile prints the op table")
+    expect_error(mlkv, ["bench", "--random", "tiny-neox", "--gen", "2", "--reps", "1", "--no-bandwidth",
+                        "--profile", "--sweep", "--sweep-batch", "1", "--sweep-ctx", "16", "--sweep-out",
+                        os.path.join(wd, "sweep-profile")], "--profile sets up a single run",
+                 "bench --sweep --profile")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mlkv", required=True)
@@ -551,6 +585,7 @@ def main():
     test_continuation_text(a.mlkv, a.workdir)
     test_weight_formats(a.mlkv, a.workdir, a.shared)
     test_bench_sweep(a.mlkv, a.workdir)
+    test_bench_profile(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)

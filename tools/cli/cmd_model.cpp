@@ -300,7 +300,7 @@ void run_generate(const GenerateArgs& a) {
 struct BenchArgs {
   std::string model, random = "pythia-160m", cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
-  bool json_out = false, skip_bandwidth = false, synthetic = false;
+  bool json_out = false, skip_bandwidth = false, synthetic = false, profile = false;
   // --sweep
   bool sweep = false;
   std::vector<int> sweep_batches = {1, 16, 64}, sweep_contexts = {512, 2048};
@@ -425,6 +425,14 @@ void run_bench(const BenchArgs& a) {
   o.reps = a.reps;
   o.cache_elem = parse_cache_type(a.cache_type, "--cache-type");
   o.synthetic_context = a.synthetic;
+  OpProfile prof;
+  if (a.profile) {
+    // A device's ops return before they finish: timing them on the host would be wrong.
+    MLKV_REQUIRE(mo.device == Device::kCpu,
+                 "--profile times each op on the CPU backend; it does not apply to --device ",
+                 a.device);
+    o.profile = &prof;
+  }
   // The ceilings, probed before and after the timing (other work on the machine lowers a probe;
   // the best of the two is the bound), and the GEMM peak for steps that are compute-bound.
   const double bw_before = a.skip_bandwidth ? 0.0 : measure_device_bandwidth(mo.device);
@@ -440,6 +448,8 @@ void run_bench(const BenchArgs& a) {
   // Above 100%: the probes read less than the step itself achieves (a busy machine, or caches
   // serving the step): the bound is not trustworthy.
   const bool over = fraction > 1.0;
+  std::vector<ProfileRow> ops;
+  if (a.profile) ops = decode_profile(model, r, prof, a.reps * a.gen);
   if (a.json_out) {
     json j = {{"model", name},
               {"config", c.summary()},
@@ -468,6 +478,13 @@ void run_bench(const BenchArgs& a) {
               {"bound_steps_s", bound_steps},
               {"fraction_of_bound", fraction},
               {"fraction_above_100", over}};
+    if (a.profile) {
+      json jp = json::array();
+      for (const ProfileRow& op : ops) {
+        jp.push_back({{"op", op.op}, {"ms_per_step", op.ms_per_step}, {"bytes_per_step", op.bytes_per_step}});
+      }
+      j["profile"] = jp;
+    }
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
@@ -494,6 +511,21 @@ void run_bench(const BenchArgs& a) {
                 100.0 * fraction,
                 over ? " - ABOVE 100%: the probes under-read this machine, treat the bound as unknown"
                      : "");
+  }
+  if (a.profile) {
+    // Per op: its time per step, the bytes it reads per step and the rate that makes.
+    std::printf("\n%-32s %9s %7s %10s %8s\n", "decode step, op by op", "ms/step", "share",
+                "MB/step", "GB/s");
+    for (const ProfileRow& op : ops) {
+      std::printf("%-32s %9.3f %6.1f%% ", op.op.c_str(), op.ms_per_step,
+                  100.0 * op.ms_per_step / r.decode_step_ms);
+      if (op.bytes_per_step > 0) {
+        std::printf("%10.2f %8.1f\n", op.bytes_per_step / 1e6,
+                    op.bytes_per_step / (op.ms_per_step * 1e-3) / 1e9);
+      } else {
+        std::printf("%10s %8s\n", "-", "-");
+      }
+    }
   }
 }
 
@@ -613,6 +645,8 @@ void add_model_commands(CLI::App& app) {
         "--synthetic-context", a->synthetic,
         "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
     cmd->add_flag("--json", a->json_out, "Print JSON");
+    cmd->add_flag("--profile", a->profile,
+                  "Time every op of the decode steps (CPU): ms per step, bytes read and GB/s");
     cmd->add_flag("--sweep", a->sweep,
                   "Decode every KV-sharing configuration of --random geometry over --sweep-batch x "
                   "--sweep-ctx x --sweep-cache, each against its own bound (synthetic context, --gen "
@@ -650,7 +684,8 @@ void add_model_commands(CLI::App& app) {
           {"--cache-type-v", "use --sweep-cache KEYS/VALUES, e.g. q8_0/f16"},
           {"--kv-heads", "use --sweep-configs MxG"},
           {"--kv-layers", "use --sweep-configs MxG"},
-          {"--synthetic-context", "the sweep always fills a synthetic context"}};
+          {"--synthetic-context", "the sweep always fills a synthetic context"},
+          {"--profile", "profile one configuration without --sweep"}};
       static const char* const kSweepOnly[] = {"--sweep-batch", "--sweep-ctx", "--sweep-cache",
                                                "--sweep-configs", "--sweep-out", "--sweep-max-cache"};
       for (const auto& [name, instead] : kSingleRun) {
