@@ -190,7 +190,10 @@ std::string ModelConfig::summary() const {
 
 std::string layer_list(const std::vector<int>& layers) {
   std::string s;
-  for (size_t i = 0; i < layers.size(); ++i) s += (i > 0 ? "," : "") + std::to_string(layers[i]);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (i > 0) s += ',';
+    s += std::to_string(layers[i]);
+  }
   return s;
 }
 

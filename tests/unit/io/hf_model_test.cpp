@@ -141,7 +141,8 @@ TEST(HfModel, ShardedCheckpoint) {
   for (const auto& [name, ten] : list_params(c, w)) {
     const bool first = (i++ % 2) == 0;
     (first ? a : b).push_back({name, ten->shape(), ten->data(), DType::kF32});
-    map += (map.empty() ? "" : ",") + std::string("\"") + name + "\":\"" + (first ? "m-1.safetensors" : "m-2.safetensors") + "\"";
+    if (!map.empty()) map += ',';
+    map += cat("\"", name, "\":\"", first ? "m-1.safetensors" : "m-2.safetensors", "\"");
   }
   write_safetensors(dir + "/m-1.safetensors", a);
   write_safetensors(dir + "/m-2.safetensors", b);
