@@ -112,7 +112,15 @@ BenchResult bench_model(Model& model, const BenchOptions& o) {
 
   std::vector<double> prefill, decode;
   std::vector<float> logits(static_cast<size_t>(o.batch) * c.n_vocab);
-  KVCache cache = model.new_cache(o.batch, ctx, o.cache_elem);
+  MLKV_REQUIRE(o.block_size >= 0, "bench: block size must not be negative");
+  KVCache cache = model.new_cache(o.batch, ctx, o.cache_elem, o.block_size);
+  if (o.block_size > 0) {
+    for (int s = 0; s < o.batch; ++s) {
+      std::vector<int32_t> blocks(static_cast<size_t>(cache.blocks_per_seq()));
+      for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<int32_t>(i) * o.batch + s;
+      cache.set_block_table(s, std::move(blocks));
+    }
+  }
   Batch b;
   for (int rep = 0; rep <= o.reps; ++rep) {  // repetition 0 warms up
     for (int s = 0; s < o.batch; ++s) {

@@ -21,6 +21,10 @@ struct BenchOptions {
   // Attention cost does not depend on the values, so this measures decode at long contexts without
   // spending minutes on prefill.
   bool synthetic_context = false;
+  // 0: one contiguous stretch of cache per sequence. B > 0: blocks of B positions with the
+  // sequences' blocks interleaved (block i of sequence s at i x batch + s), as a server's paged
+  // cache becomes when its sequences grow together; attention then reads B positions at a time.
+  int block_size = 0;
   // When set, the timed decode steps (reps x gen of them, not the warm-up) add their ops' wall
   // time here (Model::set_profile; the CPU backend only).
   OpProfile* profile = nullptr;

@@ -562,6 +562,12 @@ def test_bench_profile(mlkv, wd):
     r = run(args)
     check(r.returncode == 0 and "decode step, op by op" in r.stdout and "MLP projections" in r.stdout,
           "bench --profile prints the op table")
+    # A paged cache with the sequences' blocks interleaved (as a server's): same bytes, runs.
+    r = run(args + ["--batch", "3", "--block-size", "4", "--json"])
+    j = json.loads(r.stdout) if r.returncode == 0 else {}
+    check(j.get("block_size") == 4 and j.get("decode_tok_s", 0) > 0 and j.get("kv_cache_bytes", 0) > 0,
+          f"bench --block-size 4: ran, block_size {j.get('block_size')}")
+    expect_usage(mlkv, [*args[1:], "--block-size", "-1"], "--block-size", "bench --block-size -1")
     expect_error(mlkv, ["bench", "--random", "tiny-neox", "--gen", "2", "--reps", "1", "--no-bandwidth",
                         "--profile", "--sweep", "--sweep-batch", "1", "--sweep-ctx", "16", "--sweep-out",
                         os.path.join(wd, "sweep-profile")], "--profile sets up a single run",

@@ -300,6 +300,7 @@ void run_generate(const GenerateArgs& a) {
 struct BenchArgs {
   std::string model, random = "pythia-160m", cache_type = "f32", cache_k, cache_v, weights = "f32", device = "cpu";
   int prompt = 128, gen = 32, batch = 1, reps = 3, threads = 0, kv_heads = 0, kv_layers = 0;
+  int block_size = 0;
   bool json_out = false, skip_bandwidth = false, synthetic = false, profile = false;
   // --sweep
   bool sweep = false;
@@ -425,6 +426,7 @@ void run_bench(const BenchArgs& a) {
   o.reps = a.reps;
   o.cache_elem = parse_cache_type(a.cache_type, "--cache-type");
   o.synthetic_context = a.synthetic;
+  o.block_size = a.block_size;
   OpProfile prof;
   if (a.profile) {
     // A device's ops return before they finish: timing them on the host would be wrong.
@@ -462,6 +464,7 @@ void run_bench(const BenchArgs& a) {
               {"cache_type", a.cache_type},
               {"weights", a.weights},
               {"synthetic_context", a.synthetic},
+              {"block_size", a.block_size},
               {"prefill_tok_s", r.prefill_tok_s},
               {"decode_tok_s", r.decode_tok_s},
               {"decode_step_ms", r.decode_step_ms},
@@ -497,8 +500,9 @@ void run_bench(const BenchArgs& a) {
   }
   std::printf("decode          %.1f tok/s (batch %d, context %d..%d, %.2f ms/step, median of %d)\n",
               r.decode_tok_s, a.batch, a.prompt, a.prompt + a.gen, r.decode_step_ms, a.reps);
-  std::printf("kv cache        %s (%s)\n",
-              human_bytes(static_cast<double>(r.kv_cache_bytes)).c_str(), a.cache_type.c_str());
+  std::printf("kv cache        %s (%s%s)\n", human_bytes(static_cast<double>(r.kv_cache_bytes)).c_str(),
+              a.cache_type.c_str(),
+              a.block_size > 0 ? cat(", blocks of ", a.block_size, " interleaved").c_str() : "");
   if (bw > 0) {
     std::printf("read bandwidth  %.2f GB/s (best of %.2f before and %.2f after the timing)\n",
                 bw / 1e9, bw_before / 1e9, bw_after / 1e9);
@@ -644,6 +648,11 @@ void add_model_commands(CLI::App& app) {
     cmd->add_flag(
         "--synthetic-context", a->synthetic,
         "Fill the cache with random K/V for --prompt tokens instead of prefilling (decode only)");
+    cmd->add_option("--block-size", a->block_size,
+                    "KV cache in blocks of this many positions, the sequences' blocks interleaved "
+                    "as in a server's paged cache (0: one contiguous stretch per sequence)")
+        ->capture_default_str()
+        ->check(at_least(0));
     cmd->add_flag("--json", a->json_out, "Print JSON");
     cmd->add_flag("--profile", a->profile,
                   "Time every op of the decode steps (CPU): ms per step, bytes read and GB/s");
@@ -685,7 +694,8 @@ void add_model_commands(CLI::App& app) {
           {"--kv-heads", "use --sweep-configs MxG"},
           {"--kv-layers", "use --sweep-configs MxG"},
           {"--synthetic-context", "the sweep always fills a synthetic context"},
-          {"--profile", "profile one configuration without --sweep"}};
+          {"--profile", "profile one configuration without --sweep"},
+          {"--block-size", "bench one configuration without --sweep"}};
       static const char* const kSweepOnly[] = {"--sweep-batch", "--sweep-ctx", "--sweep-cache",
                                                "--sweep-configs", "--sweep-out", "--sweep-max-cache"};
       for (const auto& [name, instead] : kSingleRun) {

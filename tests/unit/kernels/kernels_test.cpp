@@ -542,11 +542,13 @@ TEST_P(Kernels, DecodeAttention) {
             const Encoded ke = encode_rows(K, d, kt), ve = encode_rows(V, d, vt);
             std::vector<float> out(size_t(n_q) * ldo, -7.0f), want(out);
             const size_t krb = dtype_row_bytes(kt, d), vrb = dtype_row_bytes(vt, d);
-            // Chunks of 5, 11, then the rest (a paged cache) for one shape, else one chunk.
+            // Chunks of 5, 11, then the rest for one shape; blocks of 16 positions (a paged cache:
+            // the prefetch cursor across chunks) for another; else one chunk.
             std::vector<KvChunk> chunks;
             for (int p = 0; p < len;) {
               const int n = len == 300 ? std::min(len - p, chunks.empty() ? 5 : chunks.size() == 1 ? 11 : len)
-                                       : len;
+                            : len == 530 ? std::min(len - p, 16)
+                                         : len;
               chunks.push_back({ke.bytes.data() + size_t(p) * krb, ve.bytes.data() + size_t(p) * vrb, n});
               p += n;
             }
