@@ -46,8 +46,21 @@ class Tokenizer {
 // mlkv::Error naming the file and the problem when nothing loadable is found or the file is
 // malformed. docs/TOKENIZERS.md has the details.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
-// The same, but null instead of an error when none can be found or read (an optional tokenizer).
+// A tokenizer the user named (--tokenizer, tokenizer -t, Tokenizer.load): as load_tokenizer, but
+// a file must be a tokenizer (.json, .model, encoder.json / vocab.bpe, tokenizer.bin, tok*.bin)
+// or a model file (.bin, .safetensors: the tokenizer beside it), and an error names the file
+// (any other file, e.g. a .txt, is refused rather than standing for its folder).
+std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path);
+// The same as load_tokenizer, but null instead of an error when none can be found or read (an
+// optional tokenizer).
 std::unique_ptr<Tokenizer> try_load_tokenizer(const std::string& path);
+
+// The tokenizer of a model whose vocabulary (n_vocab: its embedding rows) is larger than the
+// tokenizer's: GPT-NeoX / Pythia checkpoints pad 50277 tokens to 50304 rows for matrix shapes, and
+// a model can sample the padding ids. Those ids decode to no text (as Hugging Face's decoders skip
+// ids without a token) and n_vocab() is the model's; ids past it are refused as before. With
+// n_vocab no larger than tok's, tok itself is returned.
+std::unique_ptr<Tokenizer> pad_vocabulary(std::unique_ptr<Tokenizer> tok, int32_t n_vocab);
 
 // Whether text decoded after `context` starts the text: every context id decodes to nothing (none,
 // or only BOS / EOS). A continuation that does not start the text keeps the space a

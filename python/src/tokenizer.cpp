@@ -32,7 +32,7 @@ void bind_tokenizer(py::module_& m) {
           "load",
           [](const std::string& path) {
             py::gil_scoped_release unlocked;
-            return load_tokenizer(path);
+            return load_tokenizer_file(path);
           },
           py::arg("path"),
           "Loads a tokenizer from a file or a model folder (tokenizer.json, tokenizer.model, "

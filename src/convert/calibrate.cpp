@@ -450,6 +450,12 @@ std::vector<int> search_kv_source(const LoadedModel& src, const LoadedModel& poo
   }
   std::vector<int> kv = best_kv_source(cost, M);
   if (report != nullptr) {
+    // The text the search read (a calibrated merge after it reports its own, all of it).
+    report->tokens = data.n_tokens();
+    report->rows = r.n_seq;
+    report->ctx = r.ctx;
+    report->held_rows = static_cast<int>(r.held.size());
+    report->sequential = false;  // the search runs the source model's stream
     report->owner_costs = cost;
     report->search_cost = kv_source_cost(cost, kv);
     report->rule_cost =

@@ -328,13 +328,16 @@ Completion parse_completion(const std::string& body, bool chat, const Tokenizer*
   if (c.sampling.top_k < 0) c.sampling.top_k = 0;  // -1: no cut (vLLM's spelling)
   c.seed_given = j.contains("seed") && !j["seed"].is_null();
   if (c.seed_given) {
+    // Any 64-bit integer, signed or not, taken modulo 2^64 (-1 is the seed 2^64 - 1); choice i
+    // samples with seed + i modulo 2^64.
     const json& s = j["seed"];
     if (s.is_number_unsigned()) {
       c.sampling.seed = s.get<uint64_t>();
+    } else if (s.is_number_integer()) {
+      c.sampling.seed = static_cast<uint64_t>(s.get<int64_t>());
     } else {
-      c.sampling.seed = static_cast<uint64_t>(
-          get_int(j, "seed", std::numeric_limits<int64_t>::min(),
-                  std::numeric_limits<int64_t>::max(), 0));
+      throw ApiError(400, "'seed' must be an integer from -9223372036854775808 to "
+                          "18446744073709551615 (got " + show(s) + ")", "seed");
     }
   }
   c.stop_at_eos = !get_bool(j, "ignore_eos", false);

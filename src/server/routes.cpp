@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -216,6 +217,17 @@ void drain(Job& job, std::deque<Event>& evs, Emit&& emit) {
   evs.clear();
 }
 
+// Whether an Authorization value carries this key: "Bearer KEY", the scheme in any case (RFC 9110
+// 11.1: schemes are case-insensitive), the key exactly.
+bool bearer_matches(const std::string& value, const std::string& key) {
+  static const char kScheme[] = "bearer ";
+  if (value.size() != sizeof kScheme - 1 + key.size()) return false;
+  for (size_t i = 0; i + 1 < sizeof kScheme; ++i) {
+    if (std::tolower(static_cast<unsigned char>(value[i])) != kScheme[i]) return false;
+  }
+  return value.compare(sizeof kScheme - 1, std::string::npos, key) == 0;
+}
+
 std::string random_id(const char* prefix) {
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
@@ -290,7 +302,7 @@ void install_routes(httplib::Server& srv, ServeState& st) {
   srv.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     const_cast<httplib::Request&>(req).ranges.clear();
     if (!opt.api_key.empty() && req.path.rfind("/v1/", 0) == 0 &&
-        req.get_header_value("Authorization") != "Bearer " + opt.api_key) {
+        !bearer_matches(req.get_header_value("Authorization"), opt.api_key)) {
       res.status = 401;
       res.set_content(dump(openai::error_body(401, req.has_header("Authorization")
                                                        ? "the API key is wrong"
@@ -434,6 +446,14 @@ void install_routes(httplib::Server& srv, ServeState& st) {
       if (draining.load()) throw ApiError(503, "the server is shutting down");
       c = openai::parse_completion(http_req.body, chat, tok, tmpl, lim);
       const int n_seq = static_cast<int>(c.prompts.size()) * c.n;
+      // More sequences than the queue holds: retrying can never help.
+      if (n_seq > opt.max_queue) {
+        throw ApiError(400,
+                       "the request asks for " + std::to_string(n_seq) +
+                           " sequences (prompts x n) and the server queues at most " +
+                           std::to_string(opt.max_queue) + " (--max-queue)",
+                       c.n > 1 ? "n" : "prompt");
+      }
       if (backend.load().queued + n_seq > opt.max_queue) {
         res.set_header("Retry-After", "1");
         throw ApiError(429, "the request queue is full; retry later");
@@ -617,9 +637,9 @@ void install_routes(httplib::Server& srv, ServeState& st) {
       if (include_usage) j["usage"] = nullptr;
       return j;
     };
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [=](size_t, httplib::DataSink& sink) {
+    // The provider runs on the HTTP thread, outside any handler's try: an exception in it (a
+    // decoder's, a JSON dump's) would end the process. It ends this stream with an error event.
+    auto provide = [=](httplib::DataSink& sink) {
           std::deque<Event> evs = job->take_events();
           if (evs.empty()) {
             if (client_gone(fd)) {
@@ -680,6 +700,20 @@ void install_routes(httplib::Server& srv, ServeState& st) {
           }
           if (all) sink.done();
           return true;
+    };
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [provide, cancel_all](size_t, httplib::DataSink& sink) {
+          try {
+            return provide(sink);
+          } catch (const std::exception& e) {
+            cancel_all();
+            const std::string out =
+                "data: " + dump(openai::error_body(500, std::string("generation failed: ") + e.what())) +
+                "\n\ndata: [DONE]\n\n";
+            if (sink.write(out.data(), out.size())) sink.done();
+            return true;
+          }
         },
         [cancel_all, guard](bool success) {
           if (!success) cancel_all();

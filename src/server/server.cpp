@@ -193,9 +193,13 @@ void run_server(Engine& engine, const ServerOptions& opt) {
   // clients overflows the accept queue and, with SYN cookies, some connections are reset (seen
   // with 32 concurrent requests). Keep the listening socket and listen() on it again with a deep
   // queue once bound (Linux updates the backlog; the kernel caps it at net.core.somaxconn).
+  // The library's default options also set SO_REUSEPORT, which lets a second server bind the
+  // same port and take half its connections: only SO_REUSEADDR (a restart can bind a port whose
+  // old connections linger in TIME_WAIT), so that a port in use is refused.
   int listen_fd = -1;  // set by the hook below, which runs inside bind on this thread
   srv.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     listen_fd = static_cast<int>(sock);
   });
 

@@ -106,6 +106,68 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_from_dir(dir);
 }
 
+namespace {
+
+class PaddedVocabulary final : public Tokenizer {
+ public:
+  PaddedVocabulary(std::unique_ptr<Tokenizer> tok, int32_t n_vocab)
+      : tok_(std::move(tok)), n_vocab_(n_vocab) {}
+  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
+    return tok_->encode(text, add_bos);
+  }
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    std::vector<int32_t> kept;  // padding ids add nothing, so they can go before decoding
+    kept.reserve(ids.size());
+    for (int32_t id : ids) {
+      if (!padding(id)) kept.push_back(id);
+    }
+    return tok_->decode(kept);
+  }
+  std::string token_piece(int32_t id) const override { return padding(id) ? "" : tok_->token_piece(id); }
+  std::string token_bytes(int32_t id) const override { return padding(id) ? "" : tok_->token_bytes(id); }
+  std::string token_bytes_at(int32_t id, bool at_start) const override {
+    return padding(id) ? "" : tok_->token_bytes_at(id, at_start);
+  }
+  int32_t n_vocab() const override { return n_vocab_; }
+  int32_t bos_id() const override { return tok_->bos_id(); }
+  int32_t eos_id() const override { return tok_->eos_id(); }
+  std::string kind() const override { return tok_->kind(); }
+
+ private:
+  // An id of the model's vocabulary past the tokenizer's (others: the tokenizer's own checks).
+  bool padding(int32_t id) const {
+    detail::check_id(id, n_vocab_);
+    return id >= tok_->n_vocab();
+  }
+  std::unique_ptr<Tokenizer> tok_;
+  int32_t n_vocab_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> pad_vocabulary(std::unique_ptr<Tokenizer> tok, int32_t n_vocab) {
+  if (tok == nullptr || n_vocab <= tok->n_vocab()) return tok;
+  return std::make_unique<PaddedVocabulary>(std::move(tok), n_vocab);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path) {
+  std::error_code ec;
+  const fs::path p(path);
+  if (!fs::exists(p, ec) || fs::is_directory(p, ec)) return load_tokenizer(path);
+  const std::string name = p.filename().string(), ext = p.extension().string();
+  const bool tokenizer = ext == ".json" || ext == ".model" || ext == ".bpe" || is_llama2c_name(name);
+  MLKV_REQUIRE(tokenizer || ext == ".bin" || ext == ".safetensors", "'", path,
+               "' is not a tokenizer: give a tokenizer.json, a SentencePiece .model, encoder.json / "
+               "vocab.bpe, a llama2.c tokenizer.bin / tok*.bin, a model file or a folder");
+  if (tokenizer) return load_tokenizer(path);
+  try {
+    return load_tokenizer(path);  // a model file: the tokenizer beside it
+  } catch (const FileError& e) {
+    throw FileError(cat("'", path, "' is not a tokenizer, and none was found beside it: ", e.what()),
+                    e.not_found());
+  }
+}
+
 bool starts_text(const Tokenizer& tok, const std::vector<int32_t>& context) {
   for (int32_t id : context) {
     if (!tok.token_bytes(id).empty()) return false;

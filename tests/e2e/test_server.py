@@ -163,6 +163,45 @@ def test_http_edges(mlkv, wd):
         statuses = set(re.findall(r'^mlkv_requests_total\{route="/v1/completions",status="([^"]*)"\}', text, re.M))
         check("200" in statuses and all(s.isdigit() and len(s) == 3 for s in statuses),
               f"a completion that returned 200 is counted as 200: statuses {sorted(statuses)}")
+        # The auth scheme is case-insensitive (RFC 9110); the key is not.
+        for value, want in (("bearer k", 200), ("BEARER k", 200), ("Bearer K", 401), ("Bearerk", 401)):
+            req = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                   f"Authorization: {value}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            out = raw_http(port, req)
+            check(out.startswith(f"HTTP/1.1 {want} "), f"Authorization: {value!r} -> {want}: {out[:40]!r}")
+        # A second server on the same port is refused (no SO_REUSEPORT sharing the connections).
+        second = subprocess.run([mlkv, "serve", d, "--port", str(port)], capture_output=True, text=True,
+                                timeout=120)
+        check(second.returncode == 1 and "cannot listen" in second.stderr,
+              f"a second server on port {port} is refused: exit {second.returncode}, "
+              f"{second.stderr.strip()[-120:]!r}")
+    finally:
+        rc = stop_server(srv)
+    check(rc == 0, f"SIGTERM stops the server (exit {rc})")
+
+
+def test_queue_and_seed_limits(mlkv, wd):
+    """A request for more sequences than --max-queue can never run: 400 naming n, not 429; seeds are
+    any 64-bit integer (modulo 2^64), others refused naming the range."""
+    d = eos_model.bigram_model(os.path.join(wd, "eos-queue"), eos_model.ISSUE_CHAIN, eos_model.ISSUE_EOS)
+    srv, port = start_server(mlkv, [d, "--max-queue", "3"])
+    check(port is not None, "server with --max-queue 3 announces its port")
+    if port is None:
+        srv.kill()
+        return
+    try:
+        status, body = post(port, {"prompt": [5], "max_tokens": 2, "n": 10})
+        check(status == 400 and "--max-queue" in body and '"param":"n"' in body.replace(" ", ""),
+              f"n=10 over --max-queue 3: 400 naming n ({status} {body[:160]})")
+        status, _ = post(port, {"prompt": [5], "max_tokens": 2, "n": 3})
+        check(status == 200, f"n=3 within --max-queue 3: 200 ({status})")
+        same = [post(port, {"prompt": [5], "max_tokens": 4, "temperature": 1, "seed": s})
+                for s in (-1, 18446744073709551615)]
+        check(all(st == 200 for st, _ in same) and choice0(same[0][1]) == choice0(same[1][1]),
+              "seed -1 and 2^64 - 1 are one seed (modulo 2^64)")
+        for bad in (18446744073709551616, 1.5, "7"):
+            status, body = post(port, {"prompt": [5], "max_tokens": 2, "seed": bad})
+            check(status == 400 and "18446744073709551615" in body, f"seed {bad!r} refused naming the range ({status})")
     finally:
         rc = stop_server(srv)
     check(rc == 0, f"SIGTERM stops the server (exit {rc})")
@@ -264,6 +303,7 @@ def main():
     test_eos_ids(a.mlkv, a.workdir)
     test_generation_error(a.mlkv, a.workdir)
     test_http_edges(a.mlkv, a.workdir)
+    test_queue_and_seed_limits(a.mlkv, a.workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         sys.exit(1)

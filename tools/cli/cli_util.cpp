@@ -1,4 +1,5 @@
 // Helpers shared by the subcommand files.
+#include <charconv>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -82,6 +83,20 @@ CLI::Validator number_range(double lo, double hi, bool lo_open, bool hi_open) {
 
 CLI::Validator at_least(double lo) {
   return number_range(lo, std::numeric_limits<double>::infinity(), false, false);
+}
+
+CLI::Validator seed_value() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        uint64_t v = 0;
+        const char* end = s.data() + s.size();
+        const auto [p, ec] = std::from_chars(s.data(), end, v);
+        if (s.empty() || ec != std::errc() || p != end) {
+          return s + " is not a whole number in [0, 18446744073709551615]";
+        }
+        return {};
+      },
+      "");
 }
 
 CLI::Validator above(double lo) {

@@ -119,7 +119,9 @@ void run_eval(const EvalArgs& a) {
   // Text and tasks need a tokenizer; shards use one, when there is one, for bits per byte.
   const std::string tok_path = a.tokenizer.empty() ? a.model : a.tokenizer;
   const std::unique_ptr<Tokenizer> tok =
-      eval::needs_tokenizer(inputs) ? load_tokenizer(tok_path) : try_load_tokenizer(tok_path);
+      !a.tokenizer.empty()           ? load_tokenizer_file(a.tokenizer)
+      : eval::needs_tokenizer(inputs) ? load_tokenizer(tok_path)
+                                      : try_load_tokenizer(tok_path);
   const eval::EvalReport rep = eval::evaluate(model, tok.get(), inputs, o);
 
   const json& d = rep.document;

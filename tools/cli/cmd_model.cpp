@@ -602,7 +602,7 @@ void add_model_commands(CLI::App& app) {
         ->check(interval(0, 1, /*lo_open=*/true));
     cmd->add_option("--seed", a->seed, "RNG seed (prompt i uses seed + i)")
         ->capture_default_str()
-        ->check(at_least(0));
+        ->check(seed_value());
     cmd->add_option("--parallel", a->parallel, "Sequences decoded together")
         ->capture_default_str()
         ->check(at_least(1));

@@ -111,7 +111,8 @@ void add_reproduce_commands(CLI::App& app) {
                 "runs: it is the base and the control)");
   c->add_option("--threads,-t", a->threads, "Threads (0: all cores)")->check(at_least(0));
   c->add_option("--seed", a->seed, "Seed of the split, initialisation and data order")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(seed_value());
   c->add_flag("--no-progress", a->no_progress, "No progress bars (the stage lines remain)");
   c->callback([a] { run_reproduce_cmd(*a); });
 }

@@ -65,17 +65,17 @@ void run_serve(const ServeArgs& a) {
   parse_weight_type(a.weights, "--weights");
   MLKV_REQUIRE(opt.port >= 0 && opt.port <= 65535, "--port must be in [0, 65535]");
   opt.cache_type = a.cache_type;
-  // A tokenizer named with --tokenizer must load; one next to a model folder is optional.
+  // A tokenizer named with --tokenizer must load; one next to the model (a folder, or beside a
+  // llama2.c file) is optional, as for generate.
   parse_device_option(a.device, "--device");
   LoadOptions lo;
   lo.weights = a.weights;
   lo.device = a.device;
   lo.threads = a.threads;
   lo.tokenizer = a.tokenizer;
-  lo.tokenizer_mode = a.no_tokenizer                           ? TokenizerMode::kNone
-                      : !a.tokenizer.empty()                   ? TokenizerMode::kRequired
-                      : std::filesystem::is_directory(a.model) ? TokenizerMode::kAuto
-                                                               : TokenizerMode::kNone;
+  lo.tokenizer_mode = a.no_tokenizer          ? TokenizerMode::kNone
+                      : !a.tokenizer.empty()  ? TokenizerMode::kRequired
+                                              : TokenizerMode::kAuto;
   Engine engine = Engine::load(a.model, lo);
   if (!a.kv_budget.empty()) {
     const int64_t budget = parse_byte_size(a.kv_budget, "--kv-budget");

@@ -58,7 +58,7 @@ void add_encode(CLI::App* parent) {
   c->add_flag("--bos", a->bos, "Prepend BOS where the tokenizer has one");
   c->add_flag("--pieces", a->pieces, "Also show each token's vocabulary piece");
   c->callback([a, c] {
-    auto tok = load_tokenizer(a->tokenizer);
+    auto tok = load_tokenizer_file(a->tokenizer);
     std::string text = c->count("text") > 0 ? a->text : read_stdin();
     std::vector<int32_t> ids = tok->encode(text, a->bos);
     if (a->json) {
@@ -88,7 +88,7 @@ void add_decode(CLI::App* parent) {
   c->add_option("ids", a->ids, "Token ids (default: read from stdin)");
   c->add_flag("--json", a->json, "Print {\"text\": ...} instead of the raw text");
   c->callback([a, c] {
-    auto tok = load_tokenizer(a->tokenizer);
+    auto tok = load_tokenizer_file(a->tokenizer);
     std::string s = c->count("ids") > 0 ? a->ids : read_stdin();
     // Accept the JSON forms too: [1,2,3] or {"ids": [1,2,3]}.
     size_t lb = s.find('['), rb = s.rfind(']');
@@ -104,7 +104,7 @@ void add_info(CLI::App* parent) {
   auto* c = parent->add_subcommand("info", "Show a tokenizer's kind, vocabulary size and special ids");
   c->add_option("--tokenizer,-t", *path, "Tokenizer file or folder")->required();
   c->callback([path] {
-    auto tok = load_tokenizer(*path);
+    auto tok = load_tokenizer_file(*path);
     json j = {{"kind", tok->kind()}, {"n_vocab", tok->n_vocab()}, {"bos_id", tok->bos_id()},
               {"eos_id", tok->eos_id()}};
     write_stdout(j.dump(2) + "\n");
@@ -161,7 +161,7 @@ void add_tokenize(CLI::App& app) {
       ->check(interval(0, 1, false, /*hi_open=*/true));
   c->add_option("--seed", o->seed, "Seed of the train / validation split")
       ->capture_default_str()
-      ->check(at_least(0));
+      ->check(seed_value());
   c->add_option("--txt-docs", *rule,
                 "How .txt files split into documents: blank2 (two blank lines), blank (paragraphs), "
                 "line, file")
@@ -188,7 +188,7 @@ void add_tokenize(CLI::App& app) {
       std::fprintf(stderr, "%s%s\n", m.rfind("warning", 0) == 0 ? "mlkv: " : "", m.c_str());
     };
     set_num_threads(*threads);
-    auto tok = load_tokenizer(o->tokenizer_path);
+    auto tok = load_tokenizer_file(o->tokenizer_path);
     TokenizeStats st = tokenize_corpus(*tok, *o);
     // Units are what the split assigns; a document's count goes to the split holding its end.
     std::fprintf(stderr,

@@ -260,7 +260,7 @@ void add_train(CLI::App& app) {
       ->check(at_least(0));
   c->add_option("--seed", o.seed, "Seed of the data order (and of the init from scratch)")
       ->capture_default_str()
-      ->check(at_least(0));  // (an unsigned option would read -1 as 2^64 - 1)
+      ->check(seed_value());
   c->add_flag("--no-shuffle", a->no_shuffle,
               "Take rows in file order (exact comparisons with other trainers)");
   c->add_option("--dtype", a->dtype, "Dtype of the written model: f32, f16 or bf16")

@@ -30,6 +30,9 @@ int64_t parse_byte_size(const std::string& s, const char* what);
 // "--warmup: -1 is out of range (allowed: >= 0)". Options whose 0 means "not given" state it in
 // their help text, or take at_least(1) so that an explicit 0 is refused.
 CLI::Validator at_least(double lo);  // >= lo
+// A seed: a whole number in [0, 2^64 - 1], written in decimal (an unsigned 64-bit option alone
+// would read -1 as 2^64 - 1 and saturate a larger number at 2^64 - 1).
+CLI::Validator seed_value();
 CLI::Validator above(double lo);     // > lo
 // lo <= v <= hi; lo_open / hi_open make that end strict (< instead of <=).
 CLI::Validator interval(double lo, double hi, bool lo_open = false, bool hi_open = false);

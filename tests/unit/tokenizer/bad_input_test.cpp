@@ -133,5 +133,62 @@ TEST(TokenizerBadInput, BadIdsAndPaths) {
   EXPECT_THROW(sp->decode({32000}), Error);
 }
 
+// A tokenizer the user names must be one (or a model file with one beside it): a text file is
+// refused, and a model file without a tokenizer beside it says so, naming the file.
+TEST(TokenizerBadInput, NamedTokenizerFiles) {
+  test::TempDir dir;
+  write_bytes(dir.file("vocab.txt"), "hello\n");
+  write_bytes(dir.file("garbage.bin"), "junk");
+  auto message = [](const std::string& path) {
+    try {
+      load_tokenizer_file(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded)");
+  };
+  EXPECT_NE(message(dir.file("vocab.txt")).find("vocab.txt' is not a tokenizer:"), std::string::npos)
+      << message(dir.file("vocab.txt"));
+  EXPECT_NE(message(dir.file("garbage.bin")).find("garbage.bin' is not a tokenizer, and none was found beside it"),
+            std::string::npos)
+      << message(dir.file("garbage.bin"));
+  if (test::have_shared()) {
+    EXPECT_EQ(load_tokenizer_file(test::shared_path("models/aidreams260K/aidreams260K.bin"))->n_vocab(), 512);
+  }
+}
+
+// A model vocabulary padded past the tokenizer's (Pythia: 50304 rows for GPT-NeoX's 50277 ids):
+// the padding ids decode to no text everywhere a generated id is decoded, ids past the model's
+// vocabulary are still refused, and a vocabulary no larger than the tokenizer's changes nothing.
+TEST(TokenizerBadInput, PaddedModelVocabulary) {
+  MLKV_REQUIRE_SHARED();
+  auto raw = load_tokenizer(test::shared_path("tokenizers/gpt-neox-20b"));
+  const int32_t n = raw->n_vocab();
+  const Tokenizer* same = raw.get();
+  raw = pad_vocabulary(std::move(raw), n);
+  EXPECT_EQ(raw.get(), same);
+  auto tok = pad_vocabulary(load_tokenizer(test::shared_path("tokenizers/gpt-neox-20b")), n + 27);
+  ASSERT_EQ(tok->n_vocab(), n + 27);
+  const std::vector<int32_t> text = tok->encode("Hello there, world");
+  std::vector<int32_t> padded = {n + 3};
+  for (int32_t id : text) {
+    padded.push_back(id);
+    padded.push_back(n + 26);
+  }
+  EXPECT_EQ(tok->decode(padded), tok->decode(text));
+  EXPECT_EQ(tok->decode(text), "Hello there, world");
+  EXPECT_EQ(tok->token_bytes(n), "");
+  EXPECT_EQ(tok->token_piece(n + 26), "");
+  EXPECT_EQ(decode_continuation(*tok, {n + 1}, padded), "Hello there, world");
+  StreamDecoder sd(*tok);
+  std::string streamed;
+  for (int32_t id : padded) streamed += sd.push(id);
+  EXPECT_EQ(streamed + sd.flush(), "Hello there, world");
+  EXPECT_TRUE(starts_text(*tok, {n, n + 5}));
+  EXPECT_THROW(tok->decode({n + 27}), Error);
+  EXPECT_THROW(tok->token_bytes(-1), Error);
+  EXPECT_EQ(tok->encode("Hello"), raw->encode("Hello"));
+}
+
 }  // namespace
 }  // namespace mlkv
