@@ -518,10 +518,10 @@ void run_bench(const BenchArgs& a) {
   }
   if (a.profile) {
     // Per op: its time per step, the bytes it reads per step and the rate that makes.
-    std::printf("\n%-32s %9s %7s %10s %8s\n", "decode step, op by op", "ms/step", "share",
+    std::printf("\n%-34s %9s %7s %10s %8s\n", "decode step, op by op", "ms/step", "share",
                 "MB/step", "GB/s");
     for (const ProfileRow& op : ops) {
-      std::printf("%-32s %9.3f %6.1f%% ", op.op.c_str(), op.ms_per_step,
+      std::printf("%-34s %9.3f %6.1f%% ", op.op.c_str(), op.ms_per_step,
                   100.0 * op.ms_per_step / r.decode_step_ms);
       if (op.bytes_per_step > 0) {
         std::printf("%10.2f %8.1f\n", op.bytes_per_step / 1e6,
