@@ -79,6 +79,51 @@ class _Tracker:
         return {"tokens": list(self.tokens), "text": text, "finish_reason": "eos" if eos else "length"}
 
 
+class _StreamText:
+    """The text one prompt's stream has released so far (generate_stream): each token releases
+    what it made printable, less a tail that could begin a stop string (held back until a later
+    token shows it does not, as the server's StopMatcher does) and less an incomplete UTF-8
+    sequence; the stop string itself is never released. At the token that ends the continuation
+    (stop, eos, length, context) everything left is released, so the token events' texts join to
+    the final result's text. Runs on the engine's thread, when the token is sampled."""
+
+    def __init__(self, tracker: _Tracker, n_ctx: int):
+        self.tracker, self.n_ctx = tracker, n_ctx
+        self.sent = ""  # the released text: a prefix of the continuation's text
+
+    def _last(self) -> bool:
+        """Whether the tracker's last token ends the continuation (the engine's rules: eos,
+        max_tokens, then a full context; a stop string ends it here)."""
+        t = self.tracker
+        return t.done() or len(t.prompt) + len(t.tokens) - 1 >= self.n_ctx
+
+    def push(self) -> str:
+        """The text the tracker's last token releases (call after _Tracker.push)."""
+        t = self.tracker
+        if t.tok is None:
+            return ""
+        if t.stopped_text is not None:
+            full, last = t.stopped_text, True
+        else:
+            full, last = t.tok.decode_continuation(t.prompt, t.tokens), self._last()
+        if not full.startswith(self.sent):  # the decoded text changed behind us: nothing safe to add
+            return ""
+        upto = len(full)
+        if not last:
+            while upto > len(self.sent) and full[upto - 1] == "\ufffd":  # incomplete UTF-8: held back
+                upto -= 1
+            hold = 0
+            for s in t.stop:
+                for k in range(min(len(s) - 1, upto - len(self.sent)), hold, -1):
+                    if full.endswith(s[:k], 0, upto):
+                        hold = k
+                        break
+            upto -= hold
+        out = full[len(self.sent):upto]
+        self.sent = full[:upto]
+        return out
+
+
 class Model:
     """A model loaded into memory: a Hugging Face folder (config.json + safetensors; GPT-NeoX /
     Pythia or Llama, any KV-sharing scheme: MHA, GQA, MQA, MLKV) or a llama2.c .bin file, with its
@@ -278,26 +323,32 @@ class Model:
     ) -> Iterator[Dict[str, Any]]:
         """generate() as a generator of events, as tokens are sampled (the engine runs on a
         background thread). Token events: {"index": prompt index, "token": id, "text": the text
-        this token made printable (never a broken UTF-8 sequence)}. Then one final event per
-        prompt: {"index", "tokens", "text", "finish_reason"} - the dict generate() returns.
-        Closing the generator early stops the generation."""
+        this token made printable (never a broken UTF-8 sequence)}, fixed when the token is
+        sampled, whenever the event is read. With stop strings, text that could begin one is held
+        back until a later token shows it does not (then released with that token's text), and
+        the stop string itself is never sent; the token that ends a continuation releases all
+        that is left. So the texts of a prompt's token events join to its final text exactly.
+        Then one final event per prompt: {"index", "tokens", "text", "finish_reason"} - the dict
+        generate() returns. Closing the generator early stops the generation."""
         single = _is_single_prompt(prompts)
         ids = self._prompts([prompts] if single else list(prompts), add_bos)
         stop = _check_stop(stop)
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this model has none")
-        tok = self.tokenizer
-        trackers = [_Tracker(tok, p, stop, self._eos_ids(), max_tokens, not ignore_eos) for p in ids]
+        trackers = [_Tracker(self.tokenizer, p, stop, self._eos_ids(), max_tokens, not ignore_eos) for p in ids]
+        streams = [_StreamText(t, self.n_ctx) for t in trackers]
         events: "queue.Queue[tuple]" = queue.Queue()
         cancelled = threading.Event()
 
+        # The text of a token event is computed here, when the token is sampled, so it does not
+        # depend on when the consumer reads the event.
         def on_token(i: int, token: int) -> None:
             if cancelled.is_set():
                 raise _StopGeneration()
             was_stopped = trackers[i].stopped_text is not None
             trackers[i].push(token)
             if not was_stopped:
-                events.put(("token", i, int(token)))
+                events.put(("token", i, {"index": i, "token": int(token), "text": streams[i].push()}))
             if stop and all(t.done() for t in trackers):
                 raise _StopGeneration()
 
@@ -315,7 +366,6 @@ class Model:
 
         worker = threading.Thread(target=run, name="mlkv-generate", daemon=True)
         worker.start()
-        emitted = [""] * len(ids)
         try:
             while True:
                 kind, a, b = events.get()
@@ -327,17 +377,7 @@ class Model:
                         final["index"] = i
                         yield final
                     return
-                i, token = a, b
-                text = ""
-                if tok is not None:
-                    full = trackers[i].stopped_text
-                    if full is None:
-                        full = tok.decode_continuation(trackers[i].prompt, trackers[i].tokens)
-                        while full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: held back
-                            full = full[:-1]
-                    text = full[len(emitted[i]):] if full.startswith(emitted[i]) else ""
-                    emitted[i] += text
-                yield {"index": i, "token": token, "text": text}
+                yield b
         finally:
             cancelled.set()
             worker.join()

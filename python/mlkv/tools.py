@@ -71,7 +71,7 @@ def convert(
 
 
 def evaluate(
-    model: Model,
+    model: Union[Model, PathLike],
     tasks: Union[None, str, Sequence[str]] = None,
     texts: Union[None, str, Sequence[str]] = None,
     limit: int = 0,
@@ -85,16 +85,23 @@ def evaluate(
     cache_type: str = "f32",
     share_context: bool = True,
 ) -> Dict[str, Any]:
-    """`mlkv eval` on a loaded model: zero-shot tasks (task names such as "piqa", "arc_easy",
+    """`mlkv eval` on a model: zero-shot tasks (task names such as "piqa", "arc_easy",
     "sciq", "hellaswag", "lambada_openai", looked up in eval_dir, or .jsonl files) scored as
     lm-evaluation-harness does (acc, acc_norm, LAMBADA perplexity), and perplexity of text files
     or token shards (token perplexity, bits per byte; windows of ctx tokens moving by stride).
 
-    limit: the first N task items / windows of each input (0: all). Returns the document
-    `mlkv eval --json` writes: {"model", "config", "n_params", "kv_bytes_per_token_f32",
-    "settings", "results": {name: {...}}}. Raises ValueError for bad options or malformed
-    inputs, OSError for missing files.
+    model: a loaded mlkv.Model, or the path of a model (HF folder or llama2.c .bin), loaded here
+    with Model.load(path) (threads: all cores; weights f32). limit: the first N task items /
+    windows of each input (0: all). Returns the document `mlkv eval --json` writes: {"model",
+    "config", "n_params", "kv_bytes_per_token_f32", "settings", "results": {name: {...}}}.
+    Raises TypeError when model is neither, ValueError for bad options or malformed inputs,
+    OSError for missing files.
     """
+    if isinstance(model, (str, os.PathLike)):
+        model = Model.load(model)
+    elif not isinstance(model, Model):
+        raise TypeError(f"model must be an mlkv.Model or the path of a model (got {type(model).__name__})")
+
     def as_list(x):
         if x is None:
             return []

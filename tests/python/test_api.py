@@ -6,6 +6,7 @@ input."""
 import json
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -128,6 +129,85 @@ def test_stream_equals_generate(tiny):
                          add_bos=True)["tokens"] == want[0]["tokens"]
 
 
+def _stream_texts(events, i):
+    return [e["text"] for e in events if e["index"] == i and "token" in e]
+
+
+def _final(events, i):
+    (final,) = [e for e in events if e["index"] == i and "finish_reason" in e]
+    return final
+
+
+def test_stream_holds_back_stop_strings(tiny):
+    """Text that could begin a stop string is held back until it is known not to, and the stop
+    string is never sent: a prompt's token texts join to its final text, after every event."""
+    prompts = ["Once upon a time", "The cat"]
+    full = tiny.generate(prompts, max_tokens=40, add_bos=True)
+    ids = [tiny.encode(p, add_bos=True) for p in prompts]
+    for f, p in zip(full, ids):
+        # A stop string across a token boundary: the token before it sends part of the string.
+        ends = [len(tiny.tokenizer.decode_continuation(p, f["tokens"][:k])) for k in range(1, 41)]
+        n_first, at = next((k + 1, b - 3) for k, b in enumerate(ends)
+                           if b >= 8 and f["text"].find(f["text"][b - 3:b + 3]) == b - 3)
+        stop = f["text"][at:at + 6]
+        assert len(stop) == 6
+        assert stop not in tiny.tokenizer.decode_continuation(p, f["tokens"][:n_first])
+        stops = [stop, "never-there", f["text"][at:at + 2] + "#"]  # the last: a prefix that fails
+        want = tiny.generate(p, max_tokens=40, stop=stops)
+        events = list(tiny.generate_stream([p, ids[1 - ids.index(p)]], max_tokens=40, stop=stops))
+        final = _final(events, 0)
+        assert final["finish_reason"] == "stop" and final["text"] == want["text"] == f["text"][:at]
+        texts = _stream_texts(events, 0)
+        assert "".join(texts) == final["text"]
+        assert len(texts) == len(want["tokens"]) and len(texts) > n_first
+        sent = ""
+        for t in texts:
+            sent += t
+            assert not any(s in sent for s in stops) and final["text"].startswith(sent)
+        # The other prompt, stopped or not, joins to its final text too.
+        assert "".join(_stream_texts(events, 1)) == _final(events, 1)["text"]
+    # The tester's case: a stop string that may never come, and a held-back tail released at the end.
+    for stop in (["flower"], ["e"], [full[0]["text"][-3:] + "zz"]):
+        events = list(tiny.generate_stream(prompts, max_tokens=40, add_bos=True, stop=stop))
+        for i, w in enumerate(tiny.generate(prompts, max_tokens=40, add_bos=True, stop=stop)):
+            assert "".join(_stream_texts(events, i)) == _final(events, i)["text"] == w["text"]
+            assert not any(s in w["text"] for s in stop)
+
+
+@pytest.mark.parametrize("stop", [None, ["unfold", "garden"]])
+def test_stream_text_independent_of_consumer_timing(tiny, stop):
+    """An event's text is fixed when its token is sampled: a consumer that pauses between events
+    gets the same events as one that does not, each token with the text it adds."""
+    prompts = ["Once upon a time", "The cat"]
+    args = dict(max_tokens=16, temperature=0.8, seed=5, add_bos=True, stop=stop)
+    fast = list(tiny.generate_stream(prompts, **args))
+    slow = []
+    for e in tiny.generate_stream(prompts, **args):
+        slow.append(e)
+        time.sleep(0.02)  # the engine runs ahead meanwhile
+    assert slow == fast
+    for i, p in enumerate(prompts):
+        final = _final(fast, i)
+        assert "".join(_stream_texts(fast, i)) == final["text"]
+        if stop is None:  # every token's own text (ASCII here: nothing held back)
+            ctx = tiny.encode(p, add_bos=True)
+            dec = tiny.tokenizer.decode_continuation
+            want = [dec(ctx, final["tokens"][:k + 1])[len(dec(ctx, final["tokens"][:k])):]
+                    for k in range(len(final["tokens"]))]
+            assert _stream_texts(fast, i) == want
+            assert [e["token"] for e in fast if e["index"] == i and "token" in e] == final["tokens"]
+
+
+def test_stream_releases_held_text_at_context_end(tiny):
+    ids = tiny.encode(TEXT * 20, add_bos=True)[: tiny.n_ctx - 5]
+    want = tiny.generate(ids, max_tokens=40)
+    assert want["finish_reason"] == "context"
+    for stop in (None, [want["text"][-1] + "\x01"]):  # the last char held back until the end
+        events = list(tiny.generate_stream(ids, max_tokens=40, stop=stop))
+        assert events[-1]["finish_reason"] == "context"
+        assert "".join(_stream_texts(events, 0)) == events[-1]["text"] == want["text"]
+
+
 def test_gil_released_during_compute(tiny):
     ids = tiny.encode(TEXT * 4, add_bos=True)[:120]
     ticks = []
@@ -170,6 +250,26 @@ def test_evaluate_equals_cli(tiny, tiny_path, workdir):
             r.pop("seconds", None)
     assert ours == cli
     assert 0 <= ours["results"]["piqa"]["acc"] <= 1 and ours["results"]["piqa"]["n"] == 20
+
+
+def test_evaluate_takes_a_path(tiny, tiny_path):
+    """mlkv.evaluate(path) loads the model (as mlkv.convert takes paths); anything else that is not
+    a Model is a TypeError naming what is expected."""
+    from pathlib import Path
+
+    def strip(doc):
+        for r in doc["results"].values():
+            r.pop("items_per_s", None)
+            r.pop("seconds", None)
+        return doc
+
+    ours = strip(mlkv.evaluate(tiny, tasks=["piqa"], limit=5, eval_dir=EVAL_DIR, bos=True))
+    for path in (tiny_path, Path(tiny_path)):
+        assert strip(mlkv.evaluate(path, tasks=["piqa"], limit=5, eval_dir=EVAL_DIR, bos=True)) == ours
+    with pytest.raises(TypeError, match="mlkv.Model or the path"):
+        mlkv.evaluate(42, tasks=["piqa"], eval_dir=EVAL_DIR)
+    with pytest.raises(FileNotFoundError):
+        mlkv.evaluate(tiny_path + ".missing", tasks=["piqa"], eval_dir=EVAL_DIR)
 
 
 def test_convert_equals_cli(tiny_path, workdir):
