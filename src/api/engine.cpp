@@ -120,12 +120,18 @@ Engine Engine::load(const std::string& path, const LoadOptions& opt) {
   Model model(load_model(path, opt.on_warning), mo);
   std::unique_ptr<Tokenizer> tok;
   const std::string tok_path = opt.tokenizer.empty() ? path : opt.tokenizer;
-  if (opt.tokenizer_mode != TokenizerMode::kNone && !opt.tokenizer.empty()) {
-    tok = load_tokenizer_file(opt.tokenizer);  // named: it must load, and be what was named
-  } else if (opt.tokenizer_mode == TokenizerMode::kRequired) {
-    tok = load_tokenizer(tok_path);
+  // A named tokenizer must be one (load_tokenizer_file), not a file standing for its folder.
+  auto named_or_found = [&] {
+    return opt.tokenizer.empty() ? load_tokenizer(tok_path) : load_tokenizer_file(opt.tokenizer);
+  };
+  if (opt.tokenizer_mode == TokenizerMode::kRequired) {
+    tok = named_or_found();
   } else if (opt.tokenizer_mode == TokenizerMode::kAuto) {
-    tok = try_load_tokenizer(tok_path);  // none found or none readable: token ids only
+    try {
+      tok = named_or_found();
+    } catch (const Error&) {
+      tok = nullptr;  // none found or none readable: token ids only
+    }
   }
   // Ids the model can sample past the tokenizer's vocabulary (padded embeddings) decode to no text.
   tok = pad_vocabulary(std::move(tok), model.config().n_vocab);

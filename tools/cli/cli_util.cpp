@@ -92,11 +92,11 @@ CLI::Validator seed_value() {
         const char* end = s.data() + s.size();
         const auto [p, ec] = std::from_chars(s.data(), end, v);
         if (s.empty() || ec != std::errc() || p != end) {
-          return s + " is not a whole number in [0, 18446744073709551615]";
+          return s + " is out of range (allowed: a whole number in [0, 18446744073709551615])";
         }
         return {};
       },
-      "");
+      "in [0, 2^64 - 1]");
 }
 
 CLI::Validator above(double lo) {
