@@ -640,66 +640,66 @@ void install_routes(httplib::Server& srv, ServeState& st) {
     // The provider runs on the HTTP thread, outside any handler's try: an exception in it (a
     // decoder's, a JSON dump's) would end the process. It ends this stream with an error event.
     auto provide = [=](httplib::DataSink& sink) {
-          std::deque<Event> evs = job->take_events();
-          if (evs.empty()) {
-            if (client_gone(fd)) {
-              cancel_all();
-              return false;
-            }
-            return true;
-          }
-          std::string out;
-          drain(*job, evs,
-                [&](Choice& ch, const std::string& piece, const TokenLogprob* lp, bool finished) {
-                  const size_t i = static_cast<size_t>(&ch - job->choices.data());
-                  json choice = {{"index", i}};
-                  const char* fr = finished
-                                       ? openai::finish_reason(ch.result.finish_reason, ch.stopped)
-                                       : nullptr;
-                  if (chat) {
-                    json delta = json::object();
-                    if ((*first_delta)[i]) {
-                      delta["role"] = "assistant";
-                      (*first_delta)[i] = false;
-                    }
-                    if (!piece.empty() || !finished) delta["content"] = piece;
-                    choice["delta"] = delta;
-                    choice["logprobs"] = nullptr;
-                    if (lp != nullptr && n_lp >= 0) {
-                      choice["logprobs"] = openai::chat_logprobs({*lp}, 1, tok);
-                    }
-                  } else {
-                    choice["text"] = piece;
-                    choice["logprobs"] = nullptr;
-                    if (lp != nullptr && n_lp >= 0) {
-                      Generation one;
-                      one.tokens = {lp->token};
-                      one.logprobs = {*lp};
-                      choice["logprobs"] = openai::completion_logprobs({}, one, false, 1, tok, 0);
-                    }
-                    if (!finished) choice["tokens"] = json::array({ch.tokens.back()});
-                  }
-                  choice["finish_reason"] = fr == nullptr ? json(nullptr) : json(fr);
-                  if (finished && ch.result.finish_reason == "error")
-                    choice["error"] = "generation failed: " + ch.result.error;
-                  if (finished && ch.result.finish_reason == "cancelled" && !ch.stopped) return;
-                  out += "data: " + dump(chunk(json::array({choice}))) + "\n\n";
-                });
-          const bool all = job->all_done();
-          if (all) {
-            if (include_usage) {
-              json u = chunk(json::array());
-              u["usage"] = usage();
-              out += "data: " + dump(u) + "\n\n";
-            }
-            out += "data: [DONE]\n\n";
-          }
-          if (!out.empty() && !sink.write(out.data(), out.size())) {
-            cancel_all();  // the client went away
-            return false;
-          }
-          if (all) sink.done();
-          return true;
+      std::deque<Event> evs = job->take_events();
+      if (evs.empty()) {
+        if (client_gone(fd)) {
+          cancel_all();
+          return false;
+        }
+        return true;
+      }
+      std::string out;
+      drain(*job, evs,
+            [&](Choice& ch, const std::string& piece, const TokenLogprob* lp, bool finished) {
+              const size_t i = static_cast<size_t>(&ch - job->choices.data());
+              json choice = {{"index", i}};
+              const char* fr = finished
+                                   ? openai::finish_reason(ch.result.finish_reason, ch.stopped)
+                                   : nullptr;
+              if (chat) {
+                json delta = json::object();
+                if ((*first_delta)[i]) {
+                  delta["role"] = "assistant";
+                  (*first_delta)[i] = false;
+                }
+                if (!piece.empty() || !finished) delta["content"] = piece;
+                choice["delta"] = delta;
+                choice["logprobs"] = nullptr;
+                if (lp != nullptr && n_lp >= 0) {
+                  choice["logprobs"] = openai::chat_logprobs({*lp}, 1, tok);
+                }
+              } else {
+                choice["text"] = piece;
+                choice["logprobs"] = nullptr;
+                if (lp != nullptr && n_lp >= 0) {
+                  Generation one;
+                  one.tokens = {lp->token};
+                  one.logprobs = {*lp};
+                  choice["logprobs"] = openai::completion_logprobs({}, one, false, 1, tok, 0);
+                }
+                if (!finished) choice["tokens"] = json::array({ch.tokens.back()});
+              }
+              choice["finish_reason"] = fr == nullptr ? json(nullptr) : json(fr);
+              if (finished && ch.result.finish_reason == "error")
+                choice["error"] = "generation failed: " + ch.result.error;
+              if (finished && ch.result.finish_reason == "cancelled" && !ch.stopped) return;
+              out += "data: " + dump(chunk(json::array({choice}))) + "\n\n";
+            });
+      const bool all = job->all_done();
+      if (all) {
+        if (include_usage) {
+          json u = chunk(json::array());
+          u["usage"] = usage();
+          out += "data: " + dump(u) + "\n\n";
+        }
+        out += "data: [DONE]\n\n";
+      }
+      if (!out.empty() && !sink.write(out.data(), out.size())) {
+        cancel_all();  // the client went away
+        return false;
+      }
+      if (all) sink.done();
+      return true;
     };
     res.set_chunked_content_provider(
         "text/event-stream",
